@@ -1,0 +1,111 @@
+"""Layer 1: datasets as flat tensors [N, D] with their per-sample shape.
+
+2-D toys come from a seed; `gmm` has known parameters (so its density and score are exact); `digits` is
+scikit-learn's 8x8 digits (ships inside the package, no download), scaled to [-1, 1].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DATASETS = ("digits", "gmm", "moons", "circle")
+DIGITS_SIZE = 1797
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A training set and a disjoint held-out set drawn from the same distribution."""
+
+    name: str
+    train: torch.Tensor  # [N, D]
+    heldout: torch.Tensor  # [M, D]
+    shape: tuple[int, ...]  # per-sample shape: (2,) for toys, (1, 8, 8) for digits
+    seed: int
+
+    @property
+    def dim(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, train={tuple(self.train.shape)}, heldout={tuple(self.heldout.shape)}, "
+                f"shape={self.shape}, seed={self.seed})")
+
+
+@dataclass(frozen=True)
+class GaussianMixture:
+    """p(x) = sum_k pi_k N(x; mu_k, std^2 I): isotropic components, exact log-density and sampling."""
+
+    means: torch.Tensor  # [K, D]
+    std: float
+    weights: torch.Tensor  # [K]
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        return self.means[k] + self.std * torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) for x [B, D]."""
+        d = self.means.shape[1]
+        sq = torch.cdist(x.to(torch.float64), self.means).pow(2)
+        comp = -sq / (2 * self.std**2) - 0.5 * d * math.log(2 * math.pi * self.std**2)
+        return torch.logsumexp(comp + self.weights.log(), dim=1)
+
+
+def eight_gaussians(radius: float = 2.0, std: float = 0.15) -> GaussianMixture:
+    """The `gmm` toy: 8 equal-weight components on a circle of the given radius."""
+    angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+    means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
+    return GaussianMixture(means=means, std=std, weights=torch.full((8,), 1 / 8, dtype=torch.float64))
+
+
+def _toy(name: str, n: int, g: torch.Generator) -> torch.Tensor:
+    if name == "gmm":
+        return eight_gaussians().sample(n, g)
+    if name == "moons":
+        from sklearn.datasets import make_moons
+
+        x, _ = make_moons(n, noise=0.05, random_state=int(torch.randint(2**31 - 1, (1,), generator=g)))
+        x = torch.from_numpy(x)
+        return (x - torch.tensor([0.5, 0.25], dtype=torch.float64)) * 1.5  # roughly centred, unit scale
+    if name == "circle":
+        angle = torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi
+        r = 2.0 + 0.05 * torch.randn(n, generator=g, dtype=torch.float64)
+        return r[:, None] * torch.stack([angle.cos(), angle.sin()], dim=1)
+    raise AssertionError(name)
+
+
+def _digits() -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    pixels = load_digits().data.astype(np.float64)  # [1797, 64], integers 0..16
+    return torch.from_numpy(pixels / 8.0 - 1.0)
+
+
+def load_dataset(name: str, n_train: int, n_heldout: int = 0, *, seed: int = 0,
+                 dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Dataset:
+    """Training and held-out sets of `name`, disjoint, drawn (toys) or split (digits) from `seed`."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
+    if not isinstance(n_train, int) or n_train < 1:
+        raise ValueError(f"n_train must be a positive integer; got {n_train!r}")
+    if not isinstance(n_heldout, int) or n_heldout < 0:
+        raise ValueError(f"n_heldout must be a non-negative integer; got {n_heldout!r}")
+    g = torch.Generator().manual_seed(seed)
+    if name == "digits":
+        if n_train + n_heldout > DIGITS_SIZE:
+            raise ValueError(f"digits has {DIGITS_SIZE} images: n_train + n_heldout must be <= {DIGITS_SIZE}; "
+                             f"got {n_train} + {n_heldout}")
+        x = _digits()[torch.randperm(DIGITS_SIZE, generator=g)[: n_train + n_heldout]]
+        shape = (1, 8, 8)
+    else:
+        x = _toy(name, n_train + n_heldout, g)
+        shape = (2,)
+    x = x.to(device=device, dtype=dtype)
+    return Dataset(name, x[:n_train].contiguous(), x[n_train:].contiguous(), shape, seed)

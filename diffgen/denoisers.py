@@ -1,0 +1,181 @@
+"""Layer 2: denoisers, callables (x_t [B, D], t [B] or scalar) -> eps_hat [B, D] (the paper's parametrization).
+
+The empirical optimum of the denoising objective on S = {x_1..x_N} (our reconstruction, standard DDPM setting):
+    w_i(x, t) = softmax_i( -||x - a x_i||^2 / (2 s^2) ),   a = sqrt(abar_t), s^2 = 1 - abar_t
+    x0*(x, t) = sum_i w_i(x, t) x_i,                      eps*(x, t) = (x - a x0*(x, t)) / s
+Expanding the square, the |x|^2 term cancels inside the softmax and the logits are
+    l_i = c (x . x_i - (a / 2) |x_i|^2),   c = a / s^2,
+i.e. softmax attention with queries c [x, -a/2], keys [x_i, |x_i|^2] and values x_i.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ._util import tiles
+from .schedule import Schedule, eps_from_x0
+
+
+class Denoiser(Protocol):
+    def __call__(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps_hat(x_t, t): [B, D], [B] (long) -> [B, D]."""
+
+
+@dataclass(frozen=True)
+class WeightStats:
+    """Diagnostics of the softmax weights w(x_t, t) over the training set, one value per query."""
+
+    entropy: torch.Tensor  # [B] nats, H(w) = -sum_i w_i log w_i; 0 means all weight on one training point
+    nearest: torch.Tensor  # [B] long, argmax_i w_i = the training point nearest to x_t / sqrt(abar_t)
+    max_weight: torch.Tensor  # [B] max_i w_i
+
+
+def _times(t, batch: int, device) -> torch.Tensor:
+    t = torch.as_tensor(t, device=device)
+    if t.dtype.is_floating_point:
+        raise TypeError(f"t must hold integer time steps; got dtype {t.dtype}")
+    t = t.expand(batch) if t.ndim == 0 else t
+    if t.shape != (batch,):
+        raise ValueError(f"t must be a scalar or have shape ({batch},); got {tuple(t.shape)}")
+    return t
+
+
+class EmpiricalOptimum:
+    """eps*(x, t), the exact minimiser of the denoising objective on a finite training set.
+
+    One pass over the training set in tiles with a per-query running max, normaliser and accumulator (the online
+    log-sum-exp of flash attention): memory O(B x tile), never a B x N matrix. With `fused=True` the same
+    computation runs in torch's fused attention kernel where one exists for the device and dtype; else the tiled loop.
+    """
+
+    def __init__(self, train: torch.Tensor, sched: Schedule, *, dtype: torch.dtype = torch.float32,
+                 tile: int = 2048, fused: bool = True):
+        if train.ndim != 2 or len(train) == 0:
+            raise ValueError(f"train must be a non-empty [N, D] tensor; got shape {tuple(train.shape)}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
+        if tile < 1:
+            raise ValueError(f"tile must be >= 1; got {tile}")
+        self.sched, self.dtype, self.tile, self.fused = sched, dtype, tile, fused
+        self._given = train  # as passed in: diagnostics rebuild a float64 copy from it, not from a rounded one
+        self.train = train.to(dtype).contiguous()  # [N, D], values
+        self.sq_norms = self.train.pow(2).sum(1)  # [N]
+        self._keys = torch.cat([self.train, self.sq_norms[:, None]], 1)  # [N, D+1]
+        self._values = F.pad(self.train, (0, 1))  # [N, D+1]: fused kernels want equal q/k/v widths
+
+    def __repr__(self) -> str:
+        return f"EmpiricalOptimum(N={len(self.train)}, D={self.train.shape[1]}, dtype={self.dtype}, tile={self.tile})"
+
+    def to(self, device) -> "EmpiricalOptimum":
+        return EmpiricalOptimum(self._given.to(device), self.sched, dtype=self.dtype, tile=self.tile, fused=self.fused)
+
+    def _query(self, xt: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-query coefficients a = sqrt(abar_t), c = a / s^2 as [B] tensors, and x cast to the working dtype."""
+        if xt.ndim != 2 or xt.shape[1] != self.train.shape[1]:
+            raise ValueError(f"xt must have shape [B, {self.train.shape[1]}]; got {tuple(xt.shape)}")
+        t = _times(t, len(xt), xt.device)
+        if bool((t < 1).any()):
+            raise ValueError("t must be >= 1: the optimum is undefined at t = 0 (no noise)")
+        abar = self.sched.alpha_bar(t)
+        a = abar.sqrt().to(self.dtype)
+        c = (abar.sqrt() / (1 - abar)).to(self.dtype)
+        return xt.to(self.dtype), a, c
+
+    def x0_star(self, xt: torch.Tensor, t) -> torch.Tensor:
+        """x0*(x_t, t) = sum_i w_i x_i, [B, D] in self.dtype."""
+        x, a, c = self._query(xt, t)
+        if self.fused:
+            out = self._x0_fused(x, a, c)
+            if out is not None:
+                return out
+        return self._x0_tiled(x, a, c)[0]
+
+    def __call__(self, xt: torch.Tensor, t) -> torch.Tensor:
+        """eps*(x_t, t) = (x_t - sqrt(abar_t) x0*) / sqrt(1 - abar_t)."""
+        t = _times(t, len(xt), xt.device)
+        return eps_from_x0(self.sched, xt.to(self.dtype), t, self.x0_star(xt, t))
+
+    def weight_stats(self, xt: torch.Tensor, t) -> WeightStats:
+        """Entropy, argmax and max of w(x_t, t), accumulated online in float64."""
+        opt = self if self.dtype == torch.float64 else EmpiricalOptimum(self._given, self.sched, dtype=torch.float64,
+                                                                         tile=self.tile, fused=False)
+        x, a, c = opt._query(xt, t)
+        _, lse, mean_logit, nearest, max_logit = opt._x0_tiled(x, a, c, stats=True)
+        return WeightStats(entropy=(lse - mean_logit).clamp(min=0), nearest=nearest, max_weight=(max_logit - lse).exp())
+
+    def _x0_fused(self, x, a, c) -> torch.Tensor | None:
+        q = c[:, None] * torch.cat([x, -0.5 * a[:, None]], 1)  # [B, D+1]
+        backends = [SDPBackend.FLASH_ATTENTION] if x.device.type == "cpu" else [SDPBackend.EFFICIENT_ATTENTION]
+        keys, values = self._keys.to(x.device), self._values.to(x.device)
+        try:
+            with sdpa_kernel(backends):
+                out = F.scaled_dot_product_attention(q[None, None], keys[None, None], values[None, None], scale=1.0)[0, 0]
+        except RuntimeError:  # no exact fused kernel for this device/dtype/width: use the tiled loop
+            return None
+        return out[:, :-1]
+
+    def _x0_tiled(self, x, a, c, stats: bool = False):
+        """Online log-sum-exp over training tiles; each query row keeps its own running max m."""
+        B, dev = len(x), x.device
+        m = torch.full((B,), -torch.inf, dtype=self.dtype, device=dev)
+        l = torch.zeros(B, dtype=self.dtype, device=dev)
+        acc = torch.zeros_like(x)
+        wsum_logit = torch.zeros(B, dtype=self.dtype, device=dev)  # sum_i exp(l_i - m) (l_i - m), for the entropy
+        best = torch.zeros(B, dtype=torch.long, device=dev)
+        for sl in tiles(len(self.train), self.tile):
+            xs = self.train[sl].to(dev)
+            logits = c[:, None] * (x @ xs.T - 0.5 * a[:, None] * self.sq_norms[sl].to(dev)[None])  # [B, tile]
+            tile_max, tile_arg = logits.max(1)
+            m_new = torch.maximum(m, tile_max)
+            rescale = (m - m_new).exp()
+            p = (logits - m_new[:, None]).exp()
+            if stats:
+                # re-centre the running sum from the old max to the new one: (l - m_old) = (l - m_new) + (m_new - m_old)
+                shift = torch.where(l > 0, m - m_new, torch.zeros_like(m))
+                wsum_logit = rescale * (wsum_logit + shift * l) + (p * (logits - m_new[:, None])).sum(1)
+                best = torch.where(tile_max > m, tile_arg + sl.start, best)
+            l = rescale * l + p.sum(1)
+            acc = rescale[:, None] * acc + p @ xs
+            m = m_new
+        x0 = acc / l[:, None]
+        if not stats:
+            return (x0,)
+        lse = m + l.log()
+        return x0, lse, m + wsum_logit / l, best, m
+
+
+class GaussianDenoiser:
+    """Exact denoiser for data N(mean, cov): x_t ~ N(a mean, a^2 cov + s^2 I), so E[x0 | x_t] is linear:
+    x0_hat = mean + a cov (a^2 cov + s^2 I)^{-1} (x_t - a mean)."""
+
+    def __init__(self, mean: torch.Tensor, cov: torch.Tensor, sched: Schedule):
+        self.mean = mean.to(torch.float64)
+        self.cov = cov.to(torch.float64)
+        self.sched = sched
+        self.eigvals, self.eigvecs = torch.linalg.eigh(self.cov)
+
+    def x0_hat(self, xt: torch.Tensor, t) -> torch.Tensor:
+        t = _times(t, len(xt), xt.device)
+        abar = self.sched.alpha_bar(t)[:, None].to(torch.float64)
+        a, s2 = abar.sqrt(), 1 - abar
+        y = (xt.to(torch.float64) - a * self.mean) @ self.eigvecs  # eigen-coordinates
+        shrink = a * self.eigvals / (abar * self.eigvals + s2)  # [B, D]
+        return self.mean + (shrink * y) @ self.eigvecs.T
+
+    def __call__(self, xt: torch.Tensor, t) -> torch.Tensor:
+        t = _times(t, len(xt), xt.device)
+        return eps_from_x0(self.sched, xt.to(torch.float64), t, self.x0_hat(xt, t))
+
+    def flow_map(self, xt: torch.Tensor, t: int, t_to: int) -> torch.Tensor:
+        """Exact probability-flow ODE map x_t -> x_{t_to}. With z = x / a - mean, sigma^2 = s^2 / a^2 and cov
+        eigenvalue lam, each eigen-coordinate obeys dz/dsigma = sigma z / (lam + sigma^2), so
+        z(sigma') = z(sigma) sqrt((lam + sigma'^2) / (lam + sigma^2))."""
+        abar, abar_to = (float(self.sched.abar[k]) for k in (t, t_to))
+        var, var_to = (1 - abar) / abar, (1 - abar_to) / abar_to
+        z = (xt.to(torch.float64) / abar**0.5 - self.mean) @ self.eigvecs
+        z_to = z * ((self.eigvals + var_to) / (self.eigvals + var)).sqrt()
+        return abar_to**0.5 * (self.mean + z_to @ self.eigvecs.T)

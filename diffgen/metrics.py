@@ -1,0 +1,103 @@
+"""Layer 2: memorization metrics: exact nearest neighbours, the d1/d2 copy rate, bootstrap confidence intervals."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ._util import tiles
+
+COPY_THRESHOLD = 1 / 3  # a sample is a copy when d1 / d2 < 1/3 (the ratio test used by memorization studies)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic with a percentile-bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    @property
+    def ci(self) -> list[float]:
+        return [self.low, self.high]
+
+    def __format__(self, spec: str) -> str:
+        spec = spec or ".3f"
+        return f"{self.value:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """The k nearest training points of each sample: distances [B, k] (ascending) and indices [B, k]."""
+
+    dist: torch.Tensor
+    index: torch.Tensor
+
+    @property
+    def d1(self) -> torch.Tensor:
+        return self.dist[:, 0]
+
+    @property
+    def ratio(self) -> torch.Tensor:
+        """d1 / d2: near 0 for a copy of one training point, near 1 when two points are equally close."""
+        return self.dist[:, 0] / self.dist[:, 1]
+
+
+def nearest_neighbors(z: torch.Tensor, train: torch.Tensor, k: int = 2, *, tile: int = 4096) -> Neighbors:
+    """Exact k nearest training points (Euclidean) of each row of z [B, D] among train [N, D].
+
+    Tiles over the training set keeping a running top-k per query (memory O(B x (tile + k))), ranks in float64 and
+    recomputes the final distances as ||z - x_i|| directly, so tiny distances (copies) are not lost to cancellation.
+    """
+    if z.ndim != 2 or train.ndim != 2 or z.shape[1] != train.shape[1]:
+        raise ValueError(f"z [B, D] and train [N, D] must agree in D; got {tuple(z.shape)} and {tuple(train.shape)}")
+    if not 1 <= k <= len(train):
+        raise ValueError(f"k must lie in [1, N={len(train)}]; got {k}")
+    z64 = z.to(torch.float64)
+    best_d = torch.full((len(z), 0), torch.inf, dtype=torch.float64, device=z.device)
+    best_i = torch.zeros((len(z), 0), dtype=torch.long, device=z.device)
+    z_sq = z64.pow(2).sum(1, keepdim=True)
+    for sl in tiles(len(train), tile):
+        xs = train[sl].to(device=z.device, dtype=torch.float64)
+        d2 = (z_sq - 2 * z64 @ xs.T + xs.pow(2).sum(1)[None]).clamp(min=0)
+        cand_d = torch.cat([best_d, d2], 1)
+        cand_i = torch.cat([best_i, torch.arange(sl.start, sl.stop, device=z.device).expand(len(z), -1)], 1)
+        best_d, pos = cand_d.topk(min(k, cand_d.shape[1]), dim=1, largest=False)
+        best_i = cand_i.gather(1, pos)
+    exact = (z64[:, None, :] - train.to(device=z.device, dtype=torch.float64)[best_i]).norm(dim=-1)
+    order = exact.argsort(dim=1)  # re-sort on the exact distances (ties within rounding may swap)
+    return Neighbors(dist=exact.gather(1, order), index=best_i.gather(1, order))
+
+
+def bootstrap_ci(values, statistic: Callable[[np.ndarray], float] = np.mean, *, n_boot: int = 2000,
+                 level: float = 0.95, seed: int = 0) -> Estimate:
+    """Percentile bootstrap: resample `values` (axis 0) with replacement n_boot times and take the
+    (1 - level)/2 and (1 + level)/2 quantiles of the statistic."""
+    values = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values)
+    if len(values) == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1); got {level}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    stats = np.array([statistic(values[i]) for i in idx])
+    low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return Estimate(float(statistic(values)), float(low), float(high), level)
+
+
+def copy_rate(ratio: torch.Tensor, threshold: float = COPY_THRESHOLD, **bootstrap) -> Estimate:
+    """Share of samples with d1 / d2 < threshold, with a bootstrap CI over samples.
+    When every sample (or none) is a copy, the percentile interval collapses to a point: report the count too."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must lie in (0, 1]; got {threshold}")
+    return bootstrap_ci((ratio < threshold).double(), **bootstrap)
+
+
+def copy_rate_curve(ratio: torch.Tensor, thresholds) -> np.ndarray:
+    """Copy rate at each threshold (how the verdict moves with the 1/3 convention)."""
+    r = np.asarray(ratio.cpu(), dtype=np.float64)
+    return np.array([(r < th).mean() for th in np.asarray(thresholds, dtype=np.float64)])

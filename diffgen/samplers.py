@@ -1,0 +1,136 @@
+"""Layer 2: samplers, pure functions of a denoiser eps_hat(x_t, t).
+
+All share one loop shape: walk the grid t_0 = T > ... > t_{S-1} = 1 > t_S = 0 (see `schedule.timesteps`), predict
+eps_hat, convert it once to x0_hat (`schedule.x0_from_eps`), step. The loop runs in `dtype` (float64 by default:
+at t = 1 the empirical optimum has 1 - abar_1 = 1e-4 and float32 rounding shows). `callback(i, t, xt, x0_hat)` is
+called at every grid point, including the end (i = S, t = 0, xt = x0_hat = the sample).
+Notation: abar = abar_t, abar_next = abar_{t'} for the next (smaller) time t' on the grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from ._util import randn
+from .denoisers import Denoiser
+from .schedule import Schedule, timesteps, x0_from_eps
+
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+VARIANCES = ("beta", "posterior")
+
+
+@dataclass
+class Trajectory:
+    """A callback that records the grid times, x_t and x0_hat at every step (tensors [S+1, B, D] once stacked)."""
+
+    t: list[int] = field(default_factory=list)
+    xt: list[torch.Tensor] = field(default_factory=list)
+    x0_hat: list[torch.Tensor] = field(default_factory=list)
+
+    def __call__(self, i: int, t: int, xt: torch.Tensor, x0_hat: torch.Tensor) -> None:
+        self.t.append(int(t))
+        self.xt.append(xt.detach().cpu())
+        self.x0_hat.append(x0_hat.detach().cpu())
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(t [S+1], xt [S+1, B, D], x0_hat [S+1, B, D])."""
+        return torch.tensor(self.t), torch.stack(self.xt), torch.stack(self.x0_hat)
+
+
+def _check(x_T: torch.Tensor, steps: int, sched: Schedule) -> torch.Tensor:
+    if x_T.ndim != 2:
+        raise ValueError(f"x_T must have shape [B, D]; got {tuple(x_T.shape)}")
+    return timesteps(sched, steps)
+
+
+def _predict(denoiser: Denoiser, sched: Schedule, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps_hat, x0_hat) at integer time t for the whole batch, in x's dtype."""
+    tt = torch.full((len(x),), t, dtype=torch.long, device=x.device)
+    eps = denoiser(x, tt).to(x.dtype)
+    return eps, x0_from_eps(sched, x, tt, eps)
+
+
+def _noise(generators, x: torch.Tensor) -> torch.Tensor:
+    return randn(generators, x.shape[1], dtype=x.dtype, device=x.device)
+
+
+def sample_ddim(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: int, *, eta: float = 0.0,
+                generators: Sequence[torch.Generator] | None = None, callback: Callback | None = None,
+                dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12): x_{t'} = sqrt(abar') x0_hat + sqrt(1 - abar' - sigma^2) eps_hat + sigma z,
+    sigma = eta sqrt((1 - abar') / (1 - abar)) sqrt(1 - abar / abar'). eta = 0: deterministic; eta = 1: DDPM posterior."""
+    grid = _check(x_T, steps, sched)
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1]; got {eta}")
+    if eta > 0 and generators is None:
+        raise ValueError("eta > 0 draws fresh noise at every step: pass generators (one per sample)")
+    x = x_T.to(dtype)
+    for i in range(steps):
+        t, t_next = int(grid[i]), int(grid[i + 1])
+        eps, x0 = _predict(denoiser, sched, x, t)
+        if callback:
+            callback(i, t, x, x0)
+        abar, abar_next = float(sched.abar[t]), float(sched.abar[t_next])
+        sigma = eta * ((1 - abar_next) / (1 - abar) * (1 - abar / abar_next)) ** 0.5
+        x = abar_next**0.5 * x0 + max(1 - abar_next - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            x = x + sigma * _noise(generators, x)
+    if callback:
+        callback(steps, 0, x, x)
+    return x
+
+
+def sample_ddpm(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: int | None = None, *,
+                generators: Sequence[torch.Generator], variance: str = "beta", callback: Callback | None = None,
+                dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Ancestral sampling (Ho et al. 2020, Alg. 2) on a grid: with alpha = abar / abar', beta = 1 - alpha,
+    x_{t'} = [sqrt(abar') beta x0_hat + sqrt(alpha) (1 - abar') x_t] / (1 - abar) + sigma z, where
+    sigma^2 = beta ("beta", DDPM's default) or (1 - abar') / (1 - abar) beta ("posterior" = DDIM with eta = 1).
+    `steps=None` uses every time step, T of them."""
+    steps = sched.T if steps is None else steps
+    grid = _check(x_T, steps, sched)
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {', '.join(VARIANCES)}; got {variance!r}")
+    x = x_T.to(dtype)
+    for i in range(steps):
+        t, t_next = int(grid[i]), int(grid[i + 1])
+        eps, x0 = _predict(denoiser, sched, x, t)
+        if callback:
+            callback(i, t, x, x0)
+        abar, abar_next = float(sched.abar[t]), float(sched.abar[t_next])
+        alpha = abar / abar_next
+        beta = 1 - alpha
+        x = (abar_next**0.5 * beta * x0 + alpha**0.5 * (1 - abar_next) * x) / (1 - abar)
+        if t_next > 0:
+            var = beta if variance == "beta" else (1 - abar_next) / (1 - abar) * beta
+            x = x + var**0.5 * _noise(generators, x)
+    if callback:
+        callback(steps, 0, x, x)
+    return x
+
+
+def sample_ode(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: int, *,
+               callback: Callback | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Probability-flow ODE, Heun's method (Karras et al. 2022, Alg. 1) in y = x / sqrt(abar),
+    sigma = sqrt((1 - abar) / abar), where dy/dsigma = eps_hat(x, t). The last step (to sigma = 0) is an Euler step;
+    Euler alone is exactly DDIM with eta = 0. Uses 2 S - 1 denoiser calls."""
+    grid = _check(x_T, steps, sched)
+    x = x_T.to(dtype)
+    for i in range(steps):
+        t, t_next = int(grid[i]), int(grid[i + 1])
+        abar, abar_next = float(sched.abar[t]), float(sched.abar[t_next])
+        sig, sig_next = ((1 - abar) / abar) ** 0.5, ((1 - abar_next) / abar_next) ** 0.5
+        eps, x0 = _predict(denoiser, sched, x, t)
+        if callback:
+            callback(i, t, x, x0)
+        y = x / abar**0.5
+        y_next = y + (sig_next - sig) * eps
+        if t_next > 0:
+            eps_next, _ = _predict(denoiser, sched, abar_next**0.5 * y_next, t_next)
+            y_next = y + (sig_next - sig) * 0.5 * (eps + eps_next)
+        x = abar_next**0.5 * y_next
+    if callback:
+        callback(steps, 0, x, x)
+    return x

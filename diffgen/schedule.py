@@ -1,0 +1,102 @@
+"""Layer 0: the noise schedule (float64) and the conversions between x_t, x0 and eps.
+
+Index convention: t = 0..T, abar[0] = 1 (clean data), abar[t] = prod_{s<=t} (1 - beta_s).
+Forward process: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """Frozen float64 schedule; `betas[t-1]` is beta_t, `abar[t]` is abar_t for t = 0..T."""
+
+    name: str
+    betas: torch.Tensor  # [T], float64
+
+    def __post_init__(self):
+        b = self.betas
+        if b.ndim != 1 or not bool(((b > 0) & (b < 1)).all()):
+            raise ValueError("betas must be a 1-D tensor with values in (0, 1)")
+        object.__setattr__(self, "betas", b.to(torch.float64))
+        abar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - self.betas, 0)])
+        object.__setattr__(self, "abar", abar)
+
+    @property
+    def T(self) -> int:
+        return len(self.betas)
+
+    def alpha_bar(self, t: torch.Tensor | int) -> torch.Tensor:
+        """abar_t for integer t in [0, T] (any shape), float64 on t's device."""
+        t = torch.as_tensor(t)
+        if t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise TypeError(f"t must be an integer tensor; got {t.dtype}")
+        if bool((t < 0).any()) or bool((t > self.T).any()):
+            raise ValueError(f"t must lie in [0, {self.T}]")
+        return self.abar.to(t.device)[t]
+
+    def sigma(self, t) -> torch.Tensor:
+        """sigma_t = sqrt(1 - abar_t), the noise scale of x_t."""
+        return (1 - self.alpha_bar(t)).sqrt()
+
+    def __repr__(self) -> str:
+        return f"Schedule({self.name!r}, T={self.T})"
+
+
+def linear_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
+    """DDPM (Ho et al. 2020): beta_t linear from beta_start to beta_end over t = 1..T."""
+    if T < 1:
+        raise ValueError(f"T must be >= 1; got {T}")
+    return Schedule("linear", torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
+
+
+def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
+    """Nichol & Dhariwal 2021: abar_t = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2); beta clipped at max_beta."""
+    if T < 1:
+        raise ValueError(f"T must be >= 1; got {T}")
+    t = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+    abar = f / f[0]
+    return Schedule("cosine", (1 - abar[1:] / abar[:-1]).clamp(max=max_beta))
+
+
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a [B] (or scalar) coefficient to broadcast against x of shape [B, ...]."""
+    v = v.to(device=like.device, dtype=like.dtype)
+    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim)) if v.ndim else v
+
+
+def add_noise(sched: Schedule, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+    abar = _per_sample(sched.alpha_bar(torch.as_tensor(t, device=x0.device)), x0)
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+
+
+def x0_from_eps(sched: Schedule, xt: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+    """x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)."""
+    abar = _per_sample(sched.alpha_bar(torch.as_tensor(t, device=xt.device)), xt)
+    return (xt - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+
+def eps_from_x0(sched: Schedule, xt: torch.Tensor, t, x0: torch.Tensor) -> torch.Tensor:
+    """eps_hat = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t); undefined at t = 0."""
+    abar = _per_sample(sched.alpha_bar(torch.as_tensor(t, device=xt.device)), xt)
+    return (xt - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+
+def timesteps(sched: Schedule, steps: int) -> torch.Tensor:
+    """Decreasing sampler grid of `steps` integer times from T down to 1 ("trailing" spacing), then 0.
+
+    Returns a long tensor [steps + 1]: t_0 = T > t_1 > ... > t_{steps-1} = 1 > t_steps = 0.
+    """
+    if not 1 <= steps <= sched.T:
+        raise ValueError(f"steps must be an integer in [1, {sched.T}]; got {steps}")
+    if steps == 1:
+        grid = torch.tensor([sched.T], dtype=torch.long)
+    else:
+        grid = torch.linspace(sched.T, 1, steps, dtype=torch.float64).round().long()
+    return torch.cat([grid, torch.zeros(1, dtype=torch.long)])
