@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
+from ._util import randn, resolve_device, sample_generators  # noqa: E402  (public helpers)
+
 
 @lru_cache(maxsize=None)
 def source_hash() -> str:

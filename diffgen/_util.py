@@ -12,6 +12,21 @@ import torch
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def is_headless() -> bool:
+    """True when run without a frontend (`diffgen run`, the book build, tests set DIFFGEN_HEADLESS=1)."""
+    return os.environ.get("DIFFGEN_HEADLESS", "") == "1"
+
+
+def progress(iterable, **kwargs):
+    """A tqdm progress bar: the notebook widget bar when a person runs the notebook, none when headless
+    (a widget bar would instantiate ipywidgets, and a text bar in the rendered book is noise)."""
+    if is_headless():
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is an error, not a silent fallback."""
     if isinstance(device, torch.device):

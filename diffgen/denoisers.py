@@ -148,6 +148,14 @@ class EmpiricalOptimum:
         return x0, lse, m + wsum_logit / l, best, m
 
 
+def x0_star_reference(xt: torch.Tensor, train: torch.Tensor, abar: float) -> torch.Tensor:
+    """Brute-force float64 x0*: softmax over explicit squared differences ||x - sqrt(abar) x_i||^2 (a [B, N, D]
+    tensor: for checks on small sizes only)."""
+    x, xs = xt.to(torch.float64), train.to(torch.float64)
+    sq = (x[:, None, :] - abar**0.5 * xs[None]).pow(2).sum(-1)
+    return torch.softmax(-sq / (2 * (1 - abar)), dim=1) @ xs
+
+
 class GaussianDenoiser:
     """Exact denoiser for data N(mean, cov): x_t ~ N(a mean, a^2 cov + s^2 I), so E[x0 | x_t] is linear:
     x0_hat = mean + a cov (a^2 cov + s^2 I)^{-1} (x_t - a mean)."""

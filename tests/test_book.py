@@ -1,0 +1,105 @@
+"""The book: builds with no error output, and re-executes chapters when diffgen's source changes."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from diffgen.book import STAMP_NAME, refresh_execution_cache
+
+REPO = Path(__file__).resolve().parents[1]
+JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
+
+
+def _build(root: Path, out: Path, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(JUPYTER_BOOK), "build", str(root), "--path-output", str(out), "--warningiserror"],
+                          capture_output=True, text=True, timeout=900, env=env)
+
+
+def test_refresh_execution_cache_wipes_only_on_a_new_hash(tmp_path):
+    cache = tmp_path / ".jupyter_cache"
+    assert refresh_execution_cache(cache, "aaa")  # nothing there yet: stale
+    (cache / "executed.db").write_text("x")
+    assert not refresh_execution_cache(cache, "aaa")  # same hash: kept
+    assert (cache / "executed.db").exists()
+    assert refresh_execution_cache(cache, "bbb")  # library changed: wiped and re-stamped
+    assert not (cache / "executed.db").exists()
+    assert (cache / STAMP_NAME).read_text().strip() == "bbb"
+
+
+def _tiny_book(root: Path) -> None:
+    """A one-notebook book whose output records diffgen's source hash and when it ran."""
+    (root / "_config.yml").write_text(
+        "title: tiny\nonly_build_toc_files: true\nexclude_patterns: [pkg, _build]\n"
+        "execute:\n  execute_notebooks: cache\n  timeout: 120\n"
+        "sphinx:\n  extra_extensions: [diffgen.book]\n  config:\n    nb_execution_raise_on_error: true\n")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: nb\n")
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Tiny"),
+        nbformat.v4.new_code_cell("import os, time, diffgen\n"
+                                  "print(diffgen.source_hash(), os.environ.get('DIFFGEN_HEADLESS'), time.time_ns())"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "nb.ipynb")
+
+
+def _printed(out: Path) -> str:
+    html = (out / "_build" / "html" / "nb.html").read_text()
+    match = re.search(r"([0-9a-f]{16}) (\S+) (\d{10,})", html)
+    assert match, "the tiny notebook's output is missing from the HTML"
+    return match.group(0)
+
+
+@pytest.mark.slow
+def test_library_change_reexecutes_chapters(tmp_path):
+    root, out = tmp_path / "book", tmp_path / "out"
+    root.mkdir()
+    _tiny_book(root)
+    pkg = tmp_path / "pkg"
+    shutil.copytree(REPO / "diffgen", pkg / "diffgen", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(pkg)}  # the build and its kernels import this copy of diffgen
+
+    first = _build(root, out, env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    printed1 = _printed(out)
+    assert printed1.split()[1] == "1", "the book build must execute chapters headlessly (DIFFGEN_HEADLESS=1)"
+
+    assert _build(root, out, env).returncode == 0
+    assert _printed(out) == printed1, "nothing changed, so the cached execution must be reused"
+
+    with open(pkg / "diffgen" / "schedule.py", "a") as f:
+        f.write("\n# a library change\n")
+    third = _build(root, out, env)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    printed3 = _printed(out)
+    assert printed3.split()[0] != printed1.split()[0], "the new source hash must reach the kernel"
+    assert printed3.split()[2] != printed1.split()[2], "a library change must re-execute the notebook"
+
+
+@pytest.mark.slow
+def test_book_builds_without_error_output(tmp_path):
+    """The real book (default parameters) builds with warnings as errors; no cell shows an error or stderr."""
+    result = _build(REPO, tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    html_dir = tmp_path / "_build" / "html"
+    pages = sorted((html_dir / "book").glob("*.html"))
+    assert {p.stem for p in pages} >= {"intro", "ch2_empirical_optimum"}
+    for page in pages:
+        html = page.read_text()
+        assert "Traceback" not in html, page
+        assert "output stderr" not in html and "output error" not in html, page
+    executed = list((tmp_path / "_build" / "jupyter_execute").rglob("ch2_empirical_optimum.ipynb"))
+    assert executed, "the executed chapter notebook is missing"
+    nb = nbformat.read(executed[0], as_version=4)
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "data" in o and "image/png" in o["data"]]
+    assert len(images) >= 4, "chapter 2 must show its figures"
+    results = json.loads((REPO / "book" / "ch2.results.json").read_text())
+    assert all(c["holds"] for c in results["claims"]), results["claims"]
