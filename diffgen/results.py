@@ -32,6 +32,8 @@ class Claim:
             raise ValueError(f"claim id must be one of {', '.join(CLAIM_IDS)}; got {self.id!r}")
         if not math.isfinite(float(self.value)):
             raise ValueError(f"claim {self.id} value must be finite; got {self.value}")
+        if self.ci is not None and (len(self.ci) != 2 or not all(math.isfinite(float(v)) for v in self.ci)):
+            raise ValueError(f"claim {self.id} ci must be None or two finite numbers; got {self.ci}")
 
 
 def results_path(directory: str | Path, chapter: str) -> Path:
@@ -51,7 +53,7 @@ def write_results(directory: str | Path, chapter: str, parameters: dict, claims:
     }
     path = results_path(directory, chapter)
     with atomic_write(path) as f:
-        json.dump(doc, f, indent=2)
+        json.dump(doc, f, indent=2, allow_nan=False)  # NaN/Infinity are not JSON
         f.write("\n")
     return path
 

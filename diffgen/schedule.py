@@ -64,28 +64,33 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
     return Schedule("cosine", (1 - abar[1:] / abar[:-1]).clamp(max=max_beta))
 
 
-def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a [B] (or scalar) coefficient to broadcast against x of shape [B, ...]."""
-    v = v.to(device=like.device, dtype=like.dtype)
-    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim)) if v.ndim else v
+def _coefficients(sched: Schedule, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sqrt(abar_t), sqrt(1 - abar_t)) computed in float64, then cast to broadcast against x [B, ...] of `like`.
+    (1 - abar_t in float32 would lose three digits at t = 1, where 1 - abar_1 = 1e-4.)"""
+    abar = sched.alpha_bar(torch.as_tensor(t, device=like.device))
+    coefs = []
+    for c in (abar.sqrt(), (1 - abar).sqrt()):
+        c = c.to(like.dtype)
+        coefs.append(c.reshape(c.shape + (1,) * (like.ndim - c.ndim)) if c.ndim else c)
+    return coefs[0], coefs[1]
 
 
 def add_noise(sched: Schedule, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
-    abar = _per_sample(sched.alpha_bar(torch.as_tensor(t, device=x0.device)), x0)
-    return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    a, s = _coefficients(sched, t, x0)
+    return a * x0 + s * eps
 
 
 def x0_from_eps(sched: Schedule, xt: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
     """x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)."""
-    abar = _per_sample(sched.alpha_bar(torch.as_tensor(t, device=xt.device)), xt)
-    return (xt - (1 - abar).sqrt() * eps) / abar.sqrt()
+    a, s = _coefficients(sched, t, xt)
+    return (xt - s * eps) / a
 
 
 def eps_from_x0(sched: Schedule, xt: torch.Tensor, t, x0: torch.Tensor) -> torch.Tensor:
     """eps_hat = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t); undefined at t = 0."""
-    abar = _per_sample(sched.alpha_bar(torch.as_tensor(t, device=xt.device)), xt)
-    return (xt - abar.sqrt() * x0) / (1 - abar).sqrt()
+    a, s = _coefficients(sched, t, xt)
+    return (xt - a * x0) / s
 
 
 def timesteps(sched: Schedule, steps: int) -> torch.Tensor:

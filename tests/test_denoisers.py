@@ -1,0 +1,341 @@
+"""EmpiricalOptimum against a float64 brute-force softmax; the exact Gaussian denoiser and its flow map."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffgen.denoisers import EmpiricalOptimum, GaussianDenoiser
+from diffgen.schedule import add_noise
+
+TIMES = [1, 10, 100, 500, 1000]
+N, D = 37, 4  # N is not a multiple of any tile size used below
+
+
+# ---------------------------------------------------------------- the brute-force reference
+def ref_weights(train: torch.Tensor, x: torch.Tensor, t: torch.Tensor, sched) -> torch.Tensor:
+    """w_i(x, t) = softmax_i(-||x - sqrt(abar) x_i||^2 / (2 (1 - abar))), float64, explicit differences per pair."""
+    train, x = train.double(), x.double()
+    t = torch.as_tensor(t).expand(len(x))
+    abar = sched.abar[t][:, None]  # [B, 1]
+    diff = x[:, None, :] - abar.sqrt()[..., None] * train[None]  # [B, N, D]
+    logits = -(diff * diff).sum(-1) / (2 * (1 - abar))
+    return torch.softmax(logits, dim=1)
+
+
+def ref_x0_eps(train, x, t, sched):
+    w = ref_weights(train, x, t, sched)
+    x0 = w @ train.double()
+    abar = sched.abar[torch.as_tensor(t).expand(len(x))][:, None]
+    return x0, (x.double() - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+
+@pytest.fixture(scope="module")
+def train():
+    return torch.randn(N, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def queries(train, t, sched, n=24, seed=1):
+    """Forward-process samples from training points, plus some arbitrary points (including far-ish ones)."""
+    g = torch.Generator().manual_seed(seed + t)
+    idx = torch.randint(len(train), (n,), generator=g)
+    xt = add_noise(sched, train[idx], t, torch.randn(n, train.shape[1], generator=g, dtype=torch.float64))
+    other = 2.0 * torch.randn(8, train.shape[1], generator=g, dtype=torch.float64)
+    return torch.cat([xt, other, torch.full((1, train.shape[1]), 6.0, dtype=torch.float64)])
+
+
+# ---------------------------------------------------------------- exactness
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("t", TIMES)
+def test_float64_matches_brute_force(train, sched, t, fused):
+    x = queries(train, t, sched)
+    opt = EmpiricalOptimum(train, sched, dtype=torch.float64, fused=fused, tile=7)
+    x0_ref, eps_ref = ref_x0_eps(train, x, t, sched)
+    x0 = opt.x0_star(x, t)
+    eps = opt(x, t)
+    assert x0.dtype == torch.float64 and eps.dtype == torch.float64 and x0.shape == x.shape
+    torch.testing.assert_close(x0, x0_ref, rtol=0, atol=1e-10)
+    # eps divides by sqrt(1 - abar) (0.01 at t = 1): compare relative to its size
+    torch.testing.assert_close(eps, eps_ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("t", TIMES)
+def test_float32_matches_brute_force(train, sched, t, fused):
+    x = queries(train, t, sched)
+    opt = EmpiricalOptimum(train, sched, dtype=torch.float32, fused=fused, tile=7)
+    x0_ref, eps_ref = ref_x0_eps(train, x, t, sched)
+    x0, eps = opt.x0_star(x, t), opt(x, t)
+    assert x0.dtype == torch.float32 and eps.dtype == torch.float32
+    torch.testing.assert_close(x0.double(), x0_ref, rtol=0, atol=2e-5)
+    err = (eps.double() - eps_ref).norm(dim=1) / eps_ref.norm(dim=1)
+    assert float(err.max()) < 1e-3
+
+
+def test_x0_star_is_convex_combination(train, sched):
+    """x0* lies in the convex hull: for every direction, min_i <x_i,u> <= <x0*,u> <= max_i <x_i,u>."""
+    opt = EmpiricalOptimum(train, sched, dtype=torch.float64)
+    u = torch.randn(16, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for t in TIMES:
+        x0 = opt.x0_star(queries(train, t, sched), t)
+        proj, bounds = x0 @ u.T, train @ u.T
+        assert bool((proj >= bounds.min(0).values - 1e-12).all()) and bool((proj <= bounds.max(0).values + 1e-12).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("fused", [True, False])
+def test_invariant_to_tile_size(train, sched, dtype, fused):
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for t in (1, 100, 1000):
+        x = queries(train, t, sched)
+        base = EmpiricalOptimum(train, sched, dtype=dtype, tile=N, fused=False).x0_star(x, t)
+        for tile in (1, 7, N, N + 5, 4096):
+            got = EmpiricalOptimum(train, sched, dtype=dtype, tile=tile, fused=fused).x0_star(x, t)
+            torch.testing.assert_close(got, base, rtol=0, atol=tol, msg=f"t={t} tile={tile}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("fused", [True, False])
+def test_row_independent_of_batch_companions(train, sched, dtype, fused):
+    """A query's result must not depend on the other queries in the batch (e.g. a running max shared across rows)."""
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for t in (1, 10, 500):
+        x = queries(train, t, sched)
+        far = torch.stack([torch.full((D,), 500.0, dtype=torch.float64), torch.full((D,), -300.0, dtype=torch.float64),
+                           300.0 * train[3]])
+        ref = EmpiricalOptimum(train, sched, dtype=dtype, tile=4096, fused=False)
+        alone = torch.cat([ref.x0_star(x[i:i + 1], t) for i in range(len(x))])
+        for tile in (1, 7, 4096):
+            opt = EmpiricalOptimum(train, sched, dtype=dtype, tile=tile, fused=fused)
+            torch.testing.assert_close(opt.x0_star(x[5:6], t), alone[5:6], rtol=0, atol=tol)
+            mixed = opt.x0_star(torch.cat([far[:1], x, far[1:]]), t)[1:-2]
+            torch.testing.assert_close(mixed, alone, rtol=0, atol=tol)
+            assert bool(torch.isfinite(opt.x0_star(far, t)).all())
+    # the far queries themselves: all weight on the training point best aligned with them (a softmax, no NaN)
+    opt = EmpiricalOptimum(train, sched, dtype=torch.float64, tile=5, fused=fused)
+    torch.testing.assert_close(opt.x0_star(far, 1), ref_x0_eps(train, far, 1, sched)[0], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("fused", [True, False])
+def test_per_sample_t_equals_rowwise_scalar_t(train, sched, dtype, fused):
+    g = torch.Generator().manual_seed(3)
+    t = torch.tensor([1, 1000, 10, 500, 100, 2, 999, 50, 1, 300])
+    x = add_noise(sched, train[torch.randint(N, (len(t),), generator=g)], t,
+                  torch.randn(len(t), D, generator=g, dtype=torch.float64))
+    opt = EmpiricalOptimum(train, sched, dtype=dtype, fused=fused, tile=7)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    x0, eps = opt.x0_star(x, t), opt(x, t)
+    for b in range(len(t)):
+        torch.testing.assert_close(x0[b:b + 1], opt.x0_star(x[b:b + 1], int(t[b])), rtol=0, atol=tol)
+        torch.testing.assert_close(eps[b:b + 1], opt(x[b:b + 1], int(t[b])), rtol=tol, atol=tol)
+    x0_ref, eps_ref = ref_x0_eps(train, x, t, sched)
+    torch.testing.assert_close(x0.double(), x0_ref, rtol=0, atol=1e-10 if dtype == torch.float64 else 2e-5)
+
+
+def test_t1_gives_nearest_training_point(train, sched):
+    g = torch.Generator().manual_seed(11)
+    x = 1.5 * torch.randn(200, D, generator=g, dtype=torch.float64)
+    a = float(sched.abar[1]) ** 0.5
+    d2 = ((x[:, None, :] / a - train[None]) ** 2).sum(-1)
+    top2 = d2.topk(2, dim=1, largest=False).values
+    ok = (top2[:, 1] - top2[:, 0]) > 0.02  # not a near-tie: the weight of the runner-up is < exp(-90)
+    assert int(ok.sum()) > 150
+    nearest = train[d2.argmin(1)]
+    for dtype in (torch.float64, torch.float32):
+        for fused in (True, False):
+            x0 = EmpiricalOptimum(train, sched, dtype=dtype, fused=fused).x0_star(x, 1).double()
+            torch.testing.assert_close(x0[ok], nearest[ok], rtol=0, atol=1e-6)
+
+
+def test_t1000_gives_roughly_the_mean(train, sched):
+    x = queries(train, 1000, sched)
+    opt = EmpiricalOptimum(train, sched, dtype=torch.float64)
+    x0 = opt.x0_star(x, 1000)
+    torch.testing.assert_close(x0, ref_x0_eps(train, x, 1000, sched)[0], rtol=0, atol=1e-12)
+    w = ref_weights(train, x, 1000, sched)
+    assert float((N * w - 1).abs().max()) < 0.5  # near-uniform weights ...
+    bound = (N * w - 1).abs().amax(1, keepdim=True) * train.norm(dim=1).mean()  # |sum (w_i - 1/N) x_i|
+    assert bool(((x0 - train.mean(0)).norm(dim=1, keepdim=True) <= bound + 1e-12).all())
+    assert float((x0 - train.mean(0)).norm(dim=1).max()) < 0.1 * float(train.norm(dim=1).mean())
+    st = opt.weight_stats(x, 1000)
+    assert bool((st.entropy > math.log(N) - 0.05).all()) and bool((st.max_weight < 1.5 / N).all())
+
+
+def test_tweedie_score_is_gradient_of_log_mixture(train, sched):
+    opt = EmpiricalOptimum(train, sched, dtype=torch.float64)
+    for t in TIMES:
+        abar = sched.abar[t]
+        a, s2 = abar.sqrt(), 1 - abar
+        x = queries(train, t, sched).requires_grad_(True)
+        # log (1/N) sum_i N(x; a x_i, s^2 I)
+        sq = ((x[:, None, :] - a * train[None]) ** 2).sum(-1)
+        logp = torch.logsumexp(-sq / (2 * s2), 1) - math.log(N) - 0.5 * D * torch.log(2 * math.pi * s2)
+        (grad,) = torch.autograd.grad(logp.sum(), x)
+        score = -opt(x.detach(), t) / s2.sqrt()
+        torch.testing.assert_close(score, grad, rtol=1e-9, atol=1e-9 / float(s2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("tile", [1, 7, 4096])
+def test_weight_stats_match_brute_force(train, sched, dtype, tile):
+    for t in TIMES:
+        x = queries(train, t, sched)
+        # order the training set so that the maximum moves to later tiles (exercises the running-max rescaling)
+        opt = EmpiricalOptimum(train, sched, dtype=dtype, tile=tile)
+        st = opt.weight_stats(x, t)
+        w = ref_weights(train, x, t, sched)
+        ent = -(w * torch.log(w.clamp(min=1e-300))).sum(1)
+        assert st.entropy.dtype == torch.float64
+        torch.testing.assert_close(st.entropy, ent, rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(st.max_weight, w.max(1).values, rtol=1e-9, atol=1e-12)
+        clear = (w.topk(2, 1).values[:, 0] - w.topk(2, 1).values[:, 1]) > 1e-9
+        assert torch.equal(st.nearest[clear], w.argmax(1)[clear])
+        # argmax_i w_i is the training point nearest to x_t / sqrt(abar_t)
+        d = ((x[:, None, :] / sched.abar[t].sqrt() - train[None]) ** 2).sum(-1)
+        assert torch.equal(st.nearest[clear], d.argmin(1)[clear])
+
+
+def test_weight_stats_running_max_moves(sched):
+    """Training points sorted so that each tile holds a new maximum for the query: the online entropy must rescale."""
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    train = torch.linspace(-3, 0, 12, dtype=torch.float64)[:, None]  # nearest to 0 comes last
+    for t in (5, 50, 300):
+        w = ref_weights(train, x, t, sched)
+        ent = -(w * w.clamp(min=1e-300).log()).sum(1)
+        for tile in (1, 2, 5):
+            st = EmpiricalOptimum(train, sched, dtype=torch.float64, tile=tile).weight_stats(x, t)
+            torch.testing.assert_close(st.entropy, ent, rtol=1e-10, atol=1e-12)
+            assert int(st.nearest) == 11
+            torch.testing.assert_close(st.max_weight, w.max(1).values, rtol=1e-10, atol=0)
+
+
+def test_single_training_point_is_exact(sched):
+    x1 = torch.tensor([[0.3, -1.2, 2.0]], dtype=torch.float64)
+    opt = EmpiricalOptimum(x1, sched, dtype=torch.float64)
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 10
+    for t in TIMES:
+        torch.testing.assert_close(opt.x0_star(x, t), x1.expand(5, 3), rtol=0, atol=1e-13)
+        st = opt.weight_stats(x, t)
+        assert bool((st.entropy == 0).all()) and bool((st.nearest == 0).all())
+        torch.testing.assert_close(st.max_weight, torch.ones(5, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- input checks
+def test_bad_inputs_raise(train, sched):
+    opt = EmpiricalOptimum(train, sched)
+    x = torch.zeros(3, D, dtype=torch.float64)
+    with pytest.raises(ValueError, match="t must be >= 1"):
+        opt(x, 0)
+    with pytest.raises(ValueError, match="t must be >= 1"):
+        opt.x0_star(x, torch.tensor([5, 0, 7]))
+    with pytest.raises(ValueError, match="t must be >= 1"):
+        opt.weight_stats(x, 0)
+    with pytest.raises(TypeError, match="t must"):
+        opt(x, 1.0)
+    with pytest.raises(ValueError, match="t must"):
+        opt(x, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="t must"):
+        opt(x, 1001)
+    with pytest.raises(ValueError, match="xt"):
+        opt.x0_star(torch.zeros(3, D + 1), 5)
+    with pytest.raises(ValueError, match="xt"):
+        opt.x0_star(torch.zeros(D), 5)
+    with pytest.raises(ValueError, match="train"):
+        EmpiricalOptimum(torch.zeros(0, 3), sched)
+    with pytest.raises(ValueError, match="train"):
+        EmpiricalOptimum(torch.zeros(5), sched)
+    with pytest.raises(ValueError, match="dtype"):
+        EmpiricalOptimum(train, sched, dtype=torch.float16)
+    with pytest.raises(ValueError, match="tile"):
+        EmpiricalOptimum(train, sched, tile=0)
+
+
+# ---------------------------------------------------------------- Gaussian denoiser
+@pytest.fixture(scope="module")
+def gauss(sched):
+    mean = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    A = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.5, 0.0], [-0.3, 0.2, 0.15]], dtype=torch.float64)
+    cov = A @ A.T  # eigenvalues ~ 0.014, 0.22, 1.8: far from isotropic, not axis-aligned
+    return mean, cov, GaussianDenoiser(mean, cov, sched)
+
+
+def test_gaussian_x0_hat_closed_form(gauss, sched, gen):
+    mean, cov, den = gauss
+    x = 2 * torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    t = torch.tensor([1, 10, 100, 500, 999, 1000])
+    got = den.x0_hat(x, t)
+    for b in range(len(t)):
+        abar = sched.abar[int(t[b])]
+        a = abar.sqrt()
+        # E[x0 | x_t] = mean + Cov(x0, x_t) Var(x_t)^{-1} (x_t - E x_t), solved directly
+        ref = mean + a * cov @ torch.linalg.solve(abar * cov + (1 - abar) * torch.eye(3, dtype=torch.float64),
+                                                  x[b] - a * mean)
+        torch.testing.assert_close(got[b], ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(den(x[b:b + 1], int(t[b]))[0], (x[b] - a * ref) / (1 - abar).sqrt(),
+                                   rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("t", [50, 300])
+def test_gaussian_x0_hat_is_monte_carlo_conditional_mean(gauss, sched, t):
+    """Regress x0 on x_t over forward samples: the least-squares affine map is E[x0 | x_t] (linear for Gaussians)."""
+    mean, cov, den = gauss
+    g = torch.Generator().manual_seed(t)
+    n = 200_000
+    x0 = mean + torch.randn(n, 3, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    xt = add_noise(sched, x0, t, torch.randn(n, 3, generator=g, dtype=torch.float64))
+    design = torch.cat([xt, torch.ones(n, 1, dtype=torch.float64)], 1)
+    coef = torch.linalg.lstsq(design, x0).solution  # [4, 3]
+    probe = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    mc = torch.cat([probe, torch.ones(20, 1, dtype=torch.float64)], 1) @ coef
+    torch.testing.assert_close(den.x0_hat(probe, t), mc, rtol=0, atol=0.02)
+
+
+def test_gaussian_flow_map_composes(gauss, gen):
+    _, _, den = gauss
+    x = 2 * torch.randn(8, 3, generator=gen, dtype=torch.float64)
+    for t, t1, t2 in [(1000, 400, 0), (700, 699, 3), (500, 20, 1), (30, 10, 0)]:
+        torch.testing.assert_close(den.flow_map(den.flow_map(x, t, t1), t1, t2), den.flow_map(x, t, t2),
+                                   rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(den.flow_map(x, 321, 321), x, rtol=1e-12, atol=1e-12)
+    # and it is invertible: forward in time undoes backward
+    torch.testing.assert_close(den.flow_map(den.flow_map(x, 900, 5), 5, 900), x, rtol=1e-9, atol=1e-9)
+
+
+def test_gaussian_flow_map_transports_the_marginals(gauss, sched):
+    """The flow map is affine, x -> A x + b; it must push N(a mean, a^2 cov + s^2 I) at t onto the marginal at t'."""
+    mean, cov, den = gauss
+    eye = torch.eye(3, dtype=torch.float64)
+    for t, t_to in [(1000, 0), (600, 100), (50, 1)]:
+        b = den.flow_map(torch.zeros(1, 3, dtype=torch.float64), t, t_to)[0]
+        A = (den.flow_map(eye, t, t_to) - b).T  # column j = image of e_j
+        ab, ab_to = sched.abar[t], sched.abar[t_to]
+        torch.testing.assert_close(A @ (ab.sqrt() * mean) + b, ab_to.sqrt() * mean, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(A @ (ab * cov + (1 - ab) * eye) @ A.T, ab_to * cov + (1 - ab_to) * eye,
+                                   rtol=1e-8, atol=1e-9)
+
+
+def test_gaussian_flow_map_small_step_follows_eps(gauss, sched, gen):
+    """dy/dsigma = eps(x, t) in y = x / sqrt(abar), sigma = sqrt((1 - abar) / abar): check with a one-step difference."""
+    _, _, den = gauss
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    for t in (200, 600):
+        ab, ab_to = float(sched.abar[t]), float(sched.abar[t - 1])
+        sig, sig_to = ((1 - ab) / ab) ** 0.5, ((1 - ab_to) / ab_to) ** 0.5
+        y_to = den.flow_map(x, t, t - 1) / ab_to**0.5
+        mid = 0.5 * (den(x, t) + den(den.flow_map(x, t, t - 1), t - 1))  # trapezoid in sigma
+        torch.testing.assert_close(y_to, x / ab**0.5 + (sig_to - sig) * mid, rtol=0, atol=1e-4 * abs(sig_to - sig))
+
+
+# ---------------------------------------------------------------- device (runs only where torch sees a GPU)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("fused", [True, False])
+def test_cuda_matches_cpu_reference(train, sched, dtype, fused):
+    opt = EmpiricalOptimum(train, sched, dtype=dtype, fused=fused, tile=7).to("cuda")
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for t in TIMES:
+        x = queries(train, t, sched)
+        got = opt.x0_star(x.cuda(), torch.full((len(x),), t, device="cuda")).cpu().double()
+        torch.testing.assert_close(got, ref_x0_eps(train, x, t, sched)[0], rtol=0, atol=tol)

@@ -1,0 +1,170 @@
+"""Metrics: exact nearest neighbours against brute force, the copy rate of the empirical optimum, bootstrap CIs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffgen.data import load_dataset
+from diffgen.denoisers import EmpiricalOptimum
+from diffgen.metrics import COPY_THRESHOLD, Estimate, bootstrap_ci, copy_rate, copy_rate_curve, nearest_neighbors
+from diffgen.samplers import sample_ddim
+
+
+def brute_knn(z: torch.Tensor, train: torch.Tensor, k: int):
+    """All pairwise distances with explicit differences in float64, fully sorted."""
+    d = (z.double()[:, None, :] - train.double()[None]).pow(2).sum(-1).sqrt()
+    dist, idx = d.sort(dim=1, stable=True)
+    return dist[:, :k], idx[:, :k]
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(53, 5, generator=g, dtype=torch.float64)
+    z = torch.cat([1.3 * torch.randn(30, 5, generator=g, dtype=torch.float64),
+                   train[[4, 17, 52]] + 1e-7 * torch.randn(3, 5, generator=g, dtype=torch.float64),  # near-copies
+                   torch.full((1, 5), 40.0, dtype=torch.float64)])  # far away
+    return train, z
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("tile", [1, 2, 7, 53, 4096])
+def test_nearest_neighbors_equal_brute_force(cloud, k, tile):
+    train, z = cloud
+    nn = nearest_neighbors(z, train, k=k, tile=tile)
+    dist, idx = brute_knn(z, train, k)
+    assert nn.dist.shape == (len(z), k) and nn.index.shape == (len(z), k)
+    assert nn.dist.dtype == torch.float64 and nn.index.dtype == torch.long
+    assert torch.equal(nn.index, idx)
+    torch.testing.assert_close(nn.dist, dist, rtol=1e-13, atol=0)
+    torch.testing.assert_close(nn.d1, dist[:, 0], rtol=1e-13, atol=0)
+    if k >= 2:
+        torch.testing.assert_close(nn.ratio, dist[:, 0] / dist[:, 1], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("tile", [1, 3, 4096])
+def test_exact_copies_have_zero_distance(cloud, tile):
+    train, _ = cloud
+    pick = torch.tensor([0, 9, 52, 9])
+    z = train[pick].clone()
+    for k in (1, 2, 3):
+        nn = nearest_neighbors(z, train, k=k, tile=tile)
+        assert bool((nn.d1 == 0).all())
+        assert torch.equal(nn.index[:, 0], pick)
+        torch.testing.assert_close(nn.dist, brute_knn(z, train, k)[0], rtol=1e-13, atol=0)
+    assert bool((nearest_neighbors(z, train, tile=tile).ratio == 0).all())
+    # near-copies: the tiny distance survives (no cancellation to 0 or to sqrt(eps) * |x|)
+    delta = 1e-9 * torch.ones(1, 5, dtype=torch.float64)
+    nn = nearest_neighbors(train[3:4] + delta, train, tile=tile)
+    assert int(nn.index[0, 0]) == 3
+    assert float(nn.d1[0]) == pytest.approx(float(delta.norm()), rel=1e-6)
+
+
+def test_float32_inputs(cloud):
+    train, z = cloud
+    nn = nearest_neighbors(z.float(), train.float(), k=2, tile=5)
+    dist, idx = brute_knn(z.float(), train.float(), 2)
+    assert torch.equal(nn.index, idx)
+    torch.testing.assert_close(nn.dist, dist, rtol=1e-12, atol=0)
+
+
+def test_nearest_neighbors_bad_inputs(cloud):
+    train, z = cloud
+    with pytest.raises(ValueError, match="k must"):
+        nearest_neighbors(z, train, k=0)
+    with pytest.raises(ValueError, match="k must"):
+        nearest_neighbors(z, train, k=len(train) + 1)
+    with pytest.raises(ValueError, match="agree in D"):
+        nearest_neighbors(z[:, :3], train)
+    with pytest.raises(ValueError, match="tile"):
+        nearest_neighbors(z, train, tile=0)
+
+
+# ---------------------------------------------------------------- the claim C3 check, small
+def test_empirical_optimum_ddim_copies_digits_heldout_does_not(sched):
+    ds = load_dataset("digits", 200, 0)
+    heldout = load_dataset("digits", 200, 200).heldout  # same seed: the same 200 training images, 200 others
+    assert torch.equal(load_dataset("digits", 200, 200).train, ds.train)
+    opt = EmpiricalOptimum(ds.train, sched, dtype=torch.float64)
+    x_T = torch.randn(100, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = sample_ddim(opt, x_T, sched, 50)
+    nn = nearest_neighbors(z, ds.train)
+    rate = copy_rate(nn.ratio)
+    assert rate.value >= 0.95
+    assert len(torch.unique(nn.index[:, 0])) > 20  # copies of many different images, not one
+    nh = nearest_neighbors(heldout, ds.train)
+    assert copy_rate(nh.ratio).value <= 0.05
+    assert float(nh.d1.min()) > 0.5  # held-out digits are genuinely different images
+
+
+# ---------------------------------------------------------------- bootstrap
+def test_bootstrap_ci_coverage():
+    rng = np.random.default_rng(0)
+    hits = 0
+    reps = 200
+    for r in range(reps):
+        x = rng.exponential(2.0, size=100)  # skewed, true mean 2
+        est = bootstrap_ci(x, n_boot=800, seed=r)
+        assert est.low <= est.value <= est.high
+        hits += est.low <= 2.0 <= est.high
+    coverage = hits / reps
+    assert 0.90 <= coverage <= 0.99, coverage  # nominal 0.95; binomial sd over 200 repetitions 0.015
+
+
+def test_bootstrap_ci_interval_width_scales_like_standard_error():
+    x = np.random.default_rng(1).normal(0, 1, size=400)
+    est = bootstrap_ci(x, n_boot=2000)
+    se = x.std(ddof=1) / np.sqrt(len(x))
+    assert est.value == pytest.approx(x.mean())
+    assert (est.high - est.low) == pytest.approx(2 * 1.96 * se, rel=0.15)
+    narrow = bootstrap_ci(x, n_boot=2000, level=0.5)
+    assert est.low < narrow.low < narrow.high < est.high and narrow.level == 0.5
+
+
+def test_bootstrap_ci_deterministic_in_seed_and_accepts_tensors():
+    x = np.random.default_rng(2).normal(size=50)
+    a, b = bootstrap_ci(x, seed=3), bootstrap_ci(x, seed=3)
+    assert (a.value, a.low, a.high) == (b.value, b.low, b.high)
+    c = bootstrap_ci(x, seed=4)
+    assert (a.low, a.high) != (c.low, c.high)
+    t = bootstrap_ci(torch.from_numpy(x), seed=3)
+    assert (t.value, t.low, t.high) == (a.value, a.low, a.high)
+    med = bootstrap_ci(x, np.median, seed=3)
+    assert med.value == pytest.approx(float(np.median(x)))
+    assert isinstance(a, Estimate) and a.ci == [a.low, a.high]
+    assert format(Estimate(0.5, 0.25, 0.75)) == "0.500 [0.250, 0.750]"
+
+
+def test_bootstrap_ci_bad_inputs():
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
+    for level in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="level"):
+            bootstrap_ci([1.0, 2.0], level=level)
+
+
+# ---------------------------------------------------------------- copy rate
+def test_copy_rate_is_share_below_threshold():
+    ratio = torch.tensor([0.0, 0.1, 0.3, 1 / 3, 0.34, 0.5, 0.9, 1.0], dtype=torch.float64)
+    est = copy_rate(ratio)
+    assert COPY_THRESHOLD == pytest.approx(1 / 3)
+    assert est.value == pytest.approx(3 / 8)  # strict: ratio == 1/3 is not a copy
+    assert est.low <= est.value <= est.high
+    assert copy_rate(ratio, threshold=1.0).value == pytest.approx(7 / 8)
+    all_copies = copy_rate(torch.zeros(20, dtype=torch.float64))
+    assert (all_copies.value, all_copies.low, all_copies.high) == (1.0, 1.0, 1.0)
+    for th in (0.0, -0.1, 1.01):
+        with pytest.raises(ValueError, match="threshold"):
+            copy_rate(ratio, threshold=th)
+
+
+def test_copy_rate_curve_monotone_and_brute_force():
+    ratio = torch.from_numpy(np.concatenate([np.random.default_rng(3).beta(0.5, 0.8, size=500), [0.25, 0.5, 0.5]]))
+    th = np.sort(np.concatenate([np.linspace(0.01, 1.0, 57), [0.25, 0.5, 1 / 3]]))  # ties: strict "<", as copy_rate
+    curve = copy_rate_curve(ratio, th)
+    assert curve.shape == (60,)
+    assert np.all(np.diff(curve) >= 0)
+    brute = np.array([sum(1 for r in ratio.tolist() if r < x) / len(ratio) for x in th])
+    np.testing.assert_allclose(curve, brute, rtol=0, atol=1e-15)
+    assert copy_rate_curve(ratio, [COPY_THRESHOLD])[0] == pytest.approx(copy_rate(ratio).value)

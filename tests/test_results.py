@@ -1,0 +1,176 @@
+"""The per-chapter results file: strict JSON, atomic writes, validation on write and on read."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from diffgen import __version__, source_hash
+from diffgen._util import atomic_write
+from diffgen.results import CLAIM_IDS, Claim, read_results, results_path, write_results
+
+KEYS = {"chapter", "parameters", "diffgen_version", "source_hash", "claims"}
+CLAIM_KEYS = {"id", "statement", "metric", "value", "ci", "expected", "holds"}
+
+
+def _strict_json(text: str):
+    """json.loads that rejects the non-standard NaN / Infinity tokens Python's json module emits by default."""
+    def bad(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=bad)
+
+
+def _claims():
+    return [
+        Claim("C2", "closed form of the empirical optimum", "max |x0* - brute force|", 1.5e-12, None, "< 1e-9", True),
+        Claim("C3", "deterministic sampler copies", "copy rate", np.float64(0.98), (np.float32(0.95), 1.0),
+              ">= 0.9", np.bool_(True)),
+    ]
+
+
+def test_write_results_valid_json_with_required_keys(tmp_path):
+    params = {"n_train": 200, "steps": 50, "dataset": "digits", "seeds": [0, 1]}
+    path = write_results(tmp_path / "out", "ch3", params, _claims())
+    assert path == results_path(tmp_path / "out", "ch3") == tmp_path / "out" / "ch3.results.json"
+    doc = _strict_json(path.read_text())
+    assert set(doc) == KEYS
+    assert doc["chapter"] == "ch3" and doc["parameters"] == params
+    assert doc["diffgen_version"] == __version__
+    assert doc["source_hash"] == source_hash() and len(doc["source_hash"]) == 16
+    assert [c["id"] for c in doc["claims"]] == ["C2", "C3"]
+    for c in doc["claims"]:
+        assert set(c) == CLAIM_KEYS
+        assert isinstance(c["value"], float) and isinstance(c["holds"], bool)
+    assert doc["claims"][0]["ci"] is None
+    assert doc["claims"][1]["ci"] == [pytest.approx(0.95), 1.0] and doc["claims"][1]["value"] == pytest.approx(0.98)
+    assert sorted(os.listdir(tmp_path / "out")) == ["ch3.results.json"]  # no temp file left behind
+
+
+def test_read_results_round_trip(tmp_path):
+    claims = _claims()
+    path = write_results(tmp_path, "ch2", {"a": 1.5}, claims)
+    doc = read_results(path)
+    assert doc == json.loads(path.read_text())
+    for c, d in zip(claims, doc["claims"]):
+        back = Claim(**{**d, "ci": None if d["ci"] is None else tuple(d["ci"])})
+        assert back.id == c.id and back.statement == c.statement and back.metric == c.metric
+        assert back.value == pytest.approx(float(c.value), rel=1e-15)
+        assert back.holds == bool(c.holds) and back.expected == c.expected
+    # rewriting replaces the file
+    write_results(tmp_path, "ch2", {"a": 2.5}, claims[:1])
+    doc = read_results(path)
+    assert doc["parameters"] == {"a": 2.5} and len(doc["claims"]) == 1
+
+
+@pytest.mark.parametrize("bad_id", ["C0", "C7", "c1", "", "claim1"])
+def test_bad_claim_id_raises(bad_id):
+    with pytest.raises(ValueError, match="claim id"):
+        Claim(bad_id, "s", "m", 1.0, None, "e", True)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, np.float32("nan")])
+def test_non_finite_value_raises(value):
+    with pytest.raises(ValueError, match="finite"):
+        Claim("C1", "s", "m", value, None, "e", False)
+
+
+def test_all_claim_ids_accepted():
+    assert CLAIM_IDS == ("C1", "C2", "C3", "C4", "C5", "C6")
+    for cid in CLAIM_IDS:
+        Claim(cid, "s", "m", 0.0, (0.0, 0.0), "e", True)
+
+
+def test_non_finite_ci_never_reaches_the_file(tmp_path):
+    """A NaN/inf interval bound must be rejected (on construction or on write): json.dump would otherwise write the
+    non-standard tokens NaN/Infinity, which strict JSON readers reject."""
+    try:
+        claim = Claim("C1", "s", "m", 0.1, (math.nan, 0.2), "e", True)
+        path = write_results(tmp_path, "ch1", {}, [claim])
+    except ValueError:
+        assert not os.listdir(tmp_path)
+        return
+    _strict_json(path.read_text())
+
+
+def test_non_finite_parameter_never_reaches_the_file(tmp_path):
+    try:
+        path = write_results(tmp_path, "ch1", {"lr": math.inf}, _claims())
+    except ValueError:
+        assert not os.listdir(tmp_path)  # atomic: neither the file nor a temp file
+        return
+    _strict_json(path.read_text())
+
+
+def test_read_results_rejects_malformed(tmp_path):
+    path = write_results(tmp_path, "ch4", {}, _claims())
+    doc = json.loads(path.read_text())
+    del doc["source_hash"]
+    bad = tmp_path / "bad.results.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="source_hash"):
+        read_results(bad)
+    doc = json.loads(path.read_text())
+    doc["claims"][0]["id"] = "C9"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="claim id"):
+        read_results(bad)
+
+
+# ---------------------------------------------------------------- atomic_write
+def test_atomic_write_failure_leaves_nothing(tmp_path):
+    target = tmp_path / "sub" / "x.json"
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_write(target) as f:
+            f.write('{"partial": ')
+            raise RuntimeError("boom")
+    assert not target.exists()
+    assert os.listdir(tmp_path / "sub") == []  # the temporary file was removed too
+
+
+def test_atomic_write_failure_keeps_previous_content(tmp_path):
+    target = tmp_path / "x.json"
+    with atomic_write(target) as f:
+        f.write("old")
+    assert target.read_text() == "old"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(target) as f:
+            f.write("new, half")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_write_results_failure_inside_json_dump_leaves_nothing(tmp_path):
+    class Unserialisable:
+        pass
+
+    with pytest.raises(TypeError):
+        write_results(tmp_path / "r", "ch5", {"obj": Unserialisable()}, _claims())
+    assert os.listdir(tmp_path / "r") == []
+
+
+def test_atomic_write_binary_mode(tmp_path):
+    target = tmp_path / "b.bin"
+    with atomic_write(target, "wb") as f:
+        f.write(b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_atomic_write_respects_umask_like_open(tmp_path):
+    """The atomically written file must get the permissions a plain open(path, "w") would give (0o666 & ~umask);
+    a temp file from tempfile.mkstemp is 0o600, which would make results files unreadable to other users."""
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        with atomic_write(tmp_path / "atomic.txt") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "atomic.txt") == mode(plain) == 0o644
