@@ -103,14 +103,17 @@ def plot_curves(x, curves: dict, *, ax, xlabel: str, ylabel: str, vline: float |
     return ax
 
 
-def plot_distance_hist(groups: dict, *, ax, bins: int = 40):
-    """Histograms of positive distances per group on a log-scaled x-axis."""
-    all_d = np.concatenate([_np(d) for d in groups.values()])
-    all_d = all_d[all_d > 0]
-    edges = np.logspace(math.log10(all_d.min()) - 0.1, math.log10(all_d.max()) + 0.1, bins)
-    for name, d in groups.items():
-        ax.hist(np.clip(_np(d), edges[0], None), bins=edges, alpha=0.6, label=name)
+def plot_distance_hist(groups: dict, *, ax, bins: int = 40, floor: float = 1e-12):
+    """Histograms of distances per group on a log x-axis; distances below `floor` (exact copies: 0) are drawn in
+    the first bin, which is labelled as such."""
+    values = {name: np.clip(_np(d), floor, None) for name, d in groups.items()}
+    top = max(v.max() for v in values.values())
+    edges = np.logspace(math.log10(floor), math.log10(top) + 0.1, bins)
+    for name, v in values.items():
+        ax.hist(v, bins=edges, alpha=0.6, label=name)
     ax.set_xscale("log")
+    ax.annotate(f"$\\leq${floor:.0e}\n(exact copies)", xy=(floor, 0), xytext=(0, 18), textcoords="offset points",
+                fontsize=8, ha="left")
     ax.legend()
     return ax
 

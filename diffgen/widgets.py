@@ -14,7 +14,7 @@ from matplotlib.animation import FuncAnimation
 
 from ._util import is_headless, randn, sample_generators
 from .denoisers import EmpiricalOptimum
-from .plotting import plot_points_2d
+from .plotting import plot_image_rows, plot_points_2d
 from .samplers import Trajectory, sample_ddim
 from .schedule import Schedule
 
@@ -43,22 +43,27 @@ class ToyPaths:
             t, xt[n], x0[n] = rec.stacked()
         return cls(train, t, xt, x0)
 
-    def draw(self, n: int, step: int, axes) -> None:
-        """Frame `step` for training-set size n: x_t on the left, the optimum's prediction x0*(x_t, t) on the right."""
-        for ax in axes:
-            ax.clear()
+    def draw(self, n: int, step: int, ax) -> None:
+        """Frame `step` for training-set size n: x_t (blue) and the optimum's prediction x0*(x_t, t) (orange)."""
+        ax.clear()
         t = int(self.t[step])
-        plot_points_2d(self.train[:n], self.xt[n][step], ax=axes[0], title=f"$x_t$,  t = {t}")
-        plot_points_2d(self.train[:n], self.x0_hat[n][step], ax=axes[1], title=r"$\hat x_0 = x_0^*(x_t, t)$")
+        plot_points_2d(self.train[:n], self.xt[n][step], ax=ax, title=f"n = {n},  t = {t}")
+        x0 = self.x0_hat[n][step]
+        ax.scatter(x0[:, 0], x0[:, 1], s=4, color="tab:orange", alpha=0.8)
 
 
-def toy_paths_animation(paths: ToyPaths, n: int, *, every: int = 2) -> str:
-    """Static fallback: an HTML frame slider (matplotlib to_jshtml) over the reverse steps at training-set size n."""
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.6), dpi=72)
+def toy_paths_animation(paths: ToyPaths, n_values, *, every: int = 3) -> str:
+    """Static fallback: an HTML frame slider (matplotlib to_jshtml) over the reverse steps, one panel per n."""
+    fig, axes = plt.subplots(1, len(n_values), figsize=(3.3 * len(n_values), 3.4), dpi=72, squeeze=False)
     steps = list(range(0, len(paths.t), every))
     if steps[-1] != len(paths.t) - 1:
         steps.append(len(paths.t) - 1)
-    anim = FuncAnimation(fig, lambda k: paths.draw(n, steps[k], axes), frames=len(steps), interval=150)
+
+    def frame(k):
+        for ax, n in zip(axes[0], n_values):
+            paths.draw(n, steps[k], ax)
+
+    anim = FuncAnimation(fig, frame, frames=len(steps), interval=150)
     html = anim.to_jshtml(default_mode="once")
     plt.close(fig)
     return html
@@ -70,13 +75,13 @@ def toy_paths_explorer(paths: ToyPaths):
     from IPython.display import display
 
     out = W.Output()
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.6))
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
     plt.close(fig)
     step = W.IntSlider(value=0, min=0, max=len(paths.t) - 1, description="step")
     n = W.SelectionSlider(options=list(paths.xt), value=list(paths.xt)[-1], description="n train")
 
     def redraw(*_):
-        paths.draw(n.value, step.value, axes)
+        paths.draw(n.value, step.value, ax)
         with out:
             out.clear_output(wait=True)
             display(fig)
@@ -85,3 +90,78 @@ def toy_paths_explorer(paths: ToyPaths):
     n.observe(redraw, "value")
     redraw()
     return W.VBox([W.HBox([step, n]), out])
+
+
+@dataclass(frozen=True)
+class SampleGallery:
+    """DDIM samples from the same x_T for every (training-set size n, EMA snapshot step), with nearest training images."""
+
+    shape: tuple
+    samples: dict  # (n, step) -> [K, D]
+    nearest: dict  # (n, step) -> [K, D], the nearest image in the first n training images
+    ratio: dict  # (n, step) -> [K] d1 / d2
+
+    @classmethod
+    def compute(cls, runs: dict, x_T: torch.Tensor, train: torch.Tensor, shape, sched: Schedule, steps: int):
+        """runs: n -> a train.TrainResult trained on train[:n]."""
+        from .metrics import nearest_neighbors
+
+        samples, nearest, ratio = {}, {}, {}
+        for n, run in runs.items():
+            for step in sorted(run.snapshots):
+                z = sample_ddim(run.model_at(step), x_T, sched, steps)
+                nn = nearest_neighbors(z, train[:n])
+                samples[n, step], nearest[n, step], ratio[n, step] = z.cpu(), train[nn.index[:, 0]].cpu(), nn.ratio.cpu()
+        return cls(tuple(shape), samples, nearest, ratio)
+
+    @property
+    def sizes(self) -> list:
+        return sorted({n for n, _ in self.samples})
+
+    def steps(self, n: int) -> list:
+        return sorted(s for m, s in self.samples if m == n)
+
+    def draw(self, n: int, step: int, ax) -> None:
+        ax.clear()
+        copies = int((self.ratio[n, step] < 1 / 3).sum())
+        plot_image_rows([self.samples[n, step], self.nearest[n, step]], self.shape, ["samples", "nearest training"],
+                        ax=ax)
+        ax.set_title(f"n = {n}, step {step}: {copies} of {len(self.ratio[n, step])} are copies")
+
+
+def sample_gallery_animation(gallery: SampleGallery) -> str:
+    """Static fallback: a frame slider over training-set sizes (final snapshot of each)."""
+    fig, ax = plt.subplots(figsize=(6.4, 2.2), dpi=80)
+    frames = [(n, gallery.steps(n)[-1]) for n in gallery.sizes]
+    anim = FuncAnimation(fig, lambda k: gallery.draw(*frames[k], ax), frames=len(frames), interval=600)
+    html = anim.to_jshtml(default_mode="once")
+    plt.close(fig)
+    return html
+
+
+def sample_gallery_explorer(gallery: SampleGallery):
+    """Live panel: pick the training-set size and the training step (needs a running kernel)."""
+    import ipywidgets as W
+    from IPython.display import display
+
+    out = W.Output()
+    fig, ax = plt.subplots(figsize=(6.4, 2.2))
+    plt.close(fig)
+    n = W.SelectionSlider(options=gallery.sizes, value=gallery.sizes[-1], description="n train")
+    step = W.SelectionSlider(options=gallery.steps(n.value), value=gallery.steps(n.value)[-1], description="step")
+
+    def redraw(*_):
+        gallery.draw(n.value, step.value, ax)
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+
+    def new_size(*_):
+        step.options = gallery.steps(n.value)
+        step.value = gallery.steps(n.value)[-1]
+        redraw()
+
+    n.observe(new_size, "value")
+    step.observe(redraw, "value")
+    redraw()
+    return W.VBox([W.HBox([n, step]), out])
