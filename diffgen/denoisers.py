@@ -187,3 +187,27 @@ class GaussianDenoiser:
         z = (xt.to(torch.float64) / abar**0.5 - self.mean) @ self.eigvecs
         z_to = z * ((self.eigvals + var_to) / (self.eigvals + var)).sqrt()
         return abar_to**0.5 * (self.mean + z_to @ self.eigvecs.T)
+
+
+@dataclass(frozen=True)
+class TimeSwitch:
+    """eps_hat from `inside` for time steps t_low <= t <= t_high and from `outside` elsewhere (a time-window swap)."""
+
+    inside: Denoiser
+    outside: Denoiser
+    t_low: int
+    t_high: int
+
+    def __post_init__(self):
+        if not 0 <= self.t_low <= self.t_high:
+            raise ValueError(f"need 0 <= t_low <= t_high; got t_low={self.t_low}, t_high={self.t_high}")
+
+    def __call__(self, xt: torch.Tensor, t) -> torch.Tensor:
+        t = _times(t, len(xt), xt.device)
+        mask = (t >= self.t_low) & (t <= self.t_high)
+        if bool(mask.all()):
+            return self.inside(xt, t)
+        out = self.outside(xt, t).to(xt.dtype)
+        if bool(mask.any()):
+            out[mask] = self.inside(xt[mask], t[mask]).to(xt.dtype)
+        return out

@@ -101,3 +101,43 @@ def copy_rate_curve(ratio: torch.Tensor, thresholds) -> np.ndarray:
     """Copy rate at each threshold (how the verdict moves with the 1/3 convention)."""
     r = np.asarray(ratio.cpu(), dtype=np.float64)
     return np.array([(r < th).mean() for th in np.asarray(thresholds, dtype=np.float64)])
+
+
+@torch.no_grad()
+def relative_gap(denoiser, reference, xt: torch.Tensor, t) -> float:
+    """E||eps_hat(x_t, t) - eps_ref(x_t, t)||^2 / E||eps_ref(x_t, t)||^2 over the rows of x_t (one time step t)."""
+    ref = reference(xt, t).to(torch.float64)
+    diff = denoiser(xt, t).to(torch.float64) - ref
+    return float(diff.pow(2).sum() / ref.pow(2).sum())
+
+
+def gap_on_forward_samples(denoiser, reference, x0: torch.Tensor, sched, times, generator: torch.Generator):
+    """relative_gap at each t on x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (eps drawn from `generator`)."""
+    from .schedule import add_noise
+
+    gaps = []
+    for t in times:
+        eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(x0.device)
+        gaps.append(relative_gap(denoiser, reference, add_noise(sched, x0.to(torch.float64), int(t), eps), int(t)))
+    return np.array(gaps)
+
+
+def gap_along_path(denoiser, reference, times, xt) -> np.ndarray:
+    """relative_gap at each recorded point (t_k, x_{t_k}) of a reverse path (see samplers.Trajectory), t_k >= 1."""
+    return np.array([relative_gap(denoiser, reference, x, int(t)) for t, x in zip(times, xt) if int(t) >= 1])
+
+
+@torch.no_grad()
+def objective_samples(objective, denoiser, x0: torch.Tensor, *, repeats: int = 8, seed: int = 0) -> np.ndarray:
+    """Per-sample values of a training objective (`objective.loss(denoiser, x0, generator)`) over `repeats` passes
+    through x0, with draws from a generator seeded by `seed`: two denoisers evaluated with the same seed see the
+    same t and noise (common random numbers), so their difference has low variance."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([objective.loss(denoiser, x0, g).detach().cpu() for _ in range(repeats)]).double().numpy()
+
+
+def loss_reduction_share(losses: np.ndarray) -> float:
+    """1 - (L_model - L_opt) / (L_zero - L_opt) from columns [model, optimum, zero predictor] of per-sample losses:
+    the share of the loss reduction the optimum achieves over predicting 0 that the model also achieves."""
+    model, opt, zero = losses.mean(0)
+    return float(1 - (model - opt) / (zero - opt))

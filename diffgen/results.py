@@ -1,7 +1,8 @@
 """Layer 0: the per-chapter results file `<chapter>.results.json` (one format for every chapter).
 
 {"chapter", "parameters", "diffgen_version", "source_hash",
- "claims": [{"id": "C1".."C6", "statement", "metric", "value", "ci": [low, high] | null, "expected", "holds"}]}
+ "claims": [{"id": "C1".."C6", "statement", "metric", "value" (number, or null when not measurable),
+             "ci": [low, high] | null, "expected", "holds"}]}
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class Claim:
     id: str  # C1..C6, as in shared/paper/PAPER.md
     statement: str  # the paper's claim, in words
     metric: str  # what was measured
-    value: float
+    value: float | None  # None: not measurable in this run (e.g. a correlation of a constant); then holds is False
     ci: tuple[float, float] | None  # 95% interval, or None for an exact/deterministic number
     expected: str  # the condition the value must meet, in words
     holds: bool
@@ -30,8 +31,11 @@ class Claim:
     def __post_init__(self):
         if self.id not in CLAIM_IDS:
             raise ValueError(f"claim id must be one of {', '.join(CLAIM_IDS)}; got {self.id!r}")
-        if not math.isfinite(float(self.value)):
-            raise ValueError(f"claim {self.id} value must be finite; got {self.value}")
+        if self.value is None:
+            if self.holds:
+                raise ValueError(f"claim {self.id} has no value, so it cannot hold")
+        elif not math.isfinite(float(self.value)):
+            raise ValueError(f"claim {self.id} value must be finite or None; got {self.value}")
         if self.ci is not None and (len(self.ci) != 2 or not all(math.isfinite(float(v)) for v in self.ci)):
             raise ValueError(f"claim {self.id} ci must be None or two finite numbers; got {self.ci}")
 
@@ -60,7 +64,7 @@ def write_results(directory: str | Path, chapter: str, parameters: dict, claims:
 
 def _claim_json(c: Claim) -> dict:
     d = asdict(c)
-    d["value"] = float(c.value)
+    d["value"] = None if c.value is None else float(c.value)
     d["ci"] = None if c.ci is None else [float(v) for v in c.ci]
     d["holds"] = bool(c.holds)
     return d

@@ -61,3 +61,11 @@ def test_ch2_seed_changes_the_samples(tmp_path):
     assert a["parameters"]["seed"] == 1
     text = (tmp_path / "a" / "ch2_empirical_optimum.ipynb").read_text()
     assert "seed = 1" in text
+
+
+@pytest.mark.slow
+def test_ch3_smoke_run_writes_its_claims(tmp_path):
+    results = _run("ch3", tmp_path)
+    assert results["parameters"]["train_steps"] == 300  # the smoke preset reached the notebook
+    assert [c["id"] for c in results["claims"]] == ["C4", "C4", "C4", "C6"]
+    assert 0 < results["claims"][0]["value"] <= 1  # a share of the optimum's loss reduction

@@ -168,3 +168,25 @@ def test_copy_rate_curve_monotone_and_brute_force():
     brute = np.array([sum(1 for r in ratio.tolist() if r < x) / len(ratio) for x in th])
     np.testing.assert_allclose(curve, brute, rtol=0, atol=1e-15)
     assert copy_rate_curve(ratio, [COPY_THRESHOLD])[0] == pytest.approx(copy_rate(ratio).value)
+
+
+def test_objective_samples_use_common_random_numbers_and_the_loss_share_is_exact():
+    from diffgen.denoisers import EmpiricalOptimum
+    from diffgen.metrics import loss_reduction_share, objective_samples
+    from diffgen.objectives import EpsLoss
+    from diffgen.schedule import linear_schedule
+
+    sched = linear_schedule()
+    x0 = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    opt = EmpiricalOptimum(x0, sched, dtype=torch.float64)
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    half = lambda x, t: 0.5 * opt(x, t)  # noqa: E731
+    loss = EpsLoss(sched)
+    a, b = objective_samples(loss, opt, x0, seed=3), objective_samples(loss, opt, x0, seed=3)
+    assert a.shape == (8 * 64,) and np.array_equal(a, b)  # same seed, same draws
+    cols = np.stack([objective_samples(loss, d, x0, seed=3) for d in (half, opt, zero)], axis=1)
+    assert (cols[:, 1].mean() < cols[:, 0].mean() < cols[:, 2].mean())  # the optimum minimises the objective
+    assert loss_reduction_share(np.stack([cols[:, 1], cols[:, 1], cols[:, 2]], 1)) == 1.0
+    assert loss_reduction_share(np.stack([cols[:, 2], cols[:, 1], cols[:, 2]], 1)) == 0.0
+    share = loss_reduction_share(cols)
+    assert 0 < share < 1

@@ -174,3 +174,11 @@ def test_atomic_write_respects_umask_like_open(tmp_path):
         os.umask(old)
     mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
     assert mode(tmp_path / "atomic.txt") == mode(plain) == 0o644
+
+
+def test_unmeasurable_value_is_null_and_cannot_hold(tmp_path):
+    path = write_results(tmp_path, "ch9", {}, [Claim("C6", "s", "m", None, None, "< 0", False)])
+    assert json.loads(path.read_text())["claims"][0]["value"] is None
+    assert read_results(path)["claims"][0]["holds"] is False
+    with pytest.raises(ValueError, match="cannot hold"):
+        Claim("C6", "s", "m", None, None, "< 0", True)

@@ -1,0 +1,90 @@
+"""Benchmark of diffgen.train.train: training throughput of the default models, measured in one run.
+
+What it measures: samples per second (batch_size x optimizer steps per second) of the full training loop of
+`diffgen.train.train` -- batch draw, EpsLoss forward, backward, gradient clipping, AdamW, EMA update, checkpoints --
+for MLPConfig() on digits (D = 64) and UNetConfig() on digits as images (1, 8, 8), batch 128. The clock runs
+between the callbacks of step `warmup` and step `warmup + steps` (the first steps pay for lazy initialisation and
+are left out). Training goes to a temporary cache folder that is deleted afterwards, so nothing is reused.
+The two models are timed alternately in rounds (median over rounds), so load from other processes hits both alike.
+
+Usage: .venv/bin/python benchmarks/bench_train.py [--quick] [--json PATH] [--device auto|cpu|cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from diffgen import resolve_device
+from diffgen.data import load_dataset
+from diffgen.models import MLPConfig, UNetConfig
+from diffgen.objectives import EpsLoss
+from diffgen.schedule import linear_schedule
+from diffgen.train import TrainConfig, train
+
+MODELS = {"mlp": MLPConfig(), "unet": UNetConfig()}  # name -> config, both on digits (1, 8, 8) / D = 64
+BATCH = 128
+
+
+def time_run(model_cfg, data, shape, steps: int, warmup: int, device, seed: int) -> float:
+    """Seconds per optimizer step of train() between the callbacks of steps `warmup` and `warmup + steps`."""
+    stamps = {}
+
+    def clock(step, loss):
+        if step in (warmup, warmup + steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            stamps[step] = time.perf_counter()
+
+    cfg = TrainConfig(steps=warmup + steps, batch_size=BATCH, checkpoint_every=warmup + steps, seed=seed)
+    with tempfile.TemporaryDirectory() as folder:
+        train(model_cfg, EpsLoss(linear_schedule()), data, shape, cfg, device=device, cache_dir=folder,
+              progress=False, callback=clock)
+    return (stamps[warmup + steps] - stamps[warmup]) / steps
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few steps, one round (smoke test)")
+    parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON to PATH")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    steps, warmup, rounds = (10, 3, 1) if args.quick else (100, 10, 3)
+    ds = load_dataset("digits", 512)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads ({os.cpu_count()} CPUs), device {device}, "
+          f"batch {BATCH}, {steps} timed steps after {warmup} warm-up steps, median of {rounds} alternating rounds")
+
+    times = {name: [] for name in MODELS}
+    for r in range(rounds):
+        for name, model_cfg in MODELS.items():
+            times[name].append(time_run(model_cfg, ds.train, ds.shape, steps, warmup, device, seed=r))
+
+    rows = []
+    print(f"\n  {'model':<6}{'params':>10}{'ms/step':>10}{'samples/s':>12}{'s/1000 steps':>14}")
+    for name, model_cfg in MODELS.items():
+        sec = statistics.median(times[name])
+        params = sum(p.numel() for p in model_cfg.build(ds.shape).parameters())
+        row = {"model": name, "config": repr(model_cfg), "params": params, "batch_size": BATCH,
+               "steps_timed": steps, "rounds": rounds, "ms_per_step": 1e3 * sec, "samples_per_s": BATCH / sec,
+               "s_per_1000_steps": 1e3 * sec}
+        rows.append(row)
+        print(f"  {name:<6}{params:>10}{row['ms_per_step']:>10.2f}{row['samples_per_s']:>12.0f}"
+              f"{row['s_per_1000_steps']:>14.1f}")
+    print(f"\n  unet / mlp time per step: {rows[1]['ms_per_step'] / rows[0]['ms_per_step']:.1f}x")
+
+    if args.json:
+        report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device), "rows": rows}
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

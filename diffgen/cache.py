@@ -1,0 +1,144 @@
+"""Layer 0: artifacts keyed by hash(config, diffgen source), written atomically, checked on load.
+
+An artifact file is MAGIC + sha256(payload) (32 bytes) + payload, where payload is the bytes of `torch.save(obj)`.
+The digest is checked before anything is unpickled, and unpickling runs with `weights_only=True`, so an artifact
+holds plain tensors, dicts, lists, tuples, numbers, strings and None only. A missing, truncated or corrupt file
+loads as None (and is deleted): the caller recomputes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._util import atomic_write
+
+MAGIC = b"DIFFGEN-ARTIFACT-1\n"
+_DIGEST = 32  # bytes of a sha256 digest
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def cache_root() -> Path:
+    """$DIFFGEN_CACHE if set, else <repo>/.cache/diffgen (git-ignored); read at call time, not import time."""
+    env = os.environ.get("DIFFGEN_CACHE")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / ".cache" / "diffgen"
+
+
+# ------------------------------------------------------------------------------------------------- keys
+
+def config_key(*objects) -> str:
+    """sha256 hex of canonical JSON of (diffgen.source_hash(), objects): equal configs give equal keys in any process."""
+    from . import source_hash
+
+    doc = {"source": source_hash(), "objects": [_canonical(o) for o in objects]}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _canonical(obj):
+    """A JSON-able value that determines `obj`: dataclasses by class and fields (a Schedule is a dataclass of
+    name and betas), tensors by dtype, shape and a digest of their bytes. Unknown types are a TypeError, never a
+    silent repr (which could hide a difference or an id())."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        # repr round-trips exactly; non-finite floats get a tag (JSON has no NaN), 1 and 1.0 stay distinct
+        return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    if isinstance(obj, np.generic):
+        return _canonical(obj.item())
+    if isinstance(obj, np.ndarray):
+        return _canonical(torch.from_numpy(np.ascontiguousarray(obj)))
+    if isinstance(obj, torch.Tensor):
+        return {"__tensor__": str(obj.dtype), "shape": list(obj.shape), "sha256": tensor_digest(obj)}
+    if isinstance(obj, torch.dtype):
+        return {"__dtype__": str(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, dict):
+        items = [(_canonical(k), _canonical(v)) for k, v in obj.items()]
+        return {"__dict__": sorted(items, key=lambda kv: json.dumps(kv[0], sort_keys=True))}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        cls = type(obj)
+        fields = {f.name: _canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {"__class__": f"{cls.__module__}.{cls.__qualname__}", "fields": fields}
+    raise TypeError(f"config_key cannot hash an object of type {type(obj).__name__}: use dataclasses, tensors, "
+                    "tuples, lists, dicts, numbers, strings or None")
+
+
+def tensor_digest(x: torch.Tensor) -> str:
+    """sha256 hex of the raw bytes of x (contiguous, on CPU): equal for equal values of equal dtype and shape."""
+    flat = x.detach().cpu().contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+# -------------------------------------------------------------------------------------------- artifacts
+
+def save_artifact(path: str | os.PathLike, obj) -> Path:
+    """Write `obj` (plain tensors/dicts/lists/numbers only) to `path` atomically, with a sha256 of its bytes."""
+    _check_plain(obj, "obj")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    payload = buffer.getvalue()
+    path = Path(path)
+    with atomic_write(path, "wb") as f:
+        f.write(MAGIC)
+        f.write(hashlib.sha256(payload).digest())
+        f.write(payload)
+    return path
+
+
+def load_artifact(path: str | os.PathLike):
+    """The object saved at `path`, or None when the file is missing, truncated or corrupt (a bad file is deleted
+    with a RuntimeWarning naming the reason, so the caller recomputes)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    head = len(MAGIC) + _DIGEST
+    if len(data) < head or not data.startswith(MAGIC):
+        return _discard(path, "not a diffgen artifact or truncated header")
+    digest, payload = data[len(MAGIC):head], data[head:]
+    if hashlib.sha256(payload).digest() != digest:
+        return _discard(path, "sha256 mismatch (truncated or corrupt)")
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (weights_only refusal, unpickling error: all mean "recompute")
+        return _discard(path, f"torch.load failed: {type(err).__name__}: {err}")
+
+
+def _discard(path: Path, reason: str) -> None:
+    warnings.warn(f"diffgen.cache: deleting unusable artifact {path}: {reason}", RuntimeWarning, stacklevel=3)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def _check_plain(obj, where: str) -> None:
+    """TypeError unless obj is built from tensors, dicts, lists, tuples, str/int/float/bool/None (weights_only)."""
+    if isinstance(obj, (torch.Tensor, *_PLAIN)):
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, _PLAIN):
+                raise TypeError(f"{where}: dict keys must be str/int/float/bool/None; got {type(k).__name__}")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    raise TypeError(f"{where}: artifacts hold only tensors, dicts, lists, tuples, numbers, strings and None "
+                    f"(torch.load weights_only=True); got {type(obj).__name__}")

@@ -1,0 +1,259 @@
+"""Layer 1: trainable noise predictors eps_theta(x_t, t), with the denoiser interface of diffgen.denoisers.
+
+Every model maps x_t [B, D] (flat, any float dtype) and integer time steps t ([B] or a scalar, 1..T) to
+eps_hat [B, D] in x_t's dtype: the input is cast to the parameters' dtype inside (samplers call with float64).
+Time enters through a sinusoidal embedding of t (as a float) followed by an MLP, added inside every block.
+The last layer is zero-initialised, so an untrained model predicts eps_hat = 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def time_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """[B, dim] = [sin(t f_k), cos(t f_k)], f_k = max_period^(-k / (dim/2)), k = 0..dim/2-1 (Vaswani et al. 2017)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.to(torch.float32)[:, None] * freqs[None]
+    return torch.cat([args.sin(), args.cos()], dim=1)
+
+
+def _times(t, batch: int, device) -> torch.Tensor:
+    """t as a long tensor [B] on `device` (a scalar is broadcast); float times are a TypeError."""
+    t = torch.as_tensor(t, device=device)
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise TypeError(f"t must hold integer time steps; got dtype {t.dtype}")
+    t = t.expand(batch) if t.ndim == 0 else t
+    if t.shape != (batch,):
+        raise ValueError(f"t must be a scalar or have shape ({batch},); got {tuple(t.shape)}")
+    return t
+
+
+class _TimeMLP(nn.Module):
+    """sinusoid(t) [B, time_dim] -> Linear -> SiLU -> Linear -> [B, out]."""
+
+    def __init__(self, time_dim: int, out: int):
+        super().__init__()
+        self.time_dim = time_dim
+        self.net = nn.Sequential(nn.Linear(time_dim, out), nn.SiLU(), nn.Linear(out, out))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.net(time_embedding(t, self.time_dim))
+
+
+class _Denoiser(nn.Module):
+    """Shared edge of every model: check x [B, D], cast to the parameters' dtype and back."""
+
+    dim: int
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        """eps_hat(x_t, t): x [B, D] any float dtype, t [B] or scalar integer -> [B, D] in x's dtype."""
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape [B, {self.dim}]; got {tuple(x.shape)}")
+        t = _times(t, len(x), x.device)
+        param = next(self.parameters())
+        return self._eps(x.to(param.dtype), t).to(x.dtype)
+
+    def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------------- MLP
+
+class _MLPBlock(nn.Module):
+    """h + W2 SiLU(W1 LayerNorm(h) + W_e SiLU(emb)): pre-norm residual block with the time added inside."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.emb = nn.Linear(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return h + self.fc2(F.silu(self.fc1(self.norm(h)) + self.emb(F.silu(emb))))
+
+
+class MLPDenoiser(_Denoiser):
+    """eps_theta(x, t) = W_out SiLU(LN(h_depth)), h_{k+1} = block_k(h_k, emb(t)), h_0 = W_in x; for [B, D] data."""
+
+    def __init__(self, dim: int, hidden: int = 256, depth: int = 3, time_dim: int = 64):
+        super().__init__()
+        _check_positive(dim=dim, hidden=hidden, depth=depth)
+        _check_time_dim(time_dim)
+        self.dim = dim
+        self.time = _TimeMLP(time_dim, hidden)
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(_MLPBlock(hidden) for _ in range(depth))
+        self.out_norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, dim)
+        _zero(self.out)
+
+    def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.time(t)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(F.silu(self.out_norm(h)))
+
+
+# ---------------------------------------------------------------------------------------------------- U-Net
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: the largest of 8, 4, 2, 1 dividing `channels`."""
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
+class _ResBlock(nn.Module):
+    """h + conv(SiLU(GN(conv(SiLU(GN(h))) + W_e SiLU(emb)))), with a 1x1 conv on the skip when channels change."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        r = self.conv1(F.silu(self.norm1(h))) + self.emb(F.silu(emb))[:, :, None, None]
+        r = self.conv2(F.silu(self.norm2(r)))
+        return self.skip(h) + r
+
+
+class _Up(nn.Module):
+    """Nearest-neighbour 2x upsampling followed by a 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(h, scale_factor=2, mode="nearest"))
+
+
+class UNetDenoiser(_Denoiser):
+    """Small U-Net on x reshaped to [B, C, H, W]: one residual block per level (channels base * mults[k]), stride-2
+    conv down, nearest-up + conv, skip connections by concatenation, two middle blocks; output flattened to [B, D]."""
+
+    def __init__(self, shape: tuple[int, int, int] = (1, 8, 8), base: int = 32, mults: tuple[int, ...] = (1, 2),
+                 time_dim: int = 64):
+        super().__init__()
+        if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
+            raise ValueError(f"shape must be (C, H, W) of positive integers; got {shape!r}")
+        _check_positive(base=base)
+        if len(mults) == 0 or not all(isinstance(m, int) and m >= 1 for m in mults):
+            raise ValueError(f"mults must be a non-empty tuple of positive integers; got {mults!r}")
+        _check_time_dim(time_dim)
+        c, h, w = shape
+        factor = 2 ** (len(mults) - 1)
+        if h % factor or w % factor:
+            raise ValueError(f"H and W must be divisible by 2^(len(mults) - 1) = {factor}; got shape {shape}")
+        self.shape, self.dim = tuple(shape), c * h * w
+        emb_dim = 4 * base
+        chans = [base * m for m in mults]
+        self.time = _TimeMLP(time_dim, emb_dim)
+        self.inp = nn.Conv2d(c, base, 3, padding=1)
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        prev = base
+        for k, ch in enumerate(chans):
+            self.down.append(_ResBlock(prev, ch, emb_dim))
+            if k < len(chans) - 1:
+                self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+            prev = ch
+        self.mid = nn.ModuleList([_ResBlock(prev, prev, emb_dim), _ResBlock(prev, prev, emb_dim)])
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for k in reversed(range(len(chans))):
+            self.up.append(_ResBlock(prev + chans[k], chans[k], emb_dim))  # input: h concatenated with the skip
+            prev = chans[k]
+            if k > 0:
+                self.upsample.append(_Up(prev))
+        self.out_norm = nn.GroupNorm(_groups(prev), prev)
+        self.out = nn.Conv2d(prev, c, 3, padding=1)
+        _zero(self.out)
+
+    def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.time(t)
+        h = self.inp(x.reshape(len(x), *self.shape))
+        skips = []
+        for k, block in enumerate(self.down):
+            h = block(h, emb)
+            skips.append(h)
+            if k < len(self.downsample):
+                h = self.downsample[k](h)
+        for block in self.mid:
+            h = block(h, emb)
+        for k, block in enumerate(self.up):
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if k < len(self.upsample):
+                h = self.upsample[k](h)
+        return self.out(F.silu(self.out_norm(h))).reshape(len(x), self.dim)
+
+
+# --------------------------------------------------------------------------------------------------- configs
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """An MLPDenoiser on prod(shape) inputs (2-D toys, or images flattened)."""
+
+    hidden: int = 256  # width of every residual block
+    depth: int = 3  # number of residual blocks
+    time_dim: int = 64  # size of the sinusoidal embedding of t (even)
+
+    def __post_init__(self):
+        _check_positive(hidden=self.hidden, depth=self.depth)
+        _check_time_dim(self.time_dim)
+
+    def build(self, shape: tuple[int, ...]) -> MLPDenoiser:
+        """A fresh model for per-sample data shape `shape` (D = prod(shape)); init from torch's global RNG."""
+        if len(shape) == 0 or not all(isinstance(s, int) and s >= 1 for s in shape):
+            raise ValueError(f"shape must be a non-empty tuple of positive integers; got {shape!r}")
+        return MLPDenoiser(math.prod(shape), self.hidden, self.depth, self.time_dim)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """A UNetDenoiser for images of shape (C, H, W), H and W divisible by 2^(len(mults) - 1)."""
+
+    base: int = 32  # channels of the first level
+    mults: tuple[int, ...] = (1, 2)  # channel multiplier per level; each level after the first halves H and W
+    time_dim: int = 64  # size of the sinusoidal embedding of t (even)
+
+    def __post_init__(self):
+        _check_positive(base=self.base)
+        object.__setattr__(self, "mults", tuple(self.mults))  # a list would make the config unhashable
+        if len(self.mults) == 0 or not all(isinstance(m, int) and m >= 1 for m in self.mults):
+            raise ValueError(f"mults must be a non-empty tuple of positive integers; got {self.mults!r}")
+        _check_time_dim(self.time_dim)
+
+    def build(self, shape: tuple[int, ...]) -> UNetDenoiser:
+        """A fresh model for images of shape (C, H, W); init from torch's global RNG."""
+        if len(shape) != 3:
+            raise ValueError(f"UNetConfig needs an image shape (C, H, W); got {shape!r}")
+        return UNetDenoiser(tuple(shape), self.base, self.mults, self.time_dim)
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+def _zero(layer: nn.Module) -> None:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
+def _check_positive(**values) -> None:
+    for name, v in values.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer; got {v!r}")
+
+
+def _check_time_dim(time_dim) -> None:
+    if not isinstance(time_dim, int) or time_dim < 2 or time_dim % 2:
+        raise ValueError(f"time_dim must be an even integer >= 2; got {time_dim!r}")
