@@ -339,3 +339,17 @@ def test_cuda_matches_cpu_reference(train, sched, dtype, fused):
         x = queries(train, t, sched)
         got = opt.x0_star(x.cuda(), torch.full((len(x),), t, device="cuda")).cpu().double()
         torch.testing.assert_close(got, ref_x0_eps(train, x, t, sched)[0], rtol=0, atol=tol)
+
+
+def test_time_switch_uses_inside_only_within_its_window():
+    from diffgen.denoisers import TimeSwitch
+
+    inside = lambda x, t: torch.ones_like(x)  # noqa: E731
+    outside = lambda x, t: -torch.ones_like(x)  # noqa: E731
+    switch = TimeSwitch(inside, outside, 10, 20)
+    t = torch.tensor([1, 9, 10, 15, 20, 21, 1000])
+    out = switch(torch.zeros(7, 3, dtype=torch.float64), t)
+    assert out[:, 0].tolist() == [-1, -1, 1, 1, 1, -1, -1]
+    assert switch(torch.zeros(2, 3), 15).eq(1).all() and switch(torch.zeros(2, 3), 5).eq(-1).all()
+    with pytest.raises(ValueError, match="t_low"):
+        TimeSwitch(inside, outside, 20, 10)

@@ -190,3 +190,28 @@ def test_objective_samples_use_common_random_numbers_and_the_loss_share_is_exact
     assert loss_reduction_share(np.stack([cols[:, 2], cols[:, 1], cols[:, 2]], 1)) == 0.0
     share = loss_reduction_share(cols)
     assert 0 < share < 1
+
+
+def test_relative_gap_profiles_match_a_direct_computation():
+    from diffgen.denoisers import EmpiricalOptimum
+    from diffgen.metrics import gap_along_path, gap_on_forward_samples, relative_gap
+    from diffgen.samplers import Trajectory, sample_ddim
+    from diffgen.schedule import add_noise, linear_schedule
+
+    sched = linear_schedule()
+    x0 = torch.randn(32, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    opt = EmpiricalOptimum(x0, sched, dtype=torch.float64)
+    scaled = lambda x, t: 0.9 * opt(x, t)  # noqa: E731  relative gap exactly 0.01 everywhere
+    gaps = gap_on_forward_samples(scaled, opt, x0, sched, [1, 50, 500], torch.Generator().manual_seed(2))
+    assert np.allclose(gaps, 0.01)
+    g = torch.Generator().manual_seed(2)
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    shifted = lambda x, t: opt(x, t) + 0.1  # noqa: E731
+    xt = add_noise(sched, x0, 50, eps)
+    expected = float((0.1**2 * xt.numel()) / opt(xt, 50).pow(2).sum())
+    assert relative_gap(shifted, opt, xt, 50) == pytest.approx(expected)
+    rec = Trajectory()
+    sample_ddim(opt, torch.randn(8, 4, dtype=torch.float64), sched, 5, callback=rec)
+    t, xs, _ = rec.stacked()
+    along = gap_along_path(scaled, opt, t, xs)
+    assert len(along) == 5 and np.allclose(along, 0.01)  # the end point t = 0 is skipped
