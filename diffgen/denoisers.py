@@ -53,7 +53,7 @@ class EmpiricalOptimum:
     """
 
     def __init__(self, train: torch.Tensor, sched: Schedule, *, dtype: torch.dtype = torch.float32,
-                 tile: int = 2048, fused: bool = True):
+                 tile: int = 512, fused: bool = True):
         if train.ndim != 2 or len(train) == 0:
             raise ValueError(f"train must be a non-empty [N, D] tensor; got shape {tuple(train.shape)}")
         if dtype not in (torch.float32, torch.float64):
@@ -63,8 +63,7 @@ class EmpiricalOptimum:
         self.sched, self.dtype, self.tile, self.fused = sched, dtype, tile, fused
         self._given = train  # as passed in: diagnostics rebuild a float64 copy from it, not from a rounded one
         self.train = train.to(dtype).contiguous()  # [N, D], values
-        self.sq_norms = self.train.pow(2).sum(1)  # [N]
-        self._keys = torch.cat([self.train, self.sq_norms[:, None]], 1)  # [N, D+1]
+        self._keys = torch.cat([self.train, self.train.pow(2).sum(1, keepdim=True)], 1)  # [N, D+1]: [x_i, |x_i|^2]
         self._values = F.pad(self.train, (0, 1))  # [N, D+1]: fused kernels want equal q/k/v widths
 
     def __repr__(self) -> str:
@@ -107,13 +106,18 @@ class EmpiricalOptimum:
         _, lse, mean_logit, nearest, max_logit = opt._x0_tiled(x, a, c, stats=True)
         return WeightStats(entropy=(lse - mean_logit).clamp(min=0), nearest=nearest, max_weight=(max_logit - lse).exp())
 
+    def _query_rows(self, x, a, c) -> torch.Tensor:
+        """q = c [x, -a/2], so that q . [x_i, |x_i|^2] is the logit l_i."""
+        return c[:, None] * torch.cat([x, -0.5 * a[:, None]], 1)  # [B, D+1]
+
     def _x0_fused(self, x, a, c) -> torch.Tensor | None:
-        q = c[:, None] * torch.cat([x, -0.5 * a[:, None]], 1)  # [B, D+1]
+        q = self._query_rows(x, a, c)
         backends = [SDPBackend.FLASH_ATTENTION] if x.device.type == "cpu" else [SDPBackend.EFFICIENT_ATTENTION]
         keys, values = self._keys.to(x.device), self._values.to(x.device)
         try:
             with sdpa_kernel(backends):
-                out = F.scaled_dot_product_attention(q[None, None], keys[None, None], values[None, None], scale=1.0)[0, 0]
+                out = F.scaled_dot_product_attention(q[None, None], keys[None, None], values[None, None],
+                                                     scale=1.0)[0, 0]
         except RuntimeError:  # no exact fused kernel for this device/dtype/width: use the tiled loop
             return None
         return out[:, :-1]
@@ -121,25 +125,28 @@ class EmpiricalOptimum:
     def _x0_tiled(self, x, a, c, stats: bool = False):
         """Online log-sum-exp over training tiles; each query row keeps its own running max m."""
         B, dev = len(x), x.device
+        q = self._query_rows(x, a, c)
         m = torch.full((B,), -torch.inf, dtype=self.dtype, device=dev)
         l = torch.zeros(B, dtype=self.dtype, device=dev)
         acc = torch.zeros_like(x)
         wsum_logit = torch.zeros(B, dtype=self.dtype, device=dev)  # sum_i exp(l_i - m) (l_i - m), for the entropy
         best = torch.zeros(B, dtype=torch.long, device=dev)
         for sl in tiles(len(self.train), self.tile):
-            xs = self.train[sl].to(dev)
-            logits = c[:, None] * (x @ xs.T - 0.5 * a[:, None] * self.sq_norms[sl].to(dev)[None])  # [B, tile]
+            logits = q @ self._keys[sl].to(dev).T  # [B, tile]
             tile_max, tile_arg = logits.max(1)
             m_new = torch.maximum(m, tile_max)
-            rescale = (m - m_new).exp()
-            p = (logits - m_new[:, None]).exp()
+            rescale = (m - m_new).exp_()
+            centred = logits.sub_(m_new[:, None])  # l_i - m_new, in place
             if stats:
                 # re-centre the running sum from the old max to the new one: (l - m_old) = (l - m_new) + (m_new - m_old)
                 shift = torch.where(l > 0, m - m_new, torch.zeros_like(m))
-                wsum_logit = rescale * (wsum_logit + shift * l) + (p * (logits - m_new[:, None])).sum(1)
+                p = centred.exp()
+                wsum_logit = rescale * (wsum_logit + shift * l) + (p * centred).sum(1)
                 best = torch.where(tile_max > m, tile_arg + sl.start, best)
+            else:
+                p = centred.exp_()
             l = rescale * l + p.sum(1)
-            acc = rescale[:, None] * acc + p @ xs
+            acc = torch.addmm(acc.mul_(rescale[:, None]), p, self.train[sl].to(dev))
             m = m_new
         x0 = acc / l[:, None]
         if not stats:

@@ -1,0 +1,43 @@
+"""Smoke test of benchmarks/bench_empirical.py: it runs and writes a complete JSON report (no timing assertions)."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_empirical.py"
+VARIANTS = ("matmul", "fused", "tiled", "naive")
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_bench_empirical_quick_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+
+    assert report["threads"] >= 1
+    for case, errors in report["correctness"]["max_abs_err"].items():
+        for name in ("fused", "tiled", "naive"):
+            err = errors[name]
+            assert math.isfinite(err["abs"]) and math.isfinite(err["rel"]), (case, name)
+            assert err["rel"] <= report["correctness"]["tolerance"], (case, name)
+
+    assert [row["D"] for row in report["shapes"]] == [64, 784, 3072]
+    for row in report["shapes"]:
+        numbers = [row["B"], row["N"], row["bxn_f32_mib"], row["cpu_share"],
+                   row["fused_vs_matmul"], row["tiled_vs_matmul"], row["naive_vs_matmul"],
+                   row["fused_speedup_vs_naive"], row["tiled_speedup_vs_naive"]]
+        numbers += [row[key][name] for key in ("ms", "gflops", "peak_mib") for name in VARIANTS]
+        assert all(_finite_positive(x) for x in numbers), row
+        assert row["fused_kernel"]
+
+    for key in ("fused_vs_matmul", "fused_speedup_vs_naive", "tiled_vs_matmul", "tiled_speedup_vs_naive"):
+        goal = report["targets"][key]
+        assert _finite_positive(goal["value"]) and _finite_positive(goal["target"]) and isinstance(goal["pass"], bool)
