@@ -9,6 +9,7 @@ i.e. softmax attention with queries c [x, -a/2], keys [x_i, |x_i|^2] and values 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,7 +71,15 @@ class EmpiricalOptimum:
         return f"EmpiricalOptimum(N={len(self.train)}, D={self.train.shape[1]}, dtype={self.dtype}, tile={self.tile})"
 
     def to(self, device) -> "EmpiricalOptimum":
-        return EmpiricalOptimum(self._given.to(device), self.sched, dtype=self.dtype, tile=self.tile, fused=self.fused)
+        """The same denoiser with its training set on `device`."""
+        moved = copy.copy(self)
+        moved._given, moved.train = self._given.to(device), self.train.to(device)
+        moved._keys, moved._values = self._keys.to(device), self._values.to(device)
+        return moved
+
+    def _variance(self, abar: torch.Tensor) -> torch.Tensor:
+        """Variance of each mixture component of x_t: s^2 = 1 - abar_t."""
+        return 1 - abar
 
     def _query(self, xt: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-query coefficients a = sqrt(abar_t), c = a / s^2 as [B] tensors, and x cast to the working dtype."""
@@ -81,7 +90,7 @@ class EmpiricalOptimum:
             raise ValueError("t must be >= 1: the optimum is undefined at t = 0 (no noise)")
         abar = self.sched.alpha_bar(t)
         a = abar.sqrt().to(self.dtype)
-        c = (abar.sqrt() / (1 - abar)).to(self.dtype)
+        c = (abar.sqrt() / self._variance(abar)).to(self.dtype)
         return xt.to(self.dtype), a, c
 
     def x0_star(self, xt: torch.Tensor, t) -> torch.Tensor:
@@ -100,11 +109,15 @@ class EmpiricalOptimum:
 
     def weight_stats(self, xt: torch.Tensor, t) -> WeightStats:
         """Entropy, argmax and max of w(x_t, t), accumulated online in float64."""
-        opt = self if self.dtype == torch.float64 else EmpiricalOptimum(self._given, self.sched, dtype=torch.float64,
-                                                                         tile=self.tile, fused=False)
+        opt = self if self.dtype == torch.float64 else copy.copy(self)._as_float64()
         x, a, c = opt._query(xt, t)
         _, lse, mean_logit, nearest, max_logit = opt._x0_tiled(x, a, c, stats=True)
         return WeightStats(entropy=(lse - mean_logit).clamp(min=0), nearest=nearest, max_weight=(max_logit - lse).exp())
+
+    def _as_float64(self) -> "EmpiricalOptimum":
+        """Rebuild the working copies in float64 from the data as given (not from a rounded copy)."""
+        self.__init__(self._given, self.sched, dtype=torch.float64, tile=self.tile, fused=False)
+        return self
 
     def _query_rows(self, x, a, c) -> torch.Tensor:
         """q = c [x, -a/2], so that q . [x_i, |x_i|^2] is the logit l_i."""
@@ -153,6 +166,36 @@ class EmpiricalOptimum:
             return (x0,)
         lse = m + l.log()
         return x0, lse, m + wsum_logit / l, best, m
+
+
+class SmoothedOptimum(EmpiricalOptimum):
+    """The exact denoiser of the Gaussian kernel density p_h = (1/N) sum_i N(x_i, h^2 I) (the empirical optimum
+    for training data x_i + h xi): x_t is then a mixture of N(a x_i, v I) with v = s^2 + a^2 h^2, so
+    w_i = softmax_i(-||x - a x_i||^2 / (2 v)) and x0_hat = (s^2 / v) sum_i w_i x_i + (a h^2 / v) x.
+    h = 0 is the empirical optimum; a sampler driven by it draws from p_h instead of copying."""
+
+    def __init__(self, train: torch.Tensor, sched: Schedule, bandwidth: float, **kwargs):
+        if not bandwidth >= 0:
+            raise ValueError(f"bandwidth must be >= 0; got {bandwidth}")
+        self.bandwidth = float(bandwidth)
+        super().__init__(train, sched, **kwargs)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", bandwidth={self.bandwidth})"
+
+    def _variance(self, abar: torch.Tensor) -> torch.Tensor:
+        return 1 - abar + abar * self.bandwidth**2
+
+    def _as_float64(self) -> "SmoothedOptimum":
+        self.__init__(self._given, self.sched, self.bandwidth, dtype=torch.float64, tile=self.tile, fused=False)
+        return self
+
+    def x0_star(self, xt: torch.Tensor, t) -> torch.Tensor:
+        mean = super().x0_star(xt, t)  # sum_i w_i x_i with the widened variance v
+        abar = self.sched.alpha_bar(_times(t, len(xt), xt.device))[:, None]
+        v = self._variance(abar)
+        return ((1 - abar) / v).to(self.dtype) * mean + (abar.sqrt() * self.bandwidth**2 / v).to(self.dtype) * xt.to(
+            self.dtype)
 
 
 def x0_star_reference(xt: torch.Tensor, train: torch.Tensor, abar: float) -> torch.Tensor:

@@ -353,3 +353,43 @@ def test_time_switch_uses_inside_only_within_its_window():
     assert switch(torch.zeros(2, 3), 15).eq(1).all() and switch(torch.zeros(2, 3), 5).eq(-1).all()
     with pytest.raises(ValueError, match="t_low"):
         TimeSwitch(inside, outside, 20, 10)
+
+
+def test_smoothed_optimum_is_the_exact_score_of_the_kernel_density():
+    from diffgen.denoisers import SmoothedOptimum
+    from diffgen.schedule import linear_schedule
+
+    sched = linear_schedule()
+    g = torch.Generator().manual_seed(4)
+    train = torch.randn(20, 2, generator=g, dtype=torch.float64)
+    h = 0.3
+    smooth = SmoothedOptimum(train, sched, h, dtype=torch.float64, tile=7)
+    plain = EmpiricalOptimum(train, sched, dtype=torch.float64)
+    x = torch.randn(16, 2, generator=g, dtype=torch.float64)
+    assert torch.allclose(SmoothedOptimum(train, sched, 0.0, dtype=torch.float64)(x, 100), plain(x, 100))
+    for t in (1, 50, 400):
+        a2 = float(sched.abar[t])
+        v = 1 - a2 + a2 * h**2
+        xr = x.clone().requires_grad_(True)
+        logp = torch.logsumexp(-((xr[:, None] - a2**0.5 * train[None]) ** 2).sum(-1) / (2 * v), 1).sum()
+        (score,) = torch.autograd.grad(logp, xr)
+        # Tweedie for x_t = a x0 + s eps with x0 ~ p_h: E[eps | x_t] = -s * score of the marginal of x_t
+        assert torch.allclose(smooth(x, t), -(1 - a2) ** 0.5 * score, atol=1e-9)
+    stats = SmoothedOptimum(train.float(), sched, h).weight_stats(x, 1)
+    assert (stats.entropy > 0.01).any()  # the widened softmax no longer collapses at t = 1
+    with pytest.raises(ValueError, match="bandwidth"):
+        SmoothedOptimum(train, sched, -1.0)
+
+
+def test_smoothed_optimum_of_one_point_is_the_gaussian_denoiser():
+    from diffgen.denoisers import GaussianDenoiser, SmoothedOptimum
+    from diffgen.schedule import linear_schedule
+
+    sched = linear_schedule()
+    point = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+    h = 0.4
+    smooth = SmoothedOptimum(point, sched, h, dtype=torch.float64)
+    gauss = GaussianDenoiser(point[0], h**2 * torch.eye(3, dtype=torch.float64), sched)
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.tensor([1, 2, 5, 10, 50, 100, 200, 500, 800, 1000])
+    assert torch.allclose(smooth(x, t), gauss(x, t), atol=1e-10)
