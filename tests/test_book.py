@@ -91,8 +91,10 @@ def test_book_builds_without_error_output(tmp_path):
     html_dir = tmp_path / "_build" / "html"
     pages = sorted((html_dir / "book").glob("*.html"))
     assert {p.stem for p in pages} >= {"intro", "ch2_empirical_optimum"}
+    assert (html_dir / "_static" / "mathjax" / "MathJax.js").is_file(), "MathJax must be served from the book"
     for page in pages:
         html = page.read_text()
+        assert "_static/mathjax/MathJax.js" in html and "cdn.jsdelivr.net/npm/mathjax" not in html, page
         assert "Traceback" not in html, page
         assert "output stderr" not in html and "output error" not in html, page
     executed = list((tmp_path / "_build" / "jupyter_execute").rglob("ch2_empirical_optimum.ipynb"))
