@@ -26,6 +26,7 @@ test: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_empirical.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_chapters.py
 
 clean:
 	rm -rf _build runs book/*.results.json

@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/bench_empirical.py: it runs and writes a complete JSON report (no timing assertions)."""
+"""Smoke tests of the benchmarks: they run and write complete JSON reports (no timing assertions)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_empirical.py"
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "bench_empirical.py"
 VARIANTS = ("matmul", "fused", "tiled", "naive")
 
 
@@ -41,3 +44,12 @@ def test_bench_empirical_quick_writes_json(tmp_path):
     for key in ("fused_vs_matmul", "fused_speedup_vs_naive", "tiled_vs_matmul", "tiled_speedup_vs_naive"):
         goal = report["targets"][key]
         assert _finite_positive(goal["value"]) and _finite_positive(goal["target"]) and isinstance(goal["pass"], bool)
+
+
+@pytest.mark.slow
+def test_chapter_benchmark_reports_cold_and_warm_times(tmp_path):
+    out = tmp_path / "chapters.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_chapters.py"), "--preset", "smoke",
+                    "--chapters", "ch2", "--json", str(out)], check=True, timeout=300, capture_output=True)
+    (row,) = json.loads(out.read_text())
+    assert row["chapter"] == "ch2" and row["cold_s"] > 0 and row["warm_s"] > 0
