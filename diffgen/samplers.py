@@ -56,6 +56,26 @@ def _noise(generators, x: torch.Tensor) -> torch.Tensor:
     return randn(generators, x.shape[1], dtype=x.dtype, device=x.device)
 
 
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int], torch.Tensor]
+
+
+def _reverse(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, grid: torch.Tensor, step: Step,
+             callback: Callback | None, dtype: torch.dtype) -> torch.Tensor:
+    """The loop every sampler shares: at each grid time t predict (eps_hat, x0_hat), report it, then
+    x <- step(x, eps_hat, x0_hat, t, t'); finally report the sample at t = 0."""
+    x = x_T.to(dtype)
+    steps = len(grid) - 1
+    for i in range(steps):
+        t, t_next = int(grid[i]), int(grid[i + 1])
+        eps, x0 = _predict(denoiser, sched, x, t)
+        if callback:
+            callback(i, t, x, x0)
+        x = step(x, eps, x0, t, t_next)
+    if callback:
+        callback(steps, 0, x, x)
+    return x
+
+
 def sample_ddim(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: int, *, eta: float = 0.0,
                 generators: Sequence[torch.Generator] | None = None, callback: Callback | None = None,
                 dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -66,20 +86,14 @@ def sample_ddim(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: i
         raise ValueError(f"eta must lie in [0, 1]; got {eta}")
     if eta > 0 and generators is None:
         raise ValueError("eta > 0 draws fresh noise at every step: pass generators (one per sample)")
-    x = x_T.to(dtype)
-    for i in range(steps):
-        t, t_next = int(grid[i]), int(grid[i + 1])
-        eps, x0 = _predict(denoiser, sched, x, t)
-        if callback:
-            callback(i, t, x, x0)
+
+    def step(x, eps, x0, t, t_next):
         abar, abar_next = float(sched.abar[t]), float(sched.abar[t_next])
         sigma = eta * ((1 - abar_next) / (1 - abar) * (1 - abar / abar_next)) ** 0.5
         x = abar_next**0.5 * x0 + max(1 - abar_next - sigma**2, 0.0) ** 0.5 * eps
-        if sigma > 0:
-            x = x + sigma * _noise(generators, x)
-    if callback:
-        callback(steps, 0, x, x)
-    return x
+        return x + sigma * _noise(generators, x) if sigma > 0 else x
+
+    return _reverse(denoiser, x_T, sched, grid, step, callback, dtype)
 
 
 def sample_ddpm(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: int | None = None, *,
@@ -93,22 +107,18 @@ def sample_ddpm(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: i
     grid = _check(x_T, steps, sched)
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {', '.join(VARIANCES)}; got {variance!r}")
-    x = x_T.to(dtype)
-    for i in range(steps):
-        t, t_next = int(grid[i]), int(grid[i + 1])
-        eps, x0 = _predict(denoiser, sched, x, t)
-        if callback:
-            callback(i, t, x, x0)
+
+    def step(x, eps, x0, t, t_next):
         abar, abar_next = float(sched.abar[t]), float(sched.abar[t_next])
         alpha = abar / abar_next
         beta = 1 - alpha
         x = (abar_next**0.5 * beta * x0 + alpha**0.5 * (1 - abar_next) * x) / (1 - abar)
-        if t_next > 0:
-            var = beta if variance == "beta" else (1 - abar_next) / (1 - abar) * beta
-            x = x + var**0.5 * _noise(generators, x)
-    if callback:
-        callback(steps, 0, x, x)
-    return x
+        if t_next == 0:
+            return x
+        var = beta if variance == "beta" else (1 - abar_next) / (1 - abar) * beta
+        return x + var**0.5 * _noise(generators, x)
+
+    return _reverse(denoiser, x_T, sched, grid, step, callback, dtype)
 
 
 def sample_ode(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: int, *,
@@ -117,20 +127,15 @@ def sample_ode(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: in
     sigma = sqrt((1 - abar) / abar), where dy/dsigma = eps_hat(x, t). The last step (to sigma = 0) is an Euler step;
     Euler alone is exactly DDIM with eta = 0. Uses 2 S - 1 denoiser calls."""
     grid = _check(x_T, steps, sched)
-    x = x_T.to(dtype)
-    for i in range(steps):
-        t, t_next = int(grid[i]), int(grid[i + 1])
+
+    def step(x, eps, x0, t, t_next):
         abar, abar_next = float(sched.abar[t]), float(sched.abar[t_next])
         sig, sig_next = ((1 - abar) / abar) ** 0.5, ((1 - abar_next) / abar_next) ** 0.5
-        eps, x0 = _predict(denoiser, sched, x, t)
-        if callback:
-            callback(i, t, x, x0)
         y = x / abar**0.5
         y_next = y + (sig_next - sig) * eps
         if t_next > 0:
             eps_next, _ = _predict(denoiser, sched, abar_next**0.5 * y_next, t_next)
             y_next = y + (sig_next - sig) * 0.5 * (eps + eps_next)
-        x = abar_next**0.5 * y_next
-    if callback:
-        callback(steps, 0, x, x)
-    return x
+        return abar_next**0.5 * y_next
+
+    return _reverse(denoiser, x_T, sched, grid, step, callback, dtype)

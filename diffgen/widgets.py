@@ -63,8 +63,12 @@ def toy_paths_animation(paths: ToyPaths, n_values, *, every: int = 3) -> str:
         for ax, n in zip(axes[0], n_values):
             paths.draw(n, steps[k], ax)
 
-    anim = FuncAnimation(fig, frame, frames=len(steps), interval=150)
-    html = anim.to_jshtml(default_mode="once")
+    return _frame_slider(fig, frame, len(steps), interval=150)
+
+
+def _frame_slider(fig, draw_frame, n_frames: int, interval: int) -> str:
+    """An HTML frame slider (matplotlib to_jshtml) of draw_frame(k) for k < n_frames; closes the figure."""
+    html = FuncAnimation(fig, draw_frame, frames=n_frames, interval=interval).to_jshtml(default_mode="once")
     plt.close(fig)
     return html
 
@@ -133,10 +137,7 @@ def sample_gallery_animation(gallery: SampleGallery) -> str:
     """Static fallback: a frame slider over training-set sizes (final snapshot of each)."""
     fig, ax = plt.subplots(figsize=(6.4, 2.2), dpi=80)
     frames = [(n, gallery.steps(n)[-1]) for n in gallery.sizes]
-    anim = FuncAnimation(fig, lambda k: gallery.draw(*frames[k], ax), frames=len(frames), interval=600)
-    html = anim.to_jshtml(default_mode="once")
-    plt.close(fig)
-    return html
+    return _frame_slider(fig, lambda k: gallery.draw(*frames[k], ax), len(frames), interval=600)
 
 
 def sample_gallery_explorer(gallery: SampleGallery):
