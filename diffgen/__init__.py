@@ -14,10 +14,22 @@ from ._util import randn, resolve_device, sample_generators  # noqa: E402  (publ
 
 @lru_cache(maxsize=None)
 def source_hash() -> str:
-    """sha256 (first 16 hex digits) of every source file of the package: changes whenever the library does."""
+    """sha256 (first 16 hex digits) of the package's computing source: changes whenever a number could."""
+    return hash_sources(PACKAGE_DIR)
+
+
+# Modules that run chapters, build the book or print reports but compute no number a chapter shows: editing them
+# must not retrain every model or re-execute every chapter (the cache keys and the book's cache stamp use the hash).
+# presets.toml is not hashed either: a preset only picks parameters, and parameters are part of every key.
+NOT_COMPUTING = frozenset({"cli.py", "book.py", "report.py"})
+
+
+def hash_sources(package_dir: Path) -> str:
+    """sha256 (first 16 hex digits) of every .py file of `package_dir` except NOT_COMPUTING, names included."""
     h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*")):
-        if path.suffix in {".py", ".toml"} and "__pycache__" not in path.parts:
-            h.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+    for path in sorted(Path(package_dir).rglob("*.py")):
+        rel = path.relative_to(package_dir).as_posix()
+        if "__pycache__" not in path.parts and rel not in NOT_COMPUTING:
+            h.update(rel.encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]

@@ -117,6 +117,23 @@ def test_key_depends_on_the_source_hash(monkeypatch):
     assert len(source_hash()) == 16
 
 
+def test_source_hash_follows_computing_modules_only(tmp_path):
+    import shutil
+
+    import diffgen
+
+    pkg = tmp_path / "diffgen"
+    shutil.copytree(diffgen.PACKAGE_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    assert diffgen.hash_sources(pkg) == source_hash()
+    for name in sorted(diffgen.NOT_COMPUTING) + ["presets.toml"]:  # runners, book, report, presets: no number changes
+        with open(pkg / name, "a") as f:
+            f.write("\n# edited\n")
+    assert diffgen.hash_sources(pkg) == source_hash()
+    with open(pkg / "schedule.py", "a") as f:  # a computing module: every cached result is stale
+        f.write("\n# edited\n")
+    assert diffgen.hash_sources(pkg) != source_hash()
+
+
 @pytest.mark.parametrize("bad", [object(), {1, 2}, lambda: 0, Path("x"), Inner])
 def test_unsupported_objects_are_type_errors(bad):
     with pytest.raises(TypeError, match="config_key cannot hash"):
