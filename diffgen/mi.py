@@ -76,10 +76,8 @@ def draw_sets(data, generator: GenerativeModel, *, n_sets: int, n_train: int, n_
               seed: int = 0) -> SetSamples:
     """S_m ~ P^n and z_m = generator(S_m, K) for m = 1..M (data: anything with .sample(n, torch.Generator) -> [n, D],
     e.g. GaussianMixture). Set m is seeded from (seed, m): the same whatever M, so a larger experiment extends a
-    smaller one."""
-    for name, value in (("n_sets", n_sets), ("n_train", n_train), ("n_samples", n_samples)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    smaller one, and the same sets as training_sets(data, ..., seed) for every generator."""
+    _check_sizes(n_sets=n_sets, n_train=n_train, n_samples=n_samples)
     zs, sets = [], []
     for g in sample_generators(seed, n_sets):
         train = data.sample(n_train, g).to(torch.float64)
@@ -89,6 +87,19 @@ def draw_sets(data, generator: GenerativeModel, *, n_sets: int, n_train: int, n_
         zs.append(z.to(torch.float64))
         sets.append(train)
     return SetSamples(torch.stack(zs), torch.stack(sets), seed)
+
+
+def training_sets(data, *, n_sets: int, n_train: int, seed: int = 0) -> torch.Tensor:
+    """The training sets [M, n, D] (float64) that draw_sets uses for this seed: for generators that are built on
+    all sets at once (e.g. ensemble.train_ensemble) rather than one set at a time."""
+    _check_sizes(n_sets=n_sets, n_train=n_train)
+    return torch.stack([data.sample(n_train, g).to(torch.float64) for g in sample_generators(seed, n_sets)])
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
 def gaussian(dim: int = 1, std: float = 1.0) -> GaussianMixture:
@@ -163,6 +174,27 @@ class OptimumSampler:
         x_T = torch.randn(n_samples, train.shape[1], generator=generator, dtype=torch.float64)
         gens = sample_generators(int(torch.randint(2**62, (1,), generator=generator)), n_samples)
         return sample_ddim(denoiser, x_T, self.sched, self.steps, eta=self.eta, generators=gens)
+
+
+@dataclass(frozen=True)
+class TrueScoreSampler:
+    """z = sample_ddim(eps_P, x_T) with the exact denoiser of P (an equally weighted isotropic mixture: its exact
+    denoiser is the smoothed optimum of its means with bandwidth P.std). Ignores S, so I(z; S) = 0; differs from
+    TrueDistribution only by the sampler's discretisation."""
+
+    data: GaussianMixture
+    sched: object  # schedule.Schedule
+    steps: int = 50  # DDIM steps
+
+    def __post_init__(self):
+        w = self.data.weights
+        if not bool(torch.allclose(w, w.mean().expand_as(w))):
+            raise ValueError("TrueScoreSampler needs a mixture with equal weights (its exact denoiser is then a "
+                             "smoothed optimum of the means)")
+
+    def __call__(self, train: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
+        sampler = OptimumSampler(self.sched, self.steps, eta=0.0, bandwidth=self.data.std)
+        return sampler(self.data.means.to(torch.float64), n_samples, generator)
 
 
 # ----------------------------------------------------------------------------------------------- closed forms

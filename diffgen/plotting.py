@@ -123,3 +123,46 @@ def markdown_table(headers, rows) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def plot_estimates(labels, values, lows, highs, *, ax, xlabel: str, ceiling: float | None = None,
+                   ceiling_label: str = ""):
+    """Horizontal bars (first label on top) with confidence-interval whiskers; an optional dashed ceiling line."""
+    v, lo, hi = _np(values), _np(lows), _np(highs)
+    y = np.arange(len(v))[::-1]
+    ax.barh(y, v, color="tab:blue", alpha=0.75)
+    ax.errorbar(v, y, xerr=np.stack([v - lo, hi - v]), fmt="none", ecolor="k", capsize=3, lw=1)
+    ax.set_yticks(y, labels)
+    if ceiling is not None:
+        ax.axvline(ceiling, ls="--", color="tab:red", lw=1)
+        ax.annotate(ceiling_label, xy=(ceiling, y[-1]), xytext=(-4, -14), textcoords="offset points", ha="right",
+                    fontsize=8, color="tab:red")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(xlabel=xlabel)
+    ax.grid(axis="y", visible=False)
+    return ax
+
+
+def plot_estimate_curves(x: dict, curves: dict, *, ax, xlabel: str, ylabel: str, logx: bool = True):
+    """Named curves with bands: curves[name] = (values, lows, highs) over x[name] (each curve its own x)."""
+    for name, (v, lo, hi) in curves.items():
+        line, = ax.plot(_np(x[name]), _np(v), marker="o", ms=3, label=name)
+        ax.fill_between(_np(x[name]), _np(lo), _np(hi), alpha=0.2, color=line.get_color())
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.legend()
+    return ax
+
+
+def plot_set_samples(z, train, *, ax, title: str = "", lim: float = 3.2):
+    """Samples z [S, K, 2] of S generators, each in its own colour, with its training set train [S, n, 2] (crosses)."""
+    z, train = _np(z), _np(train)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for s in range(len(z)):
+        c = colors[s % len(colors)]
+        ax.scatter(z[s, :, 0], z[s, :, 1], s=3, color=c, alpha=0.35, lw=0)
+        ax.scatter(train[s, :, 0], train[s, :, 1], s=40, marker="x", color=c, lw=1.5)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=title)
+    ax.set_aspect("equal")
+    return ax

@@ -14,7 +14,7 @@ from matplotlib.animation import FuncAnimation
 
 from ._util import is_headless, randn, sample_generators
 from .denoisers import EmpiricalOptimum
-from .plotting import plot_image_rows, plot_points_2d
+from .plotting import plot_image_rows, plot_points_2d, plot_set_samples
 from .samplers import Trajectory, sample_ddim
 from .schedule import Schedule
 
@@ -166,3 +166,85 @@ def sample_gallery_explorer(gallery: SampleGallery):
     step.observe(redraw, "value")
     redraw()
     return W.VBox([W.HBox([n, step]), out])
+
+
+@dataclass
+class MIGallery:
+    """I(z; m) experiments per (generator name, n, M): the samples of the first sets and the kNN estimate.
+
+    Entries come from `add` (precomputed, e.g. trained nets) or are computed on demand by `get` for the generators
+    in `live` (callables of mi.GenerativeModel type), so a live panel can explore any n and M for those."""
+
+    data: object  # the distribution P (GaussianMixture)
+    live: dict  # name -> mi.GenerativeModel that can be drawn on demand
+    n_samples: int
+    seed: int
+    k: int = 3  # kNN neighbours
+    shown: int = 3  # sets drawn per panel
+    entries: dict = None  # (name, n, M) -> (z [shown, K, 2], train [shown, n, 2], Estimate)
+
+    def __post_init__(self):
+        self.entries = {} if self.entries is None else self.entries
+
+    def add(self, name: str, samples) -> None:
+        """Store a mi.SetSamples under (name, n, M) with its kNN estimate."""
+        from .mi import mi_knn
+
+        est = mi_knn(samples.z, self.k, seed=self.seed)
+        self.entries[name, samples.n_train, samples.n_sets] = (samples.z[:self.shown], samples.train[:self.shown], est)
+
+    def get(self, name: str, n: int, n_sets: int):
+        """The entry for (name, n, M), drawing it first if the generator is live; None if it cannot be had."""
+        if (name, n, n_sets) not in self.entries and name in self.live:
+            from .mi import draw_sets
+
+            self.add(name, draw_sets(self.data, self.live[name], n_sets=n_sets, n_train=n, n_samples=self.n_samples,
+                                     seed=self.seed))
+        return self.entries.get((name, n, n_sets))
+
+    def draw(self, name: str, n: int, n_sets: int, ax) -> None:
+        ax.clear()
+        entry = self.get(name, n, n_sets)
+        if entry is None:
+            ax.set_title(f"{name}: not computed for n = {n}, M = {n_sets}")
+            return
+        z, train, est = entry
+        plot_set_samples(z, train, ax=ax, title=f"{name}, n = {n}\nI(z; m) = {est.value:.2f} "
+                                                 f"[{est.low:.2f}, {est.high:.2f}]")
+
+
+def mi_gallery_animation(gallery: MIGallery, names, n_values, n_sets: int) -> str:
+    """Static fallback: a frame slider over training-set sizes n, one panel per generator (first sets only)."""
+    fig, axes = plt.subplots(1, len(names), figsize=(3.1 * len(names), 3.6), dpi=72, squeeze=False)
+
+    def frame(k):
+        for ax, name in zip(axes[0], names):
+            gallery.draw(name, n_values[k], n_sets, ax)
+
+    return _frame_slider(fig, frame, len(n_values), interval=800)
+
+
+def mi_explorer(gallery: MIGallery, names, n_values, n_sets: int):
+    """Live panel: generator, training-set size n and number of sets M (live generators are drawn on demand;
+    the others exist only at the precomputed n and M)."""
+    import ipywidgets as W
+    from IPython.display import display
+
+    out = W.Output()
+    fig, ax = plt.subplots(figsize=(4.4, 4.6))
+    plt.close(fig)
+    name = W.Dropdown(options=list(names), value=list(names)[0], description="generator")
+    n = W.SelectionSlider(options=list(n_values), value=list(n_values)[0], description="n train")
+    m = W.SelectionSlider(options=sorted({8, 16, 32, n_sets, 2 * n_sets}), value=n_sets, description="M sets")
+
+    def redraw(*_):
+        gallery.draw(name.value, n.value, m.value, ax)
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+
+    for w in (name, n, m):
+        w.observe(redraw, "value")
+    redraw()
+    return W.VBox([W.HBox([name, n, m]), out])
+

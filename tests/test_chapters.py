@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,15 @@ def test_ch3_smoke_run_writes_its_claims(tmp_path):
     assert results["parameters"]["train_steps"] == 300  # the smoke preset reached the notebook
     assert [c["id"] for c in results["claims"]] == ["C4", "C4", "C4", "C6"]
     assert 0 < results["claims"][0]["value"] <= 1  # a share of the optimum's loss reduction
+
+
+@pytest.mark.slow
+def test_ch1_smoke_run_writes_its_claims(tmp_path):
+    results = _run("ch1", tmp_path)
+    assert results["parameters"]["n_sets"] == 8  # the smoke preset reached the notebook
+    assert [c["id"] for c in results["claims"]] == ["C1", "C1", "C1", "C1", "C6"]
+    optimum = next(c for c in results["claims"] if "empirical optimum" in c["metric"])
+    assert optimum["holds"] and optimum["value"] <= math.log(8) + 0.05  # at, never above, the ceiling log M
+    exact = next(c for c in results["claims"] if "exact score" in c["metric"])
+    assert exact["holds"], exact
+

@@ -353,6 +353,26 @@ def test_optimum_sampler_copies_training_points(sched):
     assert float(brute_d2(s.z[0], s.train[0]).min(1).values.sqrt().median()) > 0.05
 
 
+def test_training_sets_are_the_sets_draw_sets_uses():
+    s = mi.draw_sets(eight_gaussians(), mi.Copier(), n_sets=4, n_train=5, n_samples=3, seed=7)
+    assert torch.equal(mi.training_sets(eight_gaussians(), n_sets=4, n_train=5, seed=7), s.train)
+
+
+def test_true_score_sampler_ignores_the_training_set_and_samples_p(sched):
+    P = eight_gaussians()
+    sampler = mi.TrueScoreSampler(P, sched, steps=50)
+    train_a, train_b = torch.zeros(3, 2, dtype=torch.float64), torch.ones(9, 2, dtype=torch.float64)
+    za = sampler(train_a, 4000, torch.Generator().manual_seed(0))
+    assert torch.equal(za, sampler(train_b, 4000, torch.Generator().manual_seed(0)))  # S is never read
+    # samples lie on P's components: distance to the nearest mean ~ std * chi_2 (mean std * sqrt(pi/2) = 0.188)
+    d = brute_d2(za, P.means).min(1).values.sqrt()
+    assert abs(float(d.mean()) - P.std * math.sqrt(math.pi / 2)) < 0.02
+    counts = torch.bincount(brute_d2(za, P.means).argmin(1), minlength=8).double() / len(za)
+    assert float((counts - 1 / 8).abs().max()) < 0.03  # equal mass on the eight components
+    with pytest.raises(ValueError, match="equal weights"):
+        mi.TrueScoreSampler(type(P)(P.means, P.std, torch.arange(1.0, 9.0, dtype=torch.float64) / 36), sched)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: mi.mi_knn(torch.zeros(3, 5), 3), "z must be a"),
     (lambda: mi.mi_knn(torch.zeros(1, 5, 1), 3), "M >= 2"),
