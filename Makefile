@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install book test bench clean
+.PHONY: install book test browser-test report bench clean
 
 $(INSTALLED): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ book: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+# The built book (run `make book` first) in Debian's chromium (/usr/bin/chromium: apt-get install -y chromium),
+# driven by Playwright, served on localhost with every other host blocked. Screenshots: _build/screenshots/.
+browser-test: $(INSTALLED)
+	DIFFGEN_BROWSER_HTML=$(CURDIR)/_build/html $(BIN)/python -m pytest tests/test_browser.py -v -p no:cacheprovider
+
+# The paper's claims against what the last book build measured (book/*.results.json); RUN=runs/<name> for a run.
+report: $(INSTALLED)
+	$(BIN)/diffgen report $(RUN)
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_empirical.py

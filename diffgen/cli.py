@@ -1,6 +1,7 @@
 """Layer 6: the command line.
 
-`diffgen run CHAPTER...` executes chapter notebooks headlessly with papermill; `diffgen chapters` lists them.
+`diffgen run CHAPTER...` executes chapter notebooks headlessly with papermill; `diffgen chapters` lists them;
+`diffgen report [RUN_DIR]` prints the claims table from a run's results files (diffgen.report).
 
 A chapter is `<book>/ch*_*.ipynb` (book: <repo>/book, or $DIFFGEN_BOOK_DIR); its id is the stem up to the first
 underscore. Its first code cell is tagged `parameters` and holds one `name = <literal>  # description; <spec>` a
@@ -521,6 +522,18 @@ def _run(args: argparse.Namespace) -> int:
     return execute(runs, out, args.timeout)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from . import report
+
+    directory = args.run_dir or book_dir()
+    try:
+        text, rows = report.render(directory, args.format)
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
+    sys.stdout.write(text)
+    return 1 if args.check and report.any_fails(rows) else 0
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number of seconds; got {text}")
@@ -528,7 +541,8 @@ def _positive_int(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffgen", description="Run the book's chapter notebooks.")
+    parser = argparse.ArgumentParser(prog="diffgen", description="Run the book's chapter notebooks and report "
+                                                                 "which of the paper's claims they support.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute chapters headlessly with papermill",
                          description="Execute chapters headlessly; write each executed notebook and its "
@@ -543,6 +557,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=_positive_int, default=1800, metavar="SECONDS",
                      help="wall-clock limit per chapter, also the per-cell limit (default: %(default)s)")
     sub.add_parser("chapters", help="list the chapters and their parameters")
+    rep = sub.add_parser("report", help="the paper's claims against what a run measured",
+                         description="Print the claims table (C1..C6: what each chapter measured, its 95%% CI and "
+                                     "the verdict) from the <chapter>.results.json files in RUN_DIR. Exit code 0, "
+                                     "or with --check 1 when a measured claim fails; 2 when RUN_DIR has no "
+                                     "results or a file is malformed. Claims no chapter measured are 'not run'.")
+    rep.add_argument("run_dir", nargs="?", type=Path, metavar="RUN_DIR",
+                     help="folder of results files, e.g. runs/smoke (default: book/, the book build's results)")
+    rep.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    rep.add_argument("--check", action="store_true", help="exit 1 when a measured claim does not hold")
     return parser
 
 
@@ -555,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     try:
-        return _run(args) if args.command == "run" else _list_chapters()
+        commands = {"run": _run, "report": _report, "chapters": lambda _: _list_chapters()}
+        return commands[args.command](args)
     except UsageError as e:
         print(f"diffgen {args.command}: error: {e}", file=sys.stderr)
         return 2

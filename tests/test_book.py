@@ -92,9 +92,11 @@ def test_book_builds_without_error_output(tmp_path):
     pages = sorted((html_dir / "book").glob("*.html"))
     assert {p.stem for p in pages} >= {"intro", "ch2_empirical_optimum"}
     assert (html_dir / "_static" / "mathjax" / "MathJax.js").is_file(), "MathJax must be served from the book"
+    assert {p.stem for p in pages} >= {"references"}
     for page in pages:
         html = page.read_text()
         assert "_static/mathjax/MathJax.js" in html and "cdn.jsdelivr.net/npm/mathjax" not in html, page
+        assert "maxcdn.bootstrapcdn.com" not in html and "require.min.js" not in html, page  # nothing from a CDN
         assert "Traceback" not in html, page
         assert "output stderr" not in html and "output error" not in html, page
     executed = list((tmp_path / "_build" / "jupyter_execute").rglob("ch2_empirical_optimum.ipynb"))
@@ -103,5 +105,90 @@ def test_book_builds_without_error_output(tmp_path):
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "data" in o and "image/png" in o["data"]]
     assert len(images) >= 4, "chapter 2 must show its figures"
+    ch2 = (html_dir / "book" / "ch2_empirical_optimum.html").read_text()
+    assert re.search(r'<span class="caption-number">Figure 2\.1 </span>', ch2), "figures are numbered per chapter"
+    assert 'href="references.html#id' in ch2 or "references.html" in ch2, "chapter 2 cites the bibliography"
+    references = (html_dir / "book" / "references.html").read_text()
+    assert "On the Generalization of Diffusion Model" in references and "Denoising Diffusion Implicit Models" in references
+    intro = (html_dir / "book" / "intro.html").read_text()
+    assert "diffgen-claims" in intro, "the introduction shows the claims table"
     results = json.loads((REPO / "book" / "ch2.results.json").read_text())
     assert all(c["holds"] for c in results["claims"]), results["claims"]
+
+
+@pytest.mark.slow
+def test_cell_error_fails_the_build_loudly(tmp_path):
+    """A chapter whose cell raises fails `jupyter-book build` (nb_execution_raise_on_error), naming the notebook and
+    the error, with no HTML page for it (the same settings as the book's _config.yml)."""
+    root, out = tmp_path / "book", tmp_path / "out"
+    root.mkdir()
+    _tiny_book(root)
+    nb = nbformat.read(root / "nb.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("x = 1\nraise RuntimeError('chapter cell failed on purpose')"))
+    nbformat.write(nb, root / "nb.ipynb")
+    result = _build(root, out)
+    assert result.returncode != 0, "a cell error must fail the build"
+    log = result.stdout + result.stderr
+    assert "nb.ipynb" in log and "RuntimeError" in log and "chapter cell failed on purpose" in log, log[-3000:]
+    assert not (out / "_build" / "html" / "nb.html").exists()
+
+
+def test_config_fails_the_build_on_cell_errors():
+    """The real book uses the settings the test above exercises."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    assert config["execute"]["allow_errors"] is False
+    assert config["sphinx"]["config"]["nb_execution_raise_on_error"] is True
+    assert config["execute"]["timeout"] > 0  # a stalled cell becomes an error
+
+
+def _toc_chapters() -> list[Path]:
+    import yaml
+
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    return [REPO / f"{entry['file']}.ipynb" for entry in toc.get("chapters", [])
+            if (REPO / f"{entry['file']}.ipynb").name.startswith("ch")]
+
+
+@pytest.mark.parametrize("path", _toc_chapters(), ids=lambda p: p.stem)
+def test_chapter_opens_with_the_claims_and_closes_with_the_measurements(path):
+    """The book's structure: the paper's claims in an admonition first (marked as the paper's, with our
+    reconstruction labelled), a 'What we measured' section last, and citations resolved by references.bib."""
+    nb = nbformat.read(path, as_version=4)
+    markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    assert ":::{admonition} What the paper claims" in markdown[0], "open with the paper's claims"
+    assert "reconstruction" in markdown[0], "say which parts are our reconstruction"
+    assert markdown[-1].lstrip().startswith("## What we measured"), "close with what we measured"
+    bib = (REPO / "book" / "references.bib").read_text()
+    keys = set(re.findall(r"@\w+\{([^,]+),", bib))
+    cited = {k.strip() for c in nb.cells for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", c.source)
+             for k in group.split(",")}
+    assert cited, "cite the paper and the works the chapter builds on"
+    assert cited <= keys, f"citations missing from book/references.bib: {cited - keys}"
+
+
+def test_figures_numbered_per_chapter():
+    from types import SimpleNamespace
+
+    from diffgen.book import _on_env_get_updated
+
+    env = SimpleNamespace(toc_fignumbers={
+        "book/ch3_trained_gap": {"figure": {"fig-b": (7,), "fig-a": (5,), "fig-c": (9,)}},
+        "book/intro": {"figure": {"x": (1,)}},
+    })
+    assert _on_env_get_updated(None, env) == ["book/ch3_trained_gap"]
+    assert env.toc_fignumbers["book/ch3_trained_gap"]["figure"] == {"fig-a": (3, 1), "fig-b": (3, 2), "fig-c": (3, 3)}
+    assert env.toc_fignumbers["book/intro"]["figure"] == {"x": (1,)}
+    assert _on_env_get_updated(None, env) == []  # already numbered: nothing to rewrite
+
+
+def test_frame_slider_cdn_stylesheet_is_dropped():
+    from docutils import nodes
+
+    from diffgen.book import _FONT_AWESOME_CDN
+
+    html = ('<link rel="stylesheet"\nhref="https://maxcdn.bootstrapcdn.com/font-awesome/4.4.0/css/font-awesome.min.css">'
+            '\n<script language="javascript">/* anim */</script>')
+    assert _FONT_AWESOME_CDN.sub("", nodes.raw("", html, format="html").astext()) == \
+           '<script language="javascript">/* anim */</script>'

@@ -1,0 +1,177 @@
+"""diffgen.report and `diffgen report`: claims grouped C1..C6, 'not run' for missing chapters, the three formats,
+exit codes; and a book build whose introduction table shows the numbers the chapters wrote while executing."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from diffgen import cli, report
+from diffgen.results import Claim, write_results
+
+REPO = Path(__file__).resolve().parents[1]
+JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    write_results(out, "ch2", {"n_train": 1500, "seed": 0}, [
+        Claim("C2", "closed form", "max error", 1.0186e-10, None, "< 1e-8", True),
+        Claim("C3", "copies", "copy rate, DDIM", 0.99, (0.975, 1.0), ">= 0.95", True),
+        Claim("C3", "copies (ours)", "copy rate, DDPM", 0.4, (0.3, 0.5), ">= 0.95", False),
+    ])
+    write_results(out, "ch10", {"seed": 0}, [Claim("C6", "trade-off", "correlation", None, None, "< 0", False)])
+    return out
+
+
+def test_rows_grouped_by_claim_with_not_run(run_dir):
+    runs, rows = report.load_run(run_dir)
+    assert [r.chapter for r in runs] == ["ch2", "ch10"]  # chapter order, not string order
+    assert [(r.claim, r.chapter, r.verdict) for r in rows] == [
+        ("C1", "ch1", "not run"), ("C2", "ch2", "holds"), ("C3", "ch2", "holds"), ("C3", "ch2", "fails"),
+        ("C4", "ch3", "not run"), ("C5", "ch4", "not run"), ("C6", "ch10", "not measurable")]
+    verdicts = {cid: report.claim_verdict(rs) for cid, rs in report.by_claim(rows).items()}
+    assert verdicts == {"C1": "not run", "C2": "holds", "C3": "fails (1 of 2)", "C4": "not run", "C5": "not run",
+                        "C6": "fails (1 of 1)"}
+    assert report.summary(rows) == "1 claim holds, 2 fail, 3 not run"
+
+
+@pytest.mark.parametrize("value, text", [(1.0186e-10, "1.02e-10"), (0.9921875, "0.992"), (1.0, "1"), (0.0, "0"),
+                                         (-0.9448, "-0.945"), (1234.5, "1.23e+03"), (None, "n/a")])
+def test_number_format(value, text):
+    assert report.fmt_number(value) == text
+
+
+def test_text_report(run_dir, capsys):
+    assert cli.main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^C3  FAILS \(1 OF 2\) +With the empirical optimum", out, re.M), out
+    assert "ch2  holds 0.99 [0.975, 1] (expected >= 0.95): copy rate, DDIM" in out
+    assert "ch2  fails 0.4 [0.3, 0.5] (expected >= 0.95): copy rate, DDPM" in out
+    assert "ch1  not run (no ch1.results.json)" in out
+    assert "1 claim holds, 2 fail, 3 not run." in out
+
+
+def test_markdown_report(run_dir, capsys):
+    assert cli.main(["report", str(run_dir), "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "| claim (paper) | chapter | we measured | verdict |"
+    c3 = next(line for line in lines if line.startswith("| C3"))
+    assert c3.count(" | ") == 3 and "**0.99 [0.975, 1] (expected \\>= 0.95)**, holds<br>" in c3, c3
+    assert c3.endswith("| fails (1 of 2) |")
+    assert next(line for line in lines if line.startswith("| C1")).endswith("| ch1 | not run | not run |")
+
+
+def test_json_report(run_dir, capsys):
+    assert cli.main(["report", str(run_dir), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [c["id"] for c in doc["claims"]] == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    c3 = doc["claims"][2]
+    assert c3["verdict"] == "fails (1 of 2)" and c3["chapters"] == ["ch2"]
+    assert c3["measurements"][0] == {"chapter": "ch2", "statement": "copies", "metric": "copy rate, DDIM",
+                                     "value": 0.99, "ci": [0.975, 1.0], "expected": ">= 0.95", "verdict": "holds"}
+    assert doc["claims"][0]["measurements"] == [] and doc["claims"][0]["verdict"] == "not run"
+    assert doc["runs"][0]["parameters"] == {"n_train": 1500, "seed": 0}
+
+
+def test_check_exits_1_when_a_claim_fails(run_dir, tmp_path, capsys):
+    assert cli.main(["report", str(run_dir), "--check"]) == 1
+    good = tmp_path / "good"
+    write_results(good, "ch2", {}, [Claim("C2", "s", "m", 0.0, None, "< 1e-8", True)])
+    assert cli.main(["report", str(good), "--check"]) == 0  # claims not run do not fail --check
+
+
+def test_parameters_differing_from_the_chapter_defaults_are_shown(tmp_path, capsys):
+    write_results(tmp_path, "ch2", {"n_train": 1500, "seed": 0}, [Claim("C2", "s", "m", 0.0, None, "< 1", True)])
+    defaults = report.chapter_defaults("ch2")
+    assert defaults and defaults["n_train"] != 1500  # the real book's chapter 2
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert f"parameters: n_train=1500 (default {defaults['n_train']})" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "no <chapter>.results.json in"),
+    ("{not json", "ch2.results.json: not a valid results file (JSONDecodeError"),
+    ('{"chapter": "ch2"}', "ch2.results.json: not a valid results file (ValueError: "),
+    ('{"chapter": "ch2", "parameters": {}, "diffgen_version": "0", "source_hash": "x", "claims": '
+     '[{"id": "C9", "statement": "", "metric": "", "value": 1, "ci": null, "expected": "", "holds": true}]}',
+     "claim id must be one of C1"),
+    ('{"chapter": "ch2", "parameters": {}, "diffgen_version": "0", "source_hash": "x", "claims": [{"id": "C2"}]}',
+     "not a valid results file (KeyError"),
+])
+def test_bad_run_dir_exits_2(tmp_path, capsys, content, says):
+    if content is not None:
+        (tmp_path / "ch2.results.json").write_text(content)
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffgen report: error: ") and says in err and err.count("\n") == 1, err
+
+
+def test_missing_dir_exits_2(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_default_run_dir_is_the_book(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DIFFGEN_BOOK_DIR", str(tmp_path))
+    write_results(tmp_path, "ch3", {}, [Claim("C4", "s", "m", 0.5, (0.4, 0.6), "<= 0.5", True)])
+    assert cli.main(["report"]) == 0
+    assert "ch3  holds 0.5 [0.4, 0.6]" in capsys.readouterr().out
+
+
+# --- the introduction's table in a real (tiny) book build ----------------------------------------------------------
+
+CHAPTER_CELL = """\
+from diffgen.results import Claim, write_results
+value = {value}
+write_results(".", "ch2", {{"value": value}}, [Claim("C3", "s", "copy rate, DDIM", value, (value - 0.01, value),
+                                               ">= 0.95", value >= 0.95)])
+"""
+
+
+def _claims_book(root: Path, value: float) -> None:
+    (root / "_config.yml").write_text(
+        "title: tiny\nonly_build_toc_files: true\nexclude_patterns: [_build]\n"
+        "execute:\n  execute_notebooks: cache\n  timeout: 120\n  run_in_temp: false\n"
+        "sphinx:\n  extra_extensions: [diffgen.book]\n  config:\n    nb_execution_raise_on_error: true\n")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: ch2_tiny\n")
+    (root / "intro.md").write_text("# Intro\n\n```{diffgen-claims}\n```\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Chapter 2"),
+                                         nbformat.v4.new_code_cell(CHAPTER_CELL.format(value=value))])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "ch2_tiny.ipynb")
+
+
+def _intro_table(root: Path) -> str:
+    html = (root / "_build" / "html" / "intro.html").read_text()
+    table = re.search(r'<table class="[^"]*diffgen-claims.*?</table>', html, re.S)
+    assert table, "the claims table is missing from the introduction"
+    return re.sub(r"<[^>]+>", "", table.group(0))
+
+
+@pytest.mark.slow
+def test_intro_table_shows_the_numbers_the_chapters_wrote(tmp_path):
+    """The table is filled after the chapters execute (the JSON does not exist when intro.md is read), and a
+    rebuild in which only a chapter changed updates it."""
+    root = tmp_path / "book"
+    root.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for value, verdict in [(0.987, "holds"), (0.5, "fails (1 of 1)")]:
+        _claims_book(root, value)
+        proc = subprocess.run([str(JUPYTER_BOOK), "build", str(root), "--warningiserror"], capture_output=True,
+                              text=True, timeout=900, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        text = _intro_table(root)
+        assert f"copy rate, DDIM: {value:.3g} [{value - 0.01:.3g}, {value:.3g}] (expected &gt;= 0.95)" in text, text
+        assert verdict in text and "C1" in text and "not run" in text
+        html = (root / "_build" / "html" / "intro.html").read_text()
+        assert 'href="ch2_tiny.html"' in html  # the chapter column links the chapter
