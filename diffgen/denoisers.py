@@ -261,3 +261,76 @@ class TimeSwitch:
         if bool(mask.any()):
             out[mask] = self.inside(xt[mask], t[mask]).to(xt.dtype)
         return out
+
+
+class NoisyPointOptimum(EmpiricalOptimum):
+    """Optimum of the forward-time objective when the intermediate states are a finite set drawn once at one time s,
+    y_j = sqrt(abar_s) x_j + sqrt(1 - abar_s) e_j (our derivation). With u_j = y_j / sqrt(abar_s) = x_j + h_s e_j,
+    h_s^2 = (1 - abar_s) / abar_s, x_t (t > s) is the mixture (1/N) sum_j N(a u_j, v I), v = 1 - abar_t / abar_s, and
+    the minimiser E_Y[xi_{t,s} | x_t] / c_{t,s} is SmoothedOptimum on the u_j with the bandwidth squared -h_s^2:
+        w_j = softmax_j(-||x - a u_j||^2 / (2 v)),   x0_hat = ((1 - abar_t) / v) sum_j w_j u_j - (a h_s^2 / v) x.
+    Its DDIM flow ends on the noisy points u_j, not on the x_j. For t <= s the objective has no target; we use the
+    empirical optimum of the u_j (the noisy points taken as data), which keeps the point the path reached."""
+
+    def __init__(self, noisy: torch.Tensor, sched: Schedule, s: int, **kwargs):
+        if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s < sched.T:
+            raise ValueError(f"s must be an integer in [1, {sched.T - 1}]; got {s!r}")
+        self.s = s
+        self.abar_s = float(sched.abar[s])
+        self.noise_var = (1 - self.abar_s) / self.abar_s  # h_s^2: variance of u_j - x_j per coordinate
+        super().__init__(noisy, sched, **kwargs)
+
+    @classmethod
+    def draw(cls, train: torch.Tensor, sched: Schedule, s: int, generator: torch.Generator,
+             **kwargs) -> "NoisyPointOptimum":
+        """Draw y_j = sqrt(abar_s) x_j + sqrt(1 - abar_s) e_j once (e [N, D] from `generator`, on the CPU) and build
+        the optimum on u_j = y_j / sqrt(abar_s)."""
+        if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s < sched.T:
+            raise ValueError(f"s must be an integer in [1, {sched.T - 1}]; got {s!r}")
+        e = torch.randn(train.shape, generator=generator, dtype=torch.float64).to(train.device)
+        abar_s = float(sched.abar[s])
+        ys = abar_s**0.5 * train.to(torch.float64) + (1 - abar_s) ** 0.5 * e
+        return cls(ys / abar_s**0.5, sched, s, **kwargs)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", s={self.s})"
+
+    def _variance(self, abar: torch.Tensor) -> torch.Tensor:
+        return torch.where(abar < self.abar_s, 1 - abar / self.abar_s, 1 - abar)
+
+    def _as_float64(self) -> "NoisyPointOptimum":
+        self.__init__(self._given, self.sched, self.s, dtype=torch.float64, tile=self.tile, fused=False)
+        return self
+
+    def x0_star(self, xt: torch.Tensor, t) -> torch.Tensor:
+        mean = super().x0_star(xt, t)  # sum_j w_j u_j with the variance v
+        abar = self.sched.alpha_bar(_times(t, len(xt), xt.device))[:, None]
+        v = self._variance(abar)
+        above = abar < self.abar_s  # t > s
+        x0 = ((1 - abar) / v).to(self.dtype) * mean - (abar.sqrt() * self.noise_var / v).to(self.dtype) * xt.to(
+            self.dtype)
+        return torch.where(above.to(xt.device), x0, mean)
+
+
+def forward_time_minimiser(train: torch.Tensor, sched: Schedule, xt: torch.Tensor, t: int,
+                           gap_probs: torch.Tensor) -> torch.Tensor:
+    """Brute-force float64 pointwise minimiser of E ||c_{t,s} e - xi_{t,s}||^2 given x_t, data uniform on train [N, D],
+    s ~ gap_probs [t] (p(s | t), s = 0..t-1): sum_s p_s c_s E[xi_s | x_t] / sum_s p_s c_s^2, with E[xi_s | x_t] by
+    Gaussian conditioning given x0 = x_i: sqrt(1 - r)(x_t - sqrt(abar_t) x_i) / (r (1 - abar_s) + 1 - r),
+    r = abar_t / abar_s, averaged with the posterior weights of x_i. [B, N, D] memory: for checks on small sizes."""
+    x, xs = xt.to(torch.float64), train.to(torch.float64)
+    if gap_probs.shape != (t,):
+        raise ValueError(f"gap_probs must have shape ({t},) (s = 0..t-1); got {tuple(gap_probs.shape)}")
+    abar_t = float(sched.abar[t])
+    diff = x[:, None, :] - abar_t**0.5 * xs[None]  # [B, N, D]
+    num, den = torch.zeros_like(x), 0.0
+    for s in torch.nonzero(gap_probs).flatten().tolist():
+        abar_s = float(sched.abar[s])
+        r = abar_t / abar_s
+        var = r * (1 - abar_s) + (1 - r)  # Var(x_t | x0), written without using 1 - abar_t
+        w = torch.softmax(-diff.pow(2).sum(-1) / (2 * var), dim=1)  # [B, N]
+        post_xi = (1 - r) ** 0.5 * torch.einsum("bn,bnd->bd", w, diff) / var
+        c = ((1 - r) / (1 - abar_t)) ** 0.5
+        num = num + float(gap_probs[s]) * c * post_xi
+        den += float(gap_probs[s]) * c**2
+    return num / den

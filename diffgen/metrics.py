@@ -141,3 +141,26 @@ def loss_reduction_share(losses: np.ndarray) -> float:
     the share of the loss reduction the optimum achieves over predicting 0 that the model also achieves."""
     model, opt, zero = losses.mean(0)
     return float(1 - (model - opt) / (zero - opt))
+
+
+def regression_slope(target: torch.Tensor, predictor: torch.Tensor, *, n_boot: int = 1000, level: float = 0.95,
+                     seed: int = 0) -> Estimate:
+    """Least-squares slope through the origin, sum_b <y_b, p_b> / sum_b |p_b|^2, of target y [B, D] on predictor
+    p [B, D], with a bootstrap CI over rows. Tweedie check: y = xi_{t,s}, p = E[eps | x_t] gives c_{t,s}."""
+    if target.shape != predictor.shape or target.ndim != 2:
+        raise ValueError(f"target and predictor must be [B, D] of one shape; got {tuple(target.shape)} and "
+                         f"{tuple(predictor.shape)}")
+    y, p = target.to(torch.float64), predictor.to(torch.float64)
+    pairs = torch.stack([(y * p).sum(1), p.pow(2).sum(1)], 1).cpu().numpy()  # [B, 2]
+    return bootstrap_ci(pairs, lambda v: float(v[:, 0].sum() / v[:, 1].sum()), n_boot=n_boot, level=level, seed=seed)
+
+
+def gaussian_channel_mi(cov: torch.Tensor, noise_var: float) -> float:
+    """0.5 log det(I + cov / noise_var) nats: the largest I(x; x + sqrt(noise_var) e) over inputs x with covariance
+    cov [D, D] (attained by a Gaussian x), e ~ N(0, I) independent of x."""
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+        raise ValueError(f"cov must be a square [D, D] matrix; got {tuple(cov.shape)}")
+    if not noise_var > 0:
+        raise ValueError(f"noise_var must be > 0; got {noise_var}")
+    eig = torch.linalg.eigvalsh(cov.to(torch.float64)).clamp(min=0)
+    return float(0.5 * torch.log1p(eig / noise_var).sum())

@@ -36,3 +36,104 @@ class EpsLoss:
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         xt = add_noise(self.sched, x0, t, eps)
         return (model(xt, t).to(x0.dtype) - eps).pow(2).mean(1)
+
+
+GAPS = ("uniform", "one", "full")  # the gap distributions of ForwardTimeLoss (a validated field, not a registry)
+
+
+def forward_time_coef(sched: Schedule, t, s) -> torch.Tensor:
+    """c_{t,s} = sqrt((1 - abar_t / abar_s) / (1 - abar_t)) in float64 (Tweedie: E[xi_{t,s} | x_t] = c E[eps | x_t])."""
+    r = sched.alpha_bar(torch.as_tensor(t)) / sched.alpha_bar(torch.as_tensor(s))
+    return ((1 - r) / (1 - sched.alpha_bar(torch.as_tensor(t)))).sqrt()
+
+
+@dataclass(frozen=True)
+class ForwardDraw:
+    """One forward-time draw per row: times t > s, the states x_s and x_t, the gap noise xi_{t,s} and the total
+    noise eps of x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (what EpsLoss would regress onto)."""
+
+    t: torch.Tensor  # [B] long, 1..T
+    s: torch.Tensor  # [B] long, 0..t-1
+    xs: torch.Tensor  # [B, D]
+    xt: torch.Tensor  # [B, D]
+    xi: torch.Tensor  # [B, D]
+    eps: torch.Tensor  # [B, D]
+    c: torch.Tensor  # [B, 1] c_{t,s} in x0's dtype
+
+
+def forward_draw(sched: Schedule, x0: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+                 generator: torch.Generator) -> ForwardDraw:
+    """x_t = sqrt(abar_t / abar_s) x_s + sqrt(1 - abar_t / abar_s) xi, x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s) eps_s.
+    Draws xi [B, D] first, then eps_s [B, D] (on the CPU, then moved), so that with s = 0 the draw of xi is the draw
+    of eps in EpsLoss. Coefficients are formed in float64."""
+    if x0.ndim != 2:
+        raise ValueError(f"x0 must have shape [B, D]; got {tuple(x0.shape)}")
+    t, s = torch.as_tensor(t).cpu(), torch.as_tensor(s).cpu()
+    if t.shape != (len(x0),) or s.shape != t.shape or bool((s < 0).any()) or bool((s >= t).any()):
+        raise ValueError("t and s must be [B] integer tensors with 0 <= s < t")
+    xi = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    eps_s = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    abar_t, abar_s = sched.alpha_bar(t)[:, None], sched.alpha_bar(s)[:, None]
+    r = abar_t / abar_s
+    col = lambda v: v.to(device=x0.device, dtype=x0.dtype)  # noqa: E731
+    xs = col(abar_s.sqrt()) * x0 + col((1 - abar_s).sqrt()) * eps_s
+    xt = col(r.sqrt()) * xs + col((1 - r).sqrt()) * xi
+    # the same x_t written as sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+    eps = (col((r * (1 - abar_s)).sqrt()) * eps_s + col((1 - r).sqrt()) * xi) / col((1 - abar_t).sqrt())
+    return ForwardDraw(t=t.to(x0.device), s=s.to(x0.device), xs=xs, xt=xt, xi=xi, eps=eps,
+                       c=col(((1 - r) / (1 - abar_t)).sqrt()))
+
+
+@dataclass(frozen=True)
+class ForwardTimeLoss:
+    """The forward-time objective (our reconstruction of the later revision's summary): t ~ Uniform{1..T}, a gap
+    k = t - s >= 1 drawn from `gap`, x_t from x_s by the forward process, and
+        loss = || c_{t,s} eps_theta(x_t, t) - xi_{t,s} ||^2 / D,   c_{t,s} = sqrt((1 - abar_t/abar_s) / (1 - abar_t)).
+    Since E[xi_{t,s} | x_t] = c_{t,s} E[eps | x_t] (Tweedie) and x_t's law does not depend on s, the pointwise
+    minimiser is E[eps | x_t], i.e. eps* on a finite training set, for every gap distribution."""
+
+    sched: Schedule  # the forward process: T and abar_t
+    gap: str = "uniform"  # "uniform": k ~ Uniform{1..min(t, max_gap)}; "one": k = 1 (xi_{t,t-1}); "full": k = t (= EpsLoss)
+    max_gap: int | None = None  # largest gap of "uniform" (None: up to t, so s = 0 is possible)
+
+    def __post_init__(self):
+        if self.gap not in GAPS:
+            raise ValueError(f"gap must be one of {', '.join(GAPS)}; got {self.gap!r}")
+        if self.max_gap is not None and (not isinstance(self.max_gap, int) or isinstance(self.max_gap, bool)
+                                         or self.max_gap < 1):
+            raise ValueError(f"max_gap must be None or a positive integer; got {self.max_gap!r}")
+        if self.max_gap is not None and self.gap != "uniform":
+            raise ValueError(f"max_gap applies to gap='uniform' only; got gap={self.gap!r}, max_gap={self.max_gap}")
+
+    def gap_probs(self, t: int) -> torch.Tensor:
+        """p(s | t) for s = 0..t-1 as a float64 tensor [t] (the distribution `draw_times` samples from)."""
+        if not isinstance(t, int) or not 1 <= t <= self.sched.T:
+            raise ValueError(f"t must be an integer in [1, {self.sched.T}]; got {t!r}")
+        p = torch.zeros(t, dtype=torch.float64)
+        if self.gap == "one":
+            p[t - 1] = 1.0
+        elif self.gap == "full":
+            p[0] = 1.0
+        else:
+            kmax = t if self.max_gap is None else min(t, self.max_gap)
+            p[t - kmax:] = 1.0 / kmax  # s = t - k, k = 1..kmax
+        return p
+
+    def draw_times(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t [B], s [B]) on the CPU: t ~ Uniform{1..T} first, then (for "uniform" only) the gap."""
+        t = torch.randint(1, self.sched.T + 1, (batch,), generator=generator)
+        if self.gap == "one":
+            return t, t - 1
+        if self.gap == "full":
+            return t, torch.zeros_like(t)
+        kmax = t if self.max_gap is None else t.clamp(max=self.max_gap)
+        k = 1 + (torch.rand(batch, generator=generator, dtype=torch.float64) * kmax).long().clamp(max=kmax - 1)
+        return t, t - k
+
+    def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """[B]: mean over D of (c_{t,s} model(x_t, t) - xi_{t,s})^2. Draws t, (the gap,) xi, eps_s in that order."""
+        if x0.ndim != 2:
+            raise ValueError(f"x0 must have shape [B, D]; got {tuple(x0.shape)}")
+        t, s = self.draw_times(len(x0), generator)
+        d = forward_draw(self.sched, x0, t, s, generator)
+        return (d.c * model(d.xt, d.t).to(x0.dtype) - d.xi).pow(2).mean(1)

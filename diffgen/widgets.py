@@ -248,3 +248,72 @@ def mi_explorer(gallery: MIGallery, names, n_values, n_sets: int):
     redraw()
     return W.VBox([W.HBox([name, n, m]), out])
 
+
+@dataclass(frozen=True)
+class ToyGapSamples:
+    """DDIM samples on a 2-D toy from the same x_T, per training objective (label) and EMA snapshot step."""
+
+    train: torch.Tensor  # [N, 2]
+    samples: dict  # (label, step) -> [K, 2]
+    rate: dict  # (label, step) -> copy rate (d1/d2 < 1/3)
+
+    @classmethod
+    def compute(cls, runs: dict, x_T: torch.Tensor, train: torch.Tensor, sched: Schedule, steps: int):
+        """runs: label -> a train.TrainResult on `train` (every snapshot is sampled)."""
+        from .metrics import COPY_THRESHOLD, nearest_neighbors
+
+        samples, rate = {}, {}
+        for label, run in runs.items():
+            for step in sorted(run.snapshots):
+                z = sample_ddim(run.model_at(step), x_T, sched, steps).cpu()
+                samples[label, step] = z
+                rate[label, step] = float((nearest_neighbors(z, train).ratio < COPY_THRESHOLD).double().mean())
+        return cls(train.cpu(), samples, rate)
+
+    @property
+    def labels(self) -> list:
+        return list(dict.fromkeys(label for label, _ in self.samples))
+
+    @property
+    def steps(self) -> list:
+        return sorted({s for _, s in self.samples})
+
+    def draw(self, label: str, step: int, ax) -> None:
+        ax.clear()
+        plot_points_2d(self.train, self.samples[label, step], ax=ax,
+                       title=f"{label}, step {step}: copy rate {self.rate[label, step]:.2f}")
+
+
+def toy_gap_animation(samples: ToyGapSamples) -> str:
+    """Static fallback: a frame slider over training steps, one panel per objective."""
+    labels = samples.labels
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.4 * len(labels), 3.5), dpi=72, squeeze=False)
+
+    def frame(k):
+        for ax, label in zip(axes[0], labels):
+            samples.draw(label, samples.steps[k], ax)
+
+    return _frame_slider(fig, frame, len(samples.steps), interval=500)
+
+
+def toy_gap_explorer(samples: ToyGapSamples):
+    """Live panel: pick the objective (gap distribution) and the training step (needs a running kernel)."""
+    import ipywidgets as W
+    from IPython.display import display
+
+    out = W.Output()
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    plt.close(fig)
+    label = W.Dropdown(options=samples.labels, value=samples.labels[0], description="objective")
+    step = W.SelectionSlider(options=samples.steps, value=samples.steps[-1], description="step")
+
+    def redraw(*_):
+        samples.draw(label.value, step.value, ax)
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+
+    label.observe(redraw, "value")
+    step.observe(redraw, "value")
+    redraw()
+    return W.VBox([W.HBox([label, step]), out])

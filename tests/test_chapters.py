@@ -82,3 +82,11 @@ def test_ch1_smoke_run_writes_its_claims(tmp_path):
     exact = next(c for c in results["claims"] if "exact score" in c["metric"])
     assert exact["holds"], exact
 
+
+@pytest.mark.slow
+def test_ch4_smoke_run_writes_its_claims(tmp_path):
+    results = _run("ch4", tmp_path)
+    assert results["parameters"]["train_steps"] == 200  # the smoke preset reached the notebook
+    claims = results["claims"]
+    assert [c["id"] for c in claims] == ["C5"] * 5
+    assert claims[-1]["value"] < 1e-9 and not claims[-1]["holds"]  # the exact optimum of the new objective is eps*

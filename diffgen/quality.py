@@ -1,0 +1,199 @@
+"""Layer 3: sample-quality distances to held-out data, none of which downloads anything.
+
+- energy distance (Szekely & Rizzo 2013) on raw coordinates: E = 2 E|X - Y| - E|X - X'| - E|Y - Y'| >= 0, zero iff
+  the distributions agree;
+- squared MMD with a Gaussian kernel (Gretton et al. 2012), unbiased U-statistic;
+- Frechet distance (Heusel et al. 2017) between Gaussians fitted to features: |mu1 - mu2|^2 +
+  tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2), in float64, here in the feature space of a small digits classifier that the
+  package trains on scikit-learn's digits (with their labels) and caches (`digits_classifier`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._util import resolve_device, tiles
+from .cache import cache_root, config_key, load_artifact, save_artifact
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor, min_rows: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"x [N, D] and y [M, D] must agree in D; got {tuple(x.shape)} and {tuple(y.shape)}")
+    if len(x) < min_rows or len(y) < min_rows:
+        raise ValueError(f"x and y need at least {min_rows} rows each; got {len(x)} and {len(y)}")
+    return x.to(torch.float64), y.to(device=x.device, dtype=torch.float64)
+
+
+def _mean_pairwise(a: torch.Tensor, b: torch.Tensor, fn, *, same: bool, tile: int = 1024) -> float:
+    """Mean of fn(||a_i - b_j||^2) over all pairs (i, j), excluding i = j when `same` (a U-statistic)."""
+    total = 0.0
+    b_sq = b.pow(2).sum(1)
+    for sl in tiles(len(a), tile):
+        ai = a[sl]
+        d2 = (ai.pow(2).sum(1, keepdim=True) - 2 * ai @ b.T + b_sq[None]).clamp(min=0)
+        vals = fn(d2)
+        if same:
+            idx = torch.arange(sl.start, sl.stop, device=a.device)
+            vals[idx - sl.start, idx] = 0.0
+        total += float(vals.sum())
+    pairs = len(a) * (len(b) - 1) if same else len(a) * len(b)
+    return total / pairs
+
+
+def energy_distance(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = True) -> float:
+    """Squared energy distance 2 E||X - Y|| - E||X - X'|| - E||Y - Y'|| between samples x [N, D] and y [M, D].
+    unbiased: within-sample means over pairs i != j (can be slightly negative); else V-statistics (scipy's
+    `energy_distance` squared, in 1-D)."""
+    x, y = _check_pair(x, y)
+    dist = lambda d2: d2.sqrt()  # noqa: E731
+    xx = _mean_pairwise(x, x, dist, same=True) * ((len(x) - 1) / len(x) if not unbiased else 1.0)
+    yy = _mean_pairwise(y, y, dist, same=True) * ((len(y) - 1) / len(y) if not unbiased else 1.0)
+    return 2 * _mean_pairwise(x, y, dist, same=False) - xx - yy
+
+
+def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The median heuristic: median of the pairwise distances of the pooled sample (distinct pairs)."""
+    x, y = _check_pair(x, y, min_rows=1)
+    z = torch.cat([x, y])
+    d = torch.cdist(z, z)
+    return float(d[torch.triu_indices(len(z), len(z), 1, device=z.device).unbind()].median())
+
+
+def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
+    """Unbiased squared MMD with k(a, b) = exp(-||a - b||^2 / (2 h^2)): mean_{i!=j} k(x_i, x_j) +
+    mean_{i!=j} k(y_i, y_j) - 2 mean_{i,j} k(x_i, y_j) (Gretton et al. 2012, eq. 3)."""
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be > 0; got {bandwidth}")
+    x, y = _check_pair(x, y)
+    k = lambda d2: torch.exp(-d2 / (2 * bandwidth**2))  # noqa: E731
+    return _mean_pairwise(x, x, k, same=True) + _mean_pairwise(y, y, k, same=True) - 2 * _mean_pairwise(
+        x, y, k, same=False)
+
+
+def _sqrtm_psd(c: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a symmetric PSD matrix via eigh (negative rounding eigenvalues clamped to 0)."""
+    eig, vec = torch.linalg.eigh((c + c.T) / 2)
+    return (vec * eig.clamp(min=0).sqrt()) @ vec.T
+
+
+def gaussian_frechet(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor) -> float:
+    """Frechet (2-Wasserstein squared) distance between N(mu1, C1) and N(mu2, C2):
+    |mu1 - mu2|^2 + tr C1 + tr C2 - 2 tr (C1^1/2 C2 C1^1/2)^1/2, in float64."""
+    mu1, cov1, mu2, cov2 = (v.to(torch.float64) for v in (mu1, cov1, mu2, cov2))
+    if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != (len(mu1), len(mu1)):
+        raise ValueError(f"means [D] and covariances [D, D] must agree; got {tuple(mu1.shape)}, {tuple(cov1.shape)}, "
+                         f"{tuple(mu2.shape)}, {tuple(cov2.shape)}")
+    root1 = _sqrtm_psd(cov1)
+    cross = torch.linalg.eigvalsh(root1 @ cov2 @ root1).clamp(min=0).sqrt().sum()
+    return float((mu1 - mu2).pow(2).sum() + cov1.trace() + cov2.trace() - 2 * cross)
+
+
+def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    """gaussian_frechet between the Gaussians fitted to the rows of x [N, F] and y [M, F] (unbiased covariances)."""
+    x, y = _check_pair(x, y)
+    return gaussian_frechet(x.mean(0), torch.cov(x.T).reshape(x.shape[1], -1), y.mean(0),
+                            torch.cov(y.T).reshape(y.shape[1], -1))
+
+
+# ------------------------------------------------------------------------------------- the feature network
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """A small MLP classifier of the 8x8 digits, 64 -> hidden -> features -> 10; the features are the Frechet space."""
+
+    hidden: int = 128  # width of the first hidden layer
+    features: int = 32  # width of the feature layer (the Frechet distance lives here)
+    steps: int = 1500  # full-batch AdamW steps
+    lr: float = 3e-3  # AdamW learning rate
+    weight_decay: float = 1e-3  # AdamW decoupled weight decay
+    test_share: float = 0.2  # share of the 1797 images held out to report the accuracy
+    seed: int = 0  # seeds the split and the initialisation
+
+    def __post_init__(self):
+        for name in ("hidden", "features", "steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer; got {v!r}")
+        if not 0 < self.test_share < 1:
+            raise ValueError(f"test_share must lie in (0, 1); got {self.test_share}")
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0; got {self.lr}, {self.weight_decay}")
+
+
+class _DigitsNet(nn.Module):
+    def __init__(self, cfg: ClassifierConfig):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.features), nn.SiLU())
+        self.head = nn.Linear(cfg.features, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@dataclass(frozen=True, eq=False)
+class DigitsClassifier:
+    """A trained digits classifier: `features(x)` [B, F] for images x [B, 64] in [-1, 1] (diffgen's digit scale)."""
+
+    net: nn.Module
+    cfg: ClassifierConfig
+    accuracy: float  # on the held-out share of the digits
+    from_cache: bool
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != 64:
+            raise ValueError(f"x must be digits images [B, 64]; got {tuple(x.shape)}")
+        param = next(self.net.parameters())
+        return self.net.body(x.to(device=param.device, dtype=param.dtype)).to(torch.float64)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        param = next(self.net.parameters())
+        return self.net(x.to(device=param.device, dtype=param.dtype)).argmax(1)
+
+
+def _digits_with_labels() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return torch.from_numpy(d.data / 8.0 - 1.0).to(torch.float32), torch.from_numpy(d.target).long()
+
+
+def digits_classifier(cfg: ClassifierConfig = ClassifierConfig(), *, device: str | torch.device = "auto",
+                      cache_dir: Path | None = None) -> DigitsClassifier:
+    """Train the classifier on a (1 - test_share) split of the digits (cross-entropy, full batch), or load it from
+    <cache_dir or cache_root()>/quality/<key>.pt (key: config and diffgen source)."""
+    if not isinstance(cfg, ClassifierConfig):
+        raise ValueError(f"cfg must be a ClassifierConfig; got {type(cfg).__name__}")
+    dev = resolve_device(device)
+    path = (Path(cache_dir) if cache_dir is not None else cache_root()) / "quality" / f"{config_key(cfg)}.pt"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = _DigitsNet(cfg)
+    art = load_artifact(path)
+    if art is not None:
+        try:
+            net.load_state_dict(art["state"])
+            return DigitsClassifier(net.to(dev).eval().requires_grad_(False), cfg, float(art["accuracy"]), True)
+        except (KeyError, RuntimeError, TypeError):
+            path.unlink(missing_ok=True)
+    x, y = _digits_with_labels()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
+    n_test = int(round(cfg.test_share * len(x)))
+    test, fit = perm[:n_test], perm[n_test:]
+    net = net.to(dev)
+    xf, yf = x[fit].to(dev), y[fit].to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for _ in range(cfg.steps):
+        loss = nn.functional.cross_entropy(net(xf), yf)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval().requires_grad_(False)
+    with torch.no_grad():
+        accuracy = float((net(x[test].to(dev)).argmax(1) == y[test].to(dev)).double().mean())
+    save_artifact(path, {"state": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "accuracy": accuracy})
+    return DigitsClassifier(net, cfg, accuracy, False)

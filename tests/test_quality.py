@@ -1,0 +1,107 @@
+"""Sample-quality distances against independent references (scipy, brute force, Gaussian closed forms) and the
+cached digits classifier."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.stats
+import torch
+
+from diffgen.quality import (ClassifierConfig, digits_classifier, energy_distance, frechet_distance,
+                             gaussian_frechet, median_bandwidth, mmd2)
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _brute_pairs(a, b, fn, same):
+    vals = [fn(float(((a[i] - b[j]) ** 2).sum())) for i in range(len(a)) for j in range(len(b))
+            if not (same and i == j)]
+    return sum(vals) / len(vals)
+
+
+def test_energy_distance_v_statistic_is_scipys_squared_in_1d():
+    x, y = _randn(50, 1, seed=1), _randn(70, 1, seed=2) * 1.5 + 0.3
+    ref = scipy.stats.energy_distance(x[:, 0].numpy(), y[:, 0].numpy()) ** 2
+    assert energy_distance(x, y, unbiased=False) == pytest.approx(ref, rel=1e-10)
+
+
+def test_energy_distance_and_mmd_equal_brute_force():
+    x, y = _randn(23, 5, seed=1), _randn(31, 5, seed=2) + 0.2
+    dist = lambda d2: d2 ** 0.5  # noqa: E731
+    ref = 2 * _brute_pairs(x, y, dist, False) - _brute_pairs(x, x, dist, True) - _brute_pairs(y, y, dist, True)
+    assert energy_distance(x, y) == pytest.approx(ref, rel=1e-10)
+    h = 1.7
+    k = lambda d2: np.exp(-d2 / (2 * h * h))  # noqa: E731
+    ref = _brute_pairs(x, x, k, True) + _brute_pairs(y, y, k, True) - 2 * _brute_pairs(x, y, k, False)
+    assert mmd2(x, y, h) == pytest.approx(ref, rel=1e-10)
+    assert mmd2(x, y, h) == pytest.approx(mmd2(y, x, h), rel=1e-12)
+
+
+def test_distances_invariant_to_rigid_motions_and_detect_shifts():
+    x, y = _randn(200, 4, seed=1), _randn(200, 4, seed=2)
+    q = torch.linalg.qr(_randn(4, 4, seed=3))[0]
+    move = lambda v: v @ q.T + 5.0  # noqa: E731
+    h = median_bandwidth(x, y)
+    assert energy_distance(move(x), move(y)) == pytest.approx(energy_distance(x, y), rel=1e-9, abs=1e-12)
+    assert mmd2(move(x), move(y), h) == pytest.approx(mmd2(x, y, h), rel=1e-9, abs=1e-12)
+    same, shifted = energy_distance(x, y), energy_distance(x, y + 1.0)
+    assert abs(same) < 0.05 < shifted
+    assert abs(mmd2(x, y, h)) < 0.01 < mmd2(x, y + 1.0, h)
+
+
+def test_gaussian_frechet_closed_forms():
+    mu1, mu2 = _randn(6, seed=1), _randn(6, seed=2)
+    a = torch.tensor([0.5, 1.0, 2.0, 3.0, 0.1, 4.0], dtype=torch.float64)
+    b = torch.tensor([1.5, 1.0, 0.2, 3.0, 2.1, 1.0], dtype=torch.float64)
+    ref = float((mu1 - mu2).pow(2).sum() + (a.sqrt() - b.sqrt()).pow(2).sum())  # commuting (diagonal) covariances
+    assert gaussian_frechet(mu1, torch.diag(a), mu2, torch.diag(b)) == pytest.approx(ref, rel=1e-10)
+    # general covariances: against scipy's sqrtm of C1 C2 (a different route to the same trace)
+    m1, m2 = _randn(6, 6, seed=4), _randn(6, 6, seed=5)
+    c1, c2 = m1 @ m1.T + 0.1 * torch.eye(6), m2 @ m2.T
+    cross = np.real(np.trace(scipy.linalg.sqrtm(c1.numpy() @ c2.numpy())))
+    ref = float((mu1 - mu2).pow(2).sum() + c1.trace() + c2.trace()) - 2 * cross
+    assert gaussian_frechet(mu1, c1, mu2, c2) == pytest.approx(ref, rel=1e-8)
+    assert gaussian_frechet(mu1, c1, mu1, c1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_of_samples():
+    x, y = _randn(400, 3, seed=1), _randn(300, 3, seed=2)
+    delta = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    assert frechet_distance(x, y + delta) - frechet_distance(x, y) == pytest.approx(
+        float(((x.mean(0) - y.mean(0) - delta).pow(2).sum() - (x.mean(0) - y.mean(0)).pow(2).sum())), rel=1e-9)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bad_inputs_raise_one_clear_error():
+    x = _randn(10, 3)
+    with pytest.raises(ValueError, match="must agree in D"):
+        energy_distance(x, _randn(10, 4))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        mmd2(x, x[:1], 1.0)
+    with pytest.raises(ValueError, match="bandwidth must be > 0"):
+        mmd2(x, x, 0.0)
+    with pytest.raises(ValueError, match="hidden must be a positive integer"):
+        ClassifierConfig(hidden=0)
+    with pytest.raises(ValueError, match="test_share"):
+        ClassifierConfig(test_share=1.0)
+
+
+def test_digits_classifier_trains_caches_and_reloads(tmp_path):
+    cfg = ClassifierConfig(hidden=64, steps=250)
+    first = digits_classifier(cfg, device="cpu", cache_dir=tmp_path)
+    assert not first.from_cache and first.accuracy > 0.9
+    x = _randn(5, 64).clamp(-1, 1)
+    again = digits_classifier(cfg, device="cpu", cache_dir=tmp_path)
+    assert again.from_cache and again.accuracy == first.accuracy
+    torch.testing.assert_close(again.features(x), first.features(x), rtol=0, atol=0)
+    assert first.features(x).shape == (5, cfg.features) and first.features(x).dtype == torch.float64
+    path = next((tmp_path / "quality").glob("*.pt"))
+    path.write_bytes(path.read_bytes()[:100])  # truncated: rebuilt, same numbers (same seed)
+    with pytest.warns(RuntimeWarning, match="deleting unusable artifact"):
+        rebuilt = digits_classifier(cfg, device="cpu", cache_dir=tmp_path)
+    assert not rebuilt.from_cache and rebuilt.accuracy == first.accuracy
+    with pytest.raises(ValueError, match="x must be digits images"):
+        first.features(_randn(3, 10))
