@@ -73,27 +73,34 @@ def _frame_slider(fig, draw_frame, n_frames: int, interval: int) -> str:
     return html
 
 
-def toy_paths_explorer(paths: ToyPaths):
-    """Live panel: sliders for the reverse step and the training-set size n (needs a running kernel)."""
+def _live_panel(controls: list, draw, figsize) -> object:
+    """An ipywidgets panel: `controls` above a figure that draw(ax) redraws whenever one of them changes."""
     import ipywidgets as W
     from IPython.display import display
 
     out = W.Output()
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    fig, ax = plt.subplots(figsize=figsize)
     plt.close(fig)
-    step = W.IntSlider(value=0, min=0, max=len(paths.t) - 1, description="step")
-    n = W.SelectionSlider(options=list(paths.xt), value=list(paths.xt)[-1], description="n train")
 
     def redraw(*_):
-        paths.draw(n.value, step.value, ax)
+        draw(ax)
         with out:
             out.clear_output(wait=True)
             display(fig)
 
-    step.observe(redraw, "value")
-    n.observe(redraw, "value")
+    for control in controls:
+        control.observe(redraw, "value")
     redraw()
-    return W.VBox([W.HBox([step, n]), out])
+    return W.VBox([W.HBox(controls), out])
+
+
+def toy_paths_explorer(paths: ToyPaths):
+    """Live panel: sliders for the reverse step and the training-set size n (needs a running kernel)."""
+    import ipywidgets as W
+
+    step = W.IntSlider(value=0, min=0, max=len(paths.t) - 1, description="step")
+    n = W.SelectionSlider(options=list(paths.xt), value=list(paths.xt)[-1], description="n train")
+    return _live_panel([step, n], lambda ax: paths.draw(n.value, step.value, ax), figsize=(4.2, 4.2))
 
 
 @dataclass(frozen=True)
@@ -143,29 +150,16 @@ def sample_gallery_animation(gallery: SampleGallery) -> str:
 def sample_gallery_explorer(gallery: SampleGallery):
     """Live panel: pick the training-set size and the training step (needs a running kernel)."""
     import ipywidgets as W
-    from IPython.display import display
 
-    out = W.Output()
-    fig, ax = plt.subplots(figsize=(6.4, 2.2))
-    plt.close(fig)
     n = W.SelectionSlider(options=gallery.sizes, value=gallery.sizes[-1], description="n train")
     step = W.SelectionSlider(options=gallery.steps(n.value), value=gallery.steps(n.value)[-1], description="step")
 
-    def redraw(*_):
-        gallery.draw(n.value, step.value, ax)
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-
-    def new_size(*_):
+    def new_size(*_):  # observed before the panel's redraw, so the step is valid for the new size when it draws
         step.options = gallery.steps(n.value)
         step.value = gallery.steps(n.value)[-1]
-        redraw()
 
     n.observe(new_size, "value")
-    step.observe(redraw, "value")
-    redraw()
-    return W.VBox([W.HBox([n, step]), out])
+    return _live_panel([n, step], lambda ax: gallery.draw(n.value, step.value, ax), figsize=(6.4, 2.2))
 
 
 @dataclass
@@ -228,25 +222,11 @@ def mi_explorer(gallery: MIGallery, names, n_values, n_sets: int):
     """Live panel: generator, training-set size n and number of sets M (live generators are drawn on demand;
     the others exist only at the precomputed n and M)."""
     import ipywidgets as W
-    from IPython.display import display
 
-    out = W.Output()
-    fig, ax = plt.subplots(figsize=(4.4, 4.6))
-    plt.close(fig)
     name = W.Dropdown(options=list(names), value=list(names)[0], description="generator")
     n = W.SelectionSlider(options=list(n_values), value=list(n_values)[0], description="n train")
     m = W.SelectionSlider(options=sorted({8, 16, 32, n_sets, 2 * n_sets}), value=n_sets, description="M sets")
-
-    def redraw(*_):
-        gallery.draw(name.value, n.value, m.value, ax)
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-
-    for w in (name, n, m):
-        w.observe(redraw, "value")
-    redraw()
-    return W.VBox([W.HBox([name, n, m]), out])
+    return _live_panel([name, n, m], lambda ax: gallery.draw(name.value, n.value, m.value, ax), figsize=(4.4, 4.6))
 
 
 @dataclass(frozen=True)
@@ -299,21 +279,7 @@ def toy_gap_animation(samples: ToyGapSamples) -> str:
 def toy_gap_explorer(samples: ToyGapSamples):
     """Live panel: pick the objective (gap distribution) and the training step (needs a running kernel)."""
     import ipywidgets as W
-    from IPython.display import display
 
-    out = W.Output()
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
-    plt.close(fig)
     label = W.Dropdown(options=samples.labels, value=samples.labels[0], description="objective")
     step = W.SelectionSlider(options=samples.steps, value=samples.steps[-1], description="step")
-
-    def redraw(*_):
-        samples.draw(label.value, step.value, ax)
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-
-    label.observe(redraw, "value")
-    step.observe(redraw, "value")
-    redraw()
-    return W.VBox([W.HBox([label, step]), out])
+    return _live_panel([label, step], lambda ax: samples.draw(label.value, step.value, ax), figsize=(4.2, 4.2))

@@ -33,3 +33,26 @@ def test_mi_gallery_animation_has_one_frame_per_size():
     html = widgets.mi_gallery_animation(gallery, ["fit"], [4, 8, 16], n_sets=5)
     assert 'type="range"' in html
     assert len(re.findall(r"frames\[\d+\] = ", html)) == 3
+
+
+def test_live_panels_redraw_when_a_control_moves():
+    """The live explorers (never built headlessly) share one panel: every control change redraws the figure."""
+    import ipywidgets as W
+
+    a, b = W.IntSlider(value=0, min=0, max=3), W.Dropdown(options=["x", "y"], value="x")
+    drawn = []
+    panel = widgets._live_panel([a, b], lambda ax: drawn.append((a.value, b.value)), figsize=(2, 2))
+    a.value, b.value = 2, "y"
+    assert drawn == [(0, "x"), (2, "x"), (2, "y")]
+    assert list(panel.children[0].children) == [a, b]
+
+
+def test_mi_explorer_draws_what_its_controls_select():
+    P = eight_gaussians()
+    gallery = widgets.MIGallery(P, {"fit": mi.GaussianFit()}, n_samples=30, seed=0)
+    panel = widgets.mi_explorer(gallery, ["fit", "trained net"], [4, 8], n_sets=8)
+    name, n, m = panel.children[0].children
+    n.value, m.value = 8, 16
+    assert {("fit", 4, 8), ("fit", 8, 8), ("fit", 8, 16)} <= set(gallery.entries)
+    name.value = "trained net"  # not live and not precomputed: drawn as a note, no error
+    assert ("trained net", 8, 16) not in gallery.entries
