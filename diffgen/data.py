@@ -82,10 +82,16 @@ def _toy(name: str, n: int, g: torch.Generator) -> torch.Tensor:
 
 
 def _digits() -> torch.Tensor:
+    return digits_with_labels()[0]
+
+
+def digits_with_labels() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as float64 pixels [1797, 64] scaled to [-1, 1] and their labels [1797] (long)."""
     from sklearn.datasets import load_digits
 
-    pixels = load_digits().data.astype(np.float64)  # [1797, 64], integers 0..16
-    return torch.from_numpy(pixels / 8.0 - 1.0)
+    d = load_digits()
+    pixels = d.data.astype(np.float64)  # integers 0..16
+    return torch.from_numpy(pixels / 8.0 - 1.0), torch.from_numpy(d.target).long()
 
 
 def load_dataset(name: str, n_train: int, n_heldout: int = 0, *, seed: int = 0,

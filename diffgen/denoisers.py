@@ -273,8 +273,7 @@ class NoisyPointOptimum(EmpiricalOptimum):
     empirical optimum of the u_j (the noisy points taken as data), which keeps the point the path reached."""
 
     def __init__(self, noisy: torch.Tensor, sched: Schedule, s: int, **kwargs):
-        if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s < sched.T:
-            raise ValueError(f"s must be an integer in [1, {sched.T - 1}]; got {s!r}")
+        _check_noise_time(s, sched)
         self.s = s
         self.abar_s = float(sched.abar[s])
         self.noise_var = (1 - self.abar_s) / self.abar_s  # h_s^2: variance of u_j - x_j per coordinate
@@ -285,8 +284,7 @@ class NoisyPointOptimum(EmpiricalOptimum):
              **kwargs) -> "NoisyPointOptimum":
         """Draw y_j = sqrt(abar_s) x_j + sqrt(1 - abar_s) e_j once (e [N, D] from `generator`, on the CPU) and build
         the optimum on u_j = y_j / sqrt(abar_s)."""
-        if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s < sched.T:
-            raise ValueError(f"s must be an integer in [1, {sched.T - 1}]; got {s!r}")
+        _check_noise_time(s, sched)
         e = torch.randn(train.shape, generator=generator, dtype=torch.float64).to(train.device)
         abar_s = float(sched.abar[s])
         ys = abar_s**0.5 * train.to(torch.float64) + (1 - abar_s) ** 0.5 * e
@@ -310,6 +308,11 @@ class NoisyPointOptimum(EmpiricalOptimum):
         x0 = ((1 - abar) / v).to(self.dtype) * mean - (abar.sqrt() * self.noise_var / v).to(self.dtype) * xt.to(
             self.dtype)
         return torch.where(above.to(xt.device), x0, mean)
+
+
+def _check_noise_time(s, sched: Schedule) -> None:
+    if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s < sched.T:
+        raise ValueError(f"s must be an integer in [1, {sched.T - 1}]; got {s!r}")
 
 
 def forward_time_minimiser(train: torch.Tensor, sched: Schedule, xt: torch.Tensor, t: int,

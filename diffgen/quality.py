@@ -17,6 +17,7 @@ from torch import nn
 
 from ._util import resolve_device, tiles
 from .cache import cache_root, config_key, load_artifact, save_artifact
+from .data import digits_with_labels
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor, min_rows: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,11 +156,10 @@ class DigitsClassifier:
         return self.net(x.to(device=param.device, dtype=param.dtype)).argmax(1)
 
 
-def _digits_with_labels() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return torch.from_numpy(d.data / 8.0 - 1.0).to(torch.float32), torch.from_numpy(d.target).long()
+def _digits_float32() -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits exactly as the chapters load them (data.digits_with_labels), in float32, with their labels."""
+    x, y = digits_with_labels()
+    return x.to(torch.float32), y
 
 
 def digits_classifier(cfg: ClassifierConfig = ClassifierConfig(), *, device: str | torch.device = "auto",
@@ -180,7 +180,7 @@ def digits_classifier(cfg: ClassifierConfig = ClassifierConfig(), *, device: str
             return DigitsClassifier(net.to(dev).eval().requires_grad_(False), cfg, float(art["accuracy"]), True)
         except (KeyError, RuntimeError, TypeError):
             path.unlink(missing_ok=True)
-    x, y = _digits_with_labels()
+    x, y = _digits_float32()
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
     n_test = int(round(cfg.test_share * len(x)))
     test, fit = perm[:n_test], perm[n_test:]
