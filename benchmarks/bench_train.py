@@ -42,7 +42,7 @@ def time_run(model_cfg, data, shape, steps: int, warmup: int, device, seed: int)
                 torch.cuda.synchronize()
             stamps[step] = time.perf_counter()
 
-    cfg = TrainConfig(steps=warmup + steps, batch_size=BATCH, checkpoint_every=warmup + steps, seed=seed)
+    cfg = TrainConfig(train_steps=warmup + steps, batch_size=BATCH, checkpoint_every=warmup + steps, seed=seed)
     with tempfile.TemporaryDirectory() as folder:
         train(model_cfg, EpsLoss(linear_schedule()), data, shape, cfg, device=device, cache_dir=folder,
               progress=False, callback=clock)

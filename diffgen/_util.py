@@ -1,4 +1,4 @@
-"""Layer 0: devices, per-sample randomness, atomic writes."""
+"""Layer 0: devices, per-sample randomness, tiles, atomic writes and the argument checks every module shares."""
 from __future__ import annotations
 
 import contextlib
@@ -10,21 +10,6 @@ from typing import Iterator, Sequence
 import torch
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-def is_headless() -> bool:
-    """True when run without a frontend (`diffgen run`, the book build, tests set DIFFGEN_HEADLESS=1)."""
-    return os.environ.get("DIFFGEN_HEADLESS", "") == "1"
-
-
-def progress(iterable, **kwargs):
-    """A tqdm progress bar: the notebook widget bar when a person runs the notebook, none when headless
-    (a widget bar would instantiate ipywidgets, and a text bar in the rendered book is noise)."""
-    if is_headless():
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kwargs)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -60,6 +45,20 @@ def randn(generators: Sequence[torch.Generator], dim: int, *, dtype=torch.float6
     """[B, dim] standard normal draws, row b from generators[b] (drawn on CPU, then moved: device independent)."""
     rows = [torch.randn(dim, generator=g, dtype=torch.float64) for g in generators]
     return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+def check_positive(**values) -> None:
+    """ValueError naming the first argument that is not a positive integer (bools are not integers here)."""
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+
+def check_non_negative(**values) -> None:
+    """ValueError naming the first argument that is not a non-negative integer."""
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer; got {value!r}")
 
 
 def tiles(n: int, size: int) -> Iterator[slice]:

@@ -1,4 +1,4 @@
-"""Sphinx extension for the book build (listed in _config.yml): headless execution, library-aware caching, the
+"""Layer 11: the Sphinx extension of the book build (listed in _config.yml): headless execution, library-aware caching, the
 claims table, per-chapter figure numbers and pages that need no network.
 
 - Sets DIFFGEN_HEADLESS=1 before myst-nb starts kernels, so chapters show their static figures instead of
@@ -32,26 +32,15 @@ from sphinx.errors import NoUri
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
-from . import __version__, source_hash
-
-STAMP_NAME = "diffgen-source-hash"
+from .provenance import VERSION as __version__
+from .provenance import source_hash
+from .runner import refresh_execution_cache
 
 
 def _cache_dir(app) -> Path | None:
     config = getattr(app.env, "mystnb_config", None)
     path = getattr(config, "execution_cache_path", None)
     return Path(path) if path else None
-
-
-def refresh_execution_cache(cache_dir: Path, current: str) -> bool:
-    """Delete `cache_dir` unless it is stamped with `current`; leave it stamped. Returns True when it was stale."""
-    stamp = cache_dir / STAMP_NAME
-    stale = not stamp.is_file() or stamp.read_text().strip() != current
-    if stale:
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(current + "\n")
-    return stale
 
 
 def _on_builder_inited(app) -> None:

@@ -1,9 +1,14 @@
-"""Layer 0: artifacts keyed by hash(config, diffgen source), written atomically, checked on load.
+"""Layer 1: artifacts keyed by (configuration, data, code that produces them), written atomically, checked on load.
+
+The key of an artifact (`artifact_key`) hashes the canonical form of its inputs (configs, schedules, data tensors)
+and the source of the modules that can run while producing it: the import closure of the producing module and of
+the modules that define the configs it was given (provenance.closure_hash). Editing a plot, a widget or the report
+keeps every key; editing the objective, the model or the training loop changes the keys that use them.
 
 An artifact file is MAGIC + sha256(payload) (32 bytes) + payload, where payload is the bytes of `torch.save(obj)`.
 The digest is checked before anything is unpickled, and unpickling runs with `weights_only=True`, so an artifact
-holds plain tensors, dicts, lists, tuples, numbers, strings and None only. A missing, truncated or corrupt file
-loads as None (and is deleted): the caller recomputes.
+holds plain tensors, dicts, lists, tuples, numbers, strings and None only. `load_or_compute` is the one path from a
+key to a value: a missing, truncated, corrupt or unusable file is deleted with a warning naming it, and recomputed.
 """
 from __future__ import annotations
 
@@ -15,15 +20,19 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 
 from ._util import atomic_write
+from .progress import note
+from .provenance import closure_hash
 
 MAGIC = b"DIFFGEN-ARTIFACT-1\n"
 _DIGEST = 32  # bytes of a sha256 digest
 _PLAIN = (str, int, float, bool, type(None))
+T = TypeVar("T")
 
 
 def cache_root() -> Path:
@@ -35,18 +44,30 @@ def cache_root() -> Path:
 # ------------------------------------------------------------------------------------------------- keys
 
 def config_key(*objects) -> str:
-    """sha256 hex of canonical JSON of (diffgen.source_hash(), objects): equal configs give equal keys in any process."""
-    from . import source_hash
+    """sha256 hex of the canonical JSON of `objects`: equal configs give equal keys in any process."""
+    return _sha256({"objects": [_canonical(o, set()) for o in objects]})
 
-    doc = {"source": source_hash(), "objects": [_canonical(o) for o in objects]}
+
+def artifact_key(producer: str, *objects) -> str:
+    """sha256 hex of (the code that can run to produce the artifact, its inputs `objects`). The code is the import
+    closure of the module `producer` (e.g. 'diffgen.train') and of every diffgen module defining a dataclass found in
+    `objects` (a model config's module builds the model, an objective's module computes the loss)."""
+    modules = {producer}
+    doc = {"objects": [_canonical(o, modules) for o in objects]}
+    package = producer.split(".")[0]
+    doc["code"] = closure_hash(sorted(m for m in modules if m.split(".")[0] == package))
+    return _sha256(doc)
+
+
+def _sha256(doc) -> str:
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _canonical(obj):
+def _canonical(obj, modules: set):
     """A JSON-able value that determines `obj`: dataclasses by class and fields (a Schedule is a dataclass of
     name and betas), tensors by dtype, shape and a digest of their bytes. Unknown types are a TypeError, never a
-    silent repr (which could hide a difference or an id())."""
+    silent repr (which could hide a difference or an id()). Adds the module of every dataclass to `modules`."""
     if isinstance(obj, bool) or obj is None or isinstance(obj, str):
         return obj
     if isinstance(obj, int):
@@ -55,21 +76,22 @@ def _canonical(obj):
         # repr round-trips exactly; non-finite floats get a tag (JSON has no NaN), 1 and 1.0 stay distinct
         return obj if math.isfinite(obj) else {"__float__": repr(obj)}
     if isinstance(obj, np.generic):
-        return _canonical(obj.item())
+        return _canonical(obj.item(), modules)
     if isinstance(obj, np.ndarray):
-        return _canonical(torch.from_numpy(np.ascontiguousarray(obj)))
+        return _canonical(torch.from_numpy(np.ascontiguousarray(obj)), modules)
     if isinstance(obj, torch.Tensor):
         return {"__tensor__": str(obj.dtype), "shape": list(obj.shape), "sha256": tensor_digest(obj)}
     if isinstance(obj, torch.dtype):
         return {"__dtype__": str(obj)}
     if isinstance(obj, (tuple, list)):
-        return [_canonical(v) for v in obj]
+        return [_canonical(v, modules) for v in obj]
     if isinstance(obj, dict):
-        items = [(_canonical(k), _canonical(v)) for k, v in obj.items()]
+        items = [(_canonical(k, modules), _canonical(v, modules)) for k, v in obj.items()]
         return {"__dict__": sorted(items, key=lambda kv: json.dumps(kv[0], sort_keys=True))}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         cls = type(obj)
-        fields = {f.name: _canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        modules.add(cls.__module__)
+        fields = {f.name: _canonical(getattr(obj, f.name), modules) for f in dataclasses.fields(obj)}
         return {"__class__": f"{cls.__module__}.{cls.__qualname__}", "fields": fields}
     raise TypeError(f"config_key cannot hash an object of type {type(obj).__name__}: use dataclasses, tensors, "
                     "tuples, lists, dicts, numbers, strings or None")
@@ -117,8 +139,36 @@ def load_artifact(path: str | os.PathLike):
         return _discard(path, f"torch.load failed: {type(err).__name__}: {err}")
 
 
-def _discard(path: Path, reason: str) -> None:
-    warnings.warn(f"diffgen.cache: deleting unusable artifact {path}: {reason}", RuntimeWarning, stacklevel=3)
+# What a loaded artifact that does not fit its reader raises (a missing key, a tensor of the wrong shape, a format
+# mismatch): the artifact is unusable, deleted and recomputed. Anything else is a bug and propagates.
+UNUSABLE = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
+
+
+def load_or_compute(path: str | os.PathLike, compute: Callable[[], dict], restore: Callable[[dict], T], *,
+                    fmt: int, name: str) -> tuple[T, bool]:
+    """(restore(payload), True) when the artifact at `path` is usable, else (restore(compute()), False) after saving
+    the computed payload there. Usable: it loads (see load_artifact), its "format" entry equals `fmt` (bump it when
+    the layout changes) and restore(payload) raises nothing in UNUSABLE; an unusable file is deleted with a
+    RuntimeWarning naming it. `name` labels the note that reports a cache hit."""
+    path = Path(path)
+    payload = load_artifact(path)
+    if payload is not None:
+        try:
+            if payload.get("format") != fmt:
+                raise ValueError(f"artifact format {payload.get('format')!r}, expected {fmt}")
+            value = restore(payload)
+        except UNUSABLE as err:
+            _discard(path, f"{type(err).__name__}: {err}", stacklevel=2)
+        else:
+            note(f"{name}: loaded from cache {path}")
+            return value, True
+    payload = {**compute(), "format": fmt}
+    save_artifact(path, payload)
+    return restore(payload), False
+
+
+def _discard(path: Path, reason: str, stacklevel: int = 3) -> None:
+    warnings.warn(f"diffgen.cache: deleting unusable artifact {path}: {reason}", RuntimeWarning, stacklevel=stacklevel)
     try:
         path.unlink()
     except FileNotFoundError:

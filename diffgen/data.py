@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._util import check_non_negative, check_positive
+
 DATASETS = ("digits", "gmm", "moons", "circle")
 DIGITS_SIZE = 1797
 
@@ -58,6 +60,15 @@ class GaussianMixture:
         return torch.logsumexp(comp + self.weights.log(), dim=1)
 
 
+def gaussian(dim: int = 1, std: float = 1.0) -> GaussianMixture:
+    """P = N(0, std^2 I_dim) as a one-component GaussianMixture (exact density, sampling, cell masses)."""
+    check_positive(dim=dim)
+    if not std > 0:
+        raise ValueError(f"std must be > 0; got {std}")
+    return GaussianMixture(means=torch.zeros(1, dim, dtype=torch.float64), std=float(std),
+                           weights=torch.ones(1, dtype=torch.float64))
+
+
 def eight_gaussians(radius: float = 2.0, std: float = 0.15) -> GaussianMixture:
     """The `gmm` toy: 8 equal-weight components on a circle of the given radius."""
     angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
@@ -99,10 +110,8 @@ def load_dataset(name: str, n_train: int, n_heldout: int = 0, *, seed: int = 0,
     """Training and held-out sets of `name`, disjoint, drawn (toys) or split (digits) from `seed`."""
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
-    if not isinstance(n_train, int) or n_train < 1:
-        raise ValueError(f"n_train must be a positive integer; got {n_train!r}")
-    if not isinstance(n_heldout, int) or n_heldout < 0:
-        raise ValueError(f"n_heldout must be a non-negative integer; got {n_heldout!r}")
+    check_positive(n_train=n_train)
+    check_non_negative(n_heldout=n_heldout)
     g = torch.Generator().manual_seed(seed)
     if name == "digits":
         if n_train + n_heldout > DIGITS_SIZE:

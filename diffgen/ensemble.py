@@ -1,4 +1,4 @@
-"""Layer 3: M small noise predictors trained at once, member m on training set S_m only.
+"""Layer 5: M small noise predictors trained at once, member m on training set S_m only.
 
 This is the trained-network generator of chapter 1: I(z; S) needs one trained model per training set, and M
 separate runs of a small MLP would cost M times the Python overhead of one. The ensemble stacks the members'
@@ -15,6 +15,7 @@ W_out h_depth + b_out with W_out = 0 at initialisation (an untrained member pred
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,12 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._util import progress as progress_bar
-from ._util import resolve_device, sample_generators, randn
-from .cache import cache_root, config_key, load_artifact, save_artifact
+from ._util import check_non_negative, check_positive, randn, resolve_device, sample_generators
+from .cache import artifact_key, cache_root, load_or_compute
 from .models import time_embedding
+from .progress import note, progress as show_progress
 from .samplers import sample_ddim
 from .schedule import Schedule, add_noise
+from .train import ema_decay, warmup_lr
 
 ARTIFACT_FORMAT = 1
 
@@ -41,7 +43,7 @@ class EnsembleConfig:
     hidden: int = 64  # width of each hidden layer
     depth: int = 3  # hidden layers
     time_dim: int = 32  # sinusoidal time embedding size (even)
-    steps: int = 3000  # optimizer steps (each member sees batch_size points of its own set per step)
+    train_steps: int = 3000  # optimizer steps (each member sees batch_size points of its own set per step)
     batch_size: int = 64  # training points per member and step, drawn with replacement
     lr: float = 2e-3  # Adam learning rate after warm-up
     warmup: int = 100  # steps of linear warm-up
@@ -50,28 +52,23 @@ class EnsembleConfig:
     seed: int = 0  # initialisation, batch indices, t and eps
 
     def __post_init__(self):
-        for name in ("hidden", "depth", "time_dim", "steps", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        check_positive(hidden=self.hidden, depth=self.depth, time_dim=self.time_dim, train_steps=self.train_steps,
+                       batch_size=self.batch_size)
+        check_non_negative(warmup=self.warmup, seed=self.seed)
         if self.time_dim % 2:
             raise ValueError(f"time_dim must be even; got {self.time_dim}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be a non-negative integer; got {self.warmup!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0; got {self.lr!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1); got {self.ema_decay!r}")
-        bad = [s for s in self.snapshots if not isinstance(s, int) or not 1 <= s <= self.steps]
+        bad = [s for s in self.snapshots if not isinstance(s, int) or not 1 <= s <= self.train_steps]
         if bad or list(self.snapshots) != sorted(set(self.snapshots)):
-            raise ValueError(f"snapshots must be increasing integers in [1, steps = {self.steps}]; "
+            raise ValueError(f"snapshots must be increasing integers in [1, train_steps = {self.train_steps}]; "
                              f"got {self.snapshots!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer; got {self.seed!r}")
 
     @property
     def snapshot_steps(self) -> tuple[int, ...]:
-        return tuple(sorted(set(self.snapshots) | {self.steps}))
+        return tuple(sorted(set(self.snapshots) | {self.train_steps}))
 
 
 class EnsembleMLP(nn.Module):
@@ -114,26 +111,28 @@ class EnsembleResult:
     cfg: EnsembleConfig
     n_models: int
     dim: int
-    snapshots: dict[int, dict[str, torch.Tensor]]  # step -> EMA state_dict (CPU)
-    losses: torch.Tensor  # [steps, M] each member's mean loss at each step
+    snapshots: dict[int, dict[str, torch.Tensor]]  # train step -> EMA state_dict (CPU)
+    losses: torch.Tensor  # [train_steps, M] each member's mean loss at each step
     from_cache: bool
     path: Path
     device: torch.device = field(default=torch.device("cpu"))
 
-    def model_at(self, step: int) -> EnsembleMLP:
-        """The EMA ensemble after `step` steps (a snapshot step), frozen, on the training device."""
-        if step not in self.snapshots:
-            raise ValueError(f"step must be one of the snapshot steps {sorted(self.snapshots)}; got {step!r}")
+    def model_at(self, train_step: int) -> EnsembleMLP:
+        """The EMA ensemble after `train_step` optimizer steps (a snapshot step), frozen, on the training device."""
+        if train_step not in self.snapshots:
+            raise ValueError(f"train_step must be one of the snapshot steps {sorted(self.snapshots)}; "
+                             f"got {train_step!r}")
         c = self.cfg
         model = EnsembleMLP(self.n_models, self.dim, c.hidden, c.depth, c.time_dim)
-        model.load_state_dict(self.snapshots[step])
+        model.load_state_dict(self.snapshots[train_step])
         return model.to(self.device).eval().requires_grad_(False)
 
-    def sample(self, step: int, sched: Schedule, n_samples: int, *, steps: int = 50, seed: int = 0,
+    def sample(self, train_step: int, sched: Schedule, n_samples: int, *, steps: int = 50, seed: int = 0,
                eta: float = 0.0) -> torch.Tensor:
-        """z [M, K, D]: K DDIM samples (float64 loop) from each member at snapshot `step`; member m's sample k
-        starts from the x_T of per-sample generator (seed, m K + k), the same whatever the snapshot."""
-        model = self.model_at(step)
+        """z [M, K, D]: K DDIM samples (`steps` sampler steps, float64 loop) from each member at snapshot
+        `train_step`; member m's sample k starts from the x_T of per-sample generator (seed, m K + k), the same
+        whatever the snapshot."""
+        model = self.model_at(train_step)
         M, K, D = self.n_models, n_samples, self.dim
         gens = sample_generators(seed, M * K)
         x_T = randn(gens, D, device=self.device)
@@ -161,18 +160,23 @@ def train_ensemble(sets: torch.Tensor, sched: Schedule, cfg: EnsembleConfig = En
     M, n, D = sets.shape
     sets = sets.to(torch.float32)
     path = (Path(cache_dir) if cache_dir is not None else cache_root()) / "ensemble" / \
-        f"{config_key(cfg, sched, sets)}.pt"
-    art = load_artifact(path)
-    if art is not None and art.get("format") == ARTIFACT_FORMAT:
-        print(f"diffgen.ensemble: loaded from cache {path}")
-        return EnsembleResult(cfg, M, D, art["snapshots"], art["losses"], True, path, dev)
+        f"{artifact_key(__name__, cfg, sched, sets)}.pt"
 
-    start = time.perf_counter()
-    snapshots, losses = _fit(sets.to(dev), sched, cfg, dev, progress)
-    save_artifact(path, {"format": ARTIFACT_FORMAT, "snapshots": snapshots, "losses": losses})
-    print(f"diffgen.ensemble: trained {M} members for {cfg.steps} steps in {time.perf_counter() - start:.1f} s "
-          f"on {dev}; saved {path}")
-    return EnsembleResult(cfg, M, D, snapshots, losses, False, path, dev)
+    def compute() -> dict:
+        start = time.perf_counter()
+        snapshots, losses = _fit(sets.to(dev), sched, cfg, dev, progress)
+        note(f"diffgen.ensemble: trained {M} members for {cfg.train_steps} steps in "
+             f"{time.perf_counter() - start:.1f} s on {dev}")
+        return {"snapshots": snapshots, "losses": losses}
+
+    def restore(art: dict) -> EnsembleResult:
+        snapshots = {int(k): v for k, v in art["snapshots"].items()}
+        if sorted(snapshots) != list(cfg.snapshot_steps) or art["losses"].shape != (cfg.train_steps, M):
+            raise ValueError("snapshots or losses do not match the config")
+        return EnsembleResult(cfg, M, D, snapshots, art["losses"], False, path, dev)
+
+    result, from_cache = load_or_compute(path, compute, restore, fmt=ARTIFACT_FORMAT, name="diffgen.ensemble")
+    return dataclasses.replace(result, from_cache=from_cache)
 
 
 def _fit(sets: torch.Tensor, sched: Schedule, cfg: EnsembleConfig, dev: torch.device, progress: bool):
@@ -184,10 +188,11 @@ def _fit(sets: torch.Tensor, sched: Schedule, cfg: EnsembleConfig, dev: torch.de
     model = model.to(dev)
     ema = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    keep, snapshots, losses = set(cfg.snapshot_steps), {}, torch.empty(cfg.steps, M)
+    keep, snapshots, losses = set(cfg.snapshot_steps), {}, torch.empty(cfg.train_steps, M)
     B = cfg.batch_size
-    steps = range(1, cfg.steps + 1)
-    for step in progress_bar(steps, desc=f"training {M} nets", disable=not progress):
+    steps = range(1, cfg.train_steps + 1)
+    recent = lambda: f"mean loss {losses[max(0, step - 25):step].mean().item():.4f}"  # noqa: E731
+    for step in show_progress(steps, desc=f"train {M} nets", status=recent) if progress else steps:
         idx = torch.randint(n, (B,), generator=g).expand(M, B).to(dev)  # shared draws: see the module note
         t = torch.randint(1, sched.T + 1, (B,), generator=g).expand(M, B).to(dev)
         eps = torch.randn(B, D, generator=g).expand(M, B, D).to(dev)
@@ -197,12 +202,11 @@ def _fit(sets: torch.Tensor, sched: Schedule, cfg: EnsembleConfig, dev: torch.de
         opt.zero_grad(set_to_none=True)
         per_member.sum().backward()
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, step / cfg.warmup) if cfg.warmup else cfg.lr
+            group["lr"] = warmup_lr(cfg.lr, cfg.warmup, step)
         opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema, model.parameters()):
-                e.lerp_(p, 1 - decay)
+                e.lerp_(p, 1 - ema_decay(cfg.ema_decay, step))
         losses[step - 1] = per_member.detach().cpu()
         if step in keep:
             names = [name for name, _ in model.named_parameters()]

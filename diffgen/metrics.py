@@ -1,7 +1,10 @@
-"""Layer 2: memorization metrics: exact nearest neighbours, the d1/d2 copy rate, bootstrap confidence intervals."""
+"""Layer 2: memorization metrics: exact nearest neighbours, the d1/d2 copy rate with a Wilson interval, bootstrap
+confidence intervals, denoiser gaps per noise level."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Callable
 
 import numpy as np
@@ -28,6 +31,32 @@ class Estimate:
     def __format__(self, spec: str) -> str:
         spec = spec or ".3f"
         return f"{self.value:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+
+
+@dataclass(frozen=True)
+class Proportion(Estimate):
+    """count of total, with a Wilson score interval: never collapses to a point at 0 or 1 (0/256 reads [0, 0.015])."""
+
+    count: int = 0
+    total: int = 0
+
+    def __format__(self, spec: str) -> str:
+        return f"{Estimate.__format__(self, spec)} ({self.count}/{self.total})"
+
+
+def wilson_interval(count: int, total: int, level: float = 0.95) -> Proportion:
+    """Wilson score interval for a binomial proportion: (p + z^2/2n -/+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n),
+    p = count/total, z the (1 + level)/2 normal quantile (Wilson 1927)."""
+    if not isinstance(total, int) or total < 1 or not isinstance(count, int) or not 0 <= count <= total:
+        raise ValueError(f"need integers 0 <= count <= total, total >= 1; got count={count!r}, total={total!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1); got {level}")
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    p, n = count / total, total
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low, high = (0.0 if count == 0 else max(0.0, centre - half)), (1.0 if count == total else min(1.0, centre + half))
+    return Proportion(p, low, high, level, count, total)
 
 
 @dataclass(frozen=True)
@@ -89,12 +118,24 @@ def bootstrap_ci(values, statistic: Callable[[np.ndarray], float] = np.mean, *, 
     return Estimate(float(statistic(values)), float(low), float(high), level)
 
 
-def copy_rate(ratio: torch.Tensor, threshold: float = COPY_THRESHOLD, **bootstrap) -> Estimate:
-    """Share of samples with d1 / d2 < threshold, with a bootstrap CI over samples.
-    When every sample (or none) is a copy, the percentile interval collapses to a point: report the count too."""
+def copy_rate(ratio: torch.Tensor, threshold: float = COPY_THRESHOLD, level: float = 0.95) -> Proportion:
+    """Share of samples with d1 / d2 < threshold, with its Wilson interval."""
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must lie in (0, 1]; got {threshold}")
-    return bootstrap_ci((ratio < threshold).double(), **bootstrap)
+    return wilson_interval(int((ratio < threshold).sum()), len(ratio), level)
+
+
+@dataclass(frozen=True)
+class CopySummary:
+    """What a copy-rate table shows for one generator: the copy rate and the median nearest-neighbour distance."""
+
+    rate: Proportion  # share of samples with d1 / d2 < 1/3
+    median_d1: float  # median of d1 / sqrt(D): distance to the nearest training point per coordinate
+
+
+def copy_summary(neighbors: Neighbors, dim: int) -> CopySummary:
+    """copy_rate of `neighbors` and its median d1 / sqrt(D)."""
+    return CopySummary(copy_rate(neighbors.ratio), float(neighbors.d1.median()) / math.sqrt(dim))
 
 
 def copy_rate_curve(ratio: torch.Tensor, thresholds) -> np.ndarray:
@@ -153,14 +194,3 @@ def regression_slope(target: torch.Tensor, predictor: torch.Tensor, *, n_boot: i
     y, p = target.to(torch.float64), predictor.to(torch.float64)
     pairs = torch.stack([(y * p).sum(1), p.pow(2).sum(1)], 1).cpu().numpy()  # [B, 2]
     return bootstrap_ci(pairs, lambda v: float(v[:, 0].sum() / v[:, 1].sum()), n_boot=n_boot, level=level, seed=seed)
-
-
-def gaussian_channel_mi(cov: torch.Tensor, noise_var: float) -> float:
-    """0.5 log det(I + cov / noise_var) nats: the largest I(x; x + sqrt(noise_var) e) over inputs x with covariance
-    cov [D, D] (attained by a Gaussian x), e ~ N(0, I) independent of x."""
-    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
-        raise ValueError(f"cov must be a square [D, D] matrix; got {tuple(cov.shape)}")
-    if not noise_var > 0:
-        raise ValueError(f"noise_var must be > 0; got {noise_var}")
-    eig = torch.linalg.eigvalsh(cov.to(torch.float64)).clamp(min=0)
-    return float(0.5 * torch.log1p(eig / noise_var).sum())

@@ -1,4 +1,4 @@
-"""Layer 3: estimators of I(z; S), the paper's measure of generalization (claim C1), each checked on a closed form.
+"""Layer 4: closed forms and estimators of I(z; S), the paper's measure of generalization (claim C1), each checked on a closed form.
 
 The experiment: M training sets S_1..S_M drawn independently from P (n points each), a generator built on each,
 K samples from each: z [M, K, D]. With m uniform on {1..M}, and z depending on S only through which S_m was drawn,
@@ -22,182 +22,28 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ._util import sample_generators, tiles
+from ._util import check_positive, tiles
 from .data import GaussianMixture
 from .metrics import Estimate, bootstrap_ci
 
 
-# ----------------------------------------------------------------------------------------------- the experiment
-class GenerativeModel(Protocol):
-    def __call__(self, train: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
-        """z [K, D] drawn from the generative model built on train [n, D], randomness from `generator`."""
-
-
-@dataclass(frozen=True, eq=False)
-class SetSamples:
-    """K samples from the generator of each of M independent training sets: z [M, K, D], the sets train [M, n, D]."""
-
-    z: torch.Tensor  # [M, K, D]
-    train: torch.Tensor  # [M, n, D]
-    seed: int
-
-    def __post_init__(self):
-        if self.z.ndim != 3 or self.train.ndim != 3 or self.z.shape[::2] != self.train.shape[::2]:
-            raise ValueError(f"z must be [M, K, D] and train [M, n, D] with the same M and D; "
-                             f"got {tuple(self.z.shape)} and {tuple(self.train.shape)}")
-
-    @property
-    def n_sets(self) -> int:
-        return self.z.shape[0]
-
-    @property
-    def n_samples(self) -> int:
-        return self.z.shape[1]
-
-    @property
-    def n_train(self) -> int:
-        return self.train.shape[1]
-
-    @property
-    def dim(self) -> int:
-        return self.z.shape[2]
-
-    def __repr__(self) -> str:
-        return (f"SetSamples(M={self.n_sets}, K={self.n_samples}, n={self.n_train}, D={self.dim}, "
-                f"seed={self.seed})")
-
-
-def draw_sets(data, generator: GenerativeModel, *, n_sets: int, n_train: int, n_samples: int,
-              seed: int = 0) -> SetSamples:
-    """S_m ~ P^n and z_m = generator(S_m, K) for m = 1..M (data: anything with .sample(n, torch.Generator) -> [n, D],
-    e.g. GaussianMixture). Set m is seeded from (seed, m): the same whatever M, so a larger experiment extends a
-    smaller one, and the same sets as training_sets(data, ..., seed) for every generator."""
-    _check_sizes(n_sets=n_sets, n_train=n_train, n_samples=n_samples)
-    zs, sets = [], []
-    for g in sample_generators(seed, n_sets):
-        train = data.sample(n_train, g).to(torch.float64)
-        z = generator(train, n_samples, g)
-        if z.shape != (n_samples, train.shape[1]):
-            raise ValueError(f"generator must return z [K={n_samples}, D={train.shape[1]}]; got {tuple(z.shape)}")
-        zs.append(z.to(torch.float64))
-        sets.append(train)
-    return SetSamples(torch.stack(zs), torch.stack(sets), seed)
-
-
-def training_sets(data, *, n_sets: int, n_train: int, seed: int = 0) -> torch.Tensor:
-    """The training sets [M, n, D] (float64) that draw_sets uses for this seed: for generators that are built on
-    all sets at once (e.g. ensemble.train_ensemble) rather than one set at a time."""
-    _check_sizes(n_sets=n_sets, n_train=n_train)
-    return torch.stack([data.sample(n_train, g).to(torch.float64) for g in sample_generators(seed, n_sets)])
-
-
-def _check_sizes(**sizes: int) -> None:
-    for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
-
-
-def gaussian(dim: int = 1, std: float = 1.0) -> GaussianMixture:
-    """P = N(0, std^2 I_dim) as a one-component GaussianMixture (exact density, sampling, cell masses)."""
-    if not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive integer; got {dim!r}")
-    if not std > 0:
-        raise ValueError(f"std must be > 0; got {std}")
-    return GaussianMixture(means=torch.zeros(1, dim, dtype=torch.float64), std=float(std),
-                           weights=torch.ones(1, dtype=torch.float64))
-
-
-# ----------------------------------------------------------------------------------------------- generators
-@dataclass(frozen=True)
-class GaussianFit:
-    """z ~ N(mean(S), std^2 I) when std is given, else N(mean(S), cov(S)) with the ML covariance (1/n)."""
-
-    std: float | None = None  # None: fit the covariance too (needs n > D)
-
-    def params(self, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(means [M, D], covs [M, D, D]) of P_{z|m} for training sets train [M, n, D]: the exact P_{z|m}."""
-        x = train.to(torch.float64)
-        mean = x.mean(1)
-        d = x.shape[2]
-        if self.std is not None:
-            return mean, (self.std**2 * torch.eye(d, dtype=torch.float64)).expand(len(x), d, d)
-        if x.shape[1] <= d:
-            raise ValueError(f"GaussianFit() fits a covariance: needs n > D = {d} training points; got n = "
-                             f"{x.shape[1]} (pass std= for a fixed covariance)")
-        centred = x - mean[:, None]
-        return mean, centred.transpose(1, 2) @ centred / x.shape[1]
-
-    def __call__(self, train: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
-        mean, cov = self.params(train[None])
-        eps = torch.randn(n_samples, train.shape[1], generator=generator, dtype=torch.float64)
-        return mean[0] + eps @ torch.linalg.cholesky(cov[0]).T
-
-
-@dataclass(frozen=True)
-class Copier:
-    """z = a uniformly drawn training point of S (I(z; S) = inf on continuous data; I(z; m) = log M)."""
-
-    def __call__(self, train: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
-        return train[torch.randint(len(train), (n_samples,), generator=generator)].to(torch.float64)
-
-
-@dataclass(frozen=True)
-class TrueDistribution:
-    """z ~ P itself, ignoring S: I(z; S) = 0."""
-
-    data: GaussianMixture
-
-    def __call__(self, train: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
-        return self.data.sample(n_samples, generator).to(torch.float64)
-
-
-@dataclass(frozen=True)
-class OptimumSampler:
-    """z = sample_ddim(eps*_S, x_T ~ N(0, I)): the empirical optimum of S (bandwidth > 0: its smoothed version,
-    see denoisers.SmoothedOptimum) driven by DDIM with `steps` steps and the given eta."""
-
-    sched: object  # schedule.Schedule
-    steps: int = 50  # DDIM steps
-    eta: float = 0.0  # 0: deterministic sampler (copies training points); 1: DDPM posterior noise
-    bandwidth: float = 0.0  # 0: the empirical optimum; h > 0: optimum of the kernel density (1/n) sum N(x_i, h^2 I)
-
-    def __call__(self, train: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
-        from .denoisers import SmoothedOptimum
-        from .samplers import sample_ddim
-
-        denoiser = SmoothedOptimum(train, self.sched, self.bandwidth, dtype=torch.float64, fused=False)
-        x_T = torch.randn(n_samples, train.shape[1], generator=generator, dtype=torch.float64)
-        gens = sample_generators(int(torch.randint(2**62, (1,), generator=generator)), n_samples)
-        return sample_ddim(denoiser, x_T, self.sched, self.steps, eta=self.eta, generators=gens)
-
-
-@dataclass(frozen=True)
-class TrueScoreSampler:
-    """z = sample_ddim(eps_P, x_T) with the exact denoiser of P (an equally weighted isotropic mixture: its exact
-    denoiser is the smoothed optimum of its means with bandwidth P.std). Ignores S, so I(z; S) = 0; differs from
-    TrueDistribution only by the sampler's discretisation."""
-
-    data: GaussianMixture
-    sched: object  # schedule.Schedule
-    steps: int = 50  # DDIM steps
-
-    def __post_init__(self):
-        w = self.data.weights
-        if not bool(torch.allclose(w, w.mean().expand_as(w))):
-            raise ValueError("TrueScoreSampler needs a mixture with equal weights (its exact denoiser is then a "
-                             "smoothed optimum of the means)")
-
-    def __call__(self, train: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
-        sampler = OptimumSampler(self.sched, self.steps, eta=0.0, bandwidth=self.data.std)
-        return sampler(self.data.means.to(torch.float64), n_samples, generator)
-
-
 # ----------------------------------------------------------------------------------------------- closed forms
+def gaussian_channel_mi(cov: torch.Tensor, noise_var: float) -> float:
+    """0.5 log det(I + cov / noise_var) nats: the largest I(x; x + sqrt(noise_var) e) over inputs x with covariance
+    cov [D, D] (attained by a Gaussian x), e ~ N(0, I) independent of x."""
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+        raise ValueError(f"cov must be a square [D, D] matrix; got {tuple(cov.shape)}")
+    if not noise_var > 0:
+        raise ValueError(f"noise_var must be > 0; got {noise_var}")
+    eig = torch.linalg.eigvalsh(cov.to(torch.float64)).clamp(min=0)
+    return float(0.5 * torch.log1p(eig / noise_var).sum())
+
+
 def mi_mean_generator(n: int, *, data_std: float = 1.0, noise_std: float = 1.0, dim: int = 1) -> float:
     """I(z; S) = (D/2) log(1 + s^2 / (n tau^2)) for data N(mu, s^2 I), generator z = mean(S) + tau xi.
 
@@ -205,8 +51,7 @@ def mi_mean_generator(n: int, *, data_std: float = 1.0, noise_std: float = 1.0, 
     so I(z; S) = I(z; xbar) = h(z) - h(z | xbar) = (D/2) log(2 pi e (tau^2 + s^2/n)) - (D/2) log(2 pi e tau^2).
     With s = tau = 1, D = 1: 0.5 log(1 + 1/n) nats.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer; got {n!r}")
+    check_positive(n=n)
     return 0.5 * dim * math.log1p(data_std**2 / (n * noise_std**2))
 
 
@@ -293,8 +138,7 @@ def _check_log_p(log_p: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------- the grid plug-in
 def uniform_edges(low: float, high: float, bins: int, dim: int = 1) -> tuple[torch.Tensor, ...]:
     """The same bins + 1 equally spaced edges on [low, high] for each of `dim` axes."""
-    if not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a positive integer; got {bins!r}")
+    check_positive(bins=bins)
     if not high > low:
         raise ValueError(f"need low < high; got low={low}, high={high}")
     return tuple(torch.linspace(low, high, bins + 1, dtype=torch.float64) for _ in range(dim))
@@ -495,8 +339,7 @@ def _check_knn(z: torch.Tensor, k: int, tile: int) -> None:
     _check_z(z)
     if not isinstance(k, int) or not 1 <= k < z.shape[1]:
         raise ValueError(f"k must be an integer in [1, K - 1 = {z.shape[1] - 1}]; got {k!r}")
-    if not isinstance(tile, int) or tile < 1:
-        raise ValueError(f"tile must be a positive integer; got {tile!r}")
+    check_positive(tile=tile)
 
 
 def mi_knn_terms(z: torch.Tensor, k: int = 3, *, tile: int = 64) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Layer 1: trainable noise predictors eps_theta(x_t, t), with the denoiser interface of diffgen.denoisers.
+"""Layer 2: trainable noise predictors eps_theta(x_t, t), with the denoiser interface of diffgen.denoisers.
 
 Every model maps x_t [B, D] (flat, any float dtype) and integer time steps t ([B] or a scalar, 1..T) to
 eps_hat [B, D] in x_t's dtype: the input is cast to the parameters' dtype inside (samplers call with float64).
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._util import check_positive
 
 
 def time_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -84,7 +86,7 @@ class MLPDenoiser(_Denoiser):
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, time_dim: int = 64):
         super().__init__()
-        _check_positive(dim=dim, hidden=hidden, depth=depth)
+        check_positive(dim=dim, hidden=hidden, depth=depth)
         _check_time_dim(time_dim)
         self.dim = dim
         self.time = _TimeMLP(time_dim, hidden)
@@ -147,7 +149,7 @@ class UNetDenoiser(_Denoiser):
         super().__init__()
         if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
             raise ValueError(f"shape must be (C, H, W) of positive integers; got {shape!r}")
-        _check_positive(base=base)
+        check_positive(base=base)
         if len(mults) == 0 or not all(isinstance(m, int) and m >= 1 for m in mults):
             raise ValueError(f"mults must be a non-empty tuple of positive integers; got {mults!r}")
         _check_time_dim(time_dim)
@@ -209,7 +211,7 @@ class MLPConfig:
     time_dim: int = 64  # size of the sinusoidal embedding of t (even)
 
     def __post_init__(self):
-        _check_positive(hidden=self.hidden, depth=self.depth)
+        check_positive(hidden=self.hidden, depth=self.depth)
         _check_time_dim(self.time_dim)
 
     def build(self, shape: tuple[int, ...]) -> MLPDenoiser:
@@ -228,7 +230,7 @@ class UNetConfig:
     time_dim: int = 64  # size of the sinusoidal embedding of t (even)
 
     def __post_init__(self):
-        _check_positive(base=self.base)
+        check_positive(base=self.base)
         object.__setattr__(self, "mults", tuple(self.mults))  # a list would make the config unhashable
         if len(self.mults) == 0 or not all(isinstance(m, int) and m >= 1 for m in self.mults):
             raise ValueError(f"mults must be a non-empty tuple of positive integers; got {self.mults!r}")
@@ -246,12 +248,6 @@ class UNetConfig:
 def _zero(layer: nn.Module) -> None:
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
-
-
-def _check_positive(**values) -> None:
-    for name, v in values.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer; got {v!r}")
 
 
 def _check_time_dim(time_dim) -> None:

@@ -1,4 +1,4 @@
-"""Layer 4: figures from arrays. Each function takes `ax=`, draws, returns it, and computes nothing of substance.
+"""Layer 7: figures from arrays. Each function takes `ax=`, draws, returns it, and computes nothing of substance.
 Style is an explicit call (`use_style()`), never an import side effect."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Layer 3: sample-quality distances to held-out data, none of which downloads anything.
+"""Layer 4: sample-quality distances to held-out data, none of which downloads anything.
 
 - energy distance (Szekely & Rizzo 2013) on raw coordinates: E = 2 E|X - Y| - E|X - X'| - E|Y - Y'| >= 0, zero iff
   the distributions agree;
@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._util import resolve_device, tiles
-from .cache import cache_root, config_key, load_artifact, save_artifact
+from ._util import check_positive, resolve_device, tiles
+from .cache import artifact_key, cache_root, load_or_compute
 from .data import digits_with_labels
 
 
@@ -107,17 +107,14 @@ class ClassifierConfig:
 
     hidden: int = 128  # width of the first hidden layer
     features: int = 32  # width of the feature layer (the Frechet distance lives here)
-    steps: int = 1500  # full-batch AdamW steps
+    train_steps: int = 1500  # full-batch AdamW steps
     lr: float = 3e-3  # AdamW learning rate
     weight_decay: float = 1e-3  # AdamW decoupled weight decay
     test_share: float = 0.2  # share of the 1797 images held out to report the accuracy
     seed: int = 0  # seeds the split and the initialisation
 
     def __post_init__(self):
-        for name in ("hidden", "features", "steps"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer; got {v!r}")
+        check_positive(hidden=self.hidden, features=self.features, train_steps=self.train_steps)
         if not 0 < self.test_share < 1:
             raise ValueError(f"test_share must lie in (0, 1); got {self.test_share}")
         if not self.lr > 0 or not self.weight_decay >= 0:
@@ -169,31 +166,35 @@ def digits_classifier(cfg: ClassifierConfig = ClassifierConfig(), *, device: str
     if not isinstance(cfg, ClassifierConfig):
         raise ValueError(f"cfg must be a ClassifierConfig; got {type(cfg).__name__}")
     dev = resolve_device(device)
-    path = (Path(cache_dir) if cache_dir is not None else cache_root()) / "quality" / f"{config_key(cfg)}.pt"
+    path = (Path(cache_dir) if cache_dir is not None else cache_root()) / "quality" / \
+        f"{artifact_key(__name__, cfg)}.pt"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
+        initial = _DigitsNet(cfg).state_dict()
+
+    def compute() -> dict:
         net = _DigitsNet(cfg)
-    art = load_artifact(path)
-    if art is not None:
-        try:
-            net.load_state_dict(art["state"])
-            return DigitsClassifier(net.to(dev).eval().requires_grad_(False), cfg, float(art["accuracy"]), True)
-        except (KeyError, RuntimeError, TypeError):
-            path.unlink(missing_ok=True)
-    x, y = _digits_float32()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
-    n_test = int(round(cfg.test_share * len(x)))
-    test, fit = perm[:n_test], perm[n_test:]
-    net = net.to(dev)
-    xf, yf = x[fit].to(dev), y[fit].to(dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    for _ in range(cfg.steps):
-        loss = nn.functional.cross_entropy(net(xf), yf)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    net.eval().requires_grad_(False)
-    with torch.no_grad():
-        accuracy = float((net(x[test].to(dev)).argmax(1) == y[test].to(dev)).double().mean())
-    save_artifact(path, {"state": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "accuracy": accuracy})
-    return DigitsClassifier(net, cfg, accuracy, False)
+        net.load_state_dict(initial)
+        x, y = _digits_float32()
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
+        n_test = int(round(cfg.test_share * len(x)))
+        test, fit = perm[:n_test], perm[n_test:]
+        net = net.to(dev)
+        xf, yf = x[fit].to(dev), y[fit].to(dev)
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        for _ in range(cfg.train_steps):
+            loss = nn.functional.cross_entropy(net(xf), yf)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            accuracy = float((net(x[test].to(dev)).argmax(1) == y[test].to(dev)).double().mean())
+        return {"state": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "accuracy": accuracy}
+
+    def restore(art: dict) -> tuple[nn.Module, float]:
+        net = _DigitsNet(cfg)
+        net.load_state_dict(art["state"])
+        return net.to(dev).eval().requires_grad_(False), float(art["accuracy"])
+
+    (net, accuracy), from_cache = load_or_compute(path, compute, restore, fmt=1, name="diffgen.quality")
+    return DigitsClassifier(net, cfg, accuracy, from_cache)

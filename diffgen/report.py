@@ -1,4 +1,4 @@
-"""Layer 6: the claims report, from the `<chapter>.results.json` files of a run (or of the book build).
+"""Layer 10: the claims report, from the `<chapter>.results.json` files of a run (or of the book build).
 
 One set of rows and one number format serve `diffgen report` (text, Markdown, JSON) and the introduction's table
 (the `{diffgen-claims}` directive of diffgen.book). A claim is grouped with every measurement of it, whichever
@@ -12,6 +12,8 @@ import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .chapters import chapter_defaults
+from .provenance import source_hash
 from .results import CLAIM_IDS, read_results
 
 # The paper's claims (shared/paper/PAPER.md), condensed; C6 comes from a later revision.
@@ -170,20 +172,7 @@ def fmt_parameters(run: ChapterRun, defaults: dict | None = None) -> str:
     return ", ".join(items) if items or defaults is None else "the chapter's defaults"
 
 
-def chapter_defaults(chapter: str) -> dict | None:
-    """The declared defaults of the book's chapter notebook, or None when it is not found or not readable."""
-    from . import cli
-
-    try:
-        ch = cli.discover().get(chapter)
-        return {name: p.default for name, p in cli.read_parameters(ch.path).items()} if ch else None
-    except cli.BookError:
-        return None
-
-
 def format_text(runs: list[ChapterRun], rows: list[Row], width: int = 110) -> str:
-    from . import source_hash
-
     lines = []
     for cid, rs in by_claim(rows).items():
         lines += _wrap(f"{cid}  {claim_verdict(rs).upper():<15} ", PAPER_CLAIMS[cid], width)

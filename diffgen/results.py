@@ -1,4 +1,4 @@
-"""Layer 0: the per-chapter results file `<chapter>.results.json` (one format for every chapter).
+"""Layer 1: the per-chapter results file `<chapter>.results.json` (one format for every chapter).
 
 {"chapter", "parameters", "diffgen_version", "source_hash",
  "claims": [{"id": "C1".."C6", "statement", "metric", "value" (number, or null when not measurable),
@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ._util import atomic_write
+from .provenance import VERSION, source_hash
 
 CLAIM_IDS = ("C1", "C2", "C3", "C4", "C5", "C6")
 
@@ -46,12 +47,10 @@ def results_path(directory: str | Path, chapter: str) -> Path:
 
 def write_results(directory: str | Path, chapter: str, parameters: dict, claims: list[Claim]) -> Path:
     """Write `<chapter>.results.json` atomically into `directory` and return its path."""
-    from . import __version__, source_hash
-
     doc = {
         "chapter": chapter,
         "parameters": parameters,
-        "diffgen_version": __version__,
+        "diffgen_version": VERSION,
         "source_hash": source_hash(),
         "claims": [_claim_json(c) for c in claims],
     }

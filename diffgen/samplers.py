@@ -1,4 +1,4 @@
-"""Layer 2: samplers, pure functions of a denoiser eps_hat(x_t, t).
+"""Layer 3: samplers, pure functions of a denoiser eps_hat(x_t, t).
 
 All share one loop shape: walk the grid t_0 = T > ... > t_{S-1} = 1 > t_S = 0 (see `schedule.timesteps`), predict
 eps_hat, convert it once to x0_hat (`schedule.x0_from_eps`), step. The loop runs in `dtype` (float64 by default:

@@ -1,4 +1,4 @@
-"""Layer 5: interactive panels (ipywidgets) and the static fallback of each (a matplotlib frame slider).
+"""Layer 8: interactive panels (ipywidgets) and the static fallback of each (a matplotlib frame slider).
 
 Headless runs (`diffgen run`, the book build, tests) set DIFFGEN_HEADLESS=1 and never instantiate a widget:
 executing one without a frontend stalls nbclient intermittently (jupyter/nbclient#312, nteract/papermill#723).
@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.animation import FuncAnimation
 
-from ._util import is_headless, randn, sample_generators
+from ._util import randn, sample_generators
+from .progress import is_headless
 from .denoisers import EmpiricalOptimum
 from .plotting import plot_image_rows, plot_points_2d, plot_set_samples
 from .samplers import Trajectory, sample_ddim
@@ -190,7 +191,7 @@ class MIGallery:
     def get(self, name: str, n: int, n_sets: int):
         """The entry for (name, n, M), drawing it first if the generator is live; None if it cannot be had."""
         if (name, n, n_sets) not in self.entries and name in self.live:
-            from .mi import draw_sets
+            from .generators import draw_sets
 
             self.add(name, draw_sets(self.data, self.live[name], n_sets=n_sets, n_train=n, n_samples=self.n_samples,
                                      seed=self.seed))

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from diffgen.book import STAMP_NAME, refresh_execution_cache
+from diffgen.runner import STAMP_NAME, refresh_execution_cache
 
 REPO = Path(__file__).resolve().parents[1]
 JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")

@@ -108,30 +108,75 @@ def test_key_of_schedules_uses_name_and_betas():
     assert config_key(linear_schedule()) != config_key(cosine_schedule())
 
 
-def test_key_depends_on_the_source_hash(monkeypatch):
-    import diffgen
-
-    base = config_key(Inner())
-    monkeypatch.setattr(diffgen, "source_hash", lambda: "0" * 16)
-    assert config_key(Inner()) != base
-    assert len(source_hash()) == 16
-
-
-def test_source_hash_follows_computing_modules_only(tmp_path):
+@pytest.fixture
+def package_copy(tmp_path, monkeypatch):
+    """A copy of diffgen's source that provenance reads instead of the installed one (edit it freely)."""
     import shutil
 
-    import diffgen
+    from diffgen import provenance
 
     pkg = tmp_path / "diffgen"
-    shutil.copytree(diffgen.PACKAGE_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    assert diffgen.hash_sources(pkg) == source_hash()
-    for name in sorted(diffgen.NOT_COMPUTING) + ["presets.toml"]:  # runners, book, report, presets: no number changes
-        with open(pkg / name, "a") as f:
-            f.write("\n# edited\n")
-    assert diffgen.hash_sources(pkg) == source_hash()
-    with open(pkg / "schedule.py", "a") as f:  # a computing module: every cached result is stale
+    shutil.copytree(provenance.PACKAGE_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", pkg)
+    return pkg
+
+
+def _edit(pkg: Path, name: str) -> None:
+    with open(pkg / name, "a") as f:
         f.write("\n# edited\n")
-    assert diffgen.hash_sources(pkg) != source_hash()
+
+
+def _train_key() -> str:
+    from diffgen.models import MLPConfig
+    from diffgen.objectives import EpsLoss
+    from diffgen.train import TrainConfig, train_key
+
+    return train_key(MLPConfig(hidden=8), EpsLoss(linear_schedule()), _tensor(), (4,), TrainConfig(train_steps=5))
+
+
+@pytest.mark.parametrize("name", ["plotting.py", "widgets.py", "report.py", "mi.py", "cli.py", "book.py",
+                                  "presets.toml"])
+def test_editing_what_does_not_train_keeps_the_training_key(package_copy, name):
+    before = _train_key()
+    _edit(package_copy, name)
+    assert _train_key() == before
+
+
+@pytest.mark.parametrize("name", ["objectives.py", "models.py", "train.py", "schedule.py", "cache.py"])
+def test_editing_what_trains_changes_the_training_key(package_copy, name):
+    before = _train_key()
+    _edit(package_copy, name)
+    assert _train_key() != before
+
+
+def test_artifact_key_includes_the_modules_of_its_configs(package_copy):
+    """A config class's module is part of the code: the objective's module counts for a key made elsewhere."""
+    from diffgen.objectives import EpsLoss
+
+    key = lambda: cache.artifact_key("diffgen.quality", EpsLoss(linear_schedule()))  # noqa: E731
+    before, plain = key(), cache.artifact_key("diffgen.quality", 1)
+    _edit(package_copy, "objectives.py")
+    assert key() != before
+    assert cache.artifact_key("diffgen.quality", 1) == plain  # quality itself does not import objectives
+
+
+def test_module_closure_is_read_from_the_imports():
+    from diffgen.provenance import module_closure
+
+    closure = module_closure(["diffgen.train"])
+    assert {"diffgen.train", "diffgen.cache", "diffgen.objectives", "diffgen.schedule", "diffgen._util"} <= set(closure)
+    assert not {"diffgen.plotting", "diffgen.widgets", "diffgen.report", "diffgen.mi"} & set(closure)
+    with pytest.raises(ValueError, match="not a module"):
+        module_closure(["diffgen.nope"])
+
+
+def test_source_hash_covers_every_module(package_copy):
+    from diffgen import provenance
+
+    assert provenance.hash_sources() == source_hash()
+    _edit(package_copy, "report.py")  # the book's re-execution stamp follows the whole package
+    assert provenance.hash_sources() != source_hash()
+    assert len(source_hash()) == 16
 
 
 @pytest.mark.parametrize("bad", [object(), {1, 2}, lambda: 0, Path("x"), Inner])

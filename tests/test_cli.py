@@ -1,4 +1,4 @@
-"""diffgen.cli: parameters-cell parsing, validation of `diffgen run` (exit 2, nothing written), and end-to-end
+"""diffgen.chapters and diffgen.cli: parameters-cell parsing, validation of `diffgen run` (exit 2, nothing written), and end-to-end
 execution of tiny fixture chapters in a temporary book folder (DIFFGEN_BOOK_DIR)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import tomllib
 import nbformat
 import pytest
 
-from diffgen import cli
+from diffgen import chapters, cli
 
 CH1_PARAMS = """\
 n = 3  # how many items; int in [1, 10]
@@ -84,7 +84,7 @@ def presets(tmp_path, monkeypatch):
 
 
 def test_parameters_cell_parsed(book):
-    params = cli.read_parameters(book / "ch1_toy.ipynb")
+    params = chapters.read_parameters(book / "ch1_toy.ipynb")
     assert list(params) == ["n", "scale", "mode", "flag", "device", "seed"]
     n, scale, mode, flag = (params[k] for k in ("n", "scale", "mode", "flag"))
     assert (n.default, n.spec.kind, n.spec.low, n.spec.high, n.description) == (3, "int", 1, 10, "how many items")
@@ -97,20 +97,20 @@ def test_parameters_cell_parsed(book):
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("int in [2, 1797]", cli.Spec("int", 2, 1797)),
-    (" float in [-1.5,2] ", cli.Spec("float", -1.5, 2)),
-    ("one of: gmm, moons, circle", cli.Spec("choice", choices=("gmm", "moons", "circle"))),
-    ("bool", cli.Spec("bool")),
+    ("int in [2, 1797]", chapters.Spec("int", 2, 1797)),
+    (" float in [-1.5,2] ", chapters.Spec("float", -1.5, 2)),
+    ("one of: gmm, moons, circle", chapters.Spec("choice", choices=("gmm", "moons", "circle"))),
+    ("bool", chapters.Spec("bool")),
 ])
 def test_parse_spec(spec, expected):
-    assert cli.parse_spec(spec) == expected
+    assert chapters.parse_spec(spec) == expected
 
 
 @pytest.mark.parametrize("spec", ["int in [1.5, 3]", "int in [5, 1]", "integer", "one of:", "float in [a, 1]",
                                   "int in (1, 3)", "int in [1, 2**4]"])
 def test_parse_spec_rejects(spec):
     with pytest.raises(ValueError):
-        cli.parse_spec(spec)
+        chapters.parse_spec(spec)
 
 
 @pytest.mark.parametrize("source, line, says", [
@@ -123,26 +123,26 @@ def test_parse_spec_rejects(spec):
     ("seed = 0  # seed; int in [0, 9]\nx = 's # t'  # x; int in [0, 9]\n", 2, "default 's # t' of x"),
 ])
 def test_bad_parameters_cell_names_notebook_and_line(source, line, says):
-    with pytest.raises(cli.BookError, match=f"nb.ipynb, parameters cell line {line}: .*{says}"):
-        cli.parse_parameters(source, where="nb.ipynb")
+    with pytest.raises(chapters.BookError, match=f"nb.ipynb, parameters cell line {line}: .*{says}"):
+        chapters.parse_parameters(source, where="nb.ipynb")
 
 
 def test_device_and_seed_required():
-    with pytest.raises(cli.BookError, match="no 'device' parameter"):
-        cli.parse_parameters("seed = 0  # seed; int in [0, 9]\n", where="nb.ipynb")
+    with pytest.raises(chapters.BookError, match="no 'device' parameter"):
+        chapters.parse_parameters("seed = 0  # seed; int in [0, 9]\n", where="nb.ipynb")
 
 
 def test_first_code_cell_must_be_tagged(book):
     nb = nbformat.read(book / "ch5_silent.ipynb", as_version=4)
     nb.cells[1].metadata["tags"] = []
     nbformat.write(nb, book / "ch5_silent.ipynb")
-    with pytest.raises(cli.BookError, match="ch5_silent.ipynb: the first code cell must be tagged 'parameters'"):
-        cli.read_parameters(book / "ch5_silent.ipynb")
+    with pytest.raises(chapters.BookError, match="ch5_silent.ipynb: the first code cell must be tagged 'parameters'"):
+        chapters.read_parameters(book / "ch5_silent.ipynb")
 
 
 @pytest.mark.parametrize("name", ["ch2", "2", "ch2_empirical_optimum", "book/ch2_empirical_optimum.ipynb"])
 def test_chapter_names(book, name):
-    assert [ch.id for ch in cli.resolve_chapters([name, "ch1", "1"], cli.discover())] == ["ch2", "ch1"]
+    assert [ch.id for ch in chapters.resolve_chapters([name, "ch1", "1"], chapters.discover())] == ["ch2", "ch1"]
 
 
 # --- validation: exit 2, one stderr line naming the culprit, nothing written -------------------------------------
@@ -170,7 +170,7 @@ def test_chapter_names(book, name):
     (["ch1", "-p", "device", "cuda"], "parameter device of ch1 is cuda"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(book, presets, capsys, monkeypatch, args, says):
-    monkeypatch.setattr(cli, "_cuda_available", lambda: False)
+    monkeypatch.setattr(chapters, "_cuda_available", lambda: False)
     out = book.parent / "out"
     assert cli.main(["run", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -186,31 +186,31 @@ def test_argparse_errors_exit_2(book, capsys):
 
 
 def test_precedence_default_preset_device_p(book, presets, monkeypatch):
-    monkeypatch.setattr(cli, "_cuda_available", lambda: True)
-    [run] = cli.plan_run(["1"], "smoke", [("mode", "a"), ("flag", "1"), ("scale", "1")], device="cuda")
+    monkeypatch.setattr(chapters, "_cuda_available", lambda: True)
+    [run] = chapters.plan_run(["1"], "smoke", [("mode", "a"), ("flag", "1"), ("scale", "1")], device="cuda")
     assert run.overrides == {"n": 2, "mode": "a", "device": "cuda", "flag": True, "scale": 1.0}
-    [run] = cli.plan_run(["1"], "smoke", [("device", "cpu")], device="cuda")
+    [run] = chapters.plan_run(["1"], "smoke", [("device", "cpu")], device="cuda")
     assert run.overrides["device"] == "cpu"
-    [run] = cli.plan_run(["1"])
+    [run] = chapters.plan_run(["1"])
     assert run.overrides == {}
 
 
 @pytest.mark.parametrize("preset", ["smoke", "paper"])
 def test_shipped_presets_validate_against_ch2(book, preset):
-    presets = cli.load_presets()
+    presets = chapters.load_presets()
     assert "default" not in presets and set(presets) >= {"smoke", "paper"}
-    [run] = cli.plan_run(["ch2"], preset, presets=presets)
-    assert run.overrides == tomllib.loads(cli.presets_path().read_text())[preset]["ch2"]
+    [run] = chapters.plan_run(["ch2"], preset, presets=presets)
+    assert run.overrides == tomllib.loads(chapters.presets_path().read_text())[preset]["ch2"]
     assert run.overrides.get("n_train", 500) + run.overrides.get("n_heldout", 300) <= 1797  # digits' size
 
 
 def test_shipped_presets_validate_against_the_book():
     """The real book's chapters (those that exist yet) accept every shipped preset."""
-    chapters = cli.discover()
-    for preset, table in cli.load_presets().items():
-        names = [cid for cid in table if cid in chapters]
+    known = chapters.discover()
+    for preset, table in chapters.load_presets().items():
+        names = [cid for cid in table if cid in known]
         if names:
-            cli.plan_run(names, preset)
+            chapters.plan_run(names, preset)
 
 
 def test_chapters_lists_parameters(book, presets, capsys):

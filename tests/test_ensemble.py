@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from diffgen.ensemble import EnsembleConfig, EnsembleMLP, train_ensemble
 from diffgen.models import time_embedding
 
-TINY = EnsembleConfig(hidden=16, depth=2, time_dim=8, steps=60, batch_size=16, warmup=10, snapshots=(30,))
+TINY = EnsembleConfig(hidden=16, depth=2, time_dim=8, train_steps=60, batch_size=16, warmup=10, snapshots=(30,))
 
 
 def member_forward(model: EnsembleMLP, m: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ def test_training_fits_each_member_to_its_own_point(tmp_path, sched):
     """n = 1: the optimum of the objective is the denoiser of a point mass, so a trained member's DDIM samples
     land near its own point; two members, two different points."""
     points = torch.tensor([[[1.5, -1.0]], [[-2.0, 0.5]]])
-    cfg = EnsembleConfig(hidden=64, depth=2, steps=1500, batch_size=64, seed=1)
+    cfg = EnsembleConfig(hidden=64, depth=2, train_steps=1500, batch_size=64, seed=1)
     run = train_ensemble(points, sched, cfg, device="cpu", cache_dir=tmp_path, progress=False)
     assert float(run.losses[-100:].mean()) < 0.5 * float(run.losses[:100].mean())
     z = run.sample(1500, sched, 64, steps=50, seed=0)
@@ -83,9 +83,9 @@ def test_cache_returns_the_same_run(tmp_path, sched):
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda s: EnsembleConfig(steps=0), "steps must be"),
+    (lambda s: EnsembleConfig(train_steps=0), "train_steps must be"),
     (lambda s: EnsembleConfig(time_dim=7), "time_dim must be even"),
-    (lambda s: EnsembleConfig(steps=10, snapshots=(20,)), "snapshots must be"),
+    (lambda s: EnsembleConfig(train_steps=10, snapshots=(20,)), "snapshots must be"),
     (lambda s: EnsembleConfig(snapshots=(5, 3)), "snapshots must be"),
     (lambda s: EnsembleConfig(ema_decay=1.0), "ema_decay"),
     (lambda s: train_ensemble(torch.zeros(4, 2), s, TINY), "sets must be"),

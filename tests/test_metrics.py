@@ -152,11 +152,43 @@ def test_copy_rate_is_share_below_threshold():
     assert est.value == pytest.approx(3 / 8)  # strict: ratio == 1/3 is not a copy
     assert est.low <= est.value <= est.high
     assert copy_rate(ratio, threshold=1.0).value == pytest.approx(7 / 8)
+    assert (est.count, est.total) == (3, 8) and format(est, ".2f").endswith("(3/8)")
     all_copies = copy_rate(torch.zeros(20, dtype=torch.float64))
-    assert (all_copies.value, all_copies.low, all_copies.high) == (1.0, 1.0, 1.0)
+    assert all_copies.value == all_copies.high == 1.0 and all_copies.low < 0.9  # the interval does not collapse
     for th in (0.0, -0.1, 1.01):
         with pytest.raises(ValueError, match="threshold"):
             copy_rate(ratio, threshold=th)
+
+
+@pytest.mark.parametrize("count, total", [(0, 256), (1, 256), (128, 256), (255, 256), (256, 256), (3, 8), (0, 1)])
+def test_wilson_interval_matches_scipy_and_covers(count, total):
+    from scipy.stats import binomtest
+
+    from diffgen.metrics import wilson_interval
+
+    ours = wilson_interval(count, total)
+    ref = binomtest(count, total).proportion_ci(confidence_level=0.95, method="wilson")
+    assert (ours.low, ours.high) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    assert ours.low <= ours.value <= ours.high and ours.high - ours.low > 0
+    if count == 0:
+        assert ours.low == 0 and ours.high > 0.01  # 0/256 is not [0, 0]
+
+
+def test_wilson_interval_coverage_is_near_nominal():
+    from diffgen.metrics import wilson_interval
+
+    rng = np.random.default_rng(0)
+    p, n = 0.05, 200
+    covered = np.mean([(lambda e: e.low <= p <= e.high)(wilson_interval(int(k), n)) for k in rng.binomial(n, p, 4000)])
+    assert 0.92 <= covered <= 0.98
+
+
+def test_wilson_interval_rejects_bad_counts():
+    from diffgen.metrics import wilson_interval
+
+    for count, total in [(-1, 5), (6, 5), (0, 0), (1.5, 5)]:
+        with pytest.raises(ValueError, match="count"):
+            wilson_interval(count, total)
 
 
 def test_copy_rate_curve_monotone_and_brute_force():

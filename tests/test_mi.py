@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffgen import mi
-from diffgen.data import eight_gaussians
+from diffgen import generators, mi
+from diffgen.data import eight_gaussians, gaussian
 from diffgen.metrics import Estimate
 
-P1 = mi.gaussian(1)  # N(0, 1): the closed-form case
-MEAN_GEN = mi.GaussianFit(std=1.0)  # z ~ N(mean(S), 1)
+P1 = gaussian(1)  # N(0, 1): the closed-form case
+MEAN_GEN = generators.GaussianFit(std=1.0)  # z ~ N(mean(S), 1)
 EDGES_1D = mi.uniform_edges(-4.5, 4.5, 30)
 
 
@@ -52,7 +52,7 @@ def gaussian_sets():
     """n -> (SetSamples, exact I(z; m) of the drawn sets by Monte Carlo with the exact densities)."""
     out = {}
     for n in (1, 2, 5):
-        s = mi.draw_sets(P1, MEAN_GEN, n_sets=100, n_train=n, n_samples=500, seed=2)
+        s = generators.draw_sets(P1, MEAN_GEN, n_sets=100, n_train=n, n_samples=500, seed=2)
         oracle = float(mi.mi_density_terms(mi.gaussian_log_probs(s.z, *MEAN_GEN.params(s.train))).mean())
         out[n] = (s, oracle)
     return out
@@ -171,7 +171,7 @@ def test_both_estimators_recover_closed_form(gaussian_sets, n):
 
 
 def test_generator_that_ignores_training_set_gives_zero():
-    s = mi.draw_sets(P1, mi.TrueDistribution(P1), n_sets=60, n_train=5, n_samples=200, seed=3)
+    s = generators.draw_sets(P1, generators.TrueDistribution(P1), n_sets=60, n_train=5, n_samples=200, seed=3)
     knn, plug = mi.mi_knn(s.z, 3), mi.mi_plugin_grid(s.z, mi.uniform_edges(-3, 3, 16))
     assert knn.low <= 0 <= knn.high and abs(knn.value) < 0.01, knn
     # Miller-Madow leaves a second-order bias (+0.006 here); uncorrected it would be 15 * 59 / (2 * 200 * 60) = 0.037
@@ -184,7 +184,7 @@ def test_generator_that_ignores_training_set_gives_zero():
 
 def test_copier_saturates_at_log_m():
     M = 50
-    s = mi.draw_sets(P1, mi.Copier(), n_sets=M, n_train=10, n_samples=100, seed=4)
+    s = generators.draw_sets(P1, generators.Copier(), n_sets=M, n_train=10, n_samples=100, seed=4)
     knn = mi.mi_knn(s.z, 3)
     assert knn.value == pytest.approx(math.log(M), rel=0.02)
     assert knn.value <= math.log(M) + 0.01
@@ -194,15 +194,15 @@ def test_copier_saturates_at_log_m():
 
 def test_gaussian_fit_2d_knn_matches_exact_densities():
     data = eight_gaussians()
-    fit = mi.GaussianFit()
-    s = mi.draw_sets(data, fit, n_sets=40, n_train=20, n_samples=200, seed=5)
+    fit = generators.GaussianFit()
+    s = generators.draw_sets(data, fit, n_sets=40, n_train=20, n_samples=200, seed=5)
     oracle = float(mi.mi_density_terms(mi.gaussian_log_probs(s.z, *fit.params(s.train))).mean())
     assert mi.mi_knn(s.z, 3).value == pytest.approx(oracle, abs=0.015)
 
 
 # ------------------------------------------------------------------------------------------ invariances
 def test_relabelling_sets_changes_nothing():
-    s = mi.draw_sets(P1, MEAN_GEN, n_sets=40, n_train=2, n_samples=100, seed=6)
+    s = generators.draw_sets(P1, MEAN_GEN, n_sets=40, n_train=2, n_samples=100, seed=6)
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
     for est in (lambda z: mi.mi_knn(z, 3), lambda z: mi.mi_plugin_grid(z, EDGES_1D)):
         assert est(s.z) == est(s.z[perm])  # value and interval, bit for bit
@@ -216,7 +216,7 @@ def test_relabelling_sets_changes_nothing():
 
 def test_seed_changes_estimate_within_ci_width():
     for n in (1, 5):
-        a, b = (mi.draw_sets(P1, MEAN_GEN, n_sets=100, n_train=n, n_samples=150, seed=seed) for seed in (7, 8))
+        a, b = (generators.draw_sets(P1, MEAN_GEN, n_sets=100, n_train=n, n_samples=150, seed=seed) for seed in (7, 8))
         for est in (lambda z: mi.mi_knn(z, 3), lambda z: mi.mi_plugin_grid(z, EDGES_1D)):
             ea, eb = est(a.z), est(b.z)
             assert abs(ea.value - eb.value) < max(ea.high - ea.low, eb.high - eb.low)
@@ -224,7 +224,7 @@ def test_seed_changes_estimate_within_ci_width():
 
 def test_bootstrap_width_agrees_with_jackknife():
     """Per-set bootstrap (no re-estimation) vs leave-one-set-out re-estimation on genuine distinct sets."""
-    s = mi.draw_sets(P1, MEAN_GEN, n_sets=40, n_train=2, n_samples=150, seed=3)
+    s = generators.draw_sets(P1, MEAN_GEN, n_sets=40, n_train=2, n_samples=150, seed=3)
     edges = mi.uniform_edges(-4, 4, 20)
     pairs = ((mi.mi_knn(s.z, 3), mi.jackknife(lambda z: float(mi.mi_knn_terms(z, 3).mean()), s.z)),
              (mi.mi_plugin_grid(s.z, edges),
@@ -238,7 +238,7 @@ def test_bootstrap_width_agrees_with_jackknife():
 # ------------------------------------------------------------------------------------------ Miller-Madow
 def test_miller_madow_removes_plugin_bias_for_independent_z():
     M, K, B = 50, 200, 12
-    s = mi.draw_sets(P1, mi.TrueDistribution(P1), n_sets=M, n_train=1, n_samples=K, seed=9)
+    s = generators.draw_sets(P1, generators.TrueDistribution(P1), n_sets=M, n_train=1, n_samples=K, seed=9)
     edges = mi.uniform_edges(-2.5, 2.5, B)  # every cell well occupied
     plain = mi.mi_plugin_grid(s.z, edges, miller_madow=False)
     corrected = mi.mi_plugin_grid(s.z, edges)
@@ -261,7 +261,7 @@ def test_miller_madow_bias_by_hand_and_as_entropy_correction():
         p = c[c > 0] / c.sum()
         return float(-(p * p.log()).sum() + ((c > 0).sum() - 1) / (2 * c.sum()))
 
-    s = mi.draw_sets(P1, MEAN_GEN, n_sets=10, n_train=2, n_samples=50, seed=0)
+    s = generators.draw_sets(P1, MEAN_GEN, n_sets=10, n_train=2, n_samples=50, seed=0)
     c = mi.histograms(s.z, EDGES_1D)
     expected = h_mm(c.sum(0)) - np.mean([h_mm(row) for row in c])
     assert float(mi.mi_plugin_terms(c, miller_madow=True).mean()) == pytest.approx(expected, abs=1e-12)
@@ -271,23 +271,23 @@ def test_miller_madow_bias_by_hand_and_as_entropy_correction():
 @pytest.mark.parametrize("case", ["1d-gaussian-fit", "2d-copier", "2d-gaussian-fit"])
 def test_discrete_identity_holds_to_float_precision(case):
     if case == "1d-gaussian-fit":
-        data, gen, edges = P1, mi.GaussianFit(), EDGES_1D
+        data, gen, edges = P1, generators.GaussianFit(), EDGES_1D
     else:
         data, edges = eight_gaussians(), mi.uniform_edges(-3, 3, 12, dim=2)
-        gen = mi.Copier() if case == "2d-copier" else mi.GaussianFit()
-    s = mi.draw_sets(data, gen, n_sets=30, n_train=8, n_samples=200, seed=11)
+        gen = generators.Copier() if case == "2d-copier" else generators.GaussianFit()
+    s = generators.draw_sets(data, gen, n_sets=30, n_train=8, n_samples=200, seed=11)
     r = mi.excess_risk_grid(s.z, edges, mi.grid_mass(data, edges))
     assert min(r.total, r.mi, r.marginal) > 0
     assert abs(r.gap) < 1e-12 * r.total
     assert r.mi == pytest.approx(float(mi.mi_plugin_terms(mi.histograms(s.z, edges)).mean()), rel=1e-12)
 
 
-@pytest.mark.parametrize("gen", [mi.GaussianFit(std=1.0), mi.GaussianFit()], ids=["fixed-std", "fitted-cov"])
+@pytest.mark.parametrize("gen", [generators.GaussianFit(std=1.0), generators.GaussianFit()], ids=["fixed-std", "fitted-cov"])
 def test_continuous_identity_against_exact_kls(gen):
     """E_m KL(P_z|m || P) exactly (Gaussian closed form per set) = I(z; m) (Ross kNN) + KL(P_z || P) (kNN
     entropy + exact log p), within the estimators' error; the Monte Carlo version with exact densities agrees."""
     n = 5
-    s = mi.draw_sets(P1, gen, n_sets=100, n_train=n, n_samples=300, seed=12)
+    s = generators.draw_sets(P1, gen, n_sets=100, n_train=n, n_samples=300, seed=12)
     means, covs = gen.params(s.train)
     exact_total = float(mi.gaussian_kl(means, covs, torch.zeros(1, dtype=torch.float64),
                                        torch.ones(1, 1, dtype=torch.float64)).mean())
@@ -307,8 +307,8 @@ def test_continuous_identity_against_exact_kls(gen):
 
 def test_continuous_identity_2d_gaussian_fit():
     """D = 2 (the kNN entropy carries a factor D): data N(0, I_2), z ~ N(mean(S), I_2), every term closed form."""
-    data, gen, n = mi.gaussian(2), mi.GaussianFit(std=1.0), 4
-    s = mi.draw_sets(data, gen, n_sets=60, n_train=n, n_samples=300, seed=13)
+    data, gen, n = gaussian(2), generators.GaussianFit(std=1.0), 4
+    s = generators.draw_sets(data, gen, n_sets=60, n_train=n, n_samples=300, seed=13)
     means, covs = gen.params(s.train)
     exact_total = float(mi.gaussian_kl(means, covs, torch.zeros(2, dtype=torch.float64),
                                        torch.eye(2, dtype=torch.float64)).mean())
@@ -317,60 +317,6 @@ def test_continuous_identity_2d_gaussian_fit():
     assert knn.mi + knn.marginal == pytest.approx(exact_total, abs=0.04)
     closed = mi.excess_risk_mean_generator(n, dim=2)
     assert knn.marginal == pytest.approx(closed.marginal, abs=0.03)
-
-
-# ------------------------------------------------------------------------------------------ experiment plumbing
-def test_draw_sets_is_seeded_per_set():
-    a = mi.draw_sets(P1, MEAN_GEN, n_sets=3, n_train=4, n_samples=10, seed=0)
-    b = mi.draw_sets(P1, MEAN_GEN, n_sets=5, n_train=4, n_samples=10, seed=0)
-    assert torch.equal(a.z, b.z[:3]) and torch.equal(a.train, b.train[:3])
-    assert (a.n_sets, a.n_samples, a.n_train, a.dim) == (3, 10, 4, 1)
-    assert not torch.equal(a.z, mi.draw_sets(P1, MEAN_GEN, n_sets=3, n_train=4, n_samples=10, seed=1).z)
-    copies = mi.draw_sets(P1, mi.Copier(), n_sets=2, n_train=3, n_samples=20, seed=0)
-    assert bool((brute_d2(copies.z[1], copies.train[1]).min(1).values == 0).all())
-    assert len(copies.z[1].unique()) == 3  # uniform over the training points, not one of them
-
-
-def test_gaussian_fit_is_the_maximum_likelihood_gaussian_and_samples_it():
-    train = torch.randn(1, 7, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    mean, cov = mi.GaussianFit().params(train)
-    torch.testing.assert_close(mean[0], train[0].mean(0))
-    torch.testing.assert_close(cov[0], torch.from_numpy(np.cov(train[0].numpy().T, bias=True)))
-    z = mi.GaussianFit()(train[0], 40_000, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(z.mean(0), mean[0], atol=0.03, rtol=0)
-    torch.testing.assert_close(torch.cov(z.T), cov[0], atol=0.03, rtol=0)
-    _, fixed = mi.GaussianFit(std=0.5).params(train)
-    torch.testing.assert_close(fixed[0], 0.25 * torch.eye(2, dtype=torch.float64))
-
-
-def test_optimum_sampler_copies_training_points(sched):
-    s = mi.draw_sets(eight_gaussians(), mi.OptimumSampler(sched, steps=20), n_sets=2, n_train=4, n_samples=12,
-                     seed=0)
-    d1 = brute_d2(s.z[0], s.train[0]).min(1).values.sqrt()
-    assert float(d1.max()) < 0.05  # deterministic sampler + empirical optimum: copies (claim C3)
-    smooth = mi.OptimumSampler(sched, steps=20, eta=1.0, bandwidth=0.3)  # stochastic, smoothed: no copies
-    s = mi.draw_sets(eight_gaussians(), smooth, n_sets=2, n_train=4, n_samples=12, seed=0)
-    assert float(brute_d2(s.z[0], s.train[0]).min(1).values.sqrt().median()) > 0.05
-
-
-def test_training_sets_are_the_sets_draw_sets_uses():
-    s = mi.draw_sets(eight_gaussians(), mi.Copier(), n_sets=4, n_train=5, n_samples=3, seed=7)
-    assert torch.equal(mi.training_sets(eight_gaussians(), n_sets=4, n_train=5, seed=7), s.train)
-
-
-def test_true_score_sampler_ignores_the_training_set_and_samples_p(sched):
-    P = eight_gaussians()
-    sampler = mi.TrueScoreSampler(P, sched, steps=50)
-    train_a, train_b = torch.zeros(3, 2, dtype=torch.float64), torch.ones(9, 2, dtype=torch.float64)
-    za = sampler(train_a, 4000, torch.Generator().manual_seed(0))
-    assert torch.equal(za, sampler(train_b, 4000, torch.Generator().manual_seed(0)))  # S is never read
-    # samples lie on P's components: distance to the nearest mean ~ std * chi_2 (mean std * sqrt(pi/2) = 0.188)
-    d = brute_d2(za, P.means).min(1).values.sqrt()
-    assert abs(float(d.mean()) - P.std * math.sqrt(math.pi / 2)) < 0.02
-    counts = torch.bincount(brute_d2(za, P.means).argmin(1), minlength=8).double() / len(za)
-    assert float((counts - 1 / 8).abs().max()) < 0.03  # equal mass on the eight components
-    with pytest.raises(ValueError, match="equal weights"):
-        mi.TrueScoreSampler(type(P)(P.means, P.std, torch.arange(1.0, 9.0, dtype=torch.float64) / 36), sched)
 
 
 @pytest.mark.parametrize("call, match", [
@@ -382,9 +328,6 @@ def test_true_score_sampler_ignores_the_training_set_and_samples_p(sched):
     (lambda: mi.mi_plugin_grid(torch.randn(3, 5, 2), mi.uniform_edges(-1, 1, 4)), "edges must be"),
     (lambda: mi.mi_plugin_grid(torch.randn(3, 5, 1), (torch.tensor([0.0, 0.0, 1.0]),)), "strictly increasing"),
     (lambda: mi.uniform_edges(0, 1, 0), "bins must be"),
-    (lambda: mi.draw_sets(P1, MEAN_GEN, n_sets=0, n_train=2, n_samples=3), "n_sets must be"),
-    (lambda: mi.draw_sets(P1, lambda S, K, g: S, n_sets=2, n_train=2, n_samples=3), "generator must return"),
-    (lambda: mi.draw_sets(P1, mi.GaussianFit(), n_sets=2, n_train=1, n_samples=3), "needs n > D"),
     (lambda: mi.mi_mean_generator(0), "n must be"),
     (lambda: mi.jackknife(lambda z: 0.0, torch.zeros(3, 2, 1), level=1.5), "level must"),
 ])

@@ -11,7 +11,8 @@ import torch
 from diffgen.cache import config_key
 from diffgen.data import load_dataset
 from diffgen.denoisers import EmpiricalOptimum, NoisyPointOptimum, forward_time_minimiser
-from diffgen.metrics import (gaussian_channel_mi, nearest_neighbors, objective_samples, regression_slope)
+from diffgen.metrics import nearest_neighbors, objective_samples, regression_slope
+from diffgen.mi import gaussian_channel_mi
 from diffgen.mi import mi_mean_generator
 from diffgen.models import MLPConfig
 from diffgen.objectives import EpsLoss, ForwardTimeLoss, forward_draw, forward_time_coef
@@ -208,7 +209,7 @@ def test_training_with_the_forward_time_objective_reduces_its_loss(tmp_path, gap
     sched = linear_schedule()
     ds = load_dataset("digits", 64)
     obj = ForwardTimeLoss(sched, gap)
-    cfg = TrainConfig(steps=300, batch_size=64, warmup=20)
+    cfg = TrainConfig(train_steps=300, batch_size=64, warmup=20)
     run = train(MLPConfig(hidden=64, depth=2), obj, ds.train, ds.shape, cfg, device="cpu", cache_dir=tmp_path,
                 progress=False)
     assert np.isfinite(run.losses).all() and abs(run.losses[:3].mean() - 1.0) < 0.1  # eps_hat = 0: E|xi|^2 / D = 1

@@ -90,7 +90,7 @@ def test_bad_inputs_raise_one_clear_error():
 
 
 def test_digits_classifier_trains_caches_and_reloads(tmp_path):
-    cfg = ClassifierConfig(hidden=64, steps=250)
+    cfg = ClassifierConfig(hidden=64, train_steps=250)
     first = digits_classifier(cfg, device="cpu", cache_dir=tmp_path)
     assert not first.from_cache and first.accuracy > 0.9
     x = _randn(5, 64).clamp(-1, 1)

@@ -23,7 +23,7 @@ from diffgen.train import TrainConfig, TrainResult, train, train_key
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
 TINY = MLPConfig(hidden=16, depth=1, time_dim=8)
-TINY_CFG = TrainConfig(steps=60, batch_size=16, warmup=10, checkpoint_every=20, seed=3)
+TINY_CFG = TrainConfig(train_steps=60, batch_size=16, warmup=10, checkpoint_every=20, seed=3)
 # Measured (this CPU, seeds 0-2): relative gap 0.004-0.010 at t in {100, 200, 300} after 2000 steps of an
 # MLP(128, depth 2); 0.3 at t = 10 (noise too small for the net to resolve) and 1.0 untrained. Bound with ~5x margin.
 GAP_BOUND = 0.05
@@ -38,7 +38,7 @@ def gmm4():
 @pytest.fixture(scope="module")
 def gmm_run(tmp_path_factory, gmm4):
     """An MLP trained long enough on 4 points in 2-D to come close to eps* (about 8 s)."""
-    cfg = TrainConfig(steps=2000, checkpoint_every=500)
+    cfg = TrainConfig(train_steps=2000, checkpoint_every=500)
     folder = tmp_path_factory.mktemp("gmm_cache")
     result = train(MLPConfig(hidden=128, depth=2), EpsLoss(linear_schedule()), gmm4.train, gmm4.shape, cfg,
                    device="cpu", cache_dir=folder, progress=False)
@@ -69,7 +69,7 @@ def _assert_same_run(a: TrainResult, b: TrainResult):
 
 def test_loss_decreases_on_digits(tmp_path):
     ds = load_dataset("digits", 64)
-    cfg = TrainConfig(steps=300, batch_size=64, warmup=20)
+    cfg = TrainConfig(train_steps=300, batch_size=64, warmup=20)
     r = train(MLPConfig(hidden=64, depth=2), EpsLoss(linear_schedule()), ds.train, ds.shape, cfg, device="cpu",
               cache_dir=tmp_path, progress=False)
     tenth = len(r.losses) // 10
@@ -93,7 +93,7 @@ def test_trained_net_approaches_empirical_optimum(gmm_run, gmm4):
 def test_result_fields(gmm_run):
     result, cfg, folder = gmm_run
     assert not result.from_cache and result.path.parent == folder / "train" and result.path.exists()
-    assert result.losses.shape == (cfg.steps,)
+    assert result.losses.shape == (cfg.train_steps,)
     assert sorted(result.snapshots) == [500, 1000, 1500, 2000]
     for m in (result.model, result.raw_model):
         assert not m.training and not any(p.requires_grad for p in m.parameters())
@@ -210,7 +210,7 @@ def test_key_identifies_the_run(tmp_path):
                 train_key(TINY, EpsLoss(sched), x.float(), (3,), TINY_CFG),
                 train_key(replace(TINY, hidden=17), EpsLoss(sched), x, (3,), TINY_CFG),
                 train_key(TINY, EpsLoss(linear_schedule(beta_end=0.03)), x, (3,), TINY_CFG),
-                train_key(TINY, EpsLoss(sched), x, (3,), replace(TINY_CFG, steps=61))]
+                train_key(TINY, EpsLoss(sched), x, (3,), replace(TINY_CFG, train_steps=61))]
     assert len({key, *variants}) == 1 + len(variants)
     assert _tiny(x, tmp_path).path.name == f"{key}.pt"
 
@@ -220,7 +220,7 @@ def test_key_identifies_the_run(tmp_path):
 def test_unet_trains_on_digits_and_progress_flag(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("DIFFGEN_HEADLESS", raising=False)
     ds = load_dataset("digits", 16)
-    cfg = TrainConfig(steps=3, batch_size=8, checkpoint_every=2)
+    cfg = TrainConfig(train_steps=3, batch_size=8, checkpoint_every=2)
     args = (UNetConfig(base=8), EpsLoss(linear_schedule()), ds.train, ds.shape, cfg)
     r = train(*args, device="cpu", cache_dir=tmp_path / "quiet", progress=False)
     assert "train" not in capsys.readouterr().err  # no progress bar
@@ -241,7 +241,7 @@ def test_input_checks(tmp_path):
         train(TINY, EpsLoss(linear_schedule()), x[0], (3,), TINY_CFG, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="device must be one of"):
         train(TINY, EpsLoss(linear_schedule()), x, (3,), TINY_CFG, cache_dir=tmp_path, device="tpu")
-    for bad, match in [(dict(steps=0), "steps must be a positive integer"),
+    for bad, match in [(dict(train_steps=0), "train_steps must be a positive integer"),
                        (dict(batch_size=1.5), "batch_size must be a positive integer"),
                        (dict(lr=0.0), "lr must be > 0"), (dict(ema_decay=1.0), r"ema_decay must lie in \[0, 1\)"),
                        (dict(grad_clip=0.0), "grad_clip must be > 0 or None"),

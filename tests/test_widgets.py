@@ -7,7 +7,7 @@ import re
 import matplotlib
 import torch
 
-from diffgen import mi, widgets
+from diffgen import generators, mi, widgets
 from diffgen.data import eight_gaussians
 
 matplotlib.use("Agg")
@@ -15,21 +15,21 @@ matplotlib.use("Agg")
 
 def test_mi_gallery_draws_live_generators_on_demand_and_keeps_precomputed_ones():
     P = eight_gaussians()
-    gallery = widgets.MIGallery(P, {"fit": mi.GaussianFit()}, n_samples=40, seed=0, shown=2)
-    copies = mi.draw_sets(P, mi.Copier(), n_sets=6, n_train=5, n_samples=40, seed=0)
+    gallery = widgets.MIGallery(P, {"fit": generators.GaussianFit()}, n_samples=40, seed=0, shown=2)
+    copies = generators.draw_sets(P, generators.Copier(), n_sets=6, n_train=5, n_samples=40, seed=0)
     gallery.add("copier", copies)
     z, train, est = gallery.get("copier", 5, 6)
     assert z.shape == (2, 40, 2) and torch.equal(train, copies.train[:2])
     assert abs(est.value - mi.mi_knn(copies.z, 3).value) < 1e-12
     assert gallery.get("copier", 7, 6) is None  # not live, not precomputed
     z_fit, train_fit, _ = gallery.get("fit", 7, 6)  # live: drawn now, on the same sets draw_sets uses
-    assert torch.equal(train_fit, mi.training_sets(P, n_sets=6, n_train=7, seed=0)[:2])
+    assert torch.equal(train_fit, generators.training_sets(P, n_sets=6, n_train=7, seed=0)[:2])
     assert ("fit", 7, 6) in gallery.entries
 
 
 def test_mi_gallery_animation_has_one_frame_per_size():
     P = eight_gaussians()
-    gallery = widgets.MIGallery(P, {"fit": mi.GaussianFit()}, n_samples=30, seed=0)
+    gallery = widgets.MIGallery(P, {"fit": generators.GaussianFit()}, n_samples=30, seed=0)
     html = widgets.mi_gallery_animation(gallery, ["fit"], [4, 8, 16], n_sets=5)
     assert 'type="range"' in html
     assert len(re.findall(r"frames\[\d+\] = ", html)) == 3
@@ -49,7 +49,7 @@ def test_live_panels_redraw_when_a_control_moves():
 
 def test_mi_explorer_draws_what_its_controls_select():
     P = eight_gaussians()
-    gallery = widgets.MIGallery(P, {"fit": mi.GaussianFit()}, n_samples=30, seed=0)
+    gallery = widgets.MIGallery(P, {"fit": generators.GaussianFit()}, n_samples=30, seed=0)
     panel = widgets.mi_explorer(gallery, ["fit", "trained net"], [4, 8], n_sets=8)
     name, n, m = panel.children[0].children
     n.value, m.value = 8, 16

@@ -1,0 +1,94 @@
+"""Layer 0: what produced a number: the package version, the hash of its source, and the import closure of a module.
+
+Two hashes serve two jobs:
+- `source_hash()`, of every module of the package: the stamp of an executed chapter (results files, the book's
+  execution cache), since any module may change what a chapter shows;
+- `closure_hash(modules)`, of the modules a computation can run: the cache key of a trained artifact, so that editing
+  a plot, a widget or the report never retrains a network. The closure is read from the source (every import of a
+  `diffgen` module, lazy imports inside functions included), never kept by hand.
+Neither imports torch: the command line uses this module.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+VERSION = "0.1.0"
+PACKAGE = "diffgen"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def module_files(package_dir: Path | None = None) -> dict[str, Path]:
+    """Module name ('diffgen.train', 'diffgen' for __init__) -> file, for every .py file of the package
+    (package_dir: this package's folder unless given)."""
+    files = {}
+    for path in sorted(Path(package_dir or PACKAGE_DIR).glob("*.py")):
+        files[PACKAGE if path.stem == "__init__" else f"{PACKAGE}.{path.stem}"] = path
+    return files
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """The package modules that the file at `path` imports anywhere (module level or inside functions).
+
+    `from . import x` names the module diffgen.x when it exists, else the package itself (a name of __init__)."""
+    tree = ast.parse(Path(path).read_text(), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == PACKAGE}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level > 1:
+                raise ValueError(f"{path}: imports from outside the package (level {node.level})")
+            base = PACKAGE if node.level == 1 else node.module or ""
+            if node.level == 1 and node.module:
+                base = f"{PACKAGE}.{node.module}"
+            if base.split(".")[0] != PACKAGE:
+                continue
+            if base == PACKAGE:
+                found |= {f"{PACKAGE}.{a.name}" if f"{PACKAGE}.{a.name}" in known else PACKAGE for a in node.names}
+            else:
+                found.add(base)
+    return {name for name in found if name in known}
+
+
+def module_closure(modules, package_dir: Path | None = None) -> list[str]:
+    """The given modules and every package module they import, directly or not (sorted names)."""
+    files = module_files(package_dir)
+    todo, seen = list(modules), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        if name not in files:
+            raise ValueError(f"{name!r} is not a module of {package_dir or PACKAGE_DIR}")
+        seen.add(name)
+        todo.extend(imported_modules(files[name], set(files)) - seen)
+    return sorted(seen)
+
+
+def _hash_files(names, files: dict[str, Path]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(names):
+        h.update(name.encode() + b"\0")
+        h.update(files[name].read_bytes())
+    return h.hexdigest()[:16]
+
+
+def closure_hash(modules, package_dir: Path | None = None) -> str:
+    """sha256 (16 hex digits) of the source of module_closure(modules): changes exactly when code a computation can
+    run changes."""
+    return _hash_files(module_closure(modules, package_dir), module_files(package_dir))
+
+
+def hash_sources(package_dir: Path | None = None) -> str:
+    """sha256 (16 hex digits) of every module of the package, names included."""
+    files = module_files(package_dir)
+    return _hash_files(files, files)
+
+
+@lru_cache(maxsize=None)
+def source_hash() -> str:
+    """hash_sources of this installed package (computed once per process)."""
+    return hash_sources()

@@ -1,0 +1,299 @@
+"""Layer 10: executing chapter notebooks headlessly, with progress on the terminal and a wall-clock limit.
+
+One path serves `diffgen run` and `diffgen book`: each notebook runs with papermill in a child process
+(`python -m diffgen.runner JOB`) that a timeout can kill. The child prints one line per code cell as it starts,
+`ch3 [ 5/14  0:41] runs = {n: train(...`, the progress the chapter reports through diffgen.progress (training
+steps and loss), and a heartbeat every 30 s of silence; nothing of that enters the executed notebook.
+Kernels get OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, so a chapter shares a busy CPU
+fairly (spinning threads slowed training 2-4x beside one other process).
+
+The book's execution cache (jupyter-cache, as myst-nb uses it) is filled by the same runner: `execute_book`
+executes the table of contents' notebooks whose code is not cached yet, caches the executed notebooks, and the
+Sphinx build then only renders. The cache is wiped whenever diffgen's source hash changes (`refresh_execution_cache`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .chapters import Run, cell_source
+from .progress import HEADLESS, Follower
+
+SKIP_TAGS = {"injected-parameters", "papermill-error-cell-tag"}  # cells papermill adds to an executed notebook
+STAMP_NAME = "diffgen-source-hash"  # the file in the execution cache that records the source it was filled with
+HEARTBEAT = 30.0  # seconds of silence after which the runner says which cell is still running
+KERNEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE", HEADLESS: "1"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One notebook in a child process
+
+
+def execute_notebook(notebook: Path, output: Path, *, cwd: Path, parameters: dict, timeout: int,
+                     label: str) -> str | None:
+    """Execute `notebook` into `output` (written as it runs) with the kernel in `cwd`; None on success, else a
+    one-line reason (with the cell it stopped in). Killed after `timeout` s of wall-clock time."""
+    with tempfile.TemporaryDirectory(prefix="diffgen-run-") as tmp:
+        job, report = Path(tmp) / "job.json", Path(tmp) / "report.txt"
+        job.write_text(json.dumps({"input": str(notebook), "output": str(output), "cwd": str(cwd), "label": label,
+                                   "parameters": parameters, "timeout": timeout, "report": str(report)}))
+        proc = subprocess.Popen([sys.executable, "-m", "diffgen.runner", str(job)])
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return f"timed out after {timeout} s (--timeout){failed_cell(output)}"
+        finally:
+            _stop(proc)
+        if proc.returncode == 0:
+            return None
+        reason = report.read_text() if report.exists() else f"the executor exited with code {proc.returncode}"
+        return f"failed{failed_cell(output)}: {reason}"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate the child if it still runs (its kernel notices the parent is gone and exits too)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def failed_cell(notebook: Path) -> str:
+    """' in cell index I (`first line`)' for the last cell papermill started, indexed as in the chapter notebook."""
+    try:
+        cells = json.loads(Path(notebook).read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return ""  # missing, or cut off mid-write by the kill
+    cells = [c for c in cells if not SKIP_TAGS & set(c.get("metadata", {}).get("tags", []))]
+    started = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    if not started:
+        return ""
+    return f" in cell index {started[-1]} (`{_first_line(cells[started[-1]])}`)"
+
+
+def _first_line(cell: dict, width: int = 70) -> str:
+    line = next((line.strip() for line in cell_source(cell).splitlines() if line.strip()), "")
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+class CellPrinter:
+    """Progress lines of one notebook run: `label [k/N m:ss] text`, k the code cell running out of N."""
+
+    def __init__(self, label: str, cells: list[dict], stream=None):
+        self.label, self.stream = label, stream or sys.stderr
+        self.code = [i for i, c in enumerate(cells) if c.get("cell_type") == "code"
+                     and not SKIP_TAGS & set(c.get("metadata", {}).get("tags", []))]
+        self.cells = cells
+        self.start = self.last = time.monotonic()
+        self.current = None  # index of the running cell in `cells`
+        self._lock = threading.Lock()
+
+    def cell_start(self, cell=None, cell_index: int | None = None, **_) -> None:
+        """nbclient's on_cell_start hook."""
+        self.current = cell_index
+        self.show(_first_line(cell) if cell is not None else "")
+
+    def show(self, text: str) -> None:
+        with self._lock:
+            k = self.code.index(self.current) + 1 if self.current in self.code else 0
+            elapsed = int(time.monotonic() - self.start)
+            print(f"{self.label} [{k:>2}/{len(self.code)} {elapsed // 60}:{elapsed % 60:02d}] {text}",
+                  file=self.stream, flush=True)
+            self.last = time.monotonic()
+
+    def heartbeat(self, stop: threading.Event, every: float = HEARTBEAT) -> None:
+        """Until `stop` is set: after `every` s without a line, say that the current cell still runs."""
+        while not stop.wait(1.0):
+            if time.monotonic() - self.last >= every and self.current is not None:
+                self.show(f"... still running ({int(time.monotonic() - self.last)} s without news)")
+
+
+def _child(job_path: str) -> int:
+    """The child process: execute one notebook with papermill; on failure write a one-line reason to the report."""
+    job = json.loads(Path(job_path).read_text())
+    for name, value in KERNEL_ENV.items():  # the kernel inherits them
+        os.environ.setdefault(name, value)
+    os.environ[HEADLESS] = "1"
+    import nbformat
+    import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    cells = nbformat.read(job["input"], as_version=4).cells
+    printer = CellPrinter(job["label"], [dict(c) for c in cells])
+    stop = threading.Event()
+    beat = threading.Thread(target=printer.heartbeat, args=(stop,), daemon=True)
+    beat.start()
+    try:
+        with Follower(Path(job_path).with_name("progress.txt"), printer.show):
+            papermill.execute_notebook(job["input"], job["output"], parameters=job["parameters"], cwd=job["cwd"],
+                                       kernel_name="python3", progress_bar=False,
+                                       execution_timeout=job["timeout"], on_cell_start=printer.cell_start)
+        return 0
+    except PapermillExecutionError as e:
+        reason = f"{e.ename}: {e.evalue}"
+    except CellTimeoutError:
+        reason = f"timed out: the cell ran longer than {job['timeout']} s (--timeout)"
+    except DeadKernelError as e:
+        reason = f"the kernel died ({e})"
+    except Exception as e:  # noqa: BLE001 - anything else is reported, not re-raised
+        reason = f"{type(e).__name__}: {e}"
+    finally:
+        stop.set()
+    Path(job["report"]).write_text((reason.strip().splitlines() or [""])[0])
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `diffgen run`
+
+
+def run_chapters(runs: list[Run], out: Path, timeout: int) -> int:
+    """Run the chapters in order into `out`; stop at the first failure. Returns the exit code (0 or 1)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        if not run_chapter(run, out, timeout):
+            return 1
+    return 0
+
+
+def run_chapter(run: Run, out: Path, timeout: int) -> bool:
+    """Execute one chapter into `out` (replacing its earlier outputs there); print the outcome."""
+    ch = run.chapter
+    running, final, failed = (out / f"{ch.stem}{suffix}.ipynb" for suffix in (".running", "", ".FAILED"))
+    results = out / f"{ch.id}.results.json"
+    for stale in (running, final, failed, results):
+        stale.unlink(missing_ok=True)
+    settings = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "the notebook's defaults"
+    print(f"{ch.id}: running {show_path(ch.path)} with {settings}", flush=True)
+    start = time.monotonic()
+    failure = execute_notebook(ch.path, running, cwd=out, parameters=run.overrides, timeout=timeout, label=ch.id)
+    failure = failure or _check_results(results)
+    if failure:
+        if running.exists():
+            os.replace(running, failed)
+        kept = f"partial notebook kept as {show_path(failed)}" if failed.exists() else "no notebook was written"
+        print(f"diffgen run: error: {ch.id} {failure}; {kept}", file=sys.stderr, flush=True)
+        return False
+    os.replace(running, final)  # papermill wrote progressively to `running`: the final name appears only now
+    print(f"{ch.id}: done in {time.monotonic() - start:.1f} s: executed notebook {show_path(final)}, "
+          f"results {show_path(results)}", flush=True)
+    return True
+
+
+def _check_results(path: Path) -> str | None:
+    if not path.is_file():
+        return f"finished without writing {path.name} into its working directory {show_path(path.parent)}"
+    try:
+        json.loads(path.read_text())
+    except ValueError as e:
+        return f"wrote {path.name}, but it is not valid JSON ({e})"
+    return None
+
+
+def show_path(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The book's execution cache
+
+
+def refresh_execution_cache(cache_dir: Path, current: str) -> bool:
+    """Delete `cache_dir` unless it is stamped with `current`; leave it stamped. Returns True when it was stale."""
+    stamp = Path(cache_dir) / STAMP_NAME
+    stale = not stamp.is_file() or stamp.read_text().strip() != current
+    if stale:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        stamp.write_text(current + "\n")
+    return stale
+
+
+def book_notebooks(root: Path) -> list[Path]:
+    """The notebooks of the book's table of contents (`_toc.yml`: root, chapters, sections), in reading order."""
+    import yaml
+
+    toc = yaml.safe_load((Path(root) / "_toc.yml").read_text())
+    entries, files = [toc], []
+    while entries:
+        entry = entries.pop(0)
+        if "file" in entry or "root" in entry:
+            files.append(entry.get("file") or entry.get("root"))
+        for key in ("parts", "chapters", "sections"):
+            entries[:0] = entry.get(key, [])
+    return [Path(root) / f"{f}.ipynb" for f in files if (Path(root) / f"{f}.ipynb").is_file()]
+
+
+def execute_book(root: Path, cache_dir: Path, *, timeout: int, source: str) -> bool:
+    """Execute every notebook of the book at `root` whose code the execution cache does not hold yet (kernel in the
+    notebook's folder, as the book build runs it) and cache it; True when all succeeded."""
+    import nbformat
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    if refresh_execution_cache(cache_dir, source):
+        print(f"diffgen book: execution cache {show_path(cache_dir)} is new or was filled by other code "
+              f"(source {source}): every chapter executes", flush=True)
+    cache = get_cache(str(cache_dir))
+    for path in book_notebooks(root):
+        nb = nbformat.read(path, as_version=4)
+        label = path.stem.split("_", 1)[0]
+        try:
+            cache.match_cache_notebook(nb)
+            print(f"{label}: unchanged since it was executed (cached)", flush=True)
+            continue
+        except KeyError:
+            pass
+        start = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="diffgen-book-") as tmp:
+            output = Path(tmp) / path.name
+            failure = execute_notebook(path, output, cwd=path.parent, parameters={}, timeout=timeout, label=label)
+            if failure:
+                kept = path.with_suffix(".FAILED.ipynb")
+                if output.exists():
+                    shutil.copy(output, kept)
+                print(f"diffgen book: error: {label} {failure}"
+                      f"{'; partial notebook kept as ' + show_path(kept) if kept.exists() else ''}",
+                      file=sys.stderr, flush=True)
+                return False
+            executed = _outputs_onto(nb, nbformat.read(output, as_version=4))
+        cache.cache_notebook_bundle(CacheBundleIn(executed, str(path), data={
+            "execution_seconds": time.monotonic() - start}), check_validity=False, overwrite=True)
+        print(f"{label}: executed in {time.monotonic() - start:.0f} s", flush=True)
+    return True
+
+
+def _outputs_onto(source, executed):
+    """The notebook `source` with the outputs and execution counts of `executed` (the same notebook run by
+    papermill, which adds metadata of its own; the cache hashes cell metadata, so the source's is kept)."""
+    import copy
+
+    nb = copy.deepcopy(source)
+    ran = [c for c in executed.cells if c.cell_type == "code"
+           and not SKIP_TAGS & set(c.get("metadata", {}).get("tags", []))]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    if len(ran) != len(code):
+        raise ValueError(f"the executed notebook has {len(ran)} code cells, its source {len(code)}")
+    for mine, theirs in zip(code, ran):
+        mine.outputs, mine.execution_count = theirs.outputs, theirs.execution_count
+    return nb
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))
