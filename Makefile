@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install book test browser-test report bench clean
+.PHONY: install book lab test browser-test report bench clean
 
 $(INSTALLED): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,19 +14,24 @@ $(INSTALLED): requirements.txt pyproject.toml
 
 install: $(INSTALLED)
 
-# Executes every chapter with its default parameters (CPU unless a GPU is present), then builds the HTML.
-# Warnings are errors, so a failed cell or a broken reference fails the build.
+# Executes every chapter whose code changed (default parameters, CPU unless a GPU is present; one progress line per
+# cell), then builds the HTML. Warnings are errors, so a failed cell or a broken reference fails the build.
 book: $(INSTALLED)
-	timeout 3600 $(BIN)/jupyter-book build . --warningiserror --keep-going
-	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
+	timeout 5400 $(BIN)/diffgen book .
+
+# JupyterLab on the chapters, with live panels (and MyST rendered by jupyterlab-myst).
+lab: $(INSTALLED)
+	$(BIN)/jupyter lab book/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
-# The built book (run `make book` first) in Debian's chromium (/usr/bin/chromium: apt-get install -y chromium),
-# driven by Playwright, served on localhost with every other host blocked. Screenshots: _build/screenshots/.
+# The built book (run `make book` first) and every chapter in a real JupyterLab, in Debian's chromium
+# (/usr/bin/chromium: apt-get install -y chromium) driven by Playwright, every host but localhost blocked.
+# Screenshots: _build/screenshots/.
 browser-test: $(INSTALLED)
-	DIFFGEN_BROWSER_HTML=$(CURDIR)/_build/html $(BIN)/python -m pytest tests/test_browser.py -v -p no:cacheprovider
+	DIFFGEN_BROWSER_HTML=$(CURDIR)/_build/html DIFFGEN_BROWSER_LAB=1 $(BIN)/python -m pytest tests/test_browser.py \
+		tests/test_jupyterlab.py -v -p no:cacheprovider
 
 # The paper's claims against what the last book build measured (book/*.results.json); RUN=runs/<name> for a run.
 report: $(INSTALLED)

@@ -25,6 +25,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def set_threads(device: torch.device | str = "cpu") -> int:
+    """On a CPU device, let torch use cpu_count - 1 threads (at least 1) and return that number. One core stays
+    free: beside one other busy process a chapter then keeps its speed, while with every core in use each parallel
+    region waits for its slowest thread (benchmarks/bench_chapters.py measures a chapter alone and beside a busy
+    process)."""
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+    return torch.get_num_threads()
+
+
 def sample_generators(seed: int, n: int, offset: int = 0) -> list[torch.Generator]:
     """One CPU generator per sample i = offset..offset+n-1, seeded from (seed, i).
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._util import tiles
-from .schedule import Schedule, eps_from_x0
+from .schedule import Schedule, add_noise, eps_from_x0
 
 
 class Denoiser(Protocol):
@@ -106,6 +106,12 @@ class EmpiricalOptimum:
         """eps*(x_t, t) = (x_t - sqrt(abar_t) x0*) / sqrt(1 - abar_t)."""
         t = _times(t, len(xt), xt.device)
         return eps_from_x0(self.sched, xt.to(self.dtype), t, self.x0_star(xt, t))
+
+    def weights(self, xt: torch.Tensor, t) -> torch.Tensor:
+        """w(x_t, t) [B, N] as a dense matrix, in float64 (diagnostics on small sets: O(B N) memory)."""
+        opt = self if self.dtype == torch.float64 else copy.copy(self)._as_float64()
+        x, a, c = opt._query(xt, t)
+        return torch.softmax(opt._query_rows(x, a, c) @ opt._keys.to(x.device).T, dim=1)
 
     def weight_stats(self, xt: torch.Tensor, t) -> WeightStats:
         """Entropy, argmax and max of w(x_t, t), accumulated online in float64."""
@@ -206,6 +212,32 @@ def x0_star_reference(xt: torch.Tensor, train: torch.Tensor, abar: float) -> tor
     return torch.softmax(-sq / (2 * (1 - abar)), dim=1) @ xs
 
 
+def reference_errors(variants: dict, train: torch.Tensor, sched: Schedule, times, n_queries: int,
+                     generator: torch.Generator) -> dict[tuple[int, str], dict[str, float]]:
+    """max |x0*(x, t) - x0_star_reference(x, t)| of each denoiser in `variants` (name -> EmpiricalOptimum on `train`)
+    at each t, on two kinds of query: noisy training points x_t ("noisy training") and exact midpoints
+    a (x_i + x_j) / 2 ("midpoints (ties)"), where two weights tie and the softmax is worst conditioned.
+    Returns (t, kind) -> name -> error."""
+    i, j = (torch.randint(len(train), (n_queries,), generator=generator) for _ in range(2))
+    x, y = train[i].to(torch.float64), train[j].to(torch.float64)
+    errors = {}
+    for t in times:
+        a = float(sched.abar[t]) ** 0.5
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(train.device)
+        for kind, xt in [("noisy training", add_noise(sched, x, t, noise)), ("midpoints (ties)", a * (x + y) / 2)]:
+            reference = x0_star_reference(xt, train, a**2)
+            errors[t, kind] = {name: float((opt.x0_star(xt, t).double() - reference).abs().max())
+                               for name, opt in variants.items()}
+    return errors
+
+
+def max_error(errors: dict, names=None, kind: str | None = None) -> float:
+    """The largest error of reference_errors' output over the denoisers `names` (None: all) and queries of `kind`
+    (None: both kinds)."""
+    return max(err for (_, k), row in errors.items() if kind in (None, k)
+               for name, err in row.items() if names is None or name in names)
+
+
 class GaussianDenoiser:
     """Exact denoiser for data N(mean, cov): x_t ~ N(a mean, a^2 cov + s^2 I), so E[x0 | x_t] is linear:
     x0_hat = mean + a cov (a^2 cov + s^2 I)^{-1} (x_t - a mean)."""
@@ -261,6 +293,28 @@ class TimeSwitch:
         if bool(mask.any()):
             out[mask] = self.inside(xt[mask], t[mask]).to(xt.dtype)
         return out
+
+
+@dataclass(frozen=True)
+class Blend:
+    """(1 - weight) eps_a(x_t, t) + weight eps_b(x_t, t): a denoiser moved the share `weight` of the way to b
+    (weight 0: a itself; 1: b). With a a trained net and b the empirical optimum, a small weight is a small
+    perturbation of the net towards the memorizing optimum."""
+
+    a: Denoiser
+    b: Denoiser
+    weight: float
+
+    def __post_init__(self):
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"weight must lie in [0, 1]; got {self.weight}")
+
+    def __call__(self, xt: torch.Tensor, t) -> torch.Tensor:
+        if self.weight == 0.0:
+            return self.a(xt, t).to(xt.dtype)
+        if self.weight == 1.0:
+            return self.b(xt, t).to(xt.dtype)
+        return (1 - self.weight) * self.a(xt, t).to(xt.dtype) + self.weight * self.b(xt, t).to(xt.dtype)
 
 
 class NoisyPointOptimum(EmpiricalOptimum):

@@ -117,6 +117,10 @@ class EnsembleResult:
     path: Path
     device: torch.device = field(default=torch.device("cpu"))
 
+    @property
+    def snapshot_steps(self) -> list[int]:
+        return sorted(self.snapshots)
+
     def model_at(self, train_step: int) -> EnsembleMLP:
         """The EMA ensemble after `train_step` optimizer steps (a snapshot step), frozen, on the training device."""
         if train_step not in self.snapshots:

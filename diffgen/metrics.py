@@ -127,21 +127,72 @@ def copy_rate(ratio: torch.Tensor, threshold: float = COPY_THRESHOLD, level: flo
 
 @dataclass(frozen=True)
 class CopySummary:
-    """What a copy-rate table shows for one generator: the copy rate and the median nearest-neighbour distance."""
+    """One generator's samples against the training set: their nearest neighbours, the copy rate and the median
+    nearest-neighbour distance per coordinate."""
 
+    samples: torch.Tensor  # [B, D]
+    neighbors: Neighbors  # the two nearest training points of each sample
     rate: Proportion  # share of samples with d1 / d2 < 1/3
-    median_d1: float  # median of d1 / sqrt(D): distance to the nearest training point per coordinate
+
+    @property
+    def d1(self) -> torch.Tensor:
+        """[B] d1 / sqrt(D): distance to the nearest training point per coordinate."""
+        return self.neighbors.d1 / math.sqrt(self.samples.shape[1])
+
+    @property
+    def median_d1(self) -> float:
+        return float(self.d1.median())
 
 
-def copy_summary(neighbors: Neighbors, dim: int) -> CopySummary:
-    """copy_rate of `neighbors` and its median d1 / sqrt(D)."""
-    return CopySummary(copy_rate(neighbors.ratio), float(neighbors.d1.median()) / math.sqrt(dim))
+def copy_summaries(samples: dict, train: torch.Tensor) -> dict[str, CopySummary]:
+    """name -> CopySummary of samples[name] [B, D] against the training set train [N, D] (exact neighbours)."""
+    out = {}
+    for name, z in samples.items():
+        nn = nearest_neighbors(z, train)
+        out[name] = CopySummary(z, nn, copy_rate(nn.ratio))
+    return out
 
 
 def copy_rate_curve(ratio: torch.Tensor, thresholds) -> np.ndarray:
     """Copy rate at each threshold (how the verdict moves with the 1/3 convention)."""
     r = np.asarray(ratio.cpu(), dtype=np.float64)
     return np.array([(r < th).mean() for th in np.asarray(thresholds, dtype=np.float64)])
+
+
+def paired_rate_difference(ratio_a: torch.Tensor, ratio_b: torch.Tensor, *, threshold: float = COPY_THRESHOLD,
+                           n_boot: int = 2000, seed: int = 0) -> Estimate:
+    """copy rate of a minus copy rate of b for samples paired by their x_T (row i of both from the same noise), with
+    a bootstrap interval over the pairs."""
+    if ratio_a.shape != ratio_b.shape or ratio_a.ndim != 1:
+        raise ValueError(f"need two [B] ratio tensors of one shape; got {tuple(ratio_a.shape)}, {tuple(ratio_b.shape)}")
+    flags = torch.stack([(ratio_a < threshold), (ratio_b < threshold)], 1).double().cpu().numpy()
+    return bootstrap_ci(flags, lambda v: float(v[:, 0].mean() - v[:, 1].mean()), n_boot=n_boot, seed=seed)
+
+
+@dataclass(frozen=True)
+class WeightCollapse:
+    """How the empirical optimum's weights w(x_t, t) along reverse paths settle on one training point."""
+
+    t: torch.Tensor  # [S] grid times of the path (t >= 1), decreasing
+    entropy: torch.Tensor  # [S, B] H(w(x_t, t)) in nats: log n when uniform, 0 on one point
+    decided: torch.Tensor  # [S] share of paths whose argmax_i w_i already is the training point they end on
+    collapse_t: int  # the largest t at which the median entropy is below 0.1 nats (0: never)
+    decided_t: int  # the largest t at which >= 90% of the paths point at their final training point (0: never)
+
+
+def weight_collapse(optimum, t: torch.Tensor, xt: torch.Tensor, final_index: torch.Tensor) -> WeightCollapse:
+    """WeightCollapse of paths xt [S+1, B, D] recorded at times t [S+1] (samplers.Trajectory, ending at t = 0) under
+    `optimum` (an EmpiricalOptimum), final_index [B] the training point each path ends nearest to."""
+    keep = t >= 1
+    times, points = t[keep], xt[keep]
+    stats = [optimum.weight_stats(x.to(optimum.train.device), int(s)) for s, x in zip(times, points)]
+    entropy = torch.stack([st.entropy.cpu() for st in stats])
+    decided = torch.stack([(st.nearest.cpu() == final_index.cpu()).double() for st in stats]).mean(1)
+    median = entropy.median(1).values
+    collapse = times[median < 0.1]
+    done = times[decided >= 0.9]
+    return WeightCollapse(times, entropy, decided, int(collapse.max()) if len(collapse) else 0,
+                          int(done.max()) if len(done) else 0)
 
 
 @torch.no_grad()

@@ -241,10 +241,9 @@ def mi_plugin_grid(z: torch.Tensor, edges: Sequence[torch.Tensor], *, miller_mad
     (B - 1)(M - 1) / (2KM) nats when every set occupies all B cells (Miller-Madow; removed to first order by
     miller_madow=True, the default; left in, a generator that ignores S shows that much "information").
     (2) binning, negative: I_grid <= I(z; m) (a cell index is a function of z); shrinks as cells narrow, but
-    narrow cells make (1) grow and Miller-Madow fails once cells hold a few samples. Measured (1-D Gaussians, 30
-    cells, M = 100): +0.027 / +0.011 / +0.003 nats over the exact I(z; m) at K = 100 / 200 / 500; 2-D Gaussian
-    fits of eight_gaussians, K = 500: 6x6 or 8x8 cells within 0.01 of the exact value, 24x24 cells +0.27.
-    A copier shows far less than log M unless cells separate the training points of different sets.
+    narrow cells make (1) grow and Miller-Madow fails once cells hold a few samples (tests/test_mi.py measures
+    both against exact values). A copier shows far less than log M unless cells separate the training points of
+    different sets.
     CI: percentile bootstrap of the per-set terms (see the module note).
     """
     terms = mi_plugin_terms(histograms(z, edges), miller_madow=miller_madow)
@@ -363,9 +362,8 @@ def mi_knn(z: torch.Tensor, k: int = 3, *, tile: int = 64, n_boot: int = 2000, l
     |dx_0| <= d, |dx_1| <= d. Ties (atoms, e.g. a copier's repeated training points): psi(k) uses k_i = the number
     of own-set samples within d_i, which is k without ties; so a copier gives psi(N) - psi(K) = log M +
     (M - 1)/(2MK) + O(K^-2), the ceiling, and a constant generator psi(N) - psi(K) + psi(K-1) - psi(N-1) ~ -1/K.
-    Bias (small K; measured, 1-D Gaussians N(mean(S), 1), M = 100, k = 3, 10 seeds): positive, +0.011 / +0.005 /
-    +0.001 nats over the exact I(z; m) at K = 100 / 200 / 500; for independent z within about +-0.005 of 0,
-    either sign (an estimate can be negative). Larger k: lower variance, more smoothing.
+    Bias: positive at small K and shrinking as K grows; for independent z of either sign (an estimate can be
+    negative); tests/test_mi.py bounds both against exact values. Larger k: lower variance, more smoothing.
     CI: percentile bootstrap of the per-set terms (see the module note)."""
     return _estimate(mi_knn_terms(z, k, tile=tile), n_boot, level, seed)
 
@@ -400,8 +398,8 @@ def excess_risk_knn(z: torch.Tensor, log_prob: Callable[[torch.Tensor], torch.Te
     KL(Q || P) = -H(Q) - E_Q log p, H by Kozachenko-Leonenko; total = mean_m KL(P_{z|m} || P), marginal = KL of the
     pooled sample, mi = Ross's estimator. Here gap = (H(pooled) - mean_m H(z_m)) - mi_knn: two separate MI
     estimates, not zero by construction; it also carries the entropy estimator's bias, which differs between K
-    and MK samples and grows with the curvature of the density (z ~ eight_gaussians itself, K = 500: total
-    +0.055 where the truth is 0; smooth 1-D Gaussians, K = 300: within 0.02). Needs continuous z (atoms: -inf)."""
+    and MK samples and grows with the curvature of the density (large on the peaked eight_gaussians, small on smooth
+    1-D Gaussians; both measured in tests/test_mi.py). Needs continuous z (atoms: -inf)."""
     _check_knn(z, k, tile)
     M, K, D = z.shape
     z = z.to(torch.float64)

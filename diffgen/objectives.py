@@ -119,6 +119,12 @@ class ForwardTimeLoss:
             p[t - kmax:] = 1.0 / kmax  # s = t - k, k = 1..kmax
         return p
 
+    def signal_share(self, t: int) -> float:
+        """E_{s|t} c_{t,s}^2: the share of the target xi_{t,s}'s variance that is signal (its weight of time t, were
+        the target exactly c_{t,s} eps; 1 for the standard objective)."""
+        probs = self.gap_probs(t)
+        return float((probs * forward_time_coef(self.sched, t, torch.arange(t)) ** 2).sum())
+
     def draw_times(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(t [B], s [B]) on the CPU: t ~ Uniform{1..T} first, then (for "uniform" only) the gap."""
         t = torch.randint(1, self.sched.T + 1, (batch,), generator=generator)

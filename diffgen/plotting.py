@@ -1,5 +1,7 @@
-"""Layer 7: figures from arrays. Each function takes `ax=`, draws, returns it, and computes nothing of substance.
-Style is an explicit call (`use_style()`), never an import side effect."""
+"""Layer 8: figures and tables from arrays. Each plot takes `ax=`, draws, returns it, and computes nothing of
+substance; each table returns Markdown. Style is an explicit call (`use_style()`), never an import side effect.
+Sizes are chosen for the book's page: figures at most about 10 inches wide (cells tagged `full-width` use the
+margin too), fonts of 11 points at 110 dpi, so text stays legible where the page scales a figure down."""
 from __future__ import annotations
 
 import math
@@ -13,13 +15,16 @@ STYLE = {
     "figure.dpi": 110,
     "savefig.dpi": 150,
     "figure.figsize": (6.4, 4.0),
+    "font.size": 11,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,
     "grid.alpha": 0.25,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "legend.fontsize": 9,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
     "legend.frameon": False,
     "image.cmap": "gray",
 }
@@ -125,34 +130,228 @@ def markdown_table(headers, rows) -> str:
     return "\n".join(lines)
 
 
-def plot_estimates(labels, values, lows, highs, *, ax, xlabel: str, ceiling: float | None = None,
-                   ceiling_label: str = ""):
-    """Horizontal bars (first label on top) with confidence-interval whiskers; an optional dashed ceiling line."""
-    v, lo, hi = _np(values), _np(lows), _np(highs)
-    y = np.arange(len(v))[::-1]
-    ax.barh(y, v, color="tab:blue", alpha=0.75)
-    ax.errorbar(v, y, xerr=np.stack([v - lo, hi - v]), fmt="none", ecolor="k", capsize=3, lw=1)
-    ax.set_yticks(y, labels)
-    if ceiling is not None:
-        ax.axvline(ceiling, ls="--", color="tab:red", lw=1)
-        ax.annotate(ceiling_label, xy=(ceiling, y[-1]), xytext=(-4, -14), textcoords="offset points", ha="right",
-                    fontsize=8, color="tab:red")
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set(xlabel=xlabel)
-    ax.grid(axis="y", visible=False)
+def error_table(errors: dict) -> str:
+    """Markdown table of denoisers.reference_errors: one row per (t, query kind), one column per denoiser."""
+    names = list(next(iter(errors.values())))
+    rows = [[t, kind, *(f"{row[name]:.1e}" for name in names)] for (t, kind), row in errors.items()]
+    return markdown_table(["t", "queries", *names], rows)
+
+
+def copy_table(summaries: dict, extra: dict | None = None) -> str:
+    """Markdown table of metrics.CopySummary per generator: copy rate [95% Wilson interval] (count), median
+    d1 / sqrt(D); `extra` adds columns {header: {generator: cell}} (a missing cell reads as a dash)."""
+    extra = extra or {}
+    rows = [[name, f"{s.rate:.3f}", f"{s.median_d1:.2g}", *(col.get(name, "-") for col in extra.values())]
+            for name, s in summaries.items()]
+    return markdown_table(["generator", "copy rate [95% CI] (copies)", "median $d_1/\\sqrt{D}$", *extra], rows)
+
+
+def plot_nearest_rows(summaries: dict, names, train, shape, *, ax, show: int = 10):
+    """For each named metrics.CopySummary: a row of its first samples above a row of their nearest training images."""
+    train = _np(train)
+    rows, labels = [], []
+    for name in names:
+        s = summaries[name]
+        rows += [s.samples[:show], train[_np(s.neighbors.index[:show, 0])]]
+        labels += [name, "nearest training"]
+    return plot_image_rows(rows, shape, labels, ax=ax)
+
+
+def plot_weight_collapse(collapse, n_train: int, ax1, ax2):
+    """metrics.WeightCollapse: the entropy band of w(x_t, t) with log n (left), the share of decided paths (right)."""
+    t = _np(collapse.t)
+    plot_band(t, collapse.entropy, ax=ax1, label="median, 10-90% band")
+    ax1.axhline(math.log(n_train), ls="--", color="k", lw=1, label="log n (uniform)")
+    ax1.set(xlabel="time step t", ylabel="entropy of $w(x_t, t)$ [nats]", xscale="log")
+    ax1.invert_xaxis()
+    ax1.legend()
+    ax2.plot(t, _np(collapse.decided), color="tab:green")
+    ax2.set(xlabel="time step t", ylabel="share of paths", xscale="log", ylim=(0, 1.02),
+            title="largest weight on the final image")
+    ax2.invert_xaxis()
+    return ax1, ax2
+
+
+def plot_loss_curves(losses: dict, *, ax, window_share: int = 50):
+    """Training losses [steps] per run name, as moving averages over len / window_share steps, on a log scale."""
+    for name, curve in losses.items():
+        curve = _np(curve)
+        window = max(1, len(curve) // window_share)
+        ax.plot(np.convolve(curve, np.ones(window) / window, mode="valid"), label=name)
+    ax.set(xlabel="training step", ylabel="training loss (moving average)", yscale="log")
+    ax.legend(ncol=2)
     return ax
 
 
-def plot_estimate_curves(x: dict, curves: dict, *, ax, xlabel: str, ylabel: str, logx: bool = True):
-    """Named curves with bands: curves[name] = (values, lows, highs) over x[name] (each curve its own x)."""
-    for name, (v, lo, hi) in curves.items():
-        line, = ax.plot(_np(x[name]), _np(v), marker="o", ms=3, label=name)
-        ax.fill_between(_np(x[name]), _np(lo), _np(hi), alpha=0.2, color=line.get_color())
+def plot_curves_xy(curves: dict, *, ax, xlabel: str, ylabel: str, logx: bool = False, logy: bool = False):
+    """Named curves, each with its own x: curves[name] = (x, y)."""
+    for name, (x, y) in curves.items():
+        ax.plot(_np(x), _np(y), marker=".", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, xscale="log" if logx else "linear", yscale="log" if logy else "linear")
+    ax.legend()
+    return ax
+
+
+def plot_memorization_sweep(rows, heldout_d1, axes):
+    """experiments.memorization_along_training rows on four axes: copy rate against the training step per n, final
+    copy rate against n, copy rate against the gap to the optimum, final d1 boxes beside held-out images'."""
+    sizes = sorted({r.n for r in rows})
+    final = {n: max((r for r in rows if r.n == n), key=lambda r: r.train_step) for n in sizes}
+    for n in sizes:
+        mine = [r for r in rows if r.n == n]
+        steps = [r.train_step for r in mine]
+        axes[0].plot(steps, [r.rate.value for r in mine], marker=".", label=f"n = {n}")
+        axes[0].fill_between(steps, [r.rate.low for r in mine], [r.rate.high for r in mine], alpha=0.15)
+        axes[2].scatter([r.gap for r in mine], [r.rate.value for r in mine], label=f"n = {n}")
+    axes[0].set(xlabel="training step", ylabel="copy rate ($d_1/d_2 < 1/3$)", ylim=(-0.02, 1.02))
+    axes[0].legend()
+    rates = [final[n].rate for n in sizes]
+    axes[1].errorbar(sizes, [r.value for r in rates], yerr=np.array([[r.value - r.low, r.high - r.value]
+                                                                     for r in rates]).T, marker="o", capsize=3)
+    axes[1].set(xscale="log", xlabel="training-set size n", ylabel="copy rate, end of training", ylim=(-0.02, 1.02))
+    axes[2].set(xscale="log", xlabel="relative gap to $\\epsilon^*$", ylabel="copy rate")
+    axes[2].legend()
+    axes[3].boxplot([final[n].d1 for n in sizes] + [_np(heldout_d1)], showfliers=False)
+    axes[3].set_xticks(range(1, len(sizes) + 2), [f"n = {n}" for n in sizes] + ["held-out"])
+    axes[3].set(yscale="log", ylabel="$d_1/\\sqrt{D}$, end of training")
+    return axes
+
+
+def plot_window_swap(swap: dict, net_rate: float, *, ax):
+    """experiments.window_swap: paired bars of copy rates per window with Wilson whiskers; the net alone, dashed."""
+    windows = list(swap)
+    xs = np.arange(len(windows))
+    for k, name in enumerate(["optimum inside", "net inside"]):
+        rates = [swap[w][name] for w in windows]
+        ax.bar(xs + (k - 0.5) * 0.38, [r.value for r in rates], width=0.38, label=f"{name} the window",
+               yerr=np.array([[r.value - r.low, r.high - r.value] for r in rates]).T, capsize=2)
+    ax.axhline(net_rate, ls="--", color="tab:blue", lw=1, label="net everywhere")
+    ax.set_xticks(xs, [f"{lo}..{hi}" for lo, hi in windows])
+    ax.set(xlabel="window of time steps", ylabel="copy rate", ylim=(0, 1.05))
+    ax.legend(loc="upper left")
+    return ax
+
+
+def _errorbars(estimates) -> tuple[np.ndarray, np.ndarray]:
+    """(values, [2, n] distances to the interval ends) of metrics.Estimate-like objects."""
+    v = np.array([e.value for e in estimates])
+    return v, np.stack([v - np.array([e.low for e in estimates]), np.array([e.high for e in estimates]) - v])
+
+
+def plot_estimates(labels, estimates, *, ax, xlabel: str, ceiling: float | None = None, ceiling_label: str = "",
+                   marks: dict | None = None):
+    """Horizontal bars of estimates (first label on top) with interval whiskers; an optional dashed ceiling line and
+    `marks` {name: values} drawn as diamonds on the same rows."""
+    v, err = _errorbars(estimates)
+    y = np.arange(len(v))[::-1]
+    ax.barh(y, v, color="tab:blue", alpha=0.75)
+    ax.errorbar(v, y, xerr=err, fmt="none", ecolor="k", capsize=3, lw=1)
+    ax.set_yticks(y, labels)
+    for name, values in (marks or {}).items():
+        ax.scatter(_np(values), y, marker="D", s=18, color="tab:orange", zorder=3, label=name)
+    if ceiling is not None:
+        ax.axvline(ceiling, ls="--", color="tab:red", lw=1)
+        ax.annotate(ceiling_label, xy=(ceiling, y[-1]), xytext=(-4, -14), textcoords="offset points", ha="right",
+                    fontsize=9, color="tab:red")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(xlabel=xlabel)
+    ax.grid(axis="y", visible=False)
+    if marks:
+        ax.legend(loc="lower right")
+    return ax
+
+
+def plot_estimate_curves(curves: dict, *, ax, xlabel: str, ylabel: str, logx: bool = True,
+                         ceiling: float | None = None):
+    """Named curves of estimates with interval bands: curves[name] = (x, [Estimate, ...]); an optional dashed
+    ceiling."""
+    for name, (x, estimates) in curves.items():
+        v, err = _errorbars(estimates)
+        line, = ax.plot(_np(x), v, marker="o", ms=3, label=name)
+        ax.fill_between(_np(x), v - err[0], v + err[1], alpha=0.2, color=line.get_color())
+    if ceiling is not None:
+        ax.axhline(ceiling, ls="--", color="tab:red", lw=1, label=f"log M = {ceiling:.2f}")
     if logx:
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.legend()
     return ax
+
+
+def plot_estimator_check(check, *, ax):
+    """experiments.EstimatorCheck: both estimators with their intervals against the closed form 0.5 log(1 + 1/n)."""
+    fine = np.geomspace(min(check.sizes), max(check.sizes), 100)
+    ax.plot(fine, 0.5 * np.log1p(1 / fine), color="k", lw=1.2, label=r"exact $\frac{1}{2}\log(1 + 1/n)$")
+    for shift, (name, estimates) in zip((0.96, 1.04), (("kNN", check.knn), ("grid", check.grid))):
+        v, err = _errorbars(estimates)
+        ax.errorbar(np.array(check.sizes) * shift, v, yerr=err, fmt="o", capsize=3, ms=4,
+                    label=f"{name} estimate, 95% CI")
+    ax.set(xscale="log", xlabel="training-set size n", ylabel="I(z; S)  [nats]")
+    ax.legend()
+    return ax
+
+
+def plot_along_training(along, ax1, ax2, *, ceiling: float | None = None):
+    """experiments.AlongTraining: I(z; m) (left, with an optional ceiling) and the copy rate (right) per snapshot."""
+    for ax, estimates, label in ((ax1, along.mi, "I(z; m)  [nats]"), (ax2, along.copy, "copy rate (d1/d2 < 1/3)")):
+        v, err = _errorbars(estimates)
+        ax.errorbar(along.train_steps, v, yerr=err, fmt="o-", capsize=3, ms=4)
+        ax.set(xscale="log", xlabel="training step (EMA snapshot)", ylabel=label)
+    if ceiling is not None:
+        ax1.axhline(ceiling, ls="--", color="tab:red", lw=1)
+    return ax1, ax2
+
+
+def excess_risk_table(risks: dict) -> str:
+    """Markdown table of mi.ExcessRisk terms per row name: total, I(z; m), KL(P_z || P) and their gap."""
+    rows = [[name, f"{r.total:.3f}", f"{r.mi:.3f}", f"{r.marginal:.3f}", f"{r.gap:+.3f}"] for name, r in risks.items()]
+    return markdown_table(["generator", "E_S KL(P_z|S \\|\\| P)", "I(z; m)", "KL(P_z \\|\\| P)", "gap"], rows)
+
+
+def plot_tweedie(slopes, signal: dict, ax1, ax2):
+    """experiments.tweedie_slopes against c_{t,s} (left, with the identity line) and the signal share
+    E_{s|t} c_{t,s}^2 per time step for each gap distribution in `signal` {name: [T values]} (right)."""
+    v, err = _errorbars([w.slope for w in slopes])
+    ax1.errorbar([w.c for w in slopes], v, yerr=err, fmt="o", ms=4, capsize=2, label="Monte-Carlo slope (95% CI)")
+    ax1.plot([0, 1.02], [0, 1.02], "k--", lw=1, label="Tweedie: slope $= c_{t,s}$")
+    ax1.set(xlabel="$c_{t,s}$", ylabel="slope of $\\xi_{t,s}$ on $\\epsilon^*(x_t, t)$")
+    ax1.legend()
+    for name, values in signal.items():
+        ax2.plot(np.arange(1, len(values) + 1), values, label=f"gap {name}")
+    ax2.set(xscale="log", yscale="log", xlabel="time step t", ylabel="$\\mathbb{E}_{s\\mid t}\\, c_{t,s}^2$ (signal share)")
+    ax2.legend()
+    return ax1, ax2
+
+
+def plot_noisy_points(rows, toy_s, toy_mi: dict, toy_bound: dict, ceiling: float, ax1, ax2):
+    """experiments.noisy_point_rows (left: copy rate with its interval, and distances on a twin axis) and the toy's
+    I(z; m) per s beside its Gaussian-channel bound and the ceiling log M (right)."""
+    s = [r.s for r in rows]
+    ax1.plot(s, [r.rate.value for r in rows], "o-", label="copy rate vs clean $S$")
+    ax1.fill_between(s, [r.rate.low for r in rows], [r.rate.high for r in rows], alpha=0.2)
+    ax1.set(xscale="log", xlabel="time $s$ of the intermediate set", ylabel="copy rate ($d_1/d_2 < 1/3$)",
+            ylim=(-0.02, 1.02))
+    twin = ax1.twinx()
+    twin.plot(s, [r.d1 for r in rows], "s--", color="tab:orange", label="median $d_1/\\sqrt{D}$")
+    twin.plot(s, [r.h for r in rows], ":", color="k", label="noise scale $h_s$")
+    twin.set(yscale="log", ylabel="distance per pixel")
+    twin.grid(False)
+    ax1.legend(loc="center left")
+    twin.legend(loc="lower right")
+    v, err = _errorbars([toy_mi[x] for x in toy_s])
+    ax2.errorbar(toy_s, v, yerr=err, fmt="o-", capsize=3, label="$I(z; m)$, kNN estimate (95% CI)")
+    ax2.plot(toy_s, [toy_bound[x] for x in toy_s], "k:", label="Gaussian-channel bound")
+    ax2.axhline(ceiling, color="tab:red", ls="--", lw=1, label="ceiling $\\log M$ (a copier)")
+    ax2.set(xscale="log", xlabel="time $s$ of the intermediate set", ylabel="nats")
+    ax2.legend()
+    return ax1, ax2
+
+
+def quality_table(quality: dict) -> str:
+    """Markdown table of quality.distances: energy distance, MMD^2 and Frechet distance per sample set."""
+    rows = [[name, f"{q['energy']:.4f}", f"{q['mmd']:.4f}", f"{q['fd']:.2f}"] for name, q in quality.items()]
+    return markdown_table(["samples", "energy distance (pixels)", "MMD$^2$ (pixels)",
+                           "Fréchet distance (classifier features)"], rows)
 
 
 def plot_set_samples(z, train, *, ax, title: str = "", lim: float = 3.2):

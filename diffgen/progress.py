@@ -57,14 +57,14 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, init
         return
     total = total if total is not None else (len(iterable) + initial if hasattr(iterable, "__len__") else None)
     start = last = time.monotonic()
-    k = initial
+    k = shown = initial
     for k, item in enumerate(iterable, start=initial + 1):
         yield item
         now = time.monotonic()
         if now - last >= every:
-            last = now
+            last, shown = now, k
             note(_line(desc, k, total, initial, now - start, status))
-    if k > initial:
+    if k > shown:
         note(_line(desc, k, total, initial, time.monotonic() - start, status))
 
 
@@ -82,10 +82,13 @@ class Follower:
     def __init__(self, path: Path, show: Callable[[str], None], poll: float = 0.5):
         self.path, self.show, self.poll = Path(path), show, poll
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pending = ""
         self._thread = threading.Thread(target=self._follow, daemon=True)
 
     def __enter__(self) -> "Follower":
         self.path.write_text("")
+        self._file = open(self.path)
         self._previous = os.environ.get(CHANNEL)
         os.environ[CHANNEL] = str(self.path)
         self._thread.start()
@@ -99,15 +102,16 @@ class Follower:
         else:
             os.environ[CHANNEL] = self._previous
 
+    def drain(self) -> None:
+        """Show every complete line written so far (also called by the runner, e.g. before announcing a cell)."""
+        with self._lock:
+            self._pending += self._file.read()
+            *lines, self._pending = self._pending.split("\n")
+            for line in lines:
+                self.show(line)
+
     def _follow(self) -> None:
-        with open(self.path) as f:
-            pending = ""
-            while True:
-                stopping = self._stop.is_set()
-                pending += f.read()
-                *lines, pending = pending.split("\n")
-                for line in lines:
-                    self.show(line)
-                if stopping:
-                    return
-                self._stop.wait(self.poll)
+        while not self._stop.wait(self.poll):
+            self.drain()
+        self.drain()
+        self._file.close()

@@ -13,12 +13,20 @@ from typing import Sequence
 
 import numpy as np
 
+from .progress import is_headless
+
 
 def say(text: str) -> None:
     """Display `text` (Markdown with $math$) as the cell's output."""
     from IPython.display import Markdown, display
 
     display(Markdown(textwrap.dedent(text).strip()))
+
+
+def figure_ref(label: str, otherwise: str = "the figure above") -> str:
+    """A reference to the figure named `label`: the MyST role {numref} (Figure 2.1) in the book build, where
+    computed text is parsed as MyST; `otherwise` in a live notebook, whose Markdown output has no figure numbers."""
+    return f"{{numref}}`{label}`" if is_headless() else otherwise
 
 
 def direction(values: Sequence[float], *, tolerance: float = 0.0) -> str:
@@ -34,9 +42,9 @@ def direction(values: Sequence[float], *, tolerance: float = 0.0) -> str:
 
 
 def trend(x: Sequence[float], y: Sequence[float], *, tolerance: float = 0.0, unit: str = "") -> str:
-    """A phrase for how y moves along x: 'rises from a (x = ..) to b (x = ..)', 'falls ...', 'stays flat at ...',
-    or 'peaks at x = .. (b), between a and c' / 'dips at ...' when the extreme lies strictly inside. Values differing
-    by at most `tolerance` count as equal."""
+    """A phrase for how y moves along x: 'rises from a at <unit> x0 to b at <unit> x1', 'falls ...', 'stays flat at
+    about ...', or 'peaks at <unit> x (b), between a at ... and c at ...' / 'dips at ...' when the extreme lies
+    strictly inside. Values differing by at most `tolerance` count as equal. unit: 't =', 'step', ... or ''."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) != len(y) or len(y) < 2:
         raise ValueError(f"trend needs x and y of one length >= 2; got {len(x)} and {len(y)}")
@@ -55,11 +63,12 @@ def trend(x: Sequence[float], y: Sequence[float], *, tolerance: float = 0.0, uni
 
 
 def _at(x: float, unit: str) -> str:
-    return f"{unit} = {number(x)}" if unit else number(x)
+    return f"{unit} {number(x)}" if unit else number(x)
 
 
 def number(value: float, digits: int = 3) -> str:
-    """`digits` significant digits, no exponent for ordinary magnitudes: 0.0123, 4.13, 1000, 1.2e-05."""
+    """`digits` significant digits without trailing zeros, no exponent for ordinary magnitudes: 0.0123, 4.13, 0.5,
+    1000, 1.20e-05."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     if value == 0:
@@ -68,7 +77,8 @@ def number(value: float, digits: int = 3) -> str:
         return str(int(value))
     magnitude = math.floor(math.log10(abs(value)))
     if -4 <= magnitude < 6:
-        return f"{value:.{max(0, digits - 1 - magnitude)}f}"
+        text = f"{value:.{max(0, digits - 1 - magnitude)}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
     return f"{value:.{digits - 1}e}"
 
 

@@ -99,6 +99,15 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
                             torch.cov(y.T).reshape(y.shape[1], -1))
 
 
+def distances(samples: dict, reference: torch.Tensor, classifier: "DigitsClassifier",
+              bandwidth: float) -> dict[str, dict[str, float]]:
+    """name -> {"energy", "mmd", "fd"}: energy distance and squared MMD (Gaussian kernel of width `bandwidth`) on
+    pixels, and the Frechet distance in the classifier's features, of each sample set to `reference` [M, D]."""
+    features = classifier.features(reference)
+    return {name: {"energy": energy_distance(z, reference), "mmd": mmd2(z, reference, bandwidth),
+                   "fd": frechet_distance(classifier.features(z), features)} for name, z in samples.items()}
+
+
 # ------------------------------------------------------------------------------------- the feature network
 
 @dataclass(frozen=True)

@@ -4,8 +4,6 @@ One path serves `diffgen run` and `diffgen book`: each notebook runs with paperm
 (`python -m diffgen.runner JOB`) that a timeout can kill. The child prints one line per code cell as it starts,
 `ch3 [ 5/14  0:41] runs = {n: train(...`, the progress the chapter reports through diffgen.progress (training
 steps and loss), and a heartbeat every 30 s of silence; nothing of that enters the executed notebook.
-Kernels get OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, so a chapter shares a busy CPU
-fairly (spinning threads slowed training 2-4x beside one other process).
 
 The book's execution cache (jupyter-cache, as myst-nb uses it) is filled by the same runner: `execute_book`
 executes the table of contents' notebooks whose code is not cached yet, caches the executed notebooks, and the
@@ -30,7 +28,6 @@ from .progress import HEADLESS, Follower
 SKIP_TAGS = {"injected-parameters", "papermill-error-cell-tag"}  # cells papermill adds to an executed notebook
 STAMP_NAME = "diffgen-source-hash"  # the file in the execution cache that records the source it was filled with
 HEARTBEAT = 30.0  # seconds of silence after which the runner says which cell is still running
-KERNEL_ENV = {"OMP_WAIT_POLICY": "PASSIVE", HEADLESS: "1"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,58 +85,63 @@ def _first_line(cell: dict, width: int = 70) -> str:
 
 
 class CellPrinter:
-    """Progress lines of one notebook run: `label [k/N m:ss] text`, k the code cell running out of N."""
+    """Progress lines of one notebook run: `label [k/N m:ss] text`, k the code cell running out of the N the
+    notebook has (papermill's cell of injected parameters is not counted)."""
 
-    def __init__(self, label: str, cells: list[dict], stream=None):
-        self.label, self.stream = label, stream or sys.stderr
-        self.code = [i for i, c in enumerate(cells) if c.get("cell_type") == "code"
-                     and not SKIP_TAGS & set(c.get("metadata", {}).get("tags", []))]
-        self.cells = cells
+    def __init__(self, label: str, n_code: int, stream=None):
+        self.label, self.n_code, self.stream = label, n_code, stream or sys.stderr
         self.start = self.last = time.monotonic()
-        self.current = None  # index of the running cell in `cells`
-        self._lock = threading.Lock()
+        self.k = 0  # the code cell running, 1-based; 0 before the first
+        self.drain = None  # called before a new cell is announced (the follower's pending lines)
+        self._lock = threading.RLock()
 
     def cell_start(self, cell=None, cell_index: int | None = None, **_) -> None:
-        """nbclient's on_cell_start hook."""
-        self.current = cell_index
-        self.show(_first_line(cell) if cell is not None else "")
+        """nbclient's on_cell_start hook (called for every cell; code cells are shown)."""
+        if cell is None or cell.get("cell_type") != "code":
+            return
+        if self.drain is not None:
+            self.drain()  # progress of the previous cell is shown under its own number
+        if SKIP_TAGS & set(cell.get("metadata", {}).get("tags", [])):
+            self.show("(parameters injected)")
+            return
+        self.k += 1
+        self.show(_first_line(cell))
 
     def show(self, text: str) -> None:
         with self._lock:
-            k = self.code.index(self.current) + 1 if self.current in self.code else 0
             elapsed = int(time.monotonic() - self.start)
-            print(f"{self.label} [{k:>2}/{len(self.code)} {elapsed // 60}:{elapsed % 60:02d}] {text}",
+            print(f"{self.label} [{self.k:>2}/{self.n_code} {elapsed // 60}:{elapsed % 60:02d}] {text}",
                   file=self.stream, flush=True)
             self.last = time.monotonic()
 
     def heartbeat(self, stop: threading.Event, every: float = HEARTBEAT) -> None:
         """Until `stop` is set: after `every` s without a line, say that the current cell still runs."""
         while not stop.wait(1.0):
-            if time.monotonic() - self.last >= every and self.current is not None:
+            if time.monotonic() - self.last >= every and self.k:
                 self.show(f"... still running ({int(time.monotonic() - self.last)} s without news)")
 
 
 def _child(job_path: str) -> int:
     """The child process: execute one notebook with papermill; on failure write a one-line reason to the report."""
     job = json.loads(Path(job_path).read_text())
-    for name, value in KERNEL_ENV.items():  # the kernel inherits them
-        os.environ.setdefault(name, value)
-    os.environ[HEADLESS] = "1"
+    os.environ[HEADLESS] = "1"  # the kernel inherits it: no live widgets, progress to the runner
     import nbformat
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     cells = nbformat.read(job["input"], as_version=4).cells
-    printer = CellPrinter(job["label"], [dict(c) for c in cells])
+    printer = CellPrinter(job["label"], sum(c.cell_type == "code" for c in cells))
     stop = threading.Event()
     beat = threading.Thread(target=printer.heartbeat, args=(stop,), daemon=True)
     beat.start()
     try:
-        with Follower(Path(job_path).with_name("progress.txt"), printer.show):
+        with Follower(Path(job_path).with_name("progress.txt"), printer.show) as follower:
+            printer.drain = follower.drain
             papermill.execute_notebook(job["input"], job["output"], parameters=job["parameters"], cwd=job["cwd"],
                                        kernel_name="python3", progress_bar=False,
-                                       execution_timeout=job["timeout"], on_cell_start=printer.cell_start)
+                                       execution_timeout=job["timeout"], on_cell_start=printer.cell_start,
+                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])
         return 0
     except PapermillExecutionError as e:
         reason = f"{e.ename}: {e.evalue}"

@@ -24,8 +24,24 @@ def test_committed_notebook_is_stripped_and_parametrized(path):
     assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
     assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks with outputs stripped"
     assert "DIFFGEN_HEADLESS" not in "".join(c.source for c in code), "use diffgen.widgets.live_widgets()"
-    widget_cells = [c.source for c in code if "_explorer(" in c.source]
-    assert all("live_widgets()" in src for src in widget_cells), "live widgets only when a person runs the notebook"
+    assert not any("ipywidgets" in c.source or "live_panel(" in c.source for c in code), \
+        "panels go through diffgen.widgets.show (a frame slider headlessly, live controls with a kernel)"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_numbers_reach_the_text_in_both_renderers(path):
+    """Prose with numbers is computed (prose.say) in cells whose input is hidden in the book (remove-input) and in
+    JupyterLab (source_hidden), so it reads right in both; myst-nb's glue placeholders would stay raw in JupyterLab."""
+    nb = nbformat.read(path, as_version=4)
+    assert not any("glue" in c.source for c in nb.cells), "use diffgen.prose.say for numbers in the text"
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source.lstrip().startswith(("say(", "say(f")) or \
+                cell.cell_type == "code" and "\nsay(" in cell.source:
+            assert "remove-input" in cell.metadata.get("tags", []), cell.source[:80]
+            assert cell.metadata.get("jupyter", {}).get("source_hidden") is True, cell.source[:80]
+    shown = [c for c in nb.cells if c.cell_type == "code" and "widgets.show(" in c.source]
+    assert shown and not any("remove-cell" in c.metadata.get("tags", []) for c in shown), \
+        "every chapter shows at least one panel, in a cell that stays in the page"
 
 
 def _run(chapter: str, out: Path, *args: str) -> dict:

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from diffgen.denoisers import EmpiricalOptimum, GaussianDenoiser
+from diffgen.denoisers import EmpiricalOptimum, GaussianDenoiser, x0_star_reference
 from diffgen.schedule import add_noise
 
 TIMES = [1, 10, 100, 500, 1000]
@@ -393,3 +393,43 @@ def test_smoothed_optimum_of_one_point_is_the_gaussian_denoiser():
     x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     t = torch.tensor([1, 2, 5, 10, 50, 100, 200, 500, 800, 1000])
     assert torch.allclose(smooth(x, t), gauss(x, t), atol=1e-10)
+
+
+def test_reference_errors_and_max_error(sched):
+    from diffgen.denoisers import max_error, reference_errors
+
+    train = torch.randn(30, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    variants = {"64": EmpiricalOptimum(train, sched, dtype=torch.float64, fused=False),
+                "32": EmpiricalOptimum(train, sched)}
+    errors = reference_errors(variants, train, sched, [1, 500], 8, torch.Generator().manual_seed(1))
+    assert set(errors) == {(1, "noisy training"), (1, "midpoints (ties)"), (500, "noisy training"),
+                           (500, "midpoints (ties)")}
+    assert max_error(errors, ["64"]) < 1e-9 < max_error(errors, ["32"], "midpoints (ties)")
+    assert max_error(errors) == max(max_error(errors, ["64"]), max_error(errors, ["32"]))
+
+
+def test_weights_are_the_softmax_of_the_closed_form(sched):
+    from diffgen.denoisers import SmoothedOptimum
+
+    train = torch.randn(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    xt = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    abar = float(sched.abar[50])
+    w = EmpiricalOptimum(train, sched).weights(xt, 50)
+    ref = torch.softmax(-((xt[:, None] - abar**0.5 * train[None]) ** 2).sum(-1) / (2 * (1 - abar)), 1)
+    torch.testing.assert_close(w, ref)
+    torch.testing.assert_close(w @ train, x0_star_reference(xt, train, abar))
+    v = 1 - abar + abar * 0.3**2  # the smoothed optimum's weights use its widened variance
+    ref_h = torch.softmax(-((xt[:, None] - abar**0.5 * train[None]) ** 2).sum(-1) / (2 * v), 1)
+    torch.testing.assert_close(SmoothedOptimum(train, sched, 0.3).weights(xt, 50), ref_h)
+
+
+def test_blend_interpolates_two_denoisers(sched):
+    from diffgen.denoisers import Blend
+
+    a = lambda x, t: torch.ones_like(x)  # noqa: E731
+    b = lambda x, t: 3 * torch.ones_like(x)  # noqa: E731
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    assert torch.equal(Blend(a, b, 0.0)(x, 5), a(x, 5)) and torch.equal(Blend(a, b, 1.0)(x, 5), b(x, 5))
+    torch.testing.assert_close(Blend(a, b, 0.25)(x, 5), torch.full((2, 3), 1.5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="weight must lie"):
+        Blend(a, b, 1.5)

@@ -1,6 +1,8 @@
 """Metrics: exact nearest neighbours against brute force, the copy rate of the empirical optimum, bootstrap CIs."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -247,3 +249,46 @@ def test_relative_gap_profiles_match_a_direct_computation():
     t, xs, _ = rec.stacked()
     along = gap_along_path(scaled, opt, t, xs)
     assert len(along) == 5 and np.allclose(along, 0.01)  # the end point t = 0 is skipped
+
+
+# ---------------------------------------------------------------- summaries used by the chapters
+def test_copy_summaries_against_brute_force():
+    from diffgen.metrics import copy_summaries
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    copies = torch.cat([train[:5], train[5:10] + 1e-6])
+    fresh = torch.randn(7, 3, generator=g, dtype=torch.float64) * 3
+    out = copy_summaries({"copies": copies, "fresh": fresh}, train)
+    assert out["copies"].rate.count == 10 and out["copies"].rate.total == 10
+    d = torch.cdist(fresh, train).sort(1).values
+    assert out["fresh"].rate.count == int((d[:, 0] / d[:, 1] < 1 / 3).sum())
+    torch.testing.assert_close(out["fresh"].d1, d[:, 0] / math.sqrt(3))
+    assert out["fresh"].median_d1 == pytest.approx(float((d[:, 0] / math.sqrt(3)).median()))
+
+
+def test_paired_rate_difference_is_the_difference_of_rates():
+    from diffgen.metrics import paired_rate_difference
+
+    a = torch.tensor([0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.1, 0.9])
+    b = torch.tensor([0.9, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+    est = paired_rate_difference(a, b, n_boot=500)
+    assert est.value == pytest.approx(4 / 8 - 1 / 8) and est.low <= est.value <= est.high
+    assert paired_rate_difference(a, a, n_boot=50).ci == [0.0, 0.0]  # the same samples: no difference at all
+    with pytest.raises(ValueError, match="one shape"):
+        paired_rate_difference(a, b[:3])
+
+
+def test_weight_collapse_on_paths_that_sit_on_training_points(sched):
+    from diffgen.denoisers import EmpiricalOptimum
+    from diffgen.metrics import weight_collapse
+
+    train = torch.tensor([[0.0, 0.0], [5.0, 5.0]], dtype=torch.float64)
+    opt = EmpiricalOptimum(train, sched, dtype=torch.float64)
+    t = torch.tensor([1000, 100, 10, 1, 0])
+    a = sched.abar[t].sqrt()[:, None, None]
+    xt = a * train[[0, 1, 1]][None].expand(5, 3, 2)  # each path sits exactly on its (scaled) point
+    collapse = weight_collapse(opt, t, xt, torch.tensor([0, 1, 1]))
+    assert torch.equal(collapse.t, t[:-1]) and collapse.entropy.shape == (4, 3)
+    assert collapse.decided[-1] == 1.0 and collapse.collapse_t >= 10 and collapse.decided_t >= 10
+    assert float(collapse.entropy[0].median()) > float(collapse.entropy[-1].median())

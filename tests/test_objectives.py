@@ -220,3 +220,12 @@ def test_training_with_the_forward_time_objective_reduces_its_loss(tmp_path, gap
     again = train(MLPConfig(hidden=64, depth=2), obj, ds.train, ds.shape, cfg, device="cpu", cache_dir=tmp_path,
                   progress=False)
     assert again.from_cache and np.array_equal(again.losses, run.losses)
+
+
+def test_signal_share_is_the_mean_squared_coefficient(sched):
+    assert EpsLoss(sched) is not None and ForwardTimeLoss(sched, "full").signal_share(500) == pytest.approx(1.0)
+    t = 40
+    c2 = forward_time_coef(sched, t, torch.arange(t)) ** 2
+    assert ForwardTimeLoss(sched, "uniform").signal_share(t) == pytest.approx(float(c2.mean()))
+    assert ForwardTimeLoss(sched, "one").signal_share(t) == pytest.approx(float(c2[-1]))
+    assert ForwardTimeLoss(sched, "one").signal_share(sched.T) < 0.05  # gap 1 at t = T: almost all noise

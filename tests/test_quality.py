@@ -105,3 +105,16 @@ def test_digits_classifier_trains_caches_and_reloads(tmp_path):
     assert not rebuilt.from_cache and rebuilt.accuracy == first.accuracy
     with pytest.raises(ValueError, match="x must be digits images"):
         first.features(_randn(3, 10))
+
+
+def test_distances_rank_a_copy_of_the_reference_first(tmp_path):
+    from diffgen.quality import distances
+
+    clf = digits_classifier(ClassifierConfig(hidden=32, features=8, train_steps=50), device="cpu", cache_dir=tmp_path)
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(60, 64, generator=g, dtype=torch.float64) * 2 - 1
+    out = distances({"same": ref.clone(), "noise": torch.randn(60, 64, generator=g, dtype=torch.float64)}, ref, clf,
+                    bandwidth=4.0)
+    assert set(out["same"]) == {"energy", "mmd", "fd"}
+    assert all(out["same"][k] < out["noise"][k] for k in ("energy", "mmd", "fd"))
+    assert abs(out["same"]["fd"]) < 1e-6

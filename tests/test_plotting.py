@@ -1,0 +1,96 @@
+"""Figures and tables from arrays: each draws what it is given (one line per curve, one bar per window, one row of
+the table per entry) and the style is an explicit call."""
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from diffgen import plotting
+from diffgen.experiments import AlongTraining, NoisyPointRow, Snapshot, TweedieSlope
+from diffgen.metrics import Estimate, copy_summaries, wilson_interval
+from diffgen.mi import ExcessRisk
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture
+def ax():
+    fig, ax = plt.subplots()
+    yield ax
+    plt.close(fig)
+
+
+def test_style_is_an_explicit_call_and_sets_legible_fonts():
+    import importlib
+
+    matplotlib.rcdefaults()
+    importlib.reload(plotting)
+    assert matplotlib.rcParams["font.size"] == 10.0  # importing changes nothing
+    plotting.use_style()
+    assert matplotlib.rcParams["font.size"] >= 11 and matplotlib.rcParams["axes.titlesize"] >= 12
+    matplotlib.rcdefaults()
+
+
+def test_tables_have_one_row_per_entry():
+    errors = {(1, "noisy training"): {"a": 1e-10, "b": 2e-3}, (10, "midpoints (ties)"): {"a": 0.0, "b": 1.0}}
+    table = plotting.error_table(errors).splitlines()
+    assert table[0] == "| t | queries | a | b |" and len(table) == 4 and "2.0e-03" in table[2]
+    train = torch.randn(10, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    copies = copy_summaries({"copies": train[:4], "fresh": train[:3] + 5}, train)
+    table = plotting.copy_table(copies, extra={"kind": {"copies": "copier"}}).splitlines()
+    assert len(table) == 4 and "(4/4)" in table[2] and table[2].endswith("| copier |") and table[3].endswith("| - |")
+    risk = plotting.excess_risk_table({"g": ExcessRisk(1.0, 0.25, 0.5)}).splitlines()
+    assert len(risk) == 3 and "+0.250" in risk[2]
+    quality = plotting.quality_table({"x": {"energy": 0.1, "mmd": 0.01, "fd": 3.0}}).splitlines()
+    assert len(quality) == 3 and "3.00" in quality[2]
+
+
+def test_curves_bars_and_bands_draw_what_they_are_given(ax):
+    plotting.plot_curves_xy({"a": ([1, 2, 3], [1, 2, 3]), "b": ([1, 10], [5, 6])}, ax=ax, xlabel="x", ylabel="y",
+                            logx=True)
+    assert len(ax.lines) == 2 and ax.get_xscale() == "log"
+    ax.clear()
+    plotting.plot_loss_curves({"n = 8": np.ones(100), "n = 64": np.ones(100) / 2}, ax=ax)
+    assert len(ax.lines) == 2 and ax.get_yscale() == "log"
+    ax.clear()
+    estimates = [Estimate(1.0, 0.5, 1.5), Estimate(2.0, 1.8, 2.1)]
+    plotting.plot_estimates(["a", "b"], estimates, ax=ax, xlabel="nats", ceiling=2.5, marks={"grid": [0.9, 1.9]})
+    labels = dict(zip(ax.get_yticks(), (t.get_text() for t in ax.get_yticklabels())))
+    assert len(ax.patches) == 2 and labels == {1: "a", 0: "b"}  # the first label on top
+    ax.clear()
+    plotting.plot_estimate_curves({"g": ([1, 2], estimates)}, ax=ax, xlabel="n", ylabel="I", ceiling=2.5)
+    assert len(ax.lines) == 2  # the curve and the ceiling
+
+
+def test_window_swap_and_sweep_figures(ax):
+    rate = wilson_interval(3, 10)
+    swap = {(1, 10): {"optimum inside": rate, "net inside": rate}, (11, 50): {"optimum inside": rate,
+                                                                                "net inside": rate}}
+    plotting.plot_window_swap(swap, 0.1, ax=ax)
+    assert len(ax.patches) == 4 and [t.get_text() for t in ax.get_xticklabels()] == ["1..10", "11..50"]
+    fig, axes = plt.subplots(1, 4)
+    rows = [Snapshot(n, s, rate, 0.1 * s, np.ones(5)) for n in (8, 64) for s in (1, 2)]
+    plotting.plot_memorization_sweep(rows, np.ones(5), axes)
+    assert len(axes[0].lines) == 2 and len(axes[1].lines) >= 1 and len(axes[3].get_xticklabels()) == 3
+    plt.close(fig)
+
+
+def test_chapter_specific_figures(ax):
+    fig, (a1, a2) = plt.subplots(1, 2)
+    along = AlongTraining((10, 100), [Estimate(0.1, 0, 0.2), Estimate(0.3, 0.2, 0.4)],
+                          [wilson_interval(1, 10), wilson_interval(3, 10)])
+    plotting.plot_along_training(along, a1, a2, ceiling=1.0)
+    assert a1.get_xscale() == "log" and len(a1.lines) >= 2
+    a1.clear(), a2.clear()
+    slopes = [TweedieSlope(10, 0, 1.0, Estimate(0.98, 0.95, 1.01)), TweedieSlope(10, 9, 0.3, Estimate(0.3, 0.28, 0.33))]
+    plotting.plot_tweedie(slopes, {"one": [0.5, 0.4, 0.3]}, a1, a2)
+    assert len(a2.lines) == 1 and len(a2.lines[0].get_xdata()) == 3
+    a1.clear(), a2.clear()
+    rows = [NoisyPointRow(s, 0.1 * s, wilson_interval(5, 10), 0.05 * s) for s in (1, 10)]
+    plotting.plot_noisy_points(rows, [1, 10], {1: Estimate(1, 0.9, 1.1), 10: Estimate(0.5, 0.4, 0.6)},
+                               {1: 3.0, 10: 1.0}, 1.8, a1, a2)
+    assert len(a2.lines) >= 2
+    plt.close(fig)
