@@ -47,9 +47,15 @@ def test_bench_empirical_quick_writes_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_chapter_benchmark_reports_cold_and_warm_times(tmp_path):
+def test_chapter_benchmark_reports_cold_warm_and_busy_times_per_cell(tmp_path):
     out = tmp_path / "chapters.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_chapters.py"), "--preset", "smoke",
-                    "--chapters", "ch2", "--json", str(out)], check=True, timeout=300, capture_output=True)
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_chapters.py"), "--preset", "smoke",
+                           "--chapters", "ch2", "--busy", "--json", str(out)], timeout=600, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
     (row,) = json.loads(out.read_text())
-    assert row["chapter"] == "ch2" and row["cold_s"] > 0 and row["warm_s"] > 0
+    assert row["chapter"] == "ch2" and all(row[f"{k}_s"] > 0 for k in ("cold", "warm", "cold_busy"))
+    cells = row["cold_cells"]
+    assert cells and all(s >= 0 for s, _ in cells) and [s for s, _ in cells] == sorted((s for s, _ in cells),
+                                                                                      reverse=True)
+    assert "beside a busy process" in done.stdout

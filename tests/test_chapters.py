@@ -29,6 +29,16 @@ def test_committed_notebook_is_stripped_and_parametrized(path):
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_shown_code_fits_the_page(path):
+    """Code the book shows (cells without remove/hide tags) fits the page's code column: 80 characters."""
+    nb = nbformat.read(path, as_version=4)
+    hidden = {"remove-cell", "remove-input", "hide-input", "parameters"}
+    wide = [line for c in nb.cells if c.cell_type == "code" and not hidden & set(c.metadata.get("tags", []))
+            for line in c.source.splitlines() if len(line) > 80]
+    assert not wide, f"{path.name}: shown lines longer than 80 characters: {wide[:3]}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_numbers_reach_the_text_in_both_renderers(path):
     """Prose with numbers is computed (prose.say) in cells whose input is hidden in the book (remove-input) and in
     JupyterLab (source_hidden), so it reads right in both; myst-nb's glue placeholders would stay raw in JupyterLab."""
@@ -106,3 +116,33 @@ def test_ch4_smoke_run_writes_its_claims(tmp_path):
     claims = results["claims"]
     assert [c["id"] for c in claims] == ["C5"] * 5
     assert claims[-1]["value"] < 1e-9 and not claims[-1]["holds"]  # the exact optimum of the new objective is eps*
+
+
+@pytest.mark.slow
+def test_editing_a_plot_retrains_nothing(tmp_path):
+    """A smoke chapter run twice around an edit of plotting.py (in a copy of the package that the run and its kernel
+    import) writes no new artifact: the training keys follow the code that trains, not the code that draws."""
+    import os
+    import shutil
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(REPO / "diffgen", pkg / "diffgen", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(pkg), "DIFFGEN_CACHE": str(tmp_path / "cache"),
+           "DIFFGEN_BOOK_DIR": str(REPO / "book")}
+
+    def run(out: str) -> dict[str, int]:
+        proc = subprocess.run([sys.executable, "-m", "diffgen.cli", "run", "ch3", "--preset", "smoke", "--out",
+                               str(tmp_path / out), "--timeout", "300"], env=env, capture_output=True, text=True,
+                              timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return {str(p.relative_to(tmp_path / "cache")): p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*")
+                if p.is_file()}
+
+    first = run("a")
+    assert first, "the smoke chapter trains networks into the cache"
+    with open(pkg / "diffgen" / "plotting.py", "a") as f:
+        f.write("\n# a new plot label\n")
+    assert run("b") == first, "an edit of plotting.py must not write any artifact"
+    with open(pkg / "diffgen" / "objectives.py", "a") as f:
+        f.write("\n# a change of the objective's module\n")
+    assert set(run("c")) > set(first), "an edit of objectives.py must retrain"
