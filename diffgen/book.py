@@ -122,26 +122,30 @@ def _claims_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
         logging.getLogger(__name__).warning(f"claims table: {e}", location=docname)
         return [nodes.paragraph(text=f"The claims table could not be built: {e}")]
     table = nodes.table(classes=["diffgen-claims"])
-    widths = (34, 10, 46, 10)
+    widths = (30, 9, 51, 10)
     group = nodes.tgroup(cols=len(widths))
     table += group
     group += [nodes.colspec(colwidth=w) for w in widths]
     head = nodes.thead()
     head += _table_row([nodes.paragraph(text=t) for t in
-                        ("The paper claims", "Chapter", "We measured: value [95% CI] (expected)", "Verdict")])
+                        ("The paper claims (source)", "Chapter",
+                         "We measured: value [95% CI] (expected; training seeds)", "Verdict")])
     body = nodes.tbody()
-    for cid, rs in report.by_claim(rows).items():
+    for claim_group in report.by_claim(rows).values():
+        heading, statement = report.group_title(claim_group)
         claim = nodes.paragraph()
-        claim += [nodes.strong(text=cid), nodes.Text(" " + report.PAPER_CLAIMS[cid])]
+        claim += [nodes.strong(text=heading), nodes.Text(" " + statement)]
         chapters = nodes.paragraph()
-        for k, chapter in enumerate(dict.fromkeys(r.chapter for r in rs)):
+        for k, chapter in enumerate(claim_group.chapters):
             chapters += [nodes.Text(", ")] * (k > 0) + [_chapter_link(app, docname, chapter)]
-        body += _table_row([claim, chapters, _measured(rs), nodes.paragraph(text=report.claim_verdict(rs))])
+        body += _table_row([claim, chapters, _measured(claim_group.rows), nodes.paragraph(text=claim_group.verdict)])
     group += [head, body]
     files = ", ".join(f"{run.chapter}.results.json" for run in runs) or "no results file yet"
     note = nodes.paragraph()
-    note += [nodes.Text(f"{report.summary(rows)}. Numbers from {files}, written by each chapter when it was last "
-                        "executed (the build re-executes a chapter when it or diffgen changes); "),
+    note += [nodes.Text(f"{report.summary(rows)}. A claim's verdict rests on the rows that test it as the paper "
+                        "states it; rows marked \"ours\" extend it with checks of our own and keep their own verdict. "
+                        f"Numbers from {files}, written by each chapter when it was last executed (the build "
+                        "re-executes a chapter when it or diffgen changes); "),
              nodes.literal(text="diffgen report"), nodes.Text(" prints the same table.")]
     return [table, note]
 
@@ -149,14 +153,20 @@ def _claims_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
 def _measured(rows) -> nodes.Node:
     from . import report
 
-    if rows[0].verdict == report.NOT_RUN:
-        return nodes.paragraph("", "", nodes.emphasis(text="not run"))
     items = nodes.bullet_list()
     for r in rows:
         para = nodes.paragraph()
-        para += [nodes.Text(f"{r.metric}: "), nodes.strong(text=report.fmt_number(r.value)),
-                 nodes.Text((" " + report.fmt_ci(r.ci)) * (r.ci is not None) + f" (expected {r.expected}): "),
-                 nodes.emphasis(text=r.verdict)]
+        if r.verdict == report.NOT_RUN:
+            para += nodes.emphasis(text="not run")
+        else:
+            if not r.is_paper:
+                para += [nodes.strong(text=f"ours ({r.claim}): " if report.is_reconstruction(r.claim) else "ours: "),
+                         nodes.Text(f"{r.statement} ")]
+            seeds = f"; {r.seeds} seed{'s' * (r.seeds != 1)}" if r.seeds else ""
+            para += [nodes.Text(f"{r.metric}: "), nodes.strong(text=report.fmt_number(r.value)),
+                     nodes.Text((" " + report.fmt_ci(r.ci)) * (r.ci is not None) +
+                                f" (expected {r.expected}{seeds}): "),
+                     nodes.emphasis(text=r.verdict)]
         items += nodes.list_item("", para)
     return items if len(rows) > 1 else items[0][0]
 

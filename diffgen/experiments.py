@@ -1,7 +1,7 @@
 """Layer 7: the chapters' measurements, one function each, from models, data and samplers to plain numbers.
 
 Each returns arrays, estimates or small dataclasses that the chapters plot and quote; none trains (trained models
-come in as train.TrainResult or ensemble.EnsembleResult, from the cache).
+come in as train.TrainResult or train.EnsembleResult, from the cache).
 """
 from __future__ import annotations
 

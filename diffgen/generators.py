@@ -83,7 +83,7 @@ def draw_sets(data, generator: GenerativeModel, *, n_sets: int, n_train: int, n_
 
 def training_sets(data, *, n_sets: int, n_train: int, seed: int = 0) -> torch.Tensor:
     """The training sets [M, n, D] (float64) that draw_sets uses for this seed: for generators that are built on
-    all sets at once (e.g. ensemble.train_ensemble) rather than one set at a time."""
+    all sets at once (e.g. train.train_ensemble) rather than one set at a time."""
     check_positive(n_sets=n_sets, n_train=n_train)
     return torch.stack([data.sample(n_train, g).to(torch.float64) for g in sample_generators(seed, n_sets)])
 

@@ -104,6 +104,26 @@ class MLPDenoiser(_Denoiser):
         return self.out(F.silu(self.out_norm(h)))
 
 
+class PlainMLP(_Denoiser):
+    """eps_theta(x, t) = W_out h_depth + b_out, h_{k+1} = SiLU(W_k h_k + b_k), h_0 = [x, sinusoid(t)]: the small net of
+    the 2-D experiments (cheap enough to train hundreds at once); W_out = 0 at initialisation."""
+
+    def __init__(self, dim: int, hidden: int = 64, depth: int = 3, time_dim: int = 32):
+        super().__init__()
+        check_positive(dim=dim, hidden=hidden, depth=depth)
+        _check_time_dim(time_dim)
+        self.dim, self.time_dim = dim, time_dim
+        sizes = [dim + time_dim] + [hidden] * depth + [dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        _zero(self.layers[-1])
+
+    def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x, time_embedding(t, self.time_dim).to(x.dtype)], dim=1)
+        for layer in self.layers[:-1]:
+            h = F.silu(layer(h))
+        return self.layers[-1](h)
+
+
 # ---------------------------------------------------------------------------------------------------- U-Net
 
 def _groups(channels: int) -> int:
@@ -219,6 +239,25 @@ class MLPConfig:
         if len(shape) == 0 or not all(isinstance(s, int) and s >= 1 for s in shape):
             raise ValueError(f"shape must be a non-empty tuple of positive integers; got {shape!r}")
         return MLPDenoiser(math.prod(shape), self.hidden, self.depth, self.time_dim)
+
+
+@dataclass(frozen=True)
+class PlainMLPConfig:
+    """A PlainMLP on prod(shape) inputs."""
+
+    hidden: int = 64  # width of every hidden layer
+    depth: int = 3  # hidden layers
+    time_dim: int = 32  # size of the sinusoidal embedding of t (even)
+
+    def __post_init__(self):
+        check_positive(hidden=self.hidden, depth=self.depth)
+        _check_time_dim(self.time_dim)
+
+    def build(self, shape: tuple[int, ...]) -> PlainMLP:
+        """A fresh model for per-sample data shape `shape`; init from torch's global RNG."""
+        if len(shape) == 0 or not all(isinstance(s, int) and s >= 1 for s in shape):
+            raise ValueError(f"shape must be a non-empty tuple of positive integers; got {shape!r}")
+        return PlainMLP(math.prod(shape), self.hidden, self.depth, self.time_dim)
 
 
 @dataclass(frozen=True)

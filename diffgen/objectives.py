@@ -1,8 +1,11 @@
 """Layer 2: training objectives, per-sample losses `objective.loss(model, x0 [B, D], generator) -> [B]`.
 
-`train` reduces the per-sample losses and never asks which objective it got. All randomness comes from
-`generator`, a CPU torch.Generator: draws happen on the CPU and are then moved to x0's device, so a CPU and a GPU
-run see the same numbers.
+An objective is two steps: `draw(x0, generator)` makes the random draws of one batch (a dict of tensors with leading
+dimension B), and `loss_from(model, x0, draw)` evaluates the per-sample losses, for x0 [..., B, D] and draws stacked
+to [..., B, ...]: an ensemble of M models (train.train_ensemble) evaluates [M, B, D] at once, each member with the
+draws of its seed. `loss` is both steps for one model. `train` reduces the per-sample losses and never asks which
+objective it got. All randomness comes from `generator`, a CPU torch.Generator: draws happen on the CPU and are then
+moved to x0's device, so a CPU and a GPU run see the same numbers.
 """
 from __future__ import annotations
 
@@ -16,9 +19,27 @@ from .schedule import Schedule, add_noise
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # eps_hat(x_t [B, D], t [B]) -> [B, D]
 
 
+Draw = dict  # name -> tensor with leading dimension B (or [..., B] once stacked)
+
+
 class Objective(Protocol):
+    def draw(self, x0: torch.Tensor, generator: torch.Generator) -> Draw:
+        """The random draws for the clean batch x0 [B, D] (only its shape, dtype and device are used)."""
+
+    def loss_from(self, model: Model, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
+        """Per-sample loss [..., B] of `model` on x0 [..., B, D] with the draws `draw`."""
+
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Per-sample loss [B] of `model` on the clean batch x0 [B, D], random draws from `generator`."""
+
+
+def _check_batch(x0: torch.Tensor) -> None:
+    if x0.ndim != 2:
+        raise ValueError(f"x0 must have shape [B, D]; got {tuple(x0.shape)}")
+
+
+def _normal(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
 
 
 @dataclass(frozen=True)
@@ -28,23 +49,41 @@ class EpsLoss:
 
     sched: Schedule  # the forward process: T and abar_t
 
-    def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """[B]: mean over D of (model(x_t, t) - eps)^2. Draws t [B] (long) first, then eps [B, D] in x0's dtype."""
-        if x0.ndim != 2:
-            raise ValueError(f"x0 must have shape [B, D]; got {tuple(x0.shape)}")
+    def draw(self, x0: torch.Tensor, generator: torch.Generator) -> Draw:
+        """t [B] (long) first, then eps [B, D] in x0's dtype."""
+        _check_batch(x0)
         t = torch.randint(1, self.sched.T + 1, (len(x0),), generator=generator).to(x0.device)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        xt = add_noise(self.sched, x0, t, eps)
-        return (model(xt, t).to(x0.dtype) - eps).pow(2).mean(1)
+        return {"t": t, "eps": _normal(x0, generator)}
+
+    def loss_from(self, model: Model, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
+        """[..., B]: mean over D of (model(x_t, t) - eps)^2."""
+        xt = add_noise(self.sched, x0, draw["t"], draw["eps"])
+        return (model(xt, draw["t"]).to(x0.dtype) - draw["eps"]).pow(2).mean(-1)
+
+    def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.loss_from(model, x0, self.draw(x0, generator))
 
 
 GAPS = ("uniform", "one", "full")  # the gap distributions of ForwardTimeLoss (a validated field, not a registry)
 
 
+def _check_gap(sched: Schedule, t: torch.Tensor, s: torch.Tensor) -> None:
+    """ValueError unless 0 <= s < t <= T elementwise (x_t is defined from x_s for s < t only)."""
+    if t.dtype.is_floating_point or s.dtype.is_floating_point:
+        raise ValueError("t and s must be integer time steps")
+    if bool((t < 1).any()) or bool((t > sched.T).any()):
+        raise ValueError(f"t must lie in 1..T = {sched.T}; got values from {int(t.min())} to {int(t.max())}")
+    if bool((s < 0).any()) or bool((s >= t).any()):
+        raise ValueError("s must satisfy 0 <= s < t (the gap noise xi_{t,s} runs from s to t)")
+
+
 def forward_time_coef(sched: Schedule, t, s) -> torch.Tensor:
-    """c_{t,s} = sqrt((1 - abar_t / abar_s) / (1 - abar_t)) in float64 (Tweedie: E[xi_{t,s} | x_t] = c E[eps | x_t])."""
-    r = sched.alpha_bar(torch.as_tensor(t)) / sched.alpha_bar(torch.as_tensor(s))
-    return ((1 - r) / (1 - sched.alpha_bar(torch.as_tensor(t)))).sqrt()
+    """c_{t,s} = sqrt((1 - abar_t / abar_s) / (1 - abar_t)) in float64 (Tweedie: E[xi_{t,s} | x_t] = c E[eps | x_t]);
+    a ValueError unless 0 <= s < t <= T."""
+    t, s = torch.broadcast_tensors(torch.as_tensor(t), torch.as_tensor(s))
+    _check_gap(sched, t, s)
+    r = sched.alpha_bar(t) / sched.alpha_bar(s)
+    return ((1 - r) / (1 - sched.alpha_bar(t))).sqrt()
 
 
 @dataclass(frozen=True)
@@ -63,17 +102,23 @@ class ForwardDraw:
 
 def forward_draw(sched: Schedule, x0: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                  generator: torch.Generator) -> ForwardDraw:
-    """x_t = sqrt(abar_t / abar_s) x_s + sqrt(1 - abar_t / abar_s) xi, x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s) eps_s.
-    Draws xi [B, D] first, then eps_s [B, D] (on the CPU, then moved), so that with s = 0 the draw of xi is the draw
-    of eps in EpsLoss. Coefficients are formed in float64."""
-    if x0.ndim != 2:
-        raise ValueError(f"x0 must have shape [B, D]; got {tuple(x0.shape)}")
-    t, s = torch.as_tensor(t).cpu(), torch.as_tensor(s).cpu()
-    if t.shape != (len(x0),) or s.shape != t.shape or bool((s < 0).any()) or bool((s >= t).any()):
-        raise ValueError("t and s must be [B] integer tensors with 0 <= s < t")
-    xi = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    eps_s = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    abar_t, abar_s = sched.alpha_bar(t)[:, None], sched.alpha_bar(s)[:, None]
+    """forward_states with the noises drawn from `generator`: xi [B, D] first, then eps_s [B, D] (on the CPU, then
+    moved), so that with s = 0 the draw of xi is the draw of eps in EpsLoss."""
+    _check_batch(x0)
+    t, s = torch.as_tensor(t), torch.as_tensor(s)
+    if t.shape != (len(x0),) or s.shape != t.shape:
+        raise ValueError(f"t and s must be [B = {len(x0)}] integer tensors; got {tuple(t.shape)}, {tuple(s.shape)}")
+    xi = _normal(x0, generator)
+    return forward_states(sched, x0, t, s, xi, _normal(x0, generator))
+
+
+def forward_states(sched: Schedule, x0: torch.Tensor, t: torch.Tensor, s: torch.Tensor, xi: torch.Tensor,
+                   eps_s: torch.Tensor) -> ForwardDraw:
+    """x_t = sqrt(abar_t / abar_s) x_s + sqrt(1 - abar_t / abar_s) xi, x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s) eps_s,
+    for x0, xi, eps_s [..., B, D] and t, s [..., B] with 0 <= s < t <= T. Coefficients are formed in float64."""
+    t, s = t.cpu(), s.cpu()
+    _check_gap(sched, t, s)
+    abar_t, abar_s = sched.alpha_bar(t)[..., None], sched.alpha_bar(s)[..., None]
     r = abar_t / abar_s
     col = lambda v: v.to(device=x0.device, dtype=x0.dtype)  # noqa: E731
     xs = col(abar_s.sqrt()) * x0 + col((1 - abar_s).sqrt()) * eps_s
@@ -136,10 +181,17 @@ class ForwardTimeLoss:
         k = 1 + (torch.rand(batch, generator=generator, dtype=torch.float64) * kmax).long().clamp(max=kmax - 1)
         return t, t - k
 
-    def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """[B]: mean over D of (c_{t,s} model(x_t, t) - xi_{t,s})^2. Draws t, (the gap,) xi, eps_s in that order."""
-        if x0.ndim != 2:
-            raise ValueError(f"x0 must have shape [B, D]; got {tuple(x0.shape)}")
+    def draw(self, x0: torch.Tensor, generator: torch.Generator) -> Draw:
+        """t, (the gap,) xi, eps_s in that order."""
+        _check_batch(x0)
         t, s = self.draw_times(len(x0), generator)
-        d = forward_draw(self.sched, x0, t, s, generator)
-        return (d.c * model(d.xt, d.t).to(x0.dtype) - d.xi).pow(2).mean(1)
+        xi = _normal(x0, generator)
+        return {"t": t, "s": s, "xi": xi, "eps_s": _normal(x0, generator)}
+
+    def loss_from(self, model: Model, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
+        """[..., B]: mean over D of (c_{t,s} model(x_t, t) - xi_{t,s})^2."""
+        d = forward_states(self.sched, x0, draw["t"], draw["s"], draw["xi"], draw["eps_s"])
+        return (d.c * model(d.xt, d.t).to(x0.dtype) - d.xi).pow(2).mean(-1)
+
+    def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.loss_from(model, x0, self.draw(x0, generator))

@@ -1,33 +1,42 @@
-"""Layer 4: train a noise predictor on a finite training set, through the cache.
+"""Layer 4: train noise predictors on finite training sets, one or many at once, through the cache.
 
-`train(model_cfg, objective, x0, shape, cfg)` minimises mean_b objective.loss(model, x0[idx_b], generator) with
-AdamW, linear learning-rate warm-up, global gradient-norm clipping and an EMA of the weights. One CPU generator,
-seeded from cfg.seed, draws the batch indices (uniformly WITH replacement, so a batch may be larger than the training
-set) and feeds the objective; model init is seeded from cfg.seed too, so a config determines the weights.
-Every cfg.checkpoint_every steps it keeps an EMA snapshot and writes a resumable checkpoint; an interrupted run
-resumes from it, bit for bit. The finished run is one artifact under the run's key (cache.artifact_key: the configs,
-the data and the code of this module, of the model's and of the objective's): a second call loads it.
-`warmup_lr` and `ema_decay` are the schedules every training loop of the package uses.
+`train_ensemble(model_cfg, objective, sets, shape, cfg, seeds=...)` trains M members of one architecture at once:
+member m is model_cfg.build(shape) initialised from seeds[m] and trained on sets[m] ([n_m, D]; sizes may differ).
+Their parameters are stacked on a leading member dimension and evaluated with torch.func.vmap, so M nets cost one
+batched pass (seeds and controls of an experiment train together). Members with the same seed share their
+initialisation and their random draws (batch positions, t, noise): then they differ only through their training sets,
+as the I(z; S) experiment needs; members with different seeds are independent runs. The loss is the sum of the
+members' mean losses, Adam(W) and the EMA act elementwise and gradient clipping is per member, so training them
+together is training them apart. `train(...)` is one member: a single network.
+
+Optimisation: AdamW with linear warm-up (`warmup_lr`), per-member global-norm gradient clipping, an EMA of the weights
+(`ema_decay`). Each step, per seed: u ~ U[0, 1)^B (batch positions floor(u n_m) into each member's set, with
+replacement), then the objective's draws (objective.draw). Every cfg.checkpoint_every steps (and at cfg.snapshots)
+an EMA snapshot is kept and a resumable checkpoint written; an interrupted run resumes from it, bit for bit. The
+finished run is one artifact under its key (cache.artifact_key: the configs, the data and the code of this module,
+of the model's and of the objective's): a second call loads it.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
-from ._util import check_non_negative, check_positive, resolve_device
+from ._util import check_non_negative, check_positive, randn, resolve_device, sample_generators
 from .cache import artifact_key, cache_root, load_artifact, load_or_compute, save_artifact
 from .objectives import Objective
 from .progress import note, progress as show_progress
 
 StateDict = dict[str, torch.Tensor]
-ARTIFACT_FORMAT = 1  # bump when the artifact layout changes (the source hash in the key changes with it anyway)
+ARTIFACT_FORMAT = 2  # bump when the artifact layout changes (the source hash in the key changes with it anyway)
 
 
 class ModelConfig(Protocol):
@@ -40,14 +49,15 @@ class TrainConfig:
     """Optimisation settings of one training run (all part of the cache key)."""
 
     train_steps: int = 4000  # optimizer steps
-    batch_size: int = 128  # training points per step, drawn uniformly with replacement
+    batch_size: int = 128  # training points per member and step, drawn uniformly with replacement
     lr: float = 2e-3  # AdamW learning rate after warm-up (constant afterwards)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     warmup: int = 100  # steps of linear warm-up: lr * min(1, step / warmup); 0 disables it
     ema_decay: float = 0.999  # EMA decay; step k uses min(ema_decay, (1 + k) / (10 + k)) so early snapshots move
-    grad_clip: float | None = 1.0  # max global L2 norm of the gradient; None disables clipping
+    grad_clip: float | None = 1.0  # max global L2 norm of each member's gradient; None disables clipping
     checkpoint_every: int = 500  # steps between EMA snapshots and resumable checkpoints (plus one at the end)
-    seed: int = 0  # seeds model init, batch indices and the objective's draws
+    snapshots: tuple[int, ...] = ()  # further steps whose EMA weights are kept
+    seed: int = 0  # seeds model init, batch positions and the objective's draws (of `train`; ensembles: seeds=)
 
     def __post_init__(self):
         check_positive(train_steps=self.train_steps, batch_size=self.batch_size,
@@ -61,6 +71,15 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1); got {self.ema_decay!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None; got {self.grad_clip!r}")
+        object.__setattr__(self, "snapshots", tuple(self.snapshots))
+        bad = [s for s in self.snapshots if not isinstance(s, int) or not 1 <= s <= self.train_steps]
+        if bad or list(self.snapshots) != sorted(set(self.snapshots)):
+            raise ValueError(f"snapshots must be increasing integers in [1, train_steps = {self.train_steps}]; "
+                             f"got {self.snapshots!r}")
+
+    def keeps(self, step: int) -> bool:
+        """Whether the EMA weights after optimizer step `step` are kept as a snapshot."""
+        return step % self.checkpoint_every == 0 or step == self.train_steps or step in self.snapshots
 
 
 def warmup_lr(lr: float, warmup: int, step: int) -> float:
@@ -75,14 +94,107 @@ def ema_decay(decay: float, step: int) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
+# ---------------------------------------------------------------------------------------------------- ensembles
+class Ensemble:
+    """M copies of one architecture evaluated together: x [M, B, D], t [M, B] -> eps_hat [M, B, D], member m with the
+    state state[name][m] (torch.func.vmap over torch.func.functional_call)."""
+
+    def __init__(self, base: nn.Module, state: StateDict):
+        self.base = base  # the architecture (its own tensors are never used)
+        self.state = state  # name -> [M, ...]: parameters and buffers
+        self.n_members = len(next(iter(state.values())))
+        names = dict(base.named_parameters())
+        params = {k: v for k, v in state.items() if k in names}
+        buffers = {k: v for k, v in state.items() if k not in names}
+        self._call = _batched(base, params, buffers)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != self.n_members or t.shape != x.shape[:2]:
+            raise ValueError(f"need x [M={self.n_members}, B, D] and t [M, B]; got {tuple(x.shape)} and "
+                             f"{tuple(t.shape)}")
+        return self._call(x, t)
+
+    def denoiser(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The ensemble as one denoiser of flat batches [M K, D] (member m gets rows m K .. m K + K - 1), for the
+        samplers."""
+        def denoise(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            t = torch.as_tensor(t, device=xt.device)
+            t = t.expand(len(xt)) if t.ndim == 0 else t
+            M = self.n_members
+            return self(xt.reshape(M, -1, *xt.shape[1:]), t.reshape(M, -1)).reshape(xt.shape)
+        return denoise
+
+    def member(self, m: int) -> nn.Module:
+        """Member m as a plain module (frozen, eval mode), on the ensemble's device."""
+        if not 0 <= m < self.n_members:
+            raise ValueError(f"m must lie in [0, {self.n_members}); got {m!r}")
+        device = next(iter(self.state.values())).device
+        module = copy.deepcopy(self.base).to_empty(device=device)
+        module.load_state_dict({k: v[m] for k, v in self.state.items()})
+        return _frozen(module)
+
+
+@dataclass(frozen=True, eq=False)
+class EnsembleResult:
+    """A finished ensemble: EMA and raw weights of every member, the loss curves and the EMA snapshots."""
+
+    model_cfg: ModelConfig
+    shape: tuple[int, ...]
+    cfg: TrainConfig
+    seeds: tuple[int, ...]  # member m's seed
+    snapshots: dict[int, StateDict]  # train step -> stacked EMA state (CPU)
+    raw: StateDict  # stacked raw (not averaged) state of the last step (CPU)
+    losses: torch.Tensor  # [train_steps, M] each member's mean loss at each step
+    from_cache: bool
+    path: Path
+    device: torch.device = field(default=torch.device("cpu"))
+
+    @property
+    def n_members(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def snapshot_steps(self) -> list[int]:
+        return sorted(self.snapshots)
+
+    def model_at(self, train_step: int | None = None) -> Ensemble:
+        """The EMA ensemble after `train_step` optimizer steps (a snapshot step; None: the end), frozen."""
+        step = self.cfg.train_steps if train_step is None else train_step
+        if step not in self.snapshots:
+            raise ValueError(f"train_step must be one of the snapshot steps {self.snapshot_steps}; got {step!r}")
+        return Ensemble(self._base(), {k: v.to(self.device) for k, v in self.snapshots[step].items()})
+
+    def raw_model(self) -> Ensemble:
+        return Ensemble(self._base(), {k: v.to(self.device) for k, v in self.raw.items()})
+
+    def _base(self) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            return self.model_cfg.build(self.shape).to("meta")
+
+    def sample(self, train_step: int | None, sched, n_samples: int, *, steps: int = 50, seed: int = 0,
+               eta: float = 0.0) -> torch.Tensor:
+        """z [M, K, ...]: K DDIM samples (`steps` sampler steps, float64 loop) from each member at snapshot
+        `train_step`; member m's sample k starts from the x_T of per-sample generator (seed, m K + k), the same
+        whatever the snapshot."""
+        from .samplers import sample_ddim
+
+        model, M, K = self.model_at(train_step), self.n_members, n_samples
+        D = int(np.prod(self.shape))
+        gens = sample_generators(seed, M * K)
+        x_T = randn(gens, D, device=self.device)
+        with torch.no_grad():
+            z = sample_ddim(model.denoiser(), x_T, sched, steps, eta=eta, generators=gens if eta > 0 else None)
+        return z.reshape(M, K, D).cpu()
+
+
 @dataclass(frozen=True, eq=False)
 class TrainResult:
-    """A finished run: EMA and raw weights, the loss curve and the EMA snapshots."""
+    """A finished single run: EMA and raw weights, the loss curve and the EMA snapshots."""
 
     model: nn.Module  # EMA weights: eval mode, requires_grad off, on the training device
     raw_model: nn.Module  # the optimizer's last weights (not averaged), also eval mode and frozen
     losses: np.ndarray  # [train_steps] mean training loss of each step
-    snapshots: dict[int, StateDict]  # train step -> EMA state_dict (CPU) every checkpoint_every steps and at the end
+    snapshots: dict[int, StateDict]  # train step -> EMA state_dict (CPU)
     from_cache: bool  # True when loaded from the artifact, False when trained by this call
     path: Path  # the artifact file
 
@@ -99,50 +211,89 @@ class TrainResult:
         return model
 
 
+# ---------------------------------------------------------------------------------------------------- training
+def ensemble_key(model_cfg: ModelConfig, objective: Objective, sets: Sequence[torch.Tensor], shape: tuple[int, ...],
+                 cfg: TrainConfig, seeds: Sequence[int]) -> str:
+    """The run's cache key: everything that determines the weights, and the code that computes them."""
+    return artifact_key(__name__, model_cfg, objective, list(sets), tuple(shape), cfg, tuple(seeds))
+
+
 def train_key(model_cfg: ModelConfig, objective: Objective, x0: torch.Tensor, shape: tuple[int, ...],
               cfg: TrainConfig) -> str:
-    """The run's cache key: everything that determines the weights, and the code that computes them."""
-    return artifact_key(__name__, model_cfg, objective, x0, tuple(shape), cfg)
+    """The cache key of `train`: the key of its one-member ensemble."""
+    return ensemble_key(model_cfg, objective, [x0], shape, cfg, (cfg.seed,))
+
+
+def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tuple[int, ...],
+                   cfg: TrainConfig = TrainConfig(), *, seeds: Sequence[int] | None = None,
+                   device: str | torch.device = "auto", cache_dir: Path | None = None, progress: bool = True,
+                   callback: Callable[[int, torch.Tensor], None] | None = None) -> EnsembleResult:
+    """Train member m (model_cfg.build(shape), seed seeds[m]; default: cfg.seed for every member) on sets[m]
+    ([n_m, D], D = prod(shape); a list, or a tensor [M, n, D]) with `objective`, or load the finished run.
+
+    cache_dir: folder for artifacts and checkpoints (None: cache.cache_root()); files go to <cache_dir>/train/<key>.
+    callback(step, losses [M]) runs after every step (and after that step's checkpoint); an exception raised in it
+    stops training, and the next call with the same inputs resumes from the latest checkpoint.
+    """
+    sets = _check_sets(sets, shape)
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"cfg must be a TrainConfig; got {type(cfg).__name__}")
+    seeds = tuple(cfg.seed for _ in sets) if seeds is None else tuple(seeds)
+    if len(seeds) != len(sets) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ValueError(f"seeds must be {len(sets)} non-negative integers, one per set; got {seeds!r}")
+    dev = resolve_device(device)
+    key = ensemble_key(model_cfg, objective, sets, shape, cfg, seeds)
+    folder = (Path(cache_dir) if cache_dir is not None else cache_root()) / "train"
+    path, ckpt_path = folder / f"{key}.pt", folder / f"{key}.ckpt"
+
+    def compute() -> dict:
+        start = time.perf_counter()
+        out = _fit(model_cfg, objective, sets, tuple(shape), cfg, seeds, dev, ckpt_path, progress, callback)
+        what = "1 net" if len(sets) == 1 else f"{len(sets)} nets"
+        note(f"diffgen.train: trained {what} for {cfg.train_steps} steps in {time.perf_counter() - start:.1f} s on "
+             f"{dev}")
+        return out
+
+    def restore(art: dict) -> EnsembleResult:
+        snapshots = {int(k): v for k, v in art["snapshots"].items()}
+        expected = [s for s in range(1, cfg.train_steps + 1) if cfg.keeps(s)]
+        if sorted(snapshots) != expected or tuple(art["losses"].shape) != (cfg.train_steps, len(sets)):
+            raise ValueError("snapshots or losses do not match the config")
+        result = EnsembleResult(model_cfg, tuple(shape), cfg, seeds, snapshots, art["raw"], art["losses"], False,
+                                path, dev)
+        result.model_at().member(0)  # the state fits the architecture (else a RuntimeError: unusable)
+        return result
+
+    result, from_cache = load_or_compute(path, compute, restore, fmt=ARTIFACT_FORMAT, name="diffgen.train")
+    ckpt_path.unlink(missing_ok=True)
+    return dataclasses.replace(result, from_cache=from_cache)
 
 
 def train(model_cfg: ModelConfig, objective: Objective, x0: torch.Tensor, shape: tuple[int, ...],
           cfg: TrainConfig = TrainConfig(), *, device: str | torch.device = "auto", cache_dir: Path | None = None,
           progress: bool = True, callback: Callable[[int, torch.Tensor], None] | None = None) -> TrainResult:
-    """Train model_cfg.build(shape) on x0 [N, D] (D = prod(shape)) with `objective`, or load the finished run.
+    """Train model_cfg.build(shape) on x0 [N, D] (D = prod(shape)) with `objective`, seed cfg.seed, or load the
+    finished run: a one-member train_ensemble."""
+    if not isinstance(x0, torch.Tensor) or x0.ndim != 2 or len(x0) == 0:
+        raise ValueError(f"x0 must be a non-empty [N, D] tensor; got shape {tuple(getattr(x0, 'shape', ()))}")
+    step_callback = None if callback is None else (lambda step, losses: callback(step, losses[0]))
+    run = train_ensemble(model_cfg, objective, [x0], shape, cfg, device=device, cache_dir=cache_dir,
+                         progress=progress, callback=step_callback)
+    first = lambda state: {k: v[0] for k, v in state.items()}  # noqa: E731
+    return TrainResult(model=run.model_at().member(0), raw_model=run.raw_model().member(0),
+                       losses=run.losses[:, 0].numpy(), snapshots={s: first(v) for s, v in run.snapshots.items()},
+                       from_cache=run.from_cache, path=run.path)
 
-    cache_dir: folder for artifacts and checkpoints (None: cache.cache_root()); files go to <cache_dir>/train/<key>.
-    callback(step, loss) runs after every step (and after that step's checkpoint); an exception raised in it
-    stops training, and the next call with the same inputs resumes from the latest checkpoint.
-    """
-    if x0.ndim != 2 or len(x0) == 0:
-        raise ValueError(f"x0 must be a non-empty [N, D] tensor; got shape {tuple(x0.shape)}")
-    if int(np.prod(shape)) != x0.shape[1]:
-        raise ValueError(f"shape {tuple(shape)} must have prod(shape) = D = {x0.shape[1]}")
-    if not isinstance(cfg, TrainConfig):
-        raise ValueError(f"cfg must be a TrainConfig; got {type(cfg).__name__}")
-    dev = resolve_device(device)
-    key = train_key(model_cfg, objective, x0, shape, cfg)
-    folder = (Path(cache_dir) if cache_dir is not None else cache_root()) / "train"
-    path, ckpt_path = folder / f"{key}.pt", folder / f"{key}.ckpt"
-    model = _init_model(model_cfg, shape, cfg.seed).to(dev)
 
-    def compute() -> dict:
-        start = time.perf_counter()
-        ema, losses, snapshots = _fit(copy.deepcopy(model), objective, x0, cfg, dev, ckpt_path, progress, callback)
-        note(f"diffgen.train: trained {cfg.train_steps} steps in {time.perf_counter() - start:.1f} s on {dev}")
-        return {"ema": _cpu(ema[0]), "raw": _cpu(ema[1]), "losses": losses, "snapshots": snapshots}
-
-    def restore(art: dict) -> tuple:
-        raw = copy.deepcopy(model)
-        raw.load_state_dict(art["raw"])
-        ema = copy.deepcopy(model)
-        ema.load_state_dict(art["ema"])
-        return _frozen(ema), _frozen(raw), art["losses"].numpy(), {int(k): v for k, v in art["snapshots"].items()}
-
-    (ema, raw, losses, snapshots), from_cache = load_or_compute(path, compute, restore, fmt=ARTIFACT_FORMAT,
-                                                                name="diffgen.train")
-    ckpt_path.unlink(missing_ok=True)
-    return TrainResult(model=ema, raw_model=raw, losses=losses, snapshots=snapshots, from_cache=from_cache, path=path)
+def _check_sets(sets, shape) -> list[torch.Tensor]:
+    sets = list(sets) if isinstance(sets, (list, tuple)) else list(sets) if isinstance(sets, torch.Tensor) else None
+    if not sets or not all(isinstance(s, torch.Tensor) and s.ndim == 2 and len(s) > 0 for s in sets):
+        raise ValueError("sets must be a non-empty list of non-empty [n, D] tensors (or a tensor [M, n, D])")
+    dims = {s.shape[1] for s in sets}
+    if len(dims) != 1 or int(np.prod(shape)) != dims.pop():
+        raise ValueError(f"shape {tuple(shape)} must have prod(shape) = D, the width of every set; got widths "
+                         f"{sorted({s.shape[1] for s in sets})}")
+    return sets
 
 
 def _init_model(model_cfg: ModelConfig, shape, seed: int) -> nn.Module:
@@ -152,64 +303,110 @@ def _init_model(model_cfg: ModelConfig, shape, seed: int) -> nn.Module:
         return model_cfg.build(tuple(shape))
 
 
-def _fit(model: nn.Module, objective: Objective, x0: torch.Tensor, cfg: TrainConfig, dev: torch.device,
-         ckpt_path: Path, progress: bool, callback):
-    """The training loop, resumed from `ckpt_path` when a usable checkpoint is there.
-    Returns ((ema, model), losses [train_steps], snapshots)."""
-    ema = copy.deepcopy(model).requires_grad_(False)
-    params, ema_params = list(model.parameters()), list(ema.parameters())
-    buffers = list(zip(ema.buffers(), model.buffers()))  # e.g. norm statistics: copied, not averaged
-    # foreach: one fused loop over all tensors instead of a Python loop (torch picks it on GPU only by default)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    data = x0.to(device=dev, dtype=next(model.parameters()).dtype)
-    losses = torch.zeros(cfg.train_steps, dtype=torch.float32, device=dev)
+def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor], shape, cfg: TrainConfig,
+         seeds: tuple[int, ...], dev: torch.device, ckpt_path: Path, progress: bool, callback) -> dict:
+    """The training loop, resumed from `ckpt_path` when a usable checkpoint is there. Returns the artifact payload."""
+    M, B = len(sets), cfg.batch_size
+    members = [_init_model(model_cfg, shape, s) for s in seeds]
+    base = copy.deepcopy(members[0]).to("meta")
+    params, buffers = stack_module_state(members)
+    params = {k: v.detach().to(dev).requires_grad_(True) for k, v in params.items()}
+    buffers = {k: v.to(dev) for k, v in buffers.items()}
+    ema = {k: v.detach().clone() for k, v in params.items()}
+    model = _batched(base, params, buffers)
+    opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+
+    unique = sorted(set(seeds))  # members with one seed share its generator's draws
+    group = torch.tensor([unique.index(s) for s in seeds], device=dev)
+    gens = [torch.Generator().manual_seed(s) for s in unique]
+    n = torch.tensor([len(s) for s in sets], device=dev, dtype=torch.float64)
+    data = torch.zeros(M, max(len(s) for s in sets), sets[0].shape[1], dtype=params[next(iter(params))].dtype,
+                       device=dev)
+    for m, s in enumerate(sets):
+        data[m, :len(s)] = s.to(device=dev, dtype=data.dtype)
+    template = data[0, :1].expand(B, -1)  # shape, dtype and device of one member's batch, for objective.draw
+
+    losses = torch.zeros(cfg.train_steps, M, dtype=torch.float32, device=dev)
     snapshots: dict[int, StateDict] = {}
     done = 0
     ckpt = load_artifact(ckpt_path)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
+        with torch.no_grad():
+            for k in params:
+                params[k].copy_(ckpt["raw"][k])
+                ema[k].copy_(ckpt["ema"][k])
+            for k in buffers:
+                buffers[k].copy_(ckpt["raw"][k])
         opt.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["generator"])
+        for g, state in zip(gens, ckpt["generators"]):
+            g.set_state(state)
         done, snapshots = int(ckpt["step"]), dict(ckpt["snapshots"])
         losses[:done] = ckpt["losses"].to(dev)
         note(f"diffgen.train: resuming at step {done} from checkpoint {ckpt_path}")
 
-    model.train()
-    remaining = range(done, cfg.train_steps)
+    def state(weights: dict) -> StateDict:  # stacked parameters and buffers, on the CPU
+        return {k: v.detach().cpu().clone() for k, v in {**weights, **buffers}.items()}
+
     recent = lambda: f"loss {losses[max(0, done - 25):max(done, 1)].mean().item():.4f}"  # noqa: E731
-    steps = show_progress(remaining, desc="train", total=cfg.train_steps, initial=done, status=recent) \
+    remaining = range(done, cfg.train_steps)
+    desc = "train" if M == 1 else f"train {M} nets"
+    steps = show_progress(remaining, desc=desc, total=cfg.train_steps, initial=done, status=recent) \
         if progress else remaining
+    plist, elist = list(params.values()), list(ema.values())
     for step in steps:
         done = step + 1
-        for group in opt.param_groups:
-            group["lr"] = warmup_lr(cfg.lr, cfg.warmup, done)
-        idx = torch.randint(len(data), (cfg.batch_size,), generator=gen).to(dev)
-        loss = objective.loss(model, data[idx], gen).mean()
+        draws = []
+        for g in gens:  # per seed: batch positions first, then the objective's draws
+            u = torch.rand(B, generator=g, dtype=torch.float64).to(dev)
+            draws.append({"u": u, **objective.draw(template, g)})
+        stacked = {k: torch.stack([d[k] for d in draws])[group] for k in draws[0]}
+        idx = (stacked.pop("u") * n[:, None]).long()  # floor(u n_m) < n_m: a position in member m's own set
+        x0 = torch.gather(data, 1, idx[..., None].expand(M, B, data.shape[2]))
+        per_member = objective.loss_from(model, x0, stacked).mean(1)  # [M]
+        for group_ in opt.param_groups:
+            group_["lr"] = warmup_lr(cfg.lr, cfg.warmup, done)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        per_member.sum().backward()
         if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+            _clip_per_member(plist, cfg.grad_clip, M)
         opt.step()
         with torch.no_grad():  # EMA: theta_ema <- decay theta_ema + (1 - decay) theta
-            torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(cfg.ema_decay, done))
-            for e, b in buffers:
-                e.copy_(b)
-        losses[step] = loss.detach()
-        if done % cfg.checkpoint_every == 0 or done == cfg.train_steps:
-            snapshots[done] = _cpu(ema)
-            if done < cfg.train_steps:  # the last state goes straight into the artifact
-                save_artifact(ckpt_path, {"model": _cpu(model), "ema": _cpu(ema), "optimizer": opt.state_dict(),
-                                          "generator": gen.get_state(), "step": done,
+            torch._foreach_lerp_(elist, plist, 1.0 - ema_decay(cfg.ema_decay, done))
+        losses[step] = per_member.detach()
+        if cfg.keeps(done):
+            snapshots[done] = state(ema)
+            if done < cfg.train_steps and done % cfg.checkpoint_every == 0:
+                save_artifact(ckpt_path, {"raw": state(params), "ema": state(ema), "optimizer": opt.state_dict(),
+                                          "generators": [g.get_state() for g in gens], "step": done,
                                           "losses": losses[:done].cpu(), "snapshots": snapshots})
         if callback is not None:
-            callback(done, loss.detach())
-    return (ema, model), losses.cpu(), snapshots
+            callback(done, per_member.detach())
+    return {"raw": state(params), "snapshots": snapshots, "losses": losses.cpu()}
 
 
-def _cpu(model: nn.Module) -> StateDict:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+def _batched(base: nn.Module, params: StateDict, buffers: StateDict):
+    """model(x [M, B, D], t [M, B]) -> [M, B, D] with member m's parameters params[name][m]: vmap over the members;
+    one member is called directly (vmap would only add its overhead)."""
+    if len(next(iter(params.values()))) == 1:
+        def single(x, t):
+            state = ({k: v[0] for k, v in params.items()}, {k: v[0] for k, v in buffers.items()})
+            return functional_call(base, state, (x[0], t[0]))[None]
+        return single
+    forward = vmap(lambda p, b, x, t: functional_call(base, (p, b), (x, t)))
+    return lambda x, t: forward(params, buffers, x, t)
+
+
+def _clip_per_member(params: list[torch.Tensor], max_norm: float, M: int) -> None:
+    """Scale each member's gradient (slice m of every tensor) to global L2 norm at most max_norm, as
+    torch.nn.utils.clip_grad_norm_ does for one model (and does here, when there is one member)."""
+    if M == 1:
+        nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.stack([g.reshape(M, -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.reshape(M, *([1] * (g.ndim - 1))))
 
 
 def _frozen(model: nn.Module) -> nn.Module:

@@ -11,7 +11,8 @@ import torch
 from diffgen import experiments
 from diffgen.data import eight_gaussians, load_dataset
 from diffgen.denoisers import EmpiricalOptimum, GaussianDenoiser
-from diffgen.ensemble import EnsembleConfig, train_ensemble
+from diffgen.models import PlainMLPConfig
+from diffgen.train import TrainConfig, train_ensemble
 from diffgen.generators import training_sets
 from diffgen.objectives import EpsLoss, ForwardTimeLoss
 
@@ -87,9 +88,9 @@ def test_estimator_check_recovers_the_closed_form_and_the_extremes():
 def test_mi_along_training_and_set_samples_of_an_ensemble(sched, tmp_path):
     P = eight_gaussians()
     sets = training_sets(P, n_sets=4, n_train=3, seed=0)
-    run = train_ensemble(sets, sched, EnsembleConfig(hidden=16, depth=1, time_dim=8, train_steps=30, batch_size=8,
-                                                     warmup=5, snapshots=(10, 20)), device="cpu", cache_dir=tmp_path,
-                         progress=False)
+    run = train_ensemble(PlainMLPConfig(hidden=16, depth=1, time_dim=8), EpsLoss(sched), sets, (2,),
+                         TrainConfig(train_steps=30, batch_size=8, warmup=5, checkpoint_every=30, snapshots=(10, 20)),
+                         device="cpu", cache_dir=tmp_path, progress=False)
     along = experiments.mi_along_training(run, sets, sched, n_samples=30, steps=5, k=3, seed=0)
     assert along.train_steps == (10, 20, 30) and len(along.mi) == len(along.copy) == 3
     assert all(c.total == 4 * 30 for c in along.copy)

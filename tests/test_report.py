@@ -24,24 +24,42 @@ def run_dir(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     write_results(out, "ch2", {"n_train": 1500, "seed": 0}, [
-        Claim("C2", "closed form", "max error", 1.0186e-10, None, "< 1e-8", True),
-        Claim("C3", "copies", "copy rate, DDIM", 0.99, (0.975, 1.0), ">= 0.95", True),
-        Claim("C3", "copies (ours)", "copy rate, DDPM", 0.4, (0.3, 0.5), ">= 0.95", False),
+        Claim("C2", "abstract", "closed form", "max error", 1.0186e-10, None, "< 1e-8", True),
+        Claim("C3", "abstract", "copies", "copy rate, DDIM", 0.99, (0.975, 1.0), ">= 0.95", True),
+        Claim("C3", "ours", "stochastic samplers copy too", "copy rate, DDPM", 0.4, (0.3, 0.5), ">= 0.95", False),
+        Claim("R2", "ours", "our candidate's minimiser is eps*", "deviation", 1e-14, None, "< 1e-8", True),
     ])
-    write_results(out, "ch10", {"seed": 0}, [Claim("C6", "trade-off", "correlation", None, None, "< 0", False)])
+    write_results(out, "ch10", {"seed": 0}, [
+        Claim("C6", "revision", "trade-off", "correlation", None, None, "< 0", False, seeds=3),
+        Claim("R1", "ours", "a check that fails", "x", 2.0, None, "< 1", False)])
     return out
 
 
 def test_rows_grouped_by_claim_with_not_run(run_dir):
     runs, rows = report.load_run(run_dir)
     assert [r.chapter for r in runs] == ["ch2", "ch10"]  # chapter order, not string order
-    assert [(r.claim, r.chapter, r.verdict) for r in rows] == [
-        ("C1", "ch1", "not run"), ("C2", "ch2", "holds"), ("C3", "ch2", "holds"), ("C3", "ch2", "fails"),
-        ("C4", "ch3", "not run"), ("C5", "ch4", "not run"), ("C6", "ch10", "not measurable")]
-    verdicts = {cid: report.claim_verdict(rs) for cid, rs in report.by_claim(rows).items()}
-    assert verdicts == {"C1": "not run", "C2": "holds", "C3": "fails (1 of 2)", "C4": "not run", "C5": "not run",
-                        "C6": "fails (1 of 1)"}
-    assert report.summary(rows) == "1 claim holds, 2 fail, 3 not run"
+    assert [(r.claim, r.chapter, r.source, r.verdict) for r in rows] == [
+        ("C1", "ch1", "abstract", "not run"), ("C2", "ch2", "abstract", "holds"), ("C3", "ch2", "abstract", "holds"),
+        ("C3", "ch2", "ours", "fails"), ("C4", "ch3", "abstract", "not run"), ("C5", "ch4", "abstract", "not run"),
+        ("C6", "ch10", "revision", "not measurable"), ("R1", "ch10", "ours", "fails"), ("R2", "ch2", "ours", "holds")]
+    groups = report.by_claim(rows)
+    verdicts = {cid: g.verdict for cid, g in groups.items()}
+    assert verdicts == {"C1": "not run", "C2": "holds", "C3": "holds", "C4": "not run", "C5": "not run",
+                        "C6": "fails (1 of 1)", "checks": "fails (1 of 2)"}  # our failing C3 row: beside, not in
+    assert report.summary(rows) == "2 claims hold, 1 fails, 3 not run; our checks: 1 holds, 2 fail"
+    assert report.any_fails(rows)  # C6 is not measurable
+
+
+def test_our_rows_never_change_a_paper_verdict(tmp_path):
+    write_results(tmp_path, "ch2", {}, [
+        Claim("C3", "abstract", "copies", "m", 1.0, None, ">= 0.95", True),
+        Claim("C3", "ours", "a failing check of ours", "m", 0.0, None, ">= 0.95", False)])
+    _, rows = report.load_run(tmp_path)
+    assert report.by_claim(rows)["C3"].verdict == "holds" and not report.any_fails(rows)
+    only_ours = tmp_path / "ours"
+    write_results(only_ours, "ch2", {}, [Claim("C3", "ours", "x", "m", 1.0, None, "e", True)])
+    _, rows = report.load_run(only_ours)
+    assert report.by_claim(rows)["C3"].verdict == "not run"  # no row tests the claim as the paper states it
 
 
 @pytest.mark.parametrize("value, text", [(1.0186e-10, "1.02e-10"), (0.9921875, "0.992"), (1.0, "1"), (0.0, "0"),
@@ -53,45 +71,52 @@ def test_number_format(value, text):
 def test_text_report(run_dir, capsys):
     assert cli.main(["report", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^C3  FAILS \(1 OF 2\) +With the empirical optimum", out, re.M), out
+    assert re.search(r"^C3 \(abstract\) +HOLDS +With the empirical optimum", out, re.M), out
     assert "ch2  holds 0.99 [0.975, 1] (expected >= 0.95): copy rate, DDIM" in out
-    assert "ch2  fails 0.4 [0.3, 0.5] (expected >= 0.95): copy rate, DDPM" in out
+    assert "ch2  fails [ours] 0.4 [0.3, 0.5] (expected >= 0.95): copy rate, DDPM -- stochastic samplers copy too" in out
+    assert "ch10  not measurable n/a (expected < 0; 3 seeds): correlation" in out
+    assert re.search(r"^R +FAILS \(1 OF 2\) +Reconstruction checks \(ours\)", out, re.M), out
     assert "ch1  not run (no ch1.results.json)" in out
-    assert "1 claim holds, 2 fail, 3 not run." in out
+    assert "2 claims hold, 1 fails, 3 not run; our checks: 1 holds, 2 fail." in out
 
 
 def test_markdown_report(run_dir, capsys):
     assert cli.main(["report", str(run_dir), "--format", "markdown"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0] == "| claim (paper) | chapter | we measured | verdict |"
+    assert lines[0] == "| claim | source | chapter | we measured | verdict |"
     c3 = next(line for line in lines if line.startswith("| C3"))
-    assert c3.count(" | ") == 3 and "**0.99 [0.975, 1] (expected \\>= 0.95)**, holds<br>" in c3, c3
-    assert c3.endswith("| fails (1 of 2) |")
+    assert c3.count(" | ") == 4 and "**0.99 [0.975, 1] (expected \\>= 0.95)**, holds<br>(ours: " in c3, c3
+    assert "| abstract, ours | ch2 |" in c3 and c3.endswith("| holds |")
     assert next(line for line in lines if line.startswith("| C1")).endswith("| ch1 | not run | not run |")
 
 
 def test_json_report(run_dir, capsys):
     assert cli.main(["report", str(run_dir), "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert [c["id"] for c in doc["claims"]] == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    assert [c["id"] for c in doc["claims"]] == ["C1", "C2", "C3", "C4", "C5", "C6", "checks"]
     c3 = doc["claims"][2]
-    assert c3["verdict"] == "fails (1 of 2)" and c3["chapters"] == ["ch2"]
-    assert c3["measurements"][0] == {"chapter": "ch2", "statement": "copies", "metric": "copy rate, DDIM",
-                                     "value": 0.99, "ci": [0.975, 1.0], "expected": ">= 0.95", "verdict": "holds"}
+    assert c3["verdict"] == "holds" and c3["chapters"] == ["ch2"] and c3["source"] == "abstract"
+    assert c3["measurements"][0] == {"id": "C3", "chapter": "ch2", "source": "abstract", "statement": "copies",
+                                     "metric": "copy rate, DDIM", "value": 0.99, "ci": [0.975, 1.0],
+                                     "expected": ">= 0.95", "seeds": None, "verdict": "holds"}
+    assert c3["measurements"][1]["source"] == "ours" and c3["measurements"][1]["verdict"] == "fails"
     assert doc["claims"][0]["measurements"] == [] and doc["claims"][0]["verdict"] == "not run"
+    assert doc["claims"][-1]["id"] == "checks" and [m["id"] for m in doc["claims"][-1]["measurements"]] == ["R1", "R2"]
     assert doc["runs"][0]["parameters"] == {"n_train": 1500, "seed": 0}
 
 
 def test_check_exits_1_when_a_claim_fails(run_dir, tmp_path, capsys):
     assert cli.main(["report", str(run_dir), "--check"]) == 1
     good = tmp_path / "good"
-    write_results(good, "ch2", {}, [Claim("C2", "s", "m", 0.0, None, "< 1e-8", True)])
-    assert cli.main(["report", str(good), "--check"]) == 0  # claims not run do not fail --check
+    write_results(good, "ch2", {}, [Claim("C2", "abstract", "s", "m", 0.0, None, "< 1e-8", True),
+                                    Claim("R1", "ours", "s", "m", 1.0, None, "< 1", False)])
+    assert cli.main(["report", str(good), "--check"]) == 0  # claims not run, and our checks, do not fail --check
 
 
 def test_parameters_differing_from_the_chapter_defaults_are_shown(tmp_path, capsys):
-    write_results(tmp_path, "ch2", {"n_train": 1500, "seed": 0}, [Claim("C2", "s", "m", 0.0, None, "< 1", True)])
+    write_results(tmp_path, "ch2", {"n_train": 1500, "seed": 0},
+                  [Claim("C2", "abstract", "s", "m", 0.0, None, "< 1", True)])
     defaults = report.chapter_defaults("ch2")
     assert defaults and defaults["n_train"] != 1500  # the real book's chapter 2
     assert cli.main(["report", str(tmp_path)]) == 0
@@ -103,7 +128,8 @@ def test_parameters_differing_from_the_chapter_defaults_are_shown(tmp_path, caps
     ("{not json", "ch2.results.json: not a valid results file (JSONDecodeError"),
     ('{"chapter": "ch2"}', "ch2.results.json: not a valid results file (ValueError: "),
     ('{"chapter": "ch2", "parameters": {}, "diffgen_version": "0", "source_hash": "x", "claims": '
-     '[{"id": "C9", "statement": "", "metric": "", "value": 1, "ci": null, "expected": "", "holds": true}]}',
+     '[{"id": "C9", "source": "ours", "statement": "", "metric": "", "value": 1, "ci": null, "expected": "", '
+     '"holds": true}]}',
      "claim id must be one of C1"),
     ('{"chapter": "ch2", "parameters": {}, "diffgen_version": "0", "source_hash": "x", "claims": [{"id": "C2"}]}',
      "not a valid results file (KeyError"),
@@ -123,7 +149,7 @@ def test_missing_dir_exits_2(tmp_path, capsys):
 
 def test_default_run_dir_is_the_book(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DIFFGEN_BOOK_DIR", str(tmp_path))
-    write_results(tmp_path, "ch3", {}, [Claim("C4", "s", "m", 0.5, (0.4, 0.6), "<= 0.5", True)])
+    write_results(tmp_path, "ch3", {}, [Claim("C4", "abstract", "s", "m", 0.5, (0.4, 0.6), "<= 0.5", True)])
     assert cli.main(["report"]) == 0
     assert "ch3  holds 0.5 [0.4, 0.6]" in capsys.readouterr().out
 
@@ -133,8 +159,8 @@ def test_default_run_dir_is_the_book(tmp_path, monkeypatch, capsys):
 CHAPTER_CELL = """\
 from diffgen.results import Claim, write_results
 value = {value}
-write_results(".", "ch2", {{"value": value}}, [Claim("C3", "s", "copy rate, DDIM", value, (value - 0.01, value),
-                                               ">= 0.95", value >= 0.95)])
+write_results(".", "ch2", {{"value": value}}, [Claim("C3", "abstract", "s", "copy rate, DDIM", value,
+                                               (value - 0.01, value), ">= 0.95", value >= 0.95)])
 """
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from diffgen import __version__, source_hash
 from diffgen._util import atomic_write
-from diffgen.results import CLAIM_IDS, Claim, read_results, results_path, write_results
+from diffgen.results import PAPER_CLAIMS, Claim, paper_row, read_results, results_path, write_results
 
 KEYS = {"chapter", "parameters", "diffgen_version", "source_hash", "claims"}
-CLAIM_KEYS = {"id", "statement", "metric", "value", "ci", "expected", "holds"}
+CLAIM_KEYS = {"id", "source", "statement", "metric", "value", "ci", "expected", "holds", "seeds"}
 
 
 def _strict_json(text: str):
@@ -26,9 +26,10 @@ def _strict_json(text: str):
 
 def _claims():
     return [
-        Claim("C2", "closed form of the empirical optimum", "max |x0* - brute force|", 1.5e-12, None, "< 1e-9", True),
-        Claim("C3", "deterministic sampler copies", "copy rate", np.float64(0.98), (np.float32(0.95), 1.0),
-              ">= 0.9", np.bool_(True)),
+        Claim("C2", "abstract", "closed form of the empirical optimum", "max |x0* - brute force|", 1.5e-12, None,
+              "< 1e-9", True),
+        Claim("C3", "abstract", "deterministic sampler copies", "copy rate", np.float64(0.98),
+              (np.float32(0.95), 1.0), ">= 0.9", np.bool_(True), seeds=3),
     ]
 
 
@@ -45,7 +46,7 @@ def test_write_results_valid_json_with_required_keys(tmp_path):
     for c in doc["claims"]:
         assert set(c) == CLAIM_KEYS
         assert isinstance(c["value"], float) and isinstance(c["holds"], bool)
-    assert doc["claims"][0]["ci"] is None
+    assert doc["claims"][0]["ci"] is None and doc["claims"][0]["seeds"] is None and doc["claims"][1]["seeds"] == 3
     assert doc["claims"][1]["ci"] == [pytest.approx(0.95), 1.0] and doc["claims"][1]["value"] == pytest.approx(0.98)
     assert sorted(os.listdir(tmp_path / "out")) == ["ch3.results.json"]  # no temp file left behind
 
@@ -66,29 +67,41 @@ def test_read_results_round_trip(tmp_path):
     assert doc["parameters"] == {"a": 2.5} and len(doc["claims"]) == 1
 
 
-@pytest.mark.parametrize("bad_id", ["C0", "C7", "c1", "", "claim1"])
+@pytest.mark.parametrize("bad_id", ["C0", "C7", "c1", "", "claim1", "R0", "R", "R1a"])
 def test_bad_claim_id_raises(bad_id):
     with pytest.raises(ValueError, match="claim id"):
-        Claim(bad_id, "s", "m", 1.0, None, "e", True)
+        Claim(bad_id, "ours", "s", "m", 1.0, None, "e", True)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, np.float32("nan")])
 def test_non_finite_value_raises(value):
     with pytest.raises(ValueError, match="finite"):
-        Claim("C1", "s", "m", value, None, "e", False)
+        Claim("C1", "abstract", "s", "m", value, None, "e", False)
 
 
-def test_all_claim_ids_accepted():
-    assert CLAIM_IDS == ("C1", "C2", "C3", "C4", "C5", "C6")
-    for cid in CLAIM_IDS:
-        Claim(cid, "s", "m", 0.0, (0.0, 0.0), "e", True)
+def test_claim_ids_sources_and_seeds():
+    assert list(PAPER_CLAIMS) == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    for cid, paper in PAPER_CLAIMS.items():
+        Claim(cid, paper.source, "s", "m", 0.0, (0.0, 0.0), "e", True)
+        Claim(cid, "ours", "an extension of ours", "m", 0.0, None, "e", True)
+    Claim("R12", "ours", "a reconstruction check", "m", 0.0, None, "e", True)
+    with pytest.raises(ValueError, match="source must be one of"):
+        Claim("C1", "paper", "s", "m", 0.0, None, "e", True)
+    with pytest.raises(ValueError, match="reconstruction check: its source must be 'ours'"):
+        Claim("R1", "abstract", "s", "m", 0.0, None, "e", True)
+    with pytest.raises(ValueError, match="comes from the revision"):
+        Claim("C6", "abstract", "s", "m", 0.0, None, "e", True)
+    with pytest.raises(ValueError, match="seeds must be"):
+        Claim("C4", "abstract", "s", "m", 0.0, None, "e", True, seeds=0)
+    row = paper_row("C4", "m", 0.5, (0.4, 0.6), "e", np.bool_(True), seeds=3)
+    assert row.statement == PAPER_CLAIMS["C4"].statement and row.source == "abstract" and row.holds is True
 
 
 def test_non_finite_ci_never_reaches_the_file(tmp_path):
     """A NaN/inf interval bound must be rejected (on construction or on write): json.dump would otherwise write the
     non-standard tokens NaN/Infinity, which strict JSON readers reject."""
     try:
-        claim = Claim("C1", "s", "m", 0.1, (math.nan, 0.2), "e", True)
+        claim = Claim("C1", "abstract", "s", "m", 0.1, (math.nan, 0.2), "e", True)
         path = write_results(tmp_path, "ch1", {}, [claim])
     except ValueError:
         assert not os.listdir(tmp_path)
@@ -177,8 +190,8 @@ def test_atomic_write_respects_umask_like_open(tmp_path):
 
 
 def test_unmeasurable_value_is_null_and_cannot_hold(tmp_path):
-    path = write_results(tmp_path, "ch9", {}, [Claim("C6", "s", "m", None, None, "< 0", False)])
+    path = write_results(tmp_path, "ch9", {}, [Claim("C6", "revision", "s", "m", None, None, "< 0", False)])
     assert json.loads(path.read_text())["claims"][0]["value"] is None
     assert read_results(path)["claims"][0]["holds"] is False
     with pytest.raises(ValueError, match="cannot hold"):
-        Claim("C6", "s", "m", None, None, "< 0", True)
+        Claim("C6", "revision", "s", "m", None, None, "< 0", True)

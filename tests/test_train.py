@@ -235,7 +235,7 @@ def test_unet_trains_on_digits_and_progress_flag(tmp_path, monkeypatch, capsys):
 
 def test_input_checks(tmp_path):
     x = _points()
-    with pytest.raises(ValueError, match=r"prod\(shape\) = D = 3"):
+    with pytest.raises(ValueError, match=r"prod\(shape\) = D, the width of every set; got widths \[3\]"):
         train(TINY, EpsLoss(linear_schedule()), x, (4,), TINY_CFG, cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"x0 must be a non-empty \[N, D\]"):
         train(TINY, EpsLoss(linear_schedule()), x[0], (3,), TINY_CFG, cache_dir=tmp_path)

@@ -1,0 +1,128 @@
+"""Ensembles (train.train_ensemble): M members of one architecture trained at once are M separate runs; members of
+one seed share their initialisation and draws and differ only through their sets; any architecture, any objective."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from diffgen.data import eight_gaussians, load_dataset
+from diffgen.generators import training_sets
+from diffgen.models import MLPConfig, PlainMLPConfig, UNetConfig
+from diffgen.objectives import EpsLoss, ForwardTimeLoss
+from diffgen.train import Ensemble, TrainConfig, train, train_ensemble
+
+TINY = PlainMLPConfig(hidden=16, depth=2, time_dim=8)
+CFG = TrainConfig(train_steps=40, batch_size=16, warmup=5, checkpoint_every=20)
+
+
+def _close(a: torch.nn.Module, b: torch.nn.Module, atol=1e-5):
+    x = torch.randn(6, a.dim, generator=torch.Generator().manual_seed(9))
+    t = torch.tensor([1, 5, 50, 200, 600, 1000])
+    torch.testing.assert_close(a(x, t), b(x, t), atol=atol, rtol=1e-4)
+
+
+def test_members_are_the_separate_runs_of_their_seeds(sched, tmp_path):
+    sets = training_sets(eight_gaussians(), n_sets=3, n_train=5, seed=0)
+    run = train_ensemble(TINY, EpsLoss(sched), sets, (2,), CFG, seeds=(3, 4, 5), device="cpu", cache_dir=tmp_path,
+                         progress=False)
+    assert run.n_members == 3 and run.losses.shape == (40, 3) and run.snapshot_steps == [20, 40]
+    for m, seed in enumerate((3, 4, 5)):
+        alone = train(TINY, EpsLoss(sched), sets[m], (2,), replace(CFG, seed=seed), device="cpu",
+                      cache_dir=tmp_path, progress=False)
+        _close(run.model_at().member(m), alone.model)
+        _close(run.model_at(20).member(m), alone.model_at(20))
+        torch.testing.assert_close(run.losses[:, m].numpy(), alone.losses, atol=1e-5, rtol=1e-4)
+
+
+def test_members_of_one_seed_differ_only_through_their_sets(sched, tmp_path):
+    sets = training_sets(eight_gaussians(), n_sets=4, n_train=5, seed=0)
+    sets[2] = sets[0]  # two members on one set, with one seed: the same net
+    run = train_ensemble(TINY, EpsLoss(sched), sets, (2,), CFG, device="cpu", cache_dir=tmp_path, progress=False)
+    model = run.model_at()
+    _close(model.member(0), model.member(2), atol=1e-6)
+    moved = sets.clone()
+    moved[3] += 1.0  # another member's data changes: member 1 does not
+    other = train_ensemble(TINY, EpsLoss(sched), moved, (2,), CFG, device="cpu", cache_dir=tmp_path, progress=False)
+    _close(other.model_at().member(1), model.member(1), atol=1e-6)
+    with pytest.raises(AssertionError):
+        _close(other.model_at().member(3), model.member(3))
+
+
+def test_sets_of_different_sizes_and_any_objective(sched, tmp_path):
+    digits = load_dataset("digits", 20, seed=0).train
+    sets = [digits[:5], digits[:20], digits[5:12]]
+    for objective in (EpsLoss(sched), ForwardTimeLoss(sched, "one")):
+        run = train_ensemble(MLPConfig(hidden=16, depth=1, time_dim=8), objective, sets, (1, 8, 8), CFG,
+                             seeds=(0, 1, 2), device="cpu", cache_dir=tmp_path, progress=False)
+        assert bool(torch.isfinite(run.losses).all()) and run.losses.shape == (40, 3)
+        assert [len(s) for s in sets] == [5, 20, 7]
+    unet = train_ensemble(UNetConfig(base=8, mults=(1, 2), time_dim=8), EpsLoss(sched), sets[:2], (1, 8, 8),
+                          TrainConfig(train_steps=3, batch_size=4, checkpoint_every=3), seeds=(0, 1), device="cpu",
+                          cache_dir=tmp_path, progress=False)
+    z = unet.sample(None, sched, 3, steps=2)
+    assert z.shape == (2, 3, 64) and bool(torch.isfinite(z).all())
+
+
+def test_training_fits_each_member_to_its_own_point(sched, tmp_path):
+    points = torch.tensor([[[1.5, 0.0]], [[-1.0, 1.0]], [[0.0, -2.0]]], dtype=torch.float64)
+    cfg = TrainConfig(train_steps=1500, batch_size=64, grad_clip=None, ema_decay=0.995, checkpoint_every=1500)
+    run = train_ensemble(PlainMLPConfig(hidden=64, depth=2), EpsLoss(sched), points, (2,), cfg, seeds=(1, 1, 1),
+                         device="cpu", cache_dir=tmp_path, progress=False)
+    z = run.sample(None, sched, 64, steps=50, seed=0)
+    assert z.shape == (3, 64, 2)
+    for m in range(3):  # one training point: DDIM lands on it
+        assert float((z[m] - points[m]).norm(dim=1).median()) < 0.1
+    assert torch.equal(z, run.sample(None, sched, 64, steps=50, seed=0))  # same seed, same samples
+
+
+def test_the_cache_returns_the_same_run_and_resumes(sched, tmp_path):
+    sets = training_sets(eight_gaussians(), n_sets=2, n_train=4, seed=0)
+    first = train_ensemble(TINY, EpsLoss(sched), sets, (2,), CFG, seeds=(0, 1), device="cpu", cache_dir=tmp_path,
+                           progress=False)
+    again = train_ensemble(TINY, EpsLoss(sched), sets, (2,), CFG, seeds=(0, 1), device="cpu", cache_dir=tmp_path,
+                           progress=False)
+    assert not first.from_cache and again.from_cache
+    assert all(torch.equal(first.snapshots[40][k], again.snapshots[40][k]) for k in first.snapshots[40])
+
+    def stop(step, losses):
+        if step == 25:
+            raise KeyboardInterrupt
+
+    folder = tmp_path / "resume"
+    with pytest.raises(KeyboardInterrupt):
+        train_ensemble(TINY, EpsLoss(sched), sets, (2,), CFG, seeds=(0, 1), device="cpu", cache_dir=folder,
+                       progress=False, callback=stop)
+    resumed = train_ensemble(TINY, EpsLoss(sched), sets, (2,), CFG, seeds=(0, 1), device="cpu", cache_dir=folder,
+                             progress=False)
+    assert all(torch.equal(first.snapshots[40][k], resumed.snapshots[40][k]) for k in first.snapshots[40])
+    assert torch.equal(first.losses, resumed.losses)
+
+
+def test_per_member_clipping_leaves_the_other_members_alone(sched, tmp_path):
+    """Clipping is per member: scaling one member's data (and its gradients) does not change the others."""
+    sets = training_sets(eight_gaussians(), n_sets=2, n_train=4, seed=0)
+    cfg = TrainConfig(train_steps=20, batch_size=8, grad_clip=1e-3, checkpoint_every=20)
+    a = train_ensemble(TINY, EpsLoss(sched), sets, (2,), cfg, seeds=(0, 1), device="cpu", cache_dir=tmp_path,
+                       progress=False)
+    big = sets.clone()
+    big[1] *= 50
+    b = train_ensemble(TINY, EpsLoss(sched), big, (2,), cfg, seeds=(0, 1), device="cpu", cache_dir=tmp_path,
+                       progress=False)
+    _close(a.model_at().member(0), b.model_at().member(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s: train_ensemble(TINY, EpsLoss(s), [], (2,), CFG), "sets must be"),
+    (lambda s: train_ensemble(TINY, EpsLoss(s), [torch.zeros(3, 2), torch.zeros(3, 3)], (2,), CFG), "width"),
+    (lambda s: train_ensemble(TINY, EpsLoss(s), [torch.zeros(3, 2)], (2,), CFG, seeds=(0, 1)), "seeds must be"),
+    (lambda s: train_ensemble(TINY, EpsLoss(s), [torch.zeros(3, 2)], (2,), {"steps": 3}), "cfg must be"),
+    (lambda s: TrainConfig(train_steps=10, snapshots=(20,)), "snapshots must be"),
+    (lambda s: TrainConfig(snapshots=(5, 3)), "snapshots must be"),
+    (lambda s: Ensemble(TINY.build((2,)), {k: v[None] for k, v in TINY.build((2,)).state_dict().items()})(
+        torch.zeros(3, 4, 2), torch.ones(3, 4, dtype=torch.long)), "need x"),
+])
+def test_invalid_arguments_name_the_parameter(call, match, sched):
+    with pytest.raises(ValueError, match=match):
+        call(sched)
