@@ -19,13 +19,15 @@ DIGITS_SIZE = 1797
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A training set and a disjoint held-out set drawn from the same distribution."""
+    """A training set, a held-out set and a disjoint second training set S' (for S-blind controls), drawn from the
+    same distribution and pairwise disjoint."""
 
     name: str
     train: torch.Tensor  # [N, D]
     heldout: torch.Tensor  # [M, D]
     shape: tuple[int, ...]  # per-sample shape: (2,) for toys, (1, 8, 8) for digits
     seed: int
+    disjoint: torch.Tensor | None = None  # [N', D]: a training set for controls that never see `train`
 
     @property
     def dim(self) -> int:
@@ -105,22 +107,27 @@ def digits_with_labels() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(pixels / 8.0 - 1.0), torch.from_numpy(d.target).long()
 
 
-def load_dataset(name: str, n_train: int, n_heldout: int = 0, *, seed: int = 0,
+def load_dataset(name: str, n_train: int, n_heldout: int = 0, *, n_disjoint: int = 0, seed: int = 0,
                  dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Dataset:
-    """Training and held-out sets of `name`, disjoint, drawn (toys) or split (digits) from `seed`."""
+    """Training, held-out and (n_disjoint > 0) second training sets of `name`, pairwise disjoint, drawn (toys) or
+    split (digits) from `seed`; the training and held-out sets do not depend on n_disjoint."""
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
     check_positive(n_train=n_train)
-    check_non_negative(n_heldout=n_heldout)
+    check_non_negative(n_heldout=n_heldout, n_disjoint=n_disjoint)
     g = torch.Generator().manual_seed(seed)
     if name == "digits":
-        if n_train + n_heldout > DIGITS_SIZE:
-            raise ValueError(f"digits has {DIGITS_SIZE} images: n_train + n_heldout must be <= {DIGITS_SIZE}; "
-                             f"got {n_train} + {n_heldout}")
-        x = _digits()[torch.randperm(DIGITS_SIZE, generator=g)[: n_train + n_heldout]]
+        total = n_train + n_heldout + n_disjoint
+        if total > DIGITS_SIZE:
+            raise ValueError(f"digits has {DIGITS_SIZE} images: n_train + n_heldout + n_disjoint must be <= "
+                             f"{DIGITS_SIZE}; got {n_train} + {n_heldout} + {n_disjoint}")
+        x = _digits()[torch.randperm(DIGITS_SIZE, generator=g)[:total]]
         shape = (1, 8, 8)
     else:
         x = _toy(name, n_train + n_heldout, g)
+        x = torch.cat([x, _toy(name, n_disjoint, g)]) if n_disjoint else x
         shape = (2,)
     x = x.to(device=device, dtype=dtype)
-    return Dataset(name, x[:n_train].contiguous(), x[n_train:].contiguous(), shape, seed)
+    cut = n_train + n_heldout
+    return Dataset(name, x[:n_train].contiguous(), x[n_train:cut].contiguous(), shape, seed,
+                   x[cut:].contiguous() if n_disjoint else None)

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from .data import GaussianMixture
-from .denoisers import EmpiricalOptimum, TimeSwitch
+from .denoisers import Blend, EmpiricalOptimum, TimeSwitch
 from .generators import GaussianFit, SetSamples, draw_sets
-from .metrics import Estimate, Proportion, bootstrap_ci, copy_rate, gap_on_forward_samples, loss_reduction_share, \
-    nearest_neighbors, objective_samples
+from .metrics import (Estimate, Proportion, bootstrap_ci, copy_rate, denoising_losses, gap_on_forward_samples,
+                      loss_reduction_share, nearest_neighbors, objective_samples, pooled_rate)
 from .mi import mi_knn, mi_mean_generator, mi_plugin_grid, uniform_edges
 from .samplers import sample_ddim
 from .schedule import Schedule
@@ -42,26 +42,57 @@ def loss_share(objective, model, optimum, x0: torch.Tensor, *, repeats: int, see
     return bootstrap_ci(columns, loss_reduction_share, n_boot=n_boot, seed=seed)
 
 
+BANDS = ((1, 10), (11, 100), (101, 1000))  # low, intermediate and high noise of the DDPM schedule
+
+
+def shares_by_band(denoisers: dict, optimum, x0: torch.Tensor, sched: Schedule, *, bands=BANDS, repeats: int = 4,
+                   seed: int = 0) -> dict[tuple[int, int], dict[str, float]]:
+    """band -> name -> share of the optimum's loss reduction over the zero predictor, 1 - (L_d - L_opt) /
+    (L_zero - L_opt), with t uniform in the band (all bands together: (1, T)); every denoiser on the same
+    (x0, t, eps) draws."""
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    out = {}
+    for band in (*bands, (1, sched.T)):
+        g = torch.Generator().manual_seed(seed)
+        losses = denoising_losses({**denoisers, "optimum": optimum, "zero": zero}, x0, sched, t_range=band,
+                                  repeats=repeats, generator=g)
+        opt, none = losses["optimum"].mean(), losses["zero"].mean()
+        out[band] = {name: float(1 - (losses[name].mean() - opt) / (none - opt)) for name in denoisers}
+    return out
+
+
+def normalized_share(share: float, blind: float) -> float:
+    """(share - share_blind) / (1 - share_blind): the part of what an S-blind denoiser leaves to gain that a model
+    gains (1: the optimum itself; 0: no closer to the optimum than the blind denoiser; negative: farther)."""
+    return (share - blind) / (1 - blind)
+
+
+def normalized_shares(shares: list[dict], model: str, yardstick: str) -> dict[tuple[int, int], list[float]]:
+    """band -> [normalized_share of `model` by `yardstick`, one per seed] from one shares_by_band result per seed."""
+    return {band: [normalized_share(sh[band][model], sh[band][yardstick]) for sh in shares] for band in shares[0]}
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """One (training-set size, training step) point of a run: copy rate of its samples, gap to its set's optimum,
-    and the nearest-neighbour distances d1 / sqrt(D) of its samples."""
+    """One (training-set size, seed, training step) point of a run: copy rate of its samples, gap to its set's
+    optimum, and the nearest-neighbour distances d1 / sqrt(D) of its samples."""
 
     n: int
+    seed: int
     train_step: int
     rate: Proportion
     gap: float  # relative gap to eps*, mean over the probe times
     d1: np.ndarray  # [K]
 
 
-def memorization_along_training(runs: dict, train: torch.Tensor, x_T: torch.Tensor, sched: Schedule, steps: int, *,
+def memorization_along_training(runs: dict, train: torch.Tensor, x_T: torch.Tensor, sched: Schedule, steps, *,
                                 probe_times=(10, 30, 100, 300), probes: int = 128, seed: int = 0) -> list[Snapshot]:
-    """For each run (n -> TrainResult trained on train[:n]) and each of its EMA snapshots: DDIM samples from x_T, their
-    copy rate against train[:n], and the relative gap to the optimum of train[:n] on forward samples of `probes`
-    training points at `probe_times`."""
-    g = torch.Generator().manual_seed(seed)
+    """For each run ((n, seed) -> a train.TrainResult trained on train[:n]) and each of its EMA snapshots: DDIM
+    samples from x_T, their copy rate against train[:n], and the relative gap to the optimum of train[:n] on forward
+    samples of `probes` training points at `probe_times`."""
     rows = []
-    for n, run in runs.items():
+    for (n, run_seed), run in runs.items():
+        g = torch.Generator().manual_seed(seed)
         optimum = EmpiricalOptimum(train[:n], sched, dtype=torch.float64)
         x0 = train[:n][torch.randint(n, (probes,), generator=g)]
         for step in run.snapshot_steps:
@@ -69,22 +100,70 @@ def memorization_along_training(runs: dict, train: torch.Tensor, x_T: torch.Tens
             with torch.no_grad():
                 nn = nearest_neighbors(sample_ddim(model, x_T, sched, steps), train[:n])
             gap = float(gap_on_forward_samples(model, optimum, x0, sched, probe_times, g).mean())
-            rows.append(Snapshot(n, step, copy_rate(nn.ratio), gap, (nn.d1 / math.sqrt(train.shape[1])).cpu().numpy()))
+            rows.append(Snapshot(n, run_seed, step, copy_rate(nn.ratio), gap,
+                                 (nn.d1 / math.sqrt(train.shape[1])).cpu().numpy()))
     return rows
 
 
-def window_swap(net, optimum, windows, x_T: torch.Tensor, train: torch.Tensor, sched: Schedule,
-                steps: int) -> dict[tuple[int, int], dict[str, Proportion]]:
-    """Copy rates of DDIM samples from x_T under a time switch: the optimum for t in each window [lo, hi] and the net
-    elsewhere ("optimum inside"), and the reverse ("net inside")."""
-    out = {}
-    for lo, hi in windows:
-        out[lo, hi] = {}
-        for name, inside, outside in (("optimum inside", optimum, net), ("net inside", net, optimum)):
-            with torch.no_grad():
-                z = sample_ddim(TimeSwitch(inside, outside, lo, hi), x_T, sched, steps)
-            out[lo, hi][name] = copy_rate(nearest_neighbors(z, train).ratio)
-    return out
+def spearman_interval(x, y, *, n_boot: int = 1000, seed: int = 0, groups=None) -> Estimate | None:
+    """Spearman correlation of (x, y) with a percentile bootstrap over the points; with `groups`, the mean of the
+    within-group correlations, points resampled within their group (groups whose x or y is constant are left out,
+    their correlation being undefined). None when no group has a defined correlation."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    labels = np.zeros(len(x), dtype=int) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    members = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+    members = [i for i in members if spearman(x[i], y[i]) is not None]
+    if not members:
+        return None
+
+    def statistic(index_sets) -> float:
+        values = [spearman(x[i], y[i]) for i in index_sets]
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else math.nan
+
+    rng = np.random.default_rng(seed)
+    value = statistic(members)
+    boots = np.array([statistic([rng.choice(i, len(i)) for i in members]) for _ in range(n_boot)])
+    boots = boots[np.isfinite(boots)]
+    low, high = np.quantile(boots, [0.025, 0.975]) if len(boots) else (value, value)
+    return Estimate(value, float(low), float(high))
+
+
+def blend_curve(model, optimum, weights, x_T: torch.Tensor, train: torch.Tensor, sched: Schedule,
+                steps) -> list[Proportion]:
+    """Copy rate of DDIM samples from x_T under (1 - w) eps_model + w eps* for each weight w."""
+    rates = []
+    for w in weights:
+        with torch.no_grad():
+            z = sample_ddim(Blend(model, optimum, float(w)), x_T, sched, steps)
+        rates.append(copy_rate(nearest_neighbors(z, train).ratio))
+    return rates
+
+
+def crossing(x, rates, level: float = 0.5) -> float | None:
+    """The first x at which the rate reaches `level`, interpolated linearly between grid points (the first point,
+    when it already does); None when it never does."""
+    x, v = np.asarray(x, dtype=float), np.array([getattr(r, "value", r) for r in rates], dtype=float)
+    above = np.flatnonzero(v >= level)
+    if not len(above):
+        return None
+    k = int(above[0])
+    if k == 0:
+        return float(x[0])
+    return float(x[k - 1] + (level - v[k - 1]) / (v[k] - v[k - 1]) * (x[k] - x[k - 1]))
+
+
+def prefix_switch(model, optimum, taus, x_T: torch.Tensor, train: torch.Tensor, sched: Schedule,
+                  steps) -> list[Proportion]:
+    """Copy rate of DDIM samples from x_T with the optimum from T down to tau (t > tau) and the model below, for
+    each tau: how far into sampling the optimum can lead before the model can no longer avoid a training point."""
+    rates = []
+    for tau in taus:
+        denoiser = TimeSwitch(optimum, model, int(tau) + 1, sched.T) if tau < sched.T else model
+        with torch.no_grad():
+            z = sample_ddim(denoiser, x_T, sched, steps)
+        rates.append(copy_rate(nearest_neighbors(z, train).ratio))
+    return rates
 
 
 # --------------------------------------------------------------------------------------------------- chapter 1
@@ -100,6 +179,8 @@ class EstimatorCheck:
     copier: tuple[Estimate, Estimate]  # (kNN, grid) of a copier of training points, n = 4
     independent: tuple[Estimate, Estimate]  # (kNN, grid) of z ~ P, ignoring S, n = 4
     n_sets: int
+    jackknife: tuple[Estimate, Estimate]  # (bootstrap, leave-one-set-out jackknife) of the kNN estimate, n = 4, on
+    # the first jackknife_sets sets
 
     def covered(self, which: str = "knn") -> int:
         """How many sizes have the exact value inside the estimate's 95% interval."""
@@ -111,9 +192,11 @@ class EstimatorCheck:
         return float(np.max(np.abs(np.array([e.value for e in self.knn]) - self.exact)))
 
 
-def estimator_check(sizes, *, n_sets: int, n_samples: int, k: int, seed: int) -> EstimatorCheck:
+def estimator_check(sizes, *, n_sets: int, n_samples: int, k: int, seed: int,
+                    jackknife_sets: int = 40) -> EstimatorCheck:
     """EstimatorCheck on M = n_sets training sets per size, K = n_samples samples per set (30-cell grid on
-    [-4.5, 4.5])."""
+    [-4.5, 4.5]); the jackknife (M + 1 kNN estimates) runs on the first `jackknife_sets` sets of n = 4."""
+    from .mi import jackknife
     from .data import gaussian
     from .generators import Copier, TrueDistribution
 
@@ -128,7 +211,31 @@ def estimator_check(sizes, *, n_sets: int, n_samples: int, k: int, seed: int) ->
         s = draw_sets(P, gen, n_sets=n_sets, n_train=4, n_samples=n_samples, seed=seed)
         extremes.append((mi_knn(s.z, k, seed=seed), mi_plugin_grid(s.z, edges, seed=seed)))
     exact = np.array([mi_mean_generator(n) for n in sizes])
-    return EstimatorCheck(tuple(sizes), exact, knn, grid, extremes[0], extremes[1], n_sets)
+    z = draw_sets(P, GaussianFit(std=1.0), n_sets=min(n_sets, jackknife_sets), n_train=4, n_samples=n_samples,
+                  seed=seed).z
+    resampling = (mi_knn(z, k, seed=seed), jackknife(lambda part: mi_knn(part, k, n_boot=1).value, z))
+    return EstimatorCheck(tuple(sizes), exact, knn, grid, extremes[0], extremes[1], n_sets, resampling)
+
+
+@dataclass(frozen=True)
+class DensityCheck:
+    """The kNN estimate of I(z; m) against the Monte Carlo value from exact densities, on the same samples."""
+
+    knn: Estimate
+    exact: Estimate  # mean over the sets of E_z [log p_m(z) - log (1/M) sum_j p_j(z)], bootstrap over sets
+
+
+def noisy_copier_check(data: GaussianMixture, std: float, *, n_sets: int, n_train: int, n_samples: int, k: int,
+                       seed: int) -> DensityCheck:
+    """DensityCheck for generators.NoisyCopier(std), whose P_{z|m} is known exactly."""
+    from .generators import NoisyCopier
+    from .mi import mean_of_terms, mi_density_terms
+
+    gen = NoisyCopier(std)
+    s = draw_sets(data, gen, n_sets=n_sets, n_train=n_train, n_samples=n_samples, seed=seed)
+    flat = s.z.reshape(-1, s.dim)
+    log_p = torch.stack([gen.log_prob(flat, train) for train in s.train], 1).reshape(n_sets, n_samples, n_sets)
+    return DensityCheck(mi_knn(s.z, k, seed=seed), mean_of_terms(mi_density_terms(log_p), seed=seed))
 
 
 def mi_over_sizes(data: GaussianMixture, generator, sizes, *, n_sets: int, n_samples: int, k: int,
@@ -140,11 +247,15 @@ def mi_over_sizes(data: GaussianMixture, generator, sizes, *, n_sets: int, n_sam
 
 @dataclass(frozen=True)
 class AlongTraining:
-    """An ensemble's I(z; m) and copy rate at each EMA snapshot."""
+    """An ensemble's I(z; m) (kNN, per-set terms averaged over its seeds) and copy rate (pooled over its seeds) at each
+    EMA snapshot, and how the grid split of the excess risk moves from the first snapshot to the last."""
 
     train_steps: tuple[int, ...]
     mi: list[Estimate]
     copy: list[Proportion]
+    mi_change: Estimate  # grid I(z; m), last snapshot minus first
+    marginal_change: Estimate  # grid KL(P_z || P), last snapshot minus first
+    seeds: int
 
     @property
     def spearman(self) -> float | None:
@@ -153,14 +264,25 @@ class AlongTraining:
 
 
 def mi_along_training(ensemble, sets: torch.Tensor, sched: Schedule, *, n_samples: int, steps: int, k: int,
-                      seed: int) -> AlongTraining:
-    """I(z; m) (kNN) and the copy rate of the ensemble's samples at every snapshot; member m against sets[m]."""
-    mis, copies = [], []
+                      seed: int, edges, mass: torch.Tensor) -> AlongTraining:
+    """AlongTraining of a train.EnsembleResult whose members are the M training sets `sets` [M, n, D] repeated once
+    per seed (member r M + m: set m, seed number r)."""
+    from .mi import grid_split_change, mean_of_terms, mi_knn_terms
+
+    M = len(sets)
+    seeds = ensemble.n_members // M
+    mis, copies, first, last = [], [], None, None
     for step in ensemble.snapshot_steps:
-        z = ensemble.sample(step, sched, n_samples, steps=steps, seed=seed)
-        mis.append(mi_knn(z, k, seed=seed))
-        copies.append(set_copy_rate(SetSamples(z, sets.to(z.dtype), seed)))
-    return AlongTraining(tuple(ensemble.snapshot_steps), mis, copies)
+        z = ensemble.sample(step, sched, n_samples, steps=steps, seed=seed).reshape(seeds, M, n_samples, -1)
+        terms = torch.stack([mi_knn_terms(z[r], k) for r in range(seeds)]).mean(0)
+        mis.append(mean_of_terms(terms, seed=seed))
+        rates = [set_copy_rate(SetSamples(z[r], sets.to(z.dtype), seed)) for r in range(seeds)]
+        copies.append(pooled_rate(rates))
+        flat = z.transpose(0, 1).reshape(M, seeds * n_samples, -1)  # set m: all its seeds' samples
+        first = flat if first is None else first
+        last = flat
+    mi_change, marginal_change = grid_split_change(first, last, edges, mass, seed=seed)
+    return AlongTraining(tuple(ensemble.snapshot_steps), mis, copies, mi_change, marginal_change, seeds)
 
 
 def set_copy_rate(samples: SetSamples) -> Proportion:
@@ -168,9 +290,25 @@ def set_copy_rate(samples: SetSamples) -> Proportion:
     return copy_rate(torch.cat([nearest_neighbors(z, train).ratio.cpu() for z, train in zip(samples.z, samples.train)]))
 
 
-def set_samples(ensemble, sets: torch.Tensor, sched: Schedule, *, n_samples: int, steps: int, seed: int) -> SetSamples:
-    """The ensemble's final samples as SetSamples on its training sets (the input of the I(z; m) estimators)."""
-    return SetSamples(ensemble.sample(ensemble.cfg.train_steps, sched, n_samples, steps=steps, seed=seed), sets, seed)
+def set_samples(ensemble, sets: torch.Tensor, sched: Schedule, *, n_samples: int, steps: int, seed: int,
+                seed_number: int = 0) -> SetSamples:
+    """The final samples of one seed of the ensemble (members seed_number M .. seed_number M + M - 1) as SetSamples
+    on their training sets (the input of the I(z; m) estimators)."""
+    z = ensemble.sample(None, sched, n_samples, steps=steps, seed=seed)
+    return SetSamples(z[seed_number * len(sets):(seed_number + 1) * len(sets)], sets, seed)
+
+
+def mi_over_seeds(ensemble, sets: torch.Tensor, sched: Schedule, *, n_samples: int, steps: int, k: int,
+                  seed: int) -> tuple[Estimate, list[SetSamples]]:
+    """I(z; m) of an ensemble of M sets x seeds (as in mi_along_training) at its end: per-set kNN terms averaged over
+    the seeds, bootstrap over the sets; and each seed's SetSamples."""
+    from .mi import mean_of_terms, mi_knn_terms
+
+    M = len(sets)
+    z = ensemble.sample(None, sched, n_samples, steps=steps, seed=seed)
+    per_seed = [SetSamples(z[r * M:(r + 1) * M], sets, seed) for r in range(ensemble.n_members // M)]
+    terms = torch.stack([mi_knn_terms(s.z, k) for s in per_seed]).mean(0)
+    return mean_of_terms(terms, seed=seed), per_seed
 
 
 # --------------------------------------------------------------------------------------------------- chapter 4

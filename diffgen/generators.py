@@ -123,6 +123,28 @@ class Copier:
 
 
 @dataclass(frozen=True)
+class NoisyCopier:
+    """z = x_I + std xi, I uniform on the training points: P_{z|S} = (1/n) sum_i N(x_i, std^2 I) exactly, so I(z; m)
+    can be computed from densities (log_prob) and I(z; S) is finite, between 0 (std -> inf) and inf (std = 0)."""
+
+    std: float
+
+    def __post_init__(self):
+        if not self.std > 0:
+            raise ValueError(f"std must be > 0; got {self.std}")
+
+    def __call__(self, train: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
+        pick = train[torch.randint(len(train), (n_samples,), generator=generator)].to(torch.float64)
+        return pick + self.std * torch.randn(pick.shape, generator=generator, dtype=torch.float64)
+
+    def log_prob(self, z: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+        """log p(z | S) for z [B, D] under the mixture of the training set train [n, D]."""
+        mixture = GaussianMixture(train.to(torch.float64), self.std,
+                                  torch.full((len(train),), 1 / len(train), dtype=torch.float64))
+        return mixture.log_prob(z)
+
+
+@dataclass(frozen=True)
 class TrueDistribution:
     """z ~ P itself, ignoring S: I(z; S) = 0."""
 

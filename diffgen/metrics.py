@@ -59,6 +59,32 @@ def wilson_interval(count: int, total: int, level: float = 0.95) -> Proportion:
     return Proportion(p, low, high, level, count, total)
 
 
+def across_seeds(values, level: float = 0.95) -> Estimate:
+    """Mean of one number measured on k >= 2 training seeds, with the t interval mean -/+ t_{k-1} sd / sqrt(k): the
+    spread that the seed alone (initialisation, batches, noise) puts on a trained-model number."""
+    from scipy.stats import t as student
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or len(v) < 2 or not np.isfinite(v).all():
+        raise ValueError(f"across_seeds needs at least two finite values (one per seed); got {values!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1); got {level}")
+    half = float(student.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return Estimate(float(v.mean()), float(v.mean()) - half, float(v.mean()) + half, level)
+
+
+def pooled_rate(rates: list[Proportion], level: float = 0.95) -> Proportion:
+    """A proportion measured on several seeds: the pooled count with its Wilson interval, widened to hold the
+    across-seeds t interval of the per-seed rates (clipped to [0, 1]) when there are two or more. It never
+    collapses at 0 or 1 (Wilson) and never hides the seeds' spread (t)."""
+    pooled = wilson_interval(sum(r.count for r in rates), sum(r.total for r in rates), level)
+    if len(rates) < 2:
+        return pooled
+    spread = across_seeds([r.value for r in rates], level)
+    return Proportion(pooled.value, min(pooled.low, max(0.0, spread.low)), max(pooled.high, min(1.0, spread.high)),
+                      level, pooled.count, pooled.total)
+
+
 @dataclass(frozen=True)
 class Neighbors:
     """The k nearest training points of each sample: distances [B, k] (ascending) and indices [B, k]."""
@@ -226,6 +252,59 @@ def objective_samples(objective, denoiser, x0: torch.Tensor, *, repeats: int = 8
     same t and noise (common random numbers), so their difference has low variance."""
     g = torch.Generator().manual_seed(seed)
     return torch.cat([objective.loss(denoiser, x0, g).detach().cpu() for _ in range(repeats)]).double().numpy()
+
+
+@torch.no_grad()
+def denoising_losses(denoisers: dict, x0: torch.Tensor, sched, *, t_range: tuple[int, int], repeats: int,
+                     generator: torch.Generator) -> dict[str, np.ndarray]:
+    """name -> per-sample losses [repeats N] of ||eps_hat(x_t, t) - eps||^2 / D for each denoiser, t ~ U{t_range}
+    (inclusive) and eps ~ N(0, I), the same (x0, t, eps) for every denoiser (common random numbers)."""
+    from .schedule import add_noise
+
+    lo, hi = t_range
+    if not 1 <= lo <= hi <= sched.T:
+        raise ValueError(f"t_range must satisfy 1 <= lo <= hi <= T = {sched.T}; got {t_range}")
+    out = {name: [] for name in denoisers}
+    x = x0.to(torch.float64)
+    for _ in range(repeats):
+        t = torch.randint(lo, hi + 1, (len(x),), generator=generator).to(x.device)
+        eps = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.device)
+        xt = add_noise(sched, x, t, eps)
+        for name, d in denoisers.items():
+            out[name].append((d(xt, t).to(torch.float64) - eps).pow(2).mean(1).cpu())
+    return {name: torch.cat(v).numpy() for name, v in out.items()}
+
+
+@dataclass(frozen=True)
+class GapProfile:
+    """How far a denoiser is from a reference, per time step, in both parametrizations (means over the queries)."""
+
+    t: np.ndarray  # [T'] time steps
+    eps_rel: np.ndarray  # E||eps_hat - eps_ref||^2 / E||eps_ref||^2
+    x0_abs: np.ndarray  # E||x0_hat - x0_ref||^2 / D, with x0 = (x_t - s eps) / a: an eps error weighed by s^2 / a^2
+    x0_rel: np.ndarray  # E||x0_hat - x0_ref||^2 / E||x0_ref||^2
+
+    def peak(self, which: str = "x0_abs") -> int:
+        """The time step where the gap `which` is largest."""
+        return int(self.t[int(np.argmax(getattr(self, which)))])
+
+
+@torch.no_grad()
+def gap_profile(denoiser, reference, x0: torch.Tensor, sched, times, generator: torch.Generator) -> GapProfile:
+    """GapProfile of `denoiser` against `reference` on forward samples x_t of x0 at each t in `times`."""
+    from .schedule import add_noise, x0_from_eps
+
+    x = x0.to(torch.float64)
+    eps_rel, x0_abs, x0_rel = [], [], []
+    for t in times:
+        eps = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.device)
+        xt = add_noise(sched, x, int(t), eps)
+        ref, hat = reference(xt, int(t)).to(torch.float64), denoiser(xt, int(t)).to(torch.float64)
+        x0_ref, x0_hat = x0_from_eps(sched, xt, int(t), ref), x0_from_eps(sched, xt, int(t), hat)
+        eps_rel.append(float((hat - ref).pow(2).sum() / ref.pow(2).sum()))
+        x0_abs.append(float((x0_hat - x0_ref).pow(2).mean()))
+        x0_rel.append(float((x0_hat - x0_ref).pow(2).sum() / x0_ref.pow(2).sum()))
+    return GapProfile(np.asarray([int(t) for t in times]), np.array(eps_rel), np.array(x0_abs), np.array(x0_rel))
 
 
 def loss_reduction_share(losses: np.ndarray) -> float:

@@ -226,6 +226,12 @@ def mi_plugin_terms(counts: torch.Tensor, *, miller_madow: bool = False) -> torc
     return terms - miller_madow_bias(counts) if miller_madow else terms
 
 
+def mean_of_terms(terms: torch.Tensor, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Estimate:
+    """I(z; m) as the mean of per-set terms [M] (e.g. averaged over training seeds first) with a percentile
+    bootstrap over the sets (see the module note)."""
+    return _estimate(terms, n_boot, level, seed)
+
+
 def _estimate(terms: torch.Tensor, n_boot: int, level: float, seed: int) -> Estimate:
     """Mean of per-set terms with a percentile bootstrap over sets. Terms are sorted and summed with fsum, so the
     estimate and its interval are exactly invariant to relabelling the sets."""
@@ -408,6 +414,29 @@ def excess_risk_knn(z: torch.Tensor, log_prob: Callable[[torch.Tensor], torch.Te
     total = _fmean(torch.tensor([-_kl_entropy(kth[m], K, k, D) - _fmean(cross[m]) for m in range(M)]))
     marginal = -_kl_entropy(_kth_pooled(z, kth, k, tile), M * K, k, D) - _fmean(cross)
     return ExcessRisk(total=total, mi=_fmean(mi_knn_terms(z, k, tile=tile)), marginal=marginal)
+
+
+def grid_split_change(before: torch.Tensor, after: torch.Tensor, edges: Sequence[torch.Tensor], mass: torch.Tensor, *,
+                      n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[Estimate, Estimate]:
+    """How the grid plug-in split (excess_risk_grid) moves between two sample sets of the same training sets
+    (z [M, K, D] before and after, e.g. two training snapshots): (change of I(z; m), change of KL(P_z || P)), each
+    with a percentile bootstrap that resamples the sets (the same sets before and after)."""
+    c0, c1 = histograms(before, edges), histograms(after, edges)
+    q = mass.to(torch.float64)
+
+    def change(idx) -> tuple[float, float]:
+        out = []
+        for counts in (c0[idx], c1[idx]):
+            p, pbar = counts / counts.sum(1, keepdim=True), _pooled(counts)
+            out.append((_fmean(_plogq(p, pbar[None])), float(_plogq(pbar, q))))
+        return out[1][0] - out[0][0], out[1][1] - out[0][1]
+
+    M = len(c0)
+    value = change(torch.arange(M))
+    rng = np.random.default_rng(seed)
+    boots = np.array([change(torch.from_numpy(rng.integers(0, M, M))) for _ in range(n_boot)])
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return (Estimate(value[0], float(lo[0]), float(hi[0]), level), Estimate(value[1], float(lo[1]), float(hi[1]), level))
 
 
 def excess_risk_grid(z: torch.Tensor, edges: Sequence[torch.Tensor], mass: torch.Tensor) -> ExcessRisk:

@@ -193,42 +193,101 @@ def plot_curves_xy(curves: dict, *, ax, xlabel: str, ylabel: str, logx: bool = F
 
 
 def plot_memorization_sweep(rows, heldout_d1, axes):
-    """experiments.memorization_along_training rows on four axes: copy rate against the training step per n, final
-    copy rate against n, copy rate against the gap to the optimum, final d1 boxes beside held-out images'."""
+    """experiments.memorization_along_training rows on four axes: copy rate against the training step per n (mean
+    over seeds, band: the range of the seeds), final copy rate against n, every (n, seed, step) against its gap to
+    the optimum, final d1 boxes beside held-out images'."""
     sizes = sorted({r.n for r in rows})
-    final = {n: max((r for r in rows if r.n == n), key=lambda r: r.train_step) for n in sizes}
+    last = max(r.train_step for r in rows)
     for n in sizes:
+        steps = sorted({r.train_step for r in rows if r.n == n})
+        per_step = [[r.rate.value for r in rows if r.n == n and r.train_step == s] for s in steps]
+        line, = axes[0].plot(steps, [np.mean(v) for v in per_step], marker=".", label=f"n = {n}")
+        axes[0].fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.15,
+                             color=line.get_color())
         mine = [r for r in rows if r.n == n]
-        steps = [r.train_step for r in mine]
-        axes[0].plot(steps, [r.rate.value for r in mine], marker=".", label=f"n = {n}")
-        axes[0].fill_between(steps, [r.rate.low for r in mine], [r.rate.high for r in mine], alpha=0.15)
-        axes[2].scatter([r.gap for r in mine], [r.rate.value for r in mine], label=f"n = {n}")
+        axes[2].scatter([r.gap for r in mine], [r.rate.value for r in mine], s=12, label=f"n = {n}")
     axes[0].set(xlabel="training step", ylabel="copy rate ($d_1/d_2 < 1/3$)", ylim=(-0.02, 1.02))
     axes[0].legend()
-    rates = [final[n].rate for n in sizes]
-    axes[1].errorbar(sizes, [r.value for r in rates], yerr=np.array([[r.value - r.low, r.high - r.value]
-                                                                     for r in rates]).T, marker="o", capsize=3)
+    final = [[r.rate.value for r in rows if r.n == n and r.train_step == last] for n in sizes]
+    axes[1].plot(sizes, [np.mean(v) for v in final], marker="o")
+    axes[1].fill_between(sizes, [min(v) for v in final], [max(v) for v in final], alpha=0.2)
     axes[1].set(xscale="log", xlabel="training-set size n", ylabel="copy rate, end of training", ylim=(-0.02, 1.02))
     axes[2].set(xscale="log", xlabel="relative gap to $\\epsilon^*$", ylabel="copy rate")
     axes[2].legend()
-    axes[3].boxplot([final[n].d1 for n in sizes] + [_np(heldout_d1)], showfliers=False)
+    ends = [np.concatenate([r.d1 for r in rows if r.n == n and r.train_step == last]) for n in sizes]
+    axes[3].boxplot(ends + [_np(heldout_d1)], showfliers=False)
     axes[3].set_xticks(range(1, len(sizes) + 2), [f"n = {n}" for n in sizes] + ["held-out"])
     axes[3].set(yscale="log", ylabel="$d_1/\\sqrt{D}$, end of training")
     return axes
 
 
-def plot_window_swap(swap: dict, net_rate: float, *, ax):
-    """experiments.window_swap: paired bars of copy rates per window with Wilson whiskers; the net alone, dashed."""
-    windows = list(swap)
-    xs = np.arange(len(windows))
-    for k, name in enumerate(["optimum inside", "net inside"]):
-        rates = [swap[w][name] for w in windows]
-        ax.bar(xs + (k - 0.5) * 0.38, [r.value for r in rates], width=0.38, label=f"{name} the window",
-               yerr=np.array([[r.value - r.low, r.high - r.value] for r in rates]).T, capsize=2)
-    ax.axhline(net_rate, ls="--", color="tab:blue", lw=1, label="net everywhere")
-    ax.set_xticks(xs, [f"{lo}..{hi}" for lo, hi in windows])
-    ax.set(xlabel="window of time steps", ylabel="copy rate", ylim=(0, 1.05))
-    ax.legend(loc="upper left")
+def plot_band_shares(shares: list[dict], ax1, ax2, model: str = "net", yardstick: str = "net on S'"):
+    """experiments.shares_by_band, one dict per seed: grouped bars of each denoiser's share per band (mean over
+    seeds, whiskers: their range) on ax1; the model's share normalised by the yardstick per band on ax2."""
+    bands = list(shares[0])
+    names = list(shares[0][bands[0]])
+    width = 0.8 / len(names)
+    labels = [f"{lo}..{hi}" for lo, hi in bands]
+    for k, name in enumerate(names):
+        values = np.array([[sh[b][name] for b in bands] for sh in shares])
+        mean = values.mean(0)
+        ax1.bar(np.arange(len(bands)) + (k - (len(names) - 1) / 2) * width, mean, width=width, label=name,
+                yerr=np.stack([mean - values.min(0), values.max(0) - mean]), capsize=2)
+    ax1.set_xticks(np.arange(len(bands)), labels)
+    # a denoiser far from the optimum at low noise can have a share far below 0: the axis shows [-1, 1]
+    ax1.set(xlabel="time steps t", ylabel="share of the optimum's loss reduction", ylim=(-1.0, 1.05))
+    ax1.legend(fontsize=9)
+    norm = np.array([[(sh[b][model] - sh[b][yardstick]) / (1 - sh[b][yardstick]) for b in bands] for sh in shares])
+    ax2.bar(np.arange(len(bands)), norm.mean(0), yerr=np.stack([norm.mean(0) - norm.min(0), norm.max(0) - norm.mean(0)]),
+            capsize=3, color="tab:blue")
+    ax2.axhline(0.5, ls="--", color="k", lw=1)
+    ax2.set_xticks(np.arange(len(bands)), labels)
+    ax2.set(xlabel="time steps t", ylabel=f"normalised by {yardstick}")
+    return ax1, ax2
+
+
+def band_share_table(shares: list[dict]) -> str:
+    """Markdown table: each denoiser's share per band, mean over the seeds (min..max)."""
+    bands = list(shares[0])
+    names = list(shares[0][bands[0]])
+    cell = lambda v: f"{np.mean(v):.3f} ({min(v):.3f}..{max(v):.3f})" if len(v) > 1 else f"{v[0]:.3f}"  # noqa: E731
+    rows = [[name, *(cell([sh[b][name] for sh in shares]) for b in bands)] for name in names]
+    return markdown_table(["denoiser", *(f"t in {lo}..{hi}" for lo, hi in bands)], rows)
+
+
+def plot_gap_profiles(profiles: dict, axes):
+    """metrics.GapProfile per denoiser on three axes: relative eps-gap, absolute and relative x0-gap, per time step."""
+    for name, prof in profiles.items():
+        for ax, values in zip(axes, (prof.eps_rel, prof.x0_abs, prof.x0_rel)):
+            ax.plot(prof.t, values, marker=".", label=name)
+    for ax, label in zip(axes, ("relative gap, $\\epsilon$", "absolute gap per pixel, $x_0$", "relative gap, $x_0$")):
+        ax.set(xscale="log", yscale="log", xlabel="time step t", ylabel=label)
+    axes[0].legend(fontsize=9)
+    return axes
+
+
+def plot_blend_curves(weights, curves: dict, *, ax):
+    """Copy rate against the blend weight lambda: curves[(who, seed)] = [Proportion per weight], one colour per who."""
+    colors = {}
+    for (who, seed), rates in curves.items():
+        color = colors.setdefault(who, plt.rcParams["axes.prop_cycle"].by_key()["color"][len(colors)])
+        ax.plot(weights, [r.value for r in rates], marker=".", color=color, alpha=0.8,
+                label=who if list(colors).index(who) == len(colors) - 1 and seed == min(
+                    s for w, s in curves if w == who) else None)
+    ax.axhline(0.5, ls="--", color="k", lw=1)
+    ax.set(xlabel="$\\lambda$: $(1-\\lambda)\\,\\epsilon_\\theta + \\lambda\\,\\epsilon^*$", ylabel="copy rate",
+           ylim=(-0.02, 1.02))
+    ax.legend()
+    return ax
+
+
+def plot_rate_curve(x, rates, *, ax, xlabel: str, logx: bool = False):
+    """One copy-rate curve with its Wilson band, and the 50% line."""
+    v = np.array([r.value for r in rates])
+    ax.plot(x, v, marker="o")
+    ax.fill_between(x, [r.low for r in rates], [r.high for r in rates], alpha=0.2)
+    ax.axhline(0.5, ls="--", color="k", lw=1)
+    ax.set(xlabel=xlabel, ylabel="copy rate", ylim=(-0.02, 1.02), xscale="log" if logx else "linear")
     return ax
 
 
@@ -291,14 +350,18 @@ def plot_estimator_check(check, *, ax):
     return ax
 
 
-def plot_along_training(along, ax1, ax2, *, ceiling: float | None = None):
-    """experiments.AlongTraining: I(z; m) (left, with an optional ceiling) and the copy rate (right) per snapshot."""
+def plot_along_training(along, ax1, ax2, *, ceiling: float | None = None, baseline: float | None = None):
+    """experiments.AlongTraining: I(z; m) (left, with an optional ceiling) and the copy rate (right, with an optional
+    baseline: the rate of fresh samples of P) per snapshot."""
     for ax, estimates, label in ((ax1, along.mi, "I(z; m)  [nats]"), (ax2, along.copy, "copy rate (d1/d2 < 1/3)")):
         v, err = _errorbars(estimates)
         ax.errorbar(along.train_steps, v, yerr=err, fmt="o-", capsize=3, ms=4)
         ax.set(xscale="log", xlabel="training step (EMA snapshot)", ylabel=label)
     if ceiling is not None:
-        ax1.axhline(ceiling, ls="--", color="tab:red", lw=1)
+        ax1.axhline(ceiling, ls="--", color="tab:red", lw=1, label="log M")
+    if baseline is not None:
+        ax2.axhline(baseline, ls="--", color="k", lw=1, label="fresh samples of P")
+        ax2.legend()
     return ax1, ax2
 
 

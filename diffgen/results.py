@@ -52,6 +52,15 @@ PAPER_CLAIMS = {c.id: c for c in [
 ]}
 
 
+# Our reconstruction checks: statements about our reading of the paper (estimators, derivations), never the paper's.
+CHECKS = {
+    "R1": "Our estimator of I(z; S) recovers the closed form 0.5 log(1 + 1/n) of the mean generator.",
+    "R2": "Our kNN estimator recovers I(z; m) at intermediate values (a noisy copier, exact densities).",
+    "R3": "In our reading, the forward-time objective's exact minimiser is eps*, for every gap distribution.",
+    "R4": "Tweedie's formula: the regression slope of xi_{t,s} on eps*(x_t, t) is c_{t,s}.",
+}
+
+
 def is_reconstruction(claim_id: str) -> bool:
     return RECONSTRUCTION_ID.fullmatch(claim_id) is not None
 
@@ -96,6 +105,11 @@ def paper_row(claim_id: str, metric: str, value, ci, expected: str, holds, seeds
     """A row that tests paper claim `claim_id` as its source states it (statement and source from PAPER_CLAIMS)."""
     paper = PAPER_CLAIMS[claim_id]
     return Claim(claim_id, paper.source, paper.statement, metric, value, ci, expected, bool(holds), seeds)
+
+
+def check_row(check_id: str, metric: str, value, ci, expected: str, holds, seeds: int | None = None) -> Claim:
+    """A reconstruction check of ours (statement from CHECKS)."""
+    return Claim(check_id, "ours", CHECKS[check_id], metric, value, ci, expected, bool(holds), seeds)
 
 
 def results_path(directory: str | Path, chapter: str) -> Path:

@@ -1,6 +1,7 @@
 """Layer 3: samplers, pure functions of a denoiser eps_hat(x_t, t).
 
-All share one loop shape: walk the grid t_0 = T > ... > t_{S-1} = 1 > t_S = 0 (see `schedule.timesteps`), predict
+All share one loop shape: walk the grid t_0 = T > ... > t_{S-1} = 1 > t_S = 0 (`steps`: a number of steps for
+`schedule.timesteps`, or a grid such as `schedule.karras_timesteps`), predict
 eps_hat, convert it once to x0_hat (`schedule.x0_from_eps`), step. The loop runs in `dtype` (float64 by default:
 at t = 1 the empirical optimum has 1 - abar_1 = 1e-4 and float32 rounding shows). `callback(i, t, xt, x0_hat)` is
 called at every grid point, including the end (i = S, t = 0, xt = x0_hat = the sample).
@@ -39,9 +40,17 @@ class Trajectory:
         return torch.tensor(self.t), torch.stack(self.xt), torch.stack(self.x0_hat)
 
 
-def _check(x_T: torch.Tensor, steps: int, sched: Schedule) -> torch.Tensor:
+def _check(x_T: torch.Tensor, steps, sched: Schedule) -> torch.Tensor:
+    """The grid: `timesteps(sched, steps)` for an int, or `steps` itself, a decreasing long tensor ending at 0."""
     if x_T.ndim != 2:
         raise ValueError(f"x_T must have shape [B, D]; got {tuple(x_T.shape)}")
+    if isinstance(steps, torch.Tensor):
+        grid = steps.cpu()
+        if grid.ndim != 1 or len(grid) < 2 or grid.dtype.is_floating_point or int(grid[-1]) != 0 or \
+                int(grid[0]) > sched.T or not bool((grid[1:] < grid[:-1]).all()):
+            raise ValueError(f"a grid of steps must be a decreasing integer tensor from at most T = {sched.T} down "
+                             "to 0 (schedule.timesteps, schedule.karras_timesteps)")
+        return grid
     return timesteps(sched, steps)
 
 

@@ -105,3 +105,21 @@ def timesteps(sched: Schedule, steps: int) -> torch.Tensor:
     else:
         grid = torch.linspace(sched.T, 1, steps, dtype=torch.float64).round().long()
     return torch.cat([grid, torch.zeros(1, dtype=torch.long)])
+
+
+def karras_timesteps(sched: Schedule, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Decreasing sampler grid refined at low noise (Karras et al. 2022, eq. 5): sigma_i = (sigma_max^(1/rho) +
+    i/(S-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho on sigma_t = sqrt((1 - abar_t) / abar_t), each rounded to the
+    integer t of nearest log sigma; repeats are dropped, so the grid can hold fewer than `steps` times. Returns a long
+    tensor [S' + 1] from T down to 1, then 0, the shape `timesteps` returns (the samplers take either)."""
+    if not 2 <= steps <= sched.T:
+        raise ValueError(f"steps must be an integer in [2, {sched.T}]; got {steps}")
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0; got {rho}")
+    log_sigma = 0.5 * ((1 - sched.abar[1:]) / sched.abar[1:]).log()  # [T], increasing in t
+    lo, hi = log_sigma[0].exp() ** (1 / rho), log_sigma[-1].exp() ** (1 / rho)
+    wanted = (hi + torch.linspace(0, 1, steps, dtype=torch.float64) * (lo - hi)) ** rho
+    t = (log_sigma[None] - wanted.log()[:, None]).abs().argmin(1) + 1
+    grid = torch.unique_consecutive(t)
+    grid[0], grid[-1] = sched.T, 1
+    return torch.cat([torch.unique_consecutive(grid), torch.zeros(1, dtype=torch.long)])

@@ -164,6 +164,15 @@ class EnsembleResult:
             raise ValueError(f"train_step must be one of the snapshot steps {self.snapshot_steps}; got {step!r}")
         return Ensemble(self._base(), {k: v.to(self.device) for k, v in self.snapshots[step].items()})
 
+    def member(self, m: int) -> "TrainResult":
+        """Member m as a single run (its EMA model, raw model, loss curve and snapshots)."""
+        if not 0 <= m < self.n_members:
+            raise ValueError(f"m must lie in [0, {self.n_members}); got {m!r}")
+        return TrainResult(model=self.model_at().member(m), raw_model=self.raw_model().member(m),
+                           losses=self.losses[:, m].numpy(),
+                           snapshots={s: {k: v[m] for k, v in state.items()} for s, state in self.snapshots.items()},
+                           from_cache=self.from_cache, path=self.path)
+
     def raw_model(self) -> Ensemble:
         return Ensemble(self._base(), {k: v.to(self.device) for k, v in self.raw.items()})
 
@@ -277,12 +286,8 @@ def train(model_cfg: ModelConfig, objective: Objective, x0: torch.Tensor, shape:
     if not isinstance(x0, torch.Tensor) or x0.ndim != 2 or len(x0) == 0:
         raise ValueError(f"x0 must be a non-empty [N, D] tensor; got shape {tuple(getattr(x0, 'shape', ()))}")
     step_callback = None if callback is None else (lambda step, losses: callback(step, losses[0]))
-    run = train_ensemble(model_cfg, objective, [x0], shape, cfg, device=device, cache_dir=cache_dir,
-                         progress=progress, callback=step_callback)
-    first = lambda state: {k: v[0] for k, v in state.items()}  # noqa: E731
-    return TrainResult(model=run.model_at().member(0), raw_model=run.raw_model().member(0),
-                       losses=run.losses[:, 0].numpy(), snapshots={s: first(v) for s, v in run.snapshots.items()},
-                       from_cache=run.from_cache, path=run.path)
+    return train_ensemble(model_cfg, objective, [x0], shape, cfg, device=device, cache_dir=cache_dir,
+                          progress=progress, callback=step_callback).member(0)
 
 
 def _check_sets(sets, shape) -> list[torch.Tensor]:

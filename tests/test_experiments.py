@@ -60,25 +60,63 @@ def test_memorization_along_training_tells_a_copier_from_a_blind_denoiser(sched,
     x_T = torch.randn(32, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     opt = EmpiricalOptimum(digits.train, sched, dtype=torch.float64)
     other = load_dataset("digits", 40, 0, seed=1).train
-    rows = experiments.memorization_along_training({40: FixedRun(opt), 20: FixedRun(blind(other, sched), (5,))},
-                                                   digits.train, x_T, sched, 10, probes=16)
-    assert [(r.n, r.train_step) for r in rows] == [(40, 10), (40, 20), (20, 5)]
+    runs = {(40, 0): FixedRun(opt), (20, 1): FixedRun(blind(other, sched), (5,))}
+    rows = experiments.memorization_along_training(runs, digits.train, x_T, sched, 10, probes=16)
+    assert [(r.n, r.seed, r.train_step) for r in rows] == [(40, 0, 10), (40, 0, 20), (20, 1, 5)]
     assert rows[0].rate.value == 1.0 and rows[0].gap == pytest.approx(0.0, abs=1e-20)
     assert rows[2].rate.value < 0.5 and rows[2].gap > 0.01 and rows[2].d1.shape == (32,)
 
 
-def test_window_swap_copies_when_the_optimum_holds_the_last_steps(sched, digits):
+def test_shares_by_band_and_their_normalisation(sched, digits):
+    opt = EmpiricalOptimum(digits.train, sched, dtype=torch.float64)
+    fit = blind(load_dataset("digits", 40, 0, seed=1).train, sched)
+    shares = experiments.shares_by_band({"eps*": opt, "fit": fit}, opt, digits.train, sched, repeats=1, seed=0)
+    assert list(shares) == [*experiments.BANDS, (1, 1000)]
+    assert all(band["eps*"] == pytest.approx(1.0) for band in shares.values())
+    assert shares[(101, 1000)]["fit"] > shares[(1, 10)]["fit"]  # every denoiser is good at high noise
+    assert experiments.normalized_share(1.0, 0.8) == 1.0 and experiments.normalized_share(0.8, 0.8) == 0.0
+    norm = experiments.normalized_shares([shares, shares], "eps*", "fit")
+    assert norm[(1, 1000)] == [pytest.approx(1.0)] * 2
+
+
+def test_blend_curve_and_prefix_switch_move_from_the_net_to_the_optimum(sched, digits):
     x_T = torch.randn(32, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     opt = EmpiricalOptimum(digits.train, sched, dtype=torch.float64)
     net = blind(load_dataset("digits", 40, 0, seed=1).train, sched)
-    swap = experiments.window_swap(net, opt, [(1, 10), (601, 1000)], x_T, digits.train, sched, 20)
-    assert swap[1, 10]["optimum inside"].value == 1.0  # the last step projects onto a training point
-    assert swap[601, 1000]["optimum inside"].value < 0.5  # the blind denoiser finishes: new images
-    assert swap[601, 1000]["net inside"].value == 1.0
+    rates = experiments.blend_curve(net, opt, [0.0, 0.5, 1.0], x_T, digits.train, sched, 20)
+    assert rates[0].value < 0.5 and rates[-1].value == 1.0
+    assert experiments.crossing([0.0, 0.5, 1.0], rates) is not None
+    prefix = experiments.prefix_switch(net, opt, [1000, 1], x_T, digits.train, sched, 20)
+    assert prefix[0].value < 0.5 and prefix[1].value == 1.0  # the optimum until t = 1: a copy
+
+
+def test_crossing_interpolates_the_first_passage():
+    assert experiments.crossing([0.0, 1.0], [0.0, 1.0]) == pytest.approx(0.5)
+    assert experiments.crossing([0.0, 0.5, 1.0], [0.6, 0.9, 1.0]) == 0.0  # already above at the first point
+    assert experiments.crossing([0.0, 0.5, 1.0], [0.0, 0.1, 0.2]) is None
+    assert experiments.crossing([1000, 100, 10], [0.0, 0.2, 0.8]) == pytest.approx(100 - 90 * 0.5)
+
+
+def test_spearman_interval_within_groups():
+    x = [1, 2, 3, 4, 1, 2, 3, 4]
+    y = [4, 3, 2, 1, 1, 2, 3, 4]  # -1 in the first group, +1 in the second
+    est = experiments.spearman_interval(x, y, groups=[0] * 4 + [1] * 4, n_boot=100)
+    assert est.value == pytest.approx(0.0)
+    assert experiments.spearman_interval(x, [5] * 8, groups=[0] * 4 + [1] * 4) is None  # no group varies
+    one = experiments.spearman_interval(x[:4], y[:4], n_boot=100)
+    assert one.value == pytest.approx(-1.0) and one.low <= one.value <= one.high
+
+
+def test_noisy_copier_check_agrees_with_exact_densities():
+    check = experiments.noisy_copier_check(eight_gaussians(), 0.5, n_sets=12, n_train=6, n_samples=300, k=3, seed=0)
+    assert 0.2 < check.exact.value < math.log(12) - 0.2  # an intermediate value
+    assert abs(check.knn.value - check.exact.value) < 0.15
 
 
 def test_estimator_check_recovers_the_closed_form_and_the_extremes():
-    check = experiments.estimator_check([1, 4], n_sets=40, n_samples=200, k=3, seed=0)
+    check = experiments.estimator_check([1, 4], n_sets=40, n_samples=200, k=3, seed=0, jackknife_sets=8)
+    boot, jack = check.jackknife
+    assert boot.low <= boot.value <= boot.high and jack.low <= jack.value <= jack.high
     np.testing.assert_allclose(check.exact, [0.5 * math.log(2), 0.5 * math.log(1.25)])
     assert check.covered("knn") >= 1 and check.max_error < 0.1
     assert abs(check.copier[0].value - math.log(40)) < 0.02
@@ -86,16 +124,25 @@ def test_estimator_check_recovers_the_closed_form_and_the_extremes():
 
 
 def test_mi_along_training_and_set_samples_of_an_ensemble(sched, tmp_path):
+    from diffgen import mi
+
     P = eight_gaussians()
     sets = training_sets(P, n_sets=4, n_train=3, seed=0)
-    run = train_ensemble(PlainMLPConfig(hidden=16, depth=1, time_dim=8), EpsLoss(sched), sets, (2,),
+    run = train_ensemble(PlainMLPConfig(hidden=16, depth=1, time_dim=8), EpsLoss(sched), list(sets) * 2, (2,),
                          TrainConfig(train_steps=30, batch_size=8, warmup=5, checkpoint_every=30, snapshots=(10, 20)),
-                         device="cpu", cache_dir=tmp_path, progress=False)
-    along = experiments.mi_along_training(run, sets, sched, n_samples=30, steps=5, k=3, seed=0)
-    assert along.train_steps == (10, 20, 30) and len(along.mi) == len(along.copy) == 3
-    assert all(c.total == 4 * 30 for c in along.copy)
-    samples = experiments.set_samples(run, sets, sched, n_samples=30, steps=5, seed=0)
-    assert samples.z.shape == (4, 30, 2) and torch.equal(samples.z, run.sample(30, sched, 30, steps=5, seed=0))
+                         seeds=(0,) * 4 + (1,) * 4, device="cpu", cache_dir=tmp_path, progress=False)
+    edges = mi.uniform_edges(-3, 3, 4, dim=2)
+    along = experiments.mi_along_training(run, sets, sched, n_samples=30, steps=5, k=3, seed=0, edges=edges,
+                                          mass=mi.grid_mass(P, edges))
+    assert along.train_steps == (10, 20, 30) and len(along.mi) == len(along.copy) == 3 and along.seeds == 2
+    assert all(c.total == 2 * 4 * 30 for c in along.copy)  # pooled over the seeds
+    assert along.mi_change.low <= along.mi_change.value <= along.mi_change.high
+    second = experiments.set_samples(run, sets, sched, n_samples=30, steps=5, seed=0, seed_number=1)
+    assert second.z.shape == (4, 30, 2) and torch.equal(second.z, run.sample(None, sched, 30, steps=5, seed=0)[4:])
+    estimate, per_seed = experiments.mi_over_seeds(run, sets, sched, n_samples=30, steps=5, k=3, seed=0)
+    assert len(per_seed) == 2 and torch.equal(per_seed[1].z, second.z)
+    terms = torch.stack([mi.mi_knn_terms(s.z, 3) for s in per_seed]).mean(0)
+    assert estimate.value == pytest.approx(float(terms.mean()), abs=1e-12)
 
 
 def test_forward_time_minimiser_is_eps_star_and_tweedie_slopes_are_c(sched, digits):

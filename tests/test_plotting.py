@@ -65,24 +65,43 @@ def test_curves_bars_and_bands_draw_what_they_are_given(ax):
     assert len(ax.lines) == 2  # the curve and the ceiling
 
 
-def test_window_swap_and_sweep_figures(ax):
+def test_ch3_figures(ax):
     rate = wilson_interval(3, 10)
-    swap = {(1, 10): {"optimum inside": rate, "net inside": rate}, (11, 50): {"optimum inside": rate,
-                                                                                "net inside": rate}}
-    plotting.plot_window_swap(swap, 0.1, ax=ax)
-    assert len(ax.patches) == 4 and [t.get_text() for t in ax.get_xticklabels()] == ["1..10", "11..50"]
     fig, axes = plt.subplots(1, 4)
-    rows = [Snapshot(n, s, rate, 0.1 * s, np.ones(5)) for n in (8, 64) for s in (1, 2)]
+    rows = [Snapshot(n, seed, s, rate, 0.1 * s, np.ones(5)) for n in (8, 64) for seed in (0, 1) for s in (1, 2)]
     plotting.plot_memorization_sweep(rows, np.ones(5), axes)
     assert len(axes[0].lines) == 2 and len(axes[1].lines) >= 1 and len(axes[3].get_xticklabels()) == 3
+    plt.close(fig)
+    shares = [{(1, 10): {"net": 0.5, "blind": 0.2}, (1, 1000): {"net": 0.9, "blind": 0.8}}] * 2
+    fig, (a1, a2) = plt.subplots(1, 2)
+    plotting.plot_band_shares(shares, a1, a2, model="net", yardstick="blind")
+    assert len(a1.patches) == 4 and len(a2.patches) == 2
+    assert a2.patches[0].get_height() == pytest.approx((0.5 - 0.2) / 0.8)
+    plt.close(fig)
+    assert len(plotting.band_share_table(shares).splitlines()) == 4
+    plotting.plot_blend_curves([0, 1], {("net", 0): [rate, rate], ("blind", 0): [rate, rate]}, ax=ax)
+    assert len(ax.lines) == 3  # two curves and the 50% line
+    ax.clear()
+    plotting.plot_rate_curve([1, 10], [rate, rate], ax=ax, xlabel="tau", logx=True)
+    assert ax.get_xscale() == "log"
+
+
+def test_gap_profiles_figure():
+    from diffgen.metrics import GapProfile
+
+    fig, axes = plt.subplots(1, 3)
+    prof = GapProfile(np.array([1, 10, 100]), np.ones(3), np.ones(3), np.ones(3))
+    plotting.plot_gap_profiles({"a": prof, "b": prof}, axes)
+    assert all(len(ax.lines) == 2 for ax in axes)
     plt.close(fig)
 
 
 def test_chapter_specific_figures(ax):
     fig, (a1, a2) = plt.subplots(1, 2)
     along = AlongTraining((10, 100), [Estimate(0.1, 0, 0.2), Estimate(0.3, 0.2, 0.4)],
-                          [wilson_interval(1, 10), wilson_interval(3, 10)])
-    plotting.plot_along_training(along, a1, a2, ceiling=1.0)
+                          [wilson_interval(1, 10), wilson_interval(3, 10)], Estimate(0.2, 0.1, 0.3),
+                          Estimate(-1.0, -1.2, -0.8), 2)
+    plotting.plot_along_training(along, a1, a2, ceiling=1.0, baseline=0.3)
     assert a1.get_xscale() == "log" and len(a1.lines) >= 2
     a1.clear(), a2.clear()
     slopes = [TweedieSlope(10, 0, 1.0, Estimate(0.98, 0.95, 1.01)), TweedieSlope(10, 9, 0.3, Estimate(0.3, 0.28, 0.33))]

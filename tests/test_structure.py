@@ -50,6 +50,9 @@ def test_readme_lists_every_module_with_its_layer():
         module = "__init__" if name == "diffgen" else name.split(".", 1)[1]
         assert re.search(rf"\|\s*{layer}\s*\|[^\n]*`{re.escape(module)}`", readme), \
             f"README.md: the design notes must list `{module}` in its layer {layer}"
+    listed = set(re.findall(r"^\|\s*\d+\s*\|\s*`(\w+)`", readme, flags=re.M))
+    known = {"__init__" if name == "diffgen" else name.split(".", 1)[1] for name in layers}
+    assert listed <= known, f"README.md lists modules that do not exist: {sorted(listed - known)}"
 
 
 def _notebook_imports(path: Path) -> list[tuple[str, list[str]]]:

@@ -1,0 +1,168 @@
+"""Layer 8: claim rows from measurements, one function per row: the rule that turns numbers into a verdict.
+
+Each rule is stated in the row (`expected`) and tested (tests/test_verdicts.py) on a yardstick that lacks the
+property the row claims (an S-blind denoiser, a generator that never saw S, samples of P) and must then fail, and on
+one that has it. The thresholds are ours; the statements of paper rows are the paper's (results.PAPER_CLAIMS).
+"""
+from __future__ import annotations
+
+import math
+
+from .metrics import Estimate, Proportion, across_seeds
+from .results import Claim, check_row, paper_row
+
+
+def _ci(e: Estimate | None):
+    return None if e is None else (e.low, e.high)
+
+
+# --------------------------------------------------------------------------------------------------- chapter 1
+def estimator_recovers_closed_form(check) -> Claim:
+    """R1: the kNN interval covers 0.5 log(1 + 1/n) for all but at most one of the sizes (experiments.EstimatorCheck)."""
+    covered, sizes = check.covered("knn"), len(check.sizes)
+    return check_row("R1", f"sizes n in {list(check.sizes)} whose exact I(z; S) lies in the kNN 95% interval (1-D, "
+                     f"M = {check.n_sets})", float(covered), None, f">= {sizes - 1} of {sizes}", covered >= sizes - 1)
+
+
+def estimator_recovers_densities(check, std: float) -> Claim:
+    """R2: at an intermediate value the kNN estimate and the exact-density value agree: their intervals overlap
+    (experiments.DensityCheck)."""
+    knn, exact = check.knn, check.exact
+    return check_row("R2", f"kNN I(z; m) of a noisy copier (std {std:g}) minus the value from exact densities "
+                     f"({exact.value:.3f})", knn.value - exact.value, (knn.low - exact.value, knn.high - exact.value),
+                     "intervals of the two overlap", knn.low <= exact.high and exact.low <= knn.high)
+
+
+def memorizer_saturates(estimate: Estimate, n_sets: int, what: str) -> Claim:
+    """C1: a generator that copies its training set shows I(z; m) at the ceiling: lower end >= 0.9 log M."""
+    ceiling = math.log(n_sets)
+    return paper_row("C1", f"I(z; m) of {what}, M = {n_sets}", estimate.value, _ci(estimate),
+                     f">= 0.9 log M = {0.9 * ceiling:.3f} (a memorizing generator saturates)",
+                     estimate.low >= 0.9 * ceiling)
+
+
+def learner_below_memorizer(estimate: Estimate, memorizer: Estimate, what: str, seeds: int | None) -> Claim:
+    """C1: a trained model that generates new data shows less I(z; m) than the memorizing optimum, intervals
+    disjoint."""
+    return paper_row("C1", f"I(z; m) of {what}", estimate.value, _ci(estimate),
+                     f"below the empirical optimum's ({memorizer.value:.3f}), intervals disjoint",
+                     estimate.high < memorizer.low, seeds)
+
+
+def blind_reads_zero(estimate: Estimate, what: str, tolerance: float = 0.05) -> Claim:
+    """C1: a generator that never looks at S shows I(z; m) of about 0: |value| <= tolerance and 0 in the interval."""
+    return paper_row("C1", f"I(z; m) of {what} (ignores S)", estimate.value, _ci(estimate),
+                     f"|I| <= {tolerance:g} nats and 0 in the interval (no dependence on S)",
+                     abs(estimate.value) <= tolerance and estimate.low <= 0 <= estimate.high)
+
+
+def tradeoff_along_training(along) -> Claim:
+    """C6 (ch1): along training the dependence on S grows while the distance of the average generator to P falls:
+    the grid I(z; m) rises from the first snapshot to the last (interval above 0) while KL(P_z || P) falls (interval
+    below 0) (experiments.AlongTraining)."""
+    mi, kl = along.mi_change, along.marginal_change
+    return paper_row("C6", f"change of I(z; m) from step {along.train_steps[0]} to {along.train_steps[-1]} (grid "
+                     f"plug-in; KL(P_z || P) changes by {kl.value:.3f} [{kl.low:.3f}, {kl.high:.3f}])", mi.value,
+                     _ci(mi), "> 0 with its interval above 0 while the KL's interval lies below 0",
+                     mi.low > 0 and kl.high < 0, along.seeds)
+
+
+# --------------------------------------------------------------------------------------------------- chapter 2
+def closed_form_exact(error: float) -> Claim:
+    """C2: the empirical optimum in closed form agrees with a float64 brute force to 1e-8."""
+    return paper_row("C2", "max |x0* kernel - float64 brute force| over t in {1, 10, 100, 500, 1000}", error, None,
+                     "< 1e-8", error < 1e-8)
+
+
+def sampler_copies(rate: Proportion, what: str, *, paper: bool) -> Claim:
+    """C3: (almost) every sample is a copy of a training point: lower end of the Wilson interval >= 0.9. `paper`:
+    a deterministic sampler, as the abstract says; else our extension to stochastic samplers."""
+    metric = f"copy rate (d1/d2 < 1/3), {what}, {rate.total} samples"
+    if paper:
+        return paper_row("C3", metric, rate.value, _ci(rate), ">= 0.9 at the lower end of the interval",
+                         rate.low >= 0.9)
+    return Claim("C3", "ours", "Stochastic samplers with the empirical optimum memorize too.", metric, rate.value,
+                 _ci(rate), ">= 0.9 at the lower end of the interval", bool(rate.low >= 0.9))
+
+
+# --------------------------------------------------------------------------------------------------- chapter 3
+def approximates_optimum(normalized: list[float], what: str) -> Claim:
+    """C4: closer to the optimum than to an S-blind yardstick: the normalised share (share - share_blind) /
+    (1 - share_blind), mean over seeds, has its interval across seeds above 1/2."""
+    est = across_seeds(normalized) if len(normalized) > 1 else None
+    value = sum(normalized) / len(normalized)
+    return paper_row("C4", f"share of the optimum's loss reduction achieved by {what}, normalised by the net of the "
+                     "same budget trained on a disjoint set: (share - share_blind) / (1 - share_blind)", value,
+                     _ci(est), "> 0.5 at the lower end of the interval across seeds (closer to eps* than to a net "
+                     "that never saw S)", est is not None and est.low > 0.5, len(normalized))
+
+
+def generates_unseen(rate: Proportion, what: str, seeds: int | None) -> Claim:
+    """C4: the trained model generates unseen data: at most half its samples are copies (upper end <= 0.5)."""
+    return paper_row("C4", f"copy rate (d1/d2 < 1/3) of {what}, {rate.total} samples", rate.value, _ci(rate),
+                     "<= 0.5 at the upper end (mostly unseen data)", rate.high <= 0.5, seeds)
+
+
+def difference_is_critical(crossing_net: list[float], crossing_blind: list[float]) -> Claim:
+    """C4: the slight difference decides: moving the net the share lambda of the way to eps* makes half its samples
+    copies at a smaller lambda than a net of the same budget that never saw S; the paired difference across seeds
+    (blind - net) has its interval above 0."""
+    diffs = [b - a for a, b in zip(crossing_net, crossing_blind)]
+    est = across_seeds(diffs) if len(diffs) > 1 else None
+    return paper_row("C4", "lambda at which (1 - lambda) eps_theta + lambda eps* makes half the samples copies: the "
+                     "disjoint-set net's minus the net's, paired by seed", sum(diffs) / len(diffs), _ci(est),
+                     "> 0 at the lower end of the interval across seeds (the net trained on S sits nearer to "
+                     "memorizing)", est is not None and est.low > 0, len(diffs))
+
+
+def tradeoff(correlation: Estimate | None, what: str, seeds: int | None) -> Claim:
+    """C6: the smaller the gap to the empirical optimum, the higher the copy rate: Spearman correlation of gap and
+    copy rate with its interval below 0 (None: no variation of the copy rate, not measurable)."""
+    return paper_row("C6", f"Spearman correlation between relative gap to eps* and copy rate, {what}",
+                     None if correlation is None else correlation.value, _ci(correlation),
+                     "< 0 with its interval below 0 (smaller gap, more copies)",
+                     correlation is not None and correlation.high < 0, seeds)
+
+
+# --------------------------------------------------------------------------------------------------- chapter 4
+def similar_model(difference: float, seed_difference: float, what: str) -> Claim:
+    """C5: the new objective's net differs from the standard one's by at most twice what two seeds of the standard
+    objective differ."""
+    return paper_row("C5", f"mean over t of the relative prediction difference, {what}", difference, None,
+                     f"<= 2 x the difference between two seeds of the standard objective ({seed_difference:.4f})",
+                     difference <= 2 * seed_difference)
+
+
+def similar_quality(value: float, standard: float, metric: str) -> Claim:
+    """C5: the new objective's samples are about as good: the distance to held-out data at most 1.25 x the
+    standard objective's."""
+    return paper_row("C5", f"{metric} to held-out data, new objective", value, None,
+                     f"<= 1.25 x the standard objective's ({standard:.4g})", value <= 1.25 * standard + 1e-3)
+
+
+def memorizes_less(difference: Estimate, what: str) -> Claim:
+    """C5, ours (the later revision's reading): the new objective's copy rate is below the standard one's, the
+    paired difference (standard - new) with its interval above 0."""
+    return Claim("C5", "ours", "In our reconstruction of the later revision's objective, it memorizes less than the "
+                 "standard one.", f"copy rate, standard minus new objective, {what}", difference.value,
+                 _ci(difference), "> 0 with the interval above 0", bool(difference.low > 0))
+
+
+def less_information(new: Estimate, standard: Estimate, what: str) -> Claim:
+    """C5, ours: the new objective's samples carry less information about S: I(z; m) intervals disjoint, new lower."""
+    return Claim("C5", "ours", "In our reconstruction of the later revision's objective, its samples depend less on "
+                 "the training set.", f"I(z; m), new objective, {what}", new.value, _ci(new),
+                 f"below the standard objective's interval [{standard.low:.3f}, {standard.high:.3f}]",
+                 bool(new.high < standard.low))
+
+
+def candidate_minimiser_is_eps_star(deviation: float) -> Claim:
+    """R3: in our reading, the forward-time objective's exact minimiser is eps* (relative deviation below 1e-8)."""
+    return check_row("R3", "max relative deviation of the brute-force minimiser of our forward-time objective from "
+                     "eps*", deviation, None, "< 1e-8", deviation < 1e-8)
+
+
+def tweedie_holds(covered: int, total: int) -> Claim:
+    """R4: the Monte-Carlo slope's 95% interval covers c_{t,s} in at least 90% of the (t, s) pairs."""
+    return check_row("R4", "(t, s) pairs whose 95% slope interval covers c_{t,s}", float(covered), None,
+                     f">= 90% of {total}", covered >= 0.9 * total)
