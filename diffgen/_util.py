@@ -43,6 +43,12 @@ def sample_generators(seed: int, n: int, offset: int = 0) -> list[torch.Generato
     return [torch.Generator().manual_seed(_mix(seed, offset + i)) for i in range(n)]
 
 
+def stream_generator(seed: int, stream: int) -> torch.Generator:
+    """A CPU generator for random stream `stream` >= 0 of `seed`, unrelated to every other (seed, stream) and to the
+    per-sample generators of sample_generators (training uses stream 0 for batches, 1 + k for draw stream k)."""
+    return torch.Generator().manual_seed(_mix(seed, -1 - stream))
+
+
 def _mix(seed: int, index: int) -> int:
     # splitmix64-style mixing so that (seed, i) and (seed + 1, i - 1) give unrelated streams
     z = (seed * 0x9E3779B97F4A7C15 + index + 1) & 0xFFFFFFFFFFFFFFFF

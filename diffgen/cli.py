@@ -106,10 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     book.add_argument("--timeout", type=_positive_int, default=3600, metavar="SECONDS",
                       help="wall-clock limit per chapter, also the per-cell limit (default: %(default)s)")
     rep = sub.add_parser("report", help="the paper's claims against what a run measured",
-                         description="Print the claims table (C1..C6: what each chapter measured, its 95%% CI and "
-                                     "the verdict) from the <chapter>.results.json files in RUN_DIR. Exit code 0, "
-                                     "or with --check 1 when a measured claim fails; 2 when RUN_DIR has no "
-                                     "results or a file is malformed. Claims no chapter measured are 'not run'.")
+                         description="Print the claims table (C1..C4, C5a, C5b, C6: what each chapter measured, its "
+                                     "95%% CI and the verdict) from the <chapter>.results.json files in RUN_DIR. "
+                                     "Exit code 0, or with --check 1 when a measured claim fails; 2 when RUN_DIR "
+                                     "has no results or a file is malformed. Claims no chapter measured are "
+                                     "'not run'.")
     rep.add_argument("run_dir", nargs="?", type=Path, metavar="RUN_DIR",
                      help="folder of results files, e.g. runs/smoke (default: book/, the book build's results)")
     rep.add_argument("--format", choices=("text", "markdown", "json"), default="text")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._util import tiles
-from .schedule import Schedule, add_noise, eps_from_x0
+from .schedule import Schedule, add_noise, eps_from_x0, x0_from_eps
 
 
 class Denoiser(Protocol):
@@ -293,6 +293,30 @@ class TimeSwitch:
         if bool(mask.any()):
             out[mask] = self.inside(xt[mask], t[mask]).to(xt.dtype)
         return out
+
+
+@dataclass(frozen=True)
+class ClippedX0:
+    """`denoiser` with its x0 prediction clamped to the data range [low, high]:
+    eps' = (x_t - sqrt(abar_t) clamp(x0_hat)) / sqrt(1 - abar_t), x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t).
+    What DDPM and DDIM implementations do for images (Ho et al. 2020's sampler clips x0 to [-1, 1]): an error of eps
+    at high noise is amplified 1/sqrt(abar_t) times in x0 and, unclipped, can leave the data range for good. For the
+    empirical optimum of data inside the range it changes nothing (x0* is a convex combination of training points)."""
+
+    denoiser: Denoiser
+    sched: Schedule
+    low: float = -1.0
+    high: float = 1.0
+
+    def __post_init__(self):
+        if not self.low < self.high:
+            raise ValueError(f"need low < high; got low={self.low}, high={self.high}")
+
+    def __call__(self, xt: torch.Tensor, t) -> torch.Tensor:
+        t = _times(t, len(xt), xt.device)
+        eps = self.denoiser(xt, t).to(xt.dtype)
+        x0 = x0_from_eps(self.sched, xt, t, eps).clamp(self.low, self.high)
+        return eps_from_x0(self.sched, xt, t, x0)
 
 
 @dataclass(frozen=True)

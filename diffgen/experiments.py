@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .data import GaussianMixture
-from .denoisers import Blend, EmpiricalOptimum, TimeSwitch
+from .denoisers import Blend, ClippedX0, EmpiricalOptimum, TimeSwitch
 from .generators import GaussianFit, SetSamples, draw_sets
 from .metrics import (Estimate, Proportion, bootstrap_ci, copy_rate, denoising_losses, gap_on_forward_samples,
                       loss_reduction_share, nearest_neighbors, objective_samples, pooled_rate)
@@ -85,11 +85,18 @@ class Snapshot:
     d1: np.ndarray  # [K]
 
 
+def sampled(denoiser, sched: Schedule, clip: tuple[float, float] | None):
+    """The denoiser a sampler runs: `denoiser` itself, or with its x0 prediction clamped to the data range `clip`
+    (denoisers.ClippedX0)."""
+    return denoiser if clip is None else ClippedX0(denoiser, sched, *clip)
+
+
 def memorization_along_training(runs: dict, train: torch.Tensor, x_T: torch.Tensor, sched: Schedule, steps, *,
-                                probe_times=(10, 30, 100, 300), probes: int = 128, seed: int = 0) -> list[Snapshot]:
+                                probe_times=(10, 30, 100, 300), probes: int = 128, seed: int = 0,
+                                clip: tuple[float, float] | None = None) -> list[Snapshot]:
     """For each run ((n, seed) -> a train.TrainResult trained on train[:n]) and each of its EMA snapshots: DDIM
-    samples from x_T, their copy rate against train[:n], and the relative gap to the optimum of train[:n] on forward
-    samples of `probes` training points at `probe_times`."""
+    samples from x_T (x0 clamped to `clip`, see `sampled`), their copy rate against train[:n], and the relative gap
+    to the optimum of train[:n] on forward samples of `probes` training points at `probe_times`."""
     rows = []
     for (n, run_seed), run in runs.items():
         g = torch.Generator().manual_seed(seed)
@@ -98,7 +105,7 @@ def memorization_along_training(runs: dict, train: torch.Tensor, x_T: torch.Tens
         for step in run.snapshot_steps:
             model = run.model_at(step)
             with torch.no_grad():
-                nn = nearest_neighbors(sample_ddim(model, x_T, sched, steps), train[:n])
+                nn = nearest_neighbors(sample_ddim(sampled(model, sched, clip), x_T, sched, steps), train[:n])
             gap = float(gap_on_forward_samples(model, optimum, x0, sched, probe_times, g).mean())
             rows.append(Snapshot(n, run_seed, step, copy_rate(nn.ratio), gap,
                                  (nn.d1 / math.sqrt(train.shape[1])).cpu().numpy()))
@@ -130,12 +137,13 @@ def spearman_interval(x, y, *, n_boot: int = 1000, seed: int = 0, groups=None) -
 
 
 def blend_curve(model, optimum, weights, x_T: torch.Tensor, train: torch.Tensor, sched: Schedule,
-                steps) -> list[Proportion]:
-    """Copy rate of DDIM samples from x_T under (1 - w) eps_model + w eps* for each weight w."""
+                steps, *, clip: tuple[float, float] | None = None) -> list[Proportion]:
+    """Copy rate of DDIM samples from x_T under (1 - w) eps_model + w eps* for each weight w (x0 clamped to
+    `clip`)."""
     rates = []
     for w in weights:
         with torch.no_grad():
-            z = sample_ddim(Blend(model, optimum, float(w)), x_T, sched, steps)
+            z = sample_ddim(sampled(Blend(model, optimum, float(w)), sched, clip), x_T, sched, steps)
         rates.append(copy_rate(nearest_neighbors(z, train).ratio))
     return rates
 
@@ -154,14 +162,14 @@ def crossing(x, rates, level: float = 0.5) -> float | None:
 
 
 def prefix_switch(model, optimum, taus, x_T: torch.Tensor, train: torch.Tensor, sched: Schedule,
-                  steps) -> list[Proportion]:
+                  steps, *, clip: tuple[float, float] | None = None) -> list[Proportion]:
     """Copy rate of DDIM samples from x_T with the optimum from T down to tau (t > tau) and the model below, for
     each tau: how far into sampling the optimum can lead before the model can no longer avoid a training point."""
     rates = []
     for tau in taus:
         denoiser = TimeSwitch(optimum, model, int(tau) + 1, sched.T) if tau < sched.T else model
         with torch.no_grad():
-            z = sample_ddim(denoiser, x_T, sched, steps)
+            z = sample_ddim(sampled(denoiser, sched, clip), x_T, sched, steps)
         rates.append(copy_rate(nearest_neighbors(z, train).ratio))
     return rates
 
@@ -380,3 +388,111 @@ def noisy_point_rows(train: torch.Tensor, sched: Schedule, s_values, x_T: torch.
         rows.append(NoisyPointRow(s, npo.noise_var**0.5, copy_rate(nn.ratio),
                                   float(nn.d1.median()) / math.sqrt(train.shape[1])))
     return rows
+
+
+# ----------------------------------------------------------------------------- chapter 4: objectives side by side
+@dataclass(frozen=True)
+class Probe:
+    """Forward samples x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps of each member's training images at fixed times,
+    with the empirical optimum of that member's set there: where gaps and prediction differences are measured."""
+
+    times: tuple[int, ...]
+    xt: torch.Tensor  # [M, len(times), B, D] float64
+    eps_star: torch.Tensor  # [M, len(times), B, D] float64: eps* of member m's training set at (x_t, t)
+
+
+def member_probe(sets: list[torch.Tensor], sched: Schedule, times, *, n_probe: int, seed: int) -> Probe:
+    """Probe for members trained on sets[m] [n_m, D]; members with equal sets get equal probes (same seed)."""
+    from .schedule import add_noise
+
+    xts, stars = [], []
+    for train in sets:
+        g = torch.Generator().manual_seed(seed)
+        x0 = train.cpu().to(torch.float64)[torch.randint(len(train), (n_probe,), generator=g)]
+        optimum = EmpiricalOptimum(train.cpu(), sched, dtype=torch.float64)
+        xt = torch.stack([add_noise(sched, x0, int(t), torch.randn(x0.shape, generator=g, dtype=torch.float64))
+                          for t in times])
+        xts.append(xt)
+        stars.append(torch.stack([optimum(x, int(t)) for x, t in zip(xt, times)]))
+    return Probe(tuple(int(t) for t in times), torch.stack(xts), torch.stack(stars))
+
+
+def relative_differences(model, probe: Probe, other=None) -> np.ndarray:
+    """[M, len(times)]: E||eps_model - eps_ref||^2 / E||eps_ref||^2 per member and time on the probe, eps_ref = eps*
+    (other None: the gap to the optimum) or the prediction of the ensemble `other` (train.Ensemble, member by
+    member: how different two trained models are)."""
+    dev = model.state[next(iter(model.state))].device
+    out = np.zeros(probe.xt.shape[:2])
+    with torch.no_grad():
+        for j, t in enumerate(probe.times):
+            x = probe.xt[:, j].to(device=dev, dtype=torch.float32)
+            tt = torch.full(x.shape[:2], t, device=dev)
+            ref = probe.eps_star[:, j] if other is None else other(x, tt).cpu().to(torch.float64)
+            diff = model(x, tt).cpu().to(torch.float64) - ref
+            out[:, j] = (diff.pow(2).sum((1, 2)) / ref.pow(2).sum((1, 2))).numpy()
+    return out
+
+
+@dataclass(frozen=True)
+class ObjectiveCurves:
+    """One objective's ensemble measured at each of its EMA snapshots, member by member: the copy rate of its samples
+    against the member's training set, their KID to the held-out images and the member's relative eps-gap to the
+    empirical optimum of its set (mean over the probe's times); and the final samples."""
+
+    train_steps: tuple[int, ...]
+    rate: np.ndarray  # [M, snapshots]
+    kid: np.ndarray  # [M, snapshots]
+    gap: np.ndarray  # [M, snapshots]
+    samples: torch.Tensor  # [M, K, D] at the last snapshot (member m's sample k from x_T number m K + k)
+    ratios: torch.Tensor  # [M, K] d1 / d2 of those samples against the member's training set
+
+
+def objective_curves(ensemble, sets: list[torch.Tensor], heldout: torch.Tensor, classifier, sched: Schedule,
+                     probe: Probe, *, n_samples: int, steps: int, seed: int,
+                     clip: tuple[float, float] | None = None) -> ObjectiveCurves:
+    """ObjectiveCurves of a train.EnsembleResult whose member m was trained on sets[m] (DDIM, x0 clamped to
+    `clip`). Two ensembles of the same members sample member m from the same noise: their samples are paired."""
+    from .quality import kid
+
+    ref = classifier.features(heldout)
+    M, snaps = ensemble.n_members, ensemble.snapshot_steps
+    rate, kids, gap = (np.zeros((M, len(snaps))) for _ in range(3))
+    for j, step in enumerate(snaps):
+        z = ensemble.sample(step, sched, n_samples, steps=steps, seed=seed, clip=clip)
+        ratios = torch.stack([nearest_neighbors(z[m], sets[m].cpu()).ratio.cpu() for m in range(M)])
+        rate[:, j] = [copy_rate(r).value for r in ratios]
+        kids[:, j] = [kid(classifier.features(z[m].to(heldout.device)), ref) for m in range(M)]
+        gap[:, j] = relative_differences(ensemble.model_at(step), probe).mean(1)
+    return ObjectiveCurves(tuple(snaps), rate, kids, gap, z, ratios)
+
+
+def similarity_ratios(model, standard, reference, probe: Probe) -> np.ndarray:
+    """[M]: mean over t of the relative difference model vs standard, divided by that of reference vs standard
+    (train.Ensemble each, member m of all three from one seed): 1 when the objective moves the net as much as
+    rerunning the standard objective with other draws of t and noise does."""
+    return relative_differences(model, probe, standard).mean(1) / relative_differences(reference, probe,
+                                                                                        standard).mean(1)
+
+
+def rates_at_matched_gap(gap_a, rate_a, gap_b, rate_b) -> tuple[float, float, float] | None:
+    """(g, rate of a at g, rate of b at g) at the smallest gap both runs reach, g = max(min gap_a, min gap_b), each
+    rate interpolated along its snapshots in log gap; None when g lies outside a run's range of gaps (a run whose
+    first snapshot is already closer than g cannot be read there)."""
+    def at(gaps, rates, g):
+        order = np.argsort(gaps)
+        gs, rs = np.log(np.asarray(gaps)[order]), np.asarray(rates)[order]
+        return float(np.interp(math.log(g), gs, rs)) if gs[0] <= math.log(g) <= gs[-1] else None
+
+    g = max(float(np.min(gap_a)), float(np.min(gap_b)))
+    a, b = at(gap_a, rate_a, g), at(gap_b, rate_b, g)
+    return None if a is None or b is None else (g, a, b)
+
+
+def still_falling(values, tolerance: float = 0.05) -> float | None:
+    """The relative fall of the last interval, (v[-2] - v[-1]) / v[-2], when it exceeds `tolerance`; None when the
+    curve has flattened (or rises)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        raise ValueError("still_falling needs at least two values")
+    fall = (v[-2] - v[-1]) / abs(v[-2]) if v[-2] != 0 else 0.0
+    return float(fall) if fall > tolerance else None

@@ -111,7 +111,8 @@ class GaussianFit:
     def __call__(self, train: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
         mean, cov = self.params(train[None])
         eps = torch.randn(n_samples, train.shape[1], generator=generator, dtype=torch.float64)
-        return mean[0] + eps @ torch.linalg.cholesky(cov[0]).T
+        eig, vec = torch.linalg.eigh(cov[0])  # a square root that also holds for a singular covariance (constant pixels)
+        return mean[0] + eps @ (vec * eig.clamp(min=0).sqrt()).T
 
 
 @dataclass(frozen=True)

@@ -59,18 +59,22 @@ def wilson_interval(count: int, total: int, level: float = 0.95) -> Proportion:
     return Proportion(p, low, high, level, count, total)
 
 
-def across_seeds(values, level: float = 0.95) -> Estimate:
+def across_seeds(values, level: float = 0.95, *, log: bool = False) -> Estimate:
     """Mean of one number measured on k >= 2 training seeds, with the t interval mean -/+ t_{k-1} sd / sqrt(k): the
-    spread that the seed alone (initialisation, batches, noise) puts on a trained-model number."""
+    spread that the seed alone (initialisation, batches, noise) puts on a trained-model number. log=True (positive
+    values, e.g. ratios): the geometric mean, with the t interval of the logarithms mapped back."""
     from scipy.stats import t as student
 
     v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 1 or len(v) < 2 or not np.isfinite(v).all():
-        raise ValueError(f"across_seeds needs at least two finite values (one per seed); got {values!r}")
+    if v.ndim != 1 or len(v) < 2 or not np.isfinite(v).all() or (log and not (v > 0).all()):
+        raise ValueError(f"across_seeds needs at least two finite{' positive' if log else ''} values (one per seed); "
+                         f"got {values!r}")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1); got {level}")
+    v = np.log(v) if log else v
     half = float(student.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return Estimate(float(v.mean()), float(v.mean()) - half, float(v.mean()) + half, level)
+    est = (float(v.mean()), float(v.mean()) - half, float(v.mean()) + half)
+    return Estimate(*(math.exp(x) for x in est) if log else est, level)
 
 
 def pooled_rate(rates: list[Proportion], level: float = 0.95) -> Proportion:
@@ -142,6 +146,41 @@ def bootstrap_ci(values, statistic: Callable[[np.ndarray], float] = np.mean, *, 
     stats = np.array([statistic(values[i]) for i in idx])
     low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
     return Estimate(float(statistic(values)), float(low), float(high), level)
+
+
+def hierarchical_bootstrap(sizes: list[int], statistic: Callable[[int, np.ndarray], float], *, n_boot: int = 1000,
+                           level: float = 0.95, seed: int = 0) -> Estimate | list[Estimate]:
+    """The mean over groups g (training seeds) of statistic(g, rows), rows = all sizes[g] rows of the group, with a
+    two-stage percentile bootstrap interval: each replicate resamples the groups with replacement, then the rows
+    within each drawn group (a row is what must stay together, e.g. the samples of two models from one x_T). Both
+    sources of spread, the seed and the finite sample, reach the interval; with k groups it spans about the range of
+    the k group values. A statistic that returns a vector [V] gives a list of V Estimates (one bootstrap for all)."""
+    if not sizes or any(not isinstance(n, int) or n < 1 for n in sizes):
+        raise ValueError(f"sizes must be a non-empty list of positive integers (rows per group); got {sizes!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1); got {level}")
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        drawn = rng.integers(0, len(sizes), size=len(sizes))
+        stats.append(np.mean([statistic(int(g), rng.integers(0, sizes[g], size=sizes[g])) for g in drawn], axis=0))
+    low, high = np.quantile(np.array(stats), [(1 - level) / 2, (1 + level) / 2], axis=0)
+    value = np.mean([statistic(g, np.arange(n)) for g, n in enumerate(sizes)], axis=0)
+    if np.ndim(value) == 0:
+        return Estimate(float(value), float(low), float(high), level)
+    return [Estimate(float(v), float(lo), float(hi), level) for v, lo, hi in zip(value, low, high)]
+
+
+def paired_rate_difference_across_seeds(ratios_a, ratios_b, *, threshold: float = COPY_THRESHOLD,
+                                        n_boot: int = 1000, seed: int = 0) -> Estimate:
+    """Mean over seeds of (copy rate of a - copy rate of b), ratios_a[r] and ratios_b[r] [B] paired by x_T within
+    seed r, with the hierarchical bootstrap interval (seeds, then pairs)."""
+    if len(ratios_a) != len(ratios_b) or any(a.shape != b.shape or a.ndim != 1 for a, b in zip(ratios_a, ratios_b)):
+        raise ValueError("need one [B] ratio tensor of a and of b per seed, paired (same shapes)")
+    flags = [(a.cpu().numpy() < threshold).astype(float) - (b.cpu().numpy() < threshold) for a, b in
+             zip(ratios_a, ratios_b)]
+    return hierarchical_bootstrap([len(f) for f in flags], lambda g, rows: float(flags[g][rows].mean()),
+                                  n_boot=n_boot, seed=seed)
 
 
 def copy_rate(ratio: torch.Tensor, threshold: float = COPY_THRESHOLD, level: float = 0.95) -> Proportion:

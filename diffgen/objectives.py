@@ -10,6 +10,7 @@ moved to x0's device, so a CPU and a GPU run see the same numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Protocol
 
 import torch
@@ -192,6 +193,37 @@ class ForwardTimeLoss:
         """[..., B]: mean over D of (c_{t,s} model(x_t, t) - xi_{t,s})^2."""
         d = forward_states(self.sched, x0, draw["t"], draw["s"], draw["xi"], draw["eps_s"])
         return (d.c * model(d.xt, d.t).to(x0.dtype) - d.xi).pow(2).mean(-1)
+
+    def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.loss_from(model, x0, self.draw(x0, generator))
+
+
+@dataclass(frozen=True)
+class WeightedEpsLoss:
+    """The standard objective with the forward-time objective's weighting of t, a control:
+        loss = lambda_t || eps_theta(x_t, t) - eps ||^2 / D,   lambda_t = E_{s|t} c_{t,s}^2 (matching.signal_share(t)),
+    with EpsLoss's draws (the same t and eps from the same generator). The forward-time loss has the same minimiser
+    and, were its target exactly c_{t,s} eps, this weighting; so the control separates the weighting of t from the
+    noise of the target xi_{t,s}. Matching gap 'full' gives lambda = 1: EpsLoss itself."""
+
+    matching: ForwardTimeLoss  # the forward-time objective whose weighting of t is copied
+
+    @property
+    def sched(self) -> Schedule:
+        return self.matching.sched
+
+    @cached_property
+    def weights(self) -> torch.Tensor:
+        """lambda_t for t = 1..T, float64 [T]."""
+        return torch.tensor([self.matching.signal_share(t) for t in range(1, self.sched.T + 1)], dtype=torch.float64)
+
+    def draw(self, x0: torch.Tensor, generator: torch.Generator) -> Draw:
+        return EpsLoss(self.sched).draw(x0, generator)
+
+    def loss_from(self, model: Model, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
+        """[..., B]: lambda_t times EpsLoss's per-sample loss."""
+        weight = self.weights.to(device=x0.device, dtype=x0.dtype)[draw["t"] - 1]
+        return weight * EpsLoss(self.sched).loss_from(model, x0, draw)
 
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.loss_from(model, x0, self.draw(x0, generator))

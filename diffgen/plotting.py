@@ -403,7 +403,8 @@ def plot_noisy_points(rows, toy_s, toy_mi: dict, toy_bound: dict, ceiling: float
     twin.legend(loc="lower right")
     v, err = _errorbars([toy_mi[x] for x in toy_s])
     ax2.errorbar(toy_s, v, yerr=err, fmt="o-", capsize=3, label="$I(z; m)$, kNN estimate (95% CI)")
-    ax2.plot(toy_s, [toy_bound[x] for x in toy_s], "k:", label="Gaussian-channel bound")
+    below = [x for x in toy_s if toy_bound[x] < ceiling]  # above log M the bound says nothing about I(z; m)
+    ax2.plot(below, [toy_bound[x] for x in below], "k:", label="Gaussian-channel bound (where below $\\log M$)")
     ax2.axhline(ceiling, color="tab:red", ls="--", lw=1, label="ceiling $\\log M$ (a copier)")
     ax2.set(xscale="log", xlabel="time $s$ of the intermediate set", ylabel="nats")
     ax2.legend()
@@ -411,10 +412,58 @@ def plot_noisy_points(rows, toy_s, toy_mi: dict, toy_bound: dict, ceiling: float
 
 
 def quality_table(quality: dict) -> str:
-    """Markdown table of quality.distances: energy distance, MMD^2 and Frechet distance per sample set."""
-    rows = [[name, f"{q['energy']:.4f}", f"{q['mmd']:.4f}", f"{q['fd']:.2f}"] for name, q in quality.items()]
-    return markdown_table(["samples", "energy distance (pixels)", "MMD$^2$ (pixels)",
-                           "Fréchet distance (classifier features)"], rows)
+    """Markdown table of quality.distances: every metric of quality.METRICS per sample set."""
+    from .quality import METRICS
+
+    fmt = {"fd": ".2f", "kid": ".4f"}
+    rows = [[name] + [format(q[m], fmt.get(m, ".4f")) for m in METRICS] for name, q in quality.items()]
+    return markdown_table(["samples"] + list(METRICS.values()), rows)
+
+
+def difference_table(differences: dict) -> str:
+    """Markdown table of quality.distance_differences per comparison: value [95% interval] for each metric."""
+    from .quality import METRICS
+
+    rows = [[name] + [f"{d[m]:.4f}" if m != "fd" else f"{d[m]:.2f}" for m in METRICS] for name, d in differences.items()]
+    return markdown_table(["new minus standard"] + list(METRICS.values()), rows)
+
+
+def claims_table(claims) -> str:
+    """Markdown table of a chapter's claim rows (results.Claim): the same rows its results file holds."""
+    rows = [[c.id, c.source, c.metric, _measured(c), c.expected, "holds" if c.holds else "fails"] for c in claims]
+    return markdown_table(["claim", "source", "measured", "value [95% CI]", "condition", "verdict"], rows)
+
+
+def _measured(c) -> str:
+    if c.value is None:
+        return "not measurable"
+    return f"{c.value:.3g}" + ("" if c.ci is None else f" [{c.ci[0]:.3g}, {c.ci[1]:.3g}]")
+
+
+def plot_objective_curves(curves: dict, members, axes):
+    """experiments.ObjectiveCurves per objective along training, for the member indices `members` (the seeds of one
+    training-set size): copy rate, KID and relative gap to eps* (mean over the seeds, band: their range)."""
+    for name, c in curves.items():
+        for ax, values in zip(axes, (c.rate, c.kid, c.gap)):
+            v = values[members]
+            line, = ax.plot(c.train_steps, v.mean(0), "o-", ms=3, label=name)
+            ax.fill_between(c.train_steps, v.min(0), v.max(0), alpha=0.15, color=line.get_color())
+    axes[0].set(xlabel="train step", ylabel="copy rate ($d_1/d_2 < 1/3$)", ylim=(-0.02, 1.02))
+    axes[1].set(xlabel="train step", ylabel="KID to held-out images")
+    axes[2].set(xlabel="train step", ylabel="relative gap to $\\epsilon^*$", yscale="log")
+    axes[0].legend()
+    return axes
+
+
+def plot_rate_against_gap(curves: dict, members, *, ax):
+    """Copy rate against the relative gap to eps* along training (mean over the seeds `members`), per objective:
+    curves that overlap mean equal memorization at equal closeness to the optimum."""
+    for name, c in curves.items():
+        ax.plot(c.gap[members].mean(0), c.rate[members].mean(0), "o-", ms=4, label=name)
+    ax.set(xscale="log", xlabel="relative gap to $\\epsilon^*$ (mean over t)", ylabel="copy rate", ylim=(-0.02, 1.02))
+    ax.invert_xaxis()
+    ax.legend()
+    return ax
 
 
 def plot_set_samples(z, train, *, ax, title: str = "", lim: float = 3.2):

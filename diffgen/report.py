@@ -30,7 +30,7 @@ class ReportError(Exception):
 class Row:
     """One measured row (or a 'not run' placeholder of a paper claim: metric, value, ci and expected are None)."""
 
-    claim: str  # C1..C6, or R1, R2, ... for a reconstruction check
+    claim: str  # C1..C4, C5a, C5b, C6, or R1, R2, ... for a reconstruction check
     chapter: str  # the chapter that measured it (or is planned to)
     source: str  # abstract | revision | ours
     statement: str  # what the row tests
@@ -121,7 +121,7 @@ def claim_verdict(rows: list[Row]) -> str:
 class Group:
     """A paper claim (or the reconstruction checks) with its rows: those that decide it and ours beside it."""
 
-    claim: str  # C1..C6, or CHECKS
+    claim: str  # C1..C4, C5a, C5b, C6, or CHECKS
     paper: list[Row]  # abstract/revision rows: they decide the verdict
     ours: list[Row]  # our rows: own verdicts only
 

@@ -4,14 +4,17 @@
 member m is model_cfg.build(shape) initialised from seeds[m] and trained on sets[m] ([n_m, D]; sizes may differ).
 Their parameters are stacked on a leading member dimension and evaluated with torch.func.vmap, so M nets cost one
 batched pass (seeds and controls of an experiment train together). Members with the same seed share their
-initialisation and their random draws (batch positions, t, noise): then they differ only through their training sets,
-as the I(z; S) experiment needs; members with different seeds are independent runs. The loss is the sum of the
+initialisation and their batch positions; members with the same seed and draw stream (streams[m], default 0) also
+share the objective's draws (t, noise): then they differ only through their training sets, as the I(z; S) experiment
+needs. Two objectives trained with one seed see the same batches (the batch positions have a generator of their own);
+members with different seeds are independent runs. The loss is the sum of the
 members' mean losses, Adam(W) and the EMA act elementwise and gradient clipping is per member, so training them
 together is training them apart. `train(...)` is one member: a single network.
 
 Optimisation: AdamW with linear warm-up (`warmup_lr`), per-member global-norm gradient clipping, an EMA of the weights
-(`ema_decay`). Each step, per seed: u ~ U[0, 1)^B (batch positions floor(u n_m) into each member's set, with
-replacement), then the objective's draws (objective.draw). Every cfg.checkpoint_every steps (and at cfg.snapshots)
+(`ema_decay`). Each step: per seed, u ~ U[0, 1)^B from its batch generator (batch positions floor(u n_m) into each
+member's set, with replacement); per (seed, stream), the objective's draws from its draw generator (objective.draw).
+The generators are _util.stream_generator(seed, 0) for batches and (seed, 1 + stream) for draws. Every cfg.checkpoint_every steps (and at cfg.snapshots)
 an EMA snapshot is kept and a resumable checkpoint written; an interrupted run resumes from it, bit for bit. The
 finished run is one artifact under its key (cache.artifact_key: the configs, the data and the code of this module,
 of the model's and of the objective's): a second call loads it.
@@ -30,7 +33,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ._util import check_non_negative, check_positive, randn, resolve_device, sample_generators
+from ._util import check_non_negative, check_positive, randn, resolve_device, sample_generators, stream_generator
 from .cache import artifact_key, cache_root, load_artifact, load_or_compute, save_artifact
 from .objectives import Objective
 from .progress import note, progress as show_progress
@@ -181,18 +184,20 @@ class EnsembleResult:
             return self.model_cfg.build(self.shape).to("meta")
 
     def sample(self, train_step: int | None, sched, n_samples: int, *, steps: int = 50, seed: int = 0,
-               eta: float = 0.0) -> torch.Tensor:
+               eta: float = 0.0, clip: tuple[float, float] | None = None) -> torch.Tensor:
         """z [M, K, ...]: K DDIM samples (`steps` sampler steps, float64 loop) from each member at snapshot
         `train_step`; member m's sample k starts from the x_T of per-sample generator (seed, m K + k), the same
-        whatever the snapshot."""
+        whatever the snapshot. clip=(low, high): the x0 prediction clamped to that data range (denoisers.ClippedX0)."""
+        from .denoisers import ClippedX0
         from .samplers import sample_ddim
 
         model, M, K = self.model_at(train_step), self.n_members, n_samples
         D = int(np.prod(self.shape))
         gens = sample_generators(seed, M * K)
         x_T = randn(gens, D, device=self.device)
+        denoiser = model.denoiser() if clip is None else ClippedX0(model.denoiser(), sched, *clip)
         with torch.no_grad():
-            z = sample_ddim(model.denoiser(), x_T, sched, steps, eta=eta, generators=gens if eta > 0 else None)
+            z = sample_ddim(denoiser, x_T, sched, steps, eta=eta, generators=gens if eta > 0 else None)
         return z.reshape(M, K, D).cpu()
 
 
@@ -222,9 +227,10 @@ class TrainResult:
 
 # ---------------------------------------------------------------------------------------------------- training
 def ensemble_key(model_cfg: ModelConfig, objective: Objective, sets: Sequence[torch.Tensor], shape: tuple[int, ...],
-                 cfg: TrainConfig, seeds: Sequence[int]) -> str:
+                 cfg: TrainConfig, seeds: Sequence[int], streams: Sequence[int] | None = None) -> str:
     """The run's cache key: everything that determines the weights, and the code that computes them."""
-    return artifact_key(__name__, model_cfg, objective, list(sets), tuple(shape), cfg, tuple(seeds))
+    streams = tuple(0 for _ in seeds) if streams is None else tuple(streams)
+    return artifact_key(__name__, model_cfg, objective, list(sets), tuple(shape), cfg, tuple(seeds), streams)
 
 
 def train_key(model_cfg: ModelConfig, objective: Objective, x0: torch.Tensor, shape: tuple[int, ...],
@@ -235,10 +241,14 @@ def train_key(model_cfg: ModelConfig, objective: Objective, x0: torch.Tensor, sh
 
 def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tuple[int, ...],
                    cfg: TrainConfig = TrainConfig(), *, seeds: Sequence[int] | None = None,
+                   streams: Sequence[int] | None = None,
                    device: str | torch.device = "auto", cache_dir: Path | None = None, progress: bool = True,
                    callback: Callable[[int, torch.Tensor], None] | None = None) -> EnsembleResult:
     """Train member m (model_cfg.build(shape), seed seeds[m]; default: cfg.seed for every member) on sets[m]
     ([n_m, D], D = prod(shape); a list, or a tensor [M, n, D]) with `objective`, or load the finished run.
+
+    streams[m] (default 0): member m's stream of the objective's draws; members with one seed and different streams
+    share initialisation and batches but not t and noise (the reference "same run, other draws").
 
     cache_dir: folder for artifacts and checkpoints (None: cache.cache_root()); files go to <cache_dir>/train/<key>.
     callback(step, losses [M]) runs after every step (and after that step's checkpoint); an exception raised in it
@@ -250,14 +260,19 @@ def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tu
     seeds = tuple(cfg.seed for _ in sets) if seeds is None else tuple(seeds)
     if len(seeds) != len(sets) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise ValueError(f"seeds must be {len(sets)} non-negative integers, one per set; got {seeds!r}")
+    streams = tuple(0 for _ in sets) if streams is None else tuple(streams)
+    if len(streams) != len(sets) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0
+                                            for k in streams):
+        raise ValueError(f"streams must be {len(sets)} non-negative integers, one per set; got {streams!r}")
     dev = resolve_device(device)
-    key = ensemble_key(model_cfg, objective, sets, shape, cfg, seeds)
+    key = ensemble_key(model_cfg, objective, sets, shape, cfg, seeds, streams)
     folder = (Path(cache_dir) if cache_dir is not None else cache_root()) / "train"
     path, ckpt_path = folder / f"{key}.pt", folder / f"{key}.ckpt"
 
     def compute() -> dict:
         start = time.perf_counter()
-        out = _fit(model_cfg, objective, sets, tuple(shape), cfg, seeds, dev, ckpt_path, progress, callback)
+        out = _fit(model_cfg, objective, sets, tuple(shape), cfg, seeds, streams, dev, ckpt_path, progress,
+                   callback)
         what = "1 net" if len(sets) == 1 else f"{len(sets)} nets"
         note(f"diffgen.train: trained {what} for {cfg.train_steps} steps in {time.perf_counter() - start:.1f} s on "
              f"{dev}")
@@ -309,7 +324,8 @@ def _init_model(model_cfg: ModelConfig, shape, seed: int) -> nn.Module:
 
 
 def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor], shape, cfg: TrainConfig,
-         seeds: tuple[int, ...], dev: torch.device, ckpt_path: Path, progress: bool, callback) -> dict:
+         seeds: tuple[int, ...], streams: tuple[int, ...], dev: torch.device, ckpt_path: Path, progress: bool,
+         callback) -> dict:
     """The training loop, resumed from `ckpt_path` when a usable checkpoint is there. Returns the artifact payload."""
     M, B = len(sets), cfg.batch_size
     members = [_init_model(model_cfg, shape, s) for s in seeds]
@@ -321,9 +337,13 @@ def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor],
     model = _batched(base, params, buffers)
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
-    unique = sorted(set(seeds))  # members with one seed share its generator's draws
-    group = torch.tensor([unique.index(s) for s in seeds], device=dev)
-    gens = [torch.Generator().manual_seed(s) for s in unique]
+    unique = sorted(set(seeds))  # members with one seed share its batches
+    batch_group = torch.tensor([unique.index(s) for s in seeds], device=dev)
+    batch_gens = [stream_generator(s, 0) for s in unique]
+    pairs = sorted(set(zip(seeds, streams)))  # members with one (seed, stream) share the objective's draws
+    draw_group = torch.tensor([pairs.index(p) for p in zip(seeds, streams)], device=dev)
+    draw_gens = [stream_generator(s, 1 + k) for s, k in pairs]
+    gens = batch_gens + draw_gens  # (their states go into checkpoints)
     n = torch.tensor([len(s) for s in sets], device=dev, dtype=torch.float64)
     data = torch.zeros(M, max(len(s) for s in sets), sets[0].shape[1], dtype=params[next(iter(params))].dtype,
                        device=dev)
@@ -360,12 +380,10 @@ def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor],
     plist, elist = list(params.values()), list(ema.values())
     for step in steps:
         done = step + 1
-        draws = []
-        for g in gens:  # per seed: batch positions first, then the objective's draws
-            u = torch.rand(B, generator=g, dtype=torch.float64).to(dev)
-            draws.append({"u": u, **objective.draw(template, g)})
-        stacked = {k: torch.stack([d[k] for d in draws])[group] for k in draws[0]}
-        idx = (stacked.pop("u") * n[:, None]).long()  # floor(u n_m) < n_m: a position in member m's own set
+        u = torch.stack([torch.rand(B, generator=g, dtype=torch.float64) for g in batch_gens]).to(dev)
+        draws = [objective.draw(template, g) for g in draw_gens]
+        stacked = {k: torch.stack([d[k] for d in draws])[draw_group] for k in draws[0]}
+        idx = (u[batch_group] * n[:, None]).long()  # floor(u n_m) < n_m: a position in member m's own set
         x0 = torch.gather(data, 1, idx[..., None].expand(M, B, data.shape[2]))
         per_member = objective.loss_from(model, x0, stacked).mean(1)  # [M]
         for group_ in opt.param_groups:

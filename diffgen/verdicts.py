@@ -125,35 +125,63 @@ def tradeoff(correlation: Estimate | None, what: str, seeds: int | None) -> Clai
 
 
 # --------------------------------------------------------------------------------------------------- chapter 4
-def similar_model(difference: float, seed_difference: float, what: str) -> Claim:
-    """C5: the new objective's net differs from the standard one's by at most twice what two seeds of the standard
-    objective differ."""
-    return paper_row("C5", f"mean over t of the relative prediction difference, {what}", difference, None,
-                     f"<= 2 x the difference between two seeds of the standard objective ({seed_difference:.4f})",
-                     difference <= 2 * seed_difference)
+def similar_model(ratio: Estimate, what: str, seeds: int) -> Claim:
+    """C5a: the new objective's net is about as close to the standard net as a rerun of the standard objective with
+    other draws of t and noise (same initialisation and batches): the geometric mean over seeds of the ratio of the
+    two prediction differences (experiments.similarity_ratios; metrics.across_seeds(log=True)) is at most 2. The
+    point estimate decides: two reruns already differ by a factor of up to about 2 from seed to seed, so a bound on
+    the interval's upper end would fail a second rerun at a few seeds; a net trained on other data is 20x off."""
+    return paper_row("C5a", f"prediction difference new vs standard net divided by that of a standard rerun with "
+                     f"other noise (same init and batches), geometric mean over seeds, {what}", ratio.value,
+                     _ci(ratio), "<= 2 (about as close as rerunning the standard objective)", ratio.value <= 2, seeds)
 
 
-def similar_quality(value: float, standard: float, metric: str) -> Claim:
-    """C5: the new objective's samples are about as good: the distance to held-out data at most 1.25 x the
-    standard objective's."""
-    return paper_row("C5", f"{metric} to held-out data, new objective", value, None,
-                     f"<= 1.25 x the standard objective's ({standard:.4g})", value <= 1.25 * standard + 1e-3)
+def similar_quality(claim_id: str, difference: Estimate, scale: float, metric: str, what: str,
+                    seeds: int) -> Claim:
+    """C5a / C5b: sample quality about as good as the standard objective's: the difference new - standard of a
+    distance to held-out data (hierarchical bootstrap over seeds and samples) is, at the upper end of its interval,
+    at most a quarter of `scale` = (the distance of a crude generator that knows only the mean image and the pixel
+    spread, an isotropic Gaussian) - (the standard model's distance)."""
+    if claim_id not in ("C5a", "C5b"):
+        raise ValueError(f"claim_id must be C5a or C5b; got {claim_id!r}")
+    return paper_row(claim_id, f"{metric} to held-out images, new minus standard objective, {what}", difference.value,
+                     _ci(difference), f"<= a quarter of the way to an isotropic Gaussian (0.25 x {scale:.4g}) at "
+                     "the upper end", scale > 0 and difference.high <= 0.25 * scale, seeds)
 
 
-def memorizes_less(difference: Estimate, what: str) -> Claim:
-    """C5, ours (the later revision's reading): the new objective's copy rate is below the standard one's, the
-    paired difference (standard - new) with its interval above 0."""
-    return Claim("C5", "ours", "In our reconstruction of the later revision's objective, it memorizes less than the "
-                 "standard one.", f"copy rate, standard minus new objective, {what}", difference.value,
-                 _ci(difference), "> 0 with the interval above 0", bool(difference.low > 0))
+def memorizes_less(difference: Estimate, what: str, seeds: int) -> Claim:
+    """C5b: the new objective memorizes less: copy rate standard - new (paired by x_T within each seed, hierarchical
+    bootstrap over seeds and pairs) with its interval above 0."""
+    return paper_row("C5b", f"copy rate, standard minus new objective, {what}", difference.value, _ci(difference),
+                     "> 0 with the interval above 0", difference.low > 0, seeds)
 
 
-def less_information(new: Estimate, standard: Estimate, what: str) -> Claim:
-    """C5, ours: the new objective's samples carry less information about S: I(z; m) intervals disjoint, new lower."""
-    return Claim("C5", "ours", "In our reconstruction of the later revision's objective, its samples depend less on "
-                 "the training set.", f"I(z; m), new objective, {what}", new.value, _ci(new),
-                 f"below the standard objective's interval [{standard.low:.3f}, {standard.high:.3f}]",
-                 bool(new.high < standard.low))
+def less_information(new: Estimate, standard: Estimate, what: str, seeds: int) -> Claim:
+    """C5b: the new objective's samples depend less on the training set: I(z; m) intervals disjoint, new lower."""
+    return paper_row("C5b", f"I(z; m) of the new objective, {what}", new.value, _ci(new),
+                     f"below the standard objective's interval [{standard.low:.3f}, {standard.high:.3f}]",
+                     new.high < standard.low, seeds)
+
+
+def beyond_weighting(difference: Estimate, what: str, seeds: int) -> Claim:
+    """C5b, ours: the new objective memorizes less than the standard loss with the same weighting of t
+    (objectives.WeightedEpsLoss): copy rate control - new with its interval above 0. If it fails while C5b's copy-rate
+    row holds, the weighting of t, not the gap noise, explains the difference."""
+    return Claim("C5b", "ours", "In our reconstruction, the forward-time objective memorizes less than the standard "
+                 "loss weighted by lambda_t = E c_{t,s}^2 (its weighting of t without its noisier target).",
+                 f"copy rate, weighted-loss control minus new objective, {what}", difference.value, _ci(difference),
+                 "> 0 with the interval above 0", bool(difference.low > 0), seeds)
+
+
+def less_at_matched_gap(difference: Estimate | None, what: str, seeds: int) -> Claim:
+    """C5b, ours: at the same gap to eps* (the snapshot curves interpolated, experiments.rates_at_matched_gap) the new
+    objective still copies less: copy rate standard - new across seeds with its interval above 0; None when the gap
+    ranges do not overlap on every seed (not measurable)."""
+    return Claim("C5b", "ours", "In our reconstruction, the forward-time objective memorizes less than the standard "
+                 "one at the same distance to the empirical optimum (not only because it trains slower).",
+                 f"copy rate at matched relative gap to eps*, standard minus new, {what}",
+                 None if difference is None else difference.value, _ci(difference), "> 0 with the interval above 0",
+                 difference is not None and difference.low > 0, seeds)
 
 
 def candidate_minimiser_is_eps_star(deviation: float) -> Claim:

@@ -19,7 +19,7 @@ import torch
 from matplotlib.animation import FuncAnimation
 
 from ._util import randn, sample_generators
-from .denoisers import Blend, EmpiricalOptimum, NoisyPointOptimum, SmoothedOptimum
+from .denoisers import Blend, ClippedX0, EmpiricalOptimum, NoisyPointOptimum, SmoothedOptimum
 from .generators import SetSamples, draw_sets
 from .metrics import copy_rate, nearest_neighbors
 from .mi import mi_knn
@@ -227,6 +227,7 @@ class BlendPanel:
     steps: int = 50  # DDIM steps
     n_samples: int = 64  # samples behind the copy rate
     seed: int = 0
+    clip: tuple | None = None  # data range the x0 prediction is clamped to (denoisers.ClippedX0), or None
     figsize: tuple = (9.0, 2.6)
     controls: tuple = field(init=False)
     fixed: dict = field(init=False)
@@ -247,6 +248,8 @@ class BlendPanel:
         if n not in self._optima:
             self._optima[n] = EmpiricalOptimum(self.train[:n], self.sched, dtype=torch.float64)
         denoiser = Blend(run.model_at(step), self._optima[n], weight)
+        if self.clip is not None:
+            denoiser = ClippedX0(denoiser, self.sched, *self.clip)
         with torch.no_grad():
             z = sample_ddim(denoiser, self.x_T, self.sched, self.steps)
         nn = nearest_neighbors(z, self.train[:n])

@@ -117,9 +117,11 @@ def test_ch4_smoke_run_writes_its_claims(tmp_path):
     results = _run("ch4", tmp_path)
     assert results["parameters"]["train_steps"] == 200  # the smoke preset reached the notebook
     claims = results["claims"]
-    assert [(c["id"], c["source"]) for c in claims] == [("C5", "abstract"), ("C5", "abstract"), ("C5", "ours"),
-                                                         ("C5", "ours"), ("R3", "ours"), ("R4", "ours")]
-    assert claims[4]["value"] < 1e-9 and claims[4]["holds"]  # in our reading its exact optimum is eps*
+    assert [(c["id"], c["source"]) for c in claims] == [
+        ("C5a", "abstract"), ("C5a", "abstract"), ("C5a", "abstract"), ("C5a", "abstract"), ("C5b", "revision"),
+        ("C5b", "revision"), ("C5b", "revision"), ("C5b", "ours"), ("C5b", "ours"), ("R3", "ours"), ("R4", "ours")]
+    assert claims[9]["value"] < 1e-9 and claims[9]["holds"]  # in our reading its exact optimum is eps*
+    assert all(c["seeds"] == 2 for c in claims[:6]) and claims[6]["seeds"] == 1  # smoke: 2 seeds; the toy: one
 
 
 @pytest.mark.slow

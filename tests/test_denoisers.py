@@ -433,3 +433,21 @@ def test_blend_interpolates_two_denoisers(sched):
     torch.testing.assert_close(Blend(a, b, 0.25)(x, 5), torch.full((2, 3), 1.5, dtype=torch.float64))
     with pytest.raises(ValueError, match="weight must lie"):
         Blend(a, b, 1.5)
+
+
+def test_clipped_x0_leaves_the_optimum_alone_and_keeps_any_prediction_in_range(sched):
+    from diffgen.denoisers import ClippedX0
+    from diffgen.schedule import x0_from_eps
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(20, 6, generator=g, dtype=torch.float64) * 2 - 1  # inside [-1, 1]
+    opt = EmpiricalOptimum(train, sched, dtype=torch.float64)
+    xt = torch.randn(16, 6, generator=g, dtype=torch.float64)
+    t = torch.tensor([1, 10, 100, 500, 999, 1000] * 2 + [50] * 4)
+    torch.testing.assert_close(ClippedX0(opt, sched)(xt, t), opt(xt, t))  # x0* is a convex combination
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731  at t = 1000 its x0 is x / sqrt(abar): far out of range
+    clipped = ClippedX0(zero, sched, -1.0, 1.0)
+    x0 = x0_from_eps(sched, xt, t, clipped(xt, t))
+    assert float(x0.abs().max()) <= 1.0 + 1e-9 and float(x0_from_eps(sched, xt, t, zero(xt, t)).abs().max()) > 10
+    with pytest.raises(ValueError, match="low < high"):
+        ClippedX0(opt, sched, 1.0, -1.0)

@@ -2,7 +2,7 @@
 one seed share their initialisation and draws and differ only through their sets; any architecture, any objective."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import pytest
 import torch
@@ -10,7 +10,7 @@ import torch
 from diffgen.data import eight_gaussians, load_dataset
 from diffgen.generators import training_sets
 from diffgen.models import MLPConfig, PlainMLPConfig, UNetConfig
-from diffgen.objectives import EpsLoss, ForwardTimeLoss
+from diffgen.objectives import EpsLoss, ForwardTimeLoss, WeightedEpsLoss
 from diffgen.train import Ensemble, TrainConfig, train, train_ensemble
 
 TINY = PlainMLPConfig(hidden=16, depth=2, time_dim=8)
@@ -65,6 +65,49 @@ def test_sets_of_different_sizes_and_any_objective(sched, tmp_path):
     assert z.shape == (2, 3, 64) and bool(torch.isfinite(z).all())
 
 
+@dataclass
+class Recording:
+    """An objective that records the clean batches x0 [M, B, D] it is handed (what the batch stream chose)."""
+
+    inner: object
+    seen: list = field(default_factory=list)
+
+    def draw(self, x0, generator):
+        return self.inner.draw(x0, generator)
+
+    def loss_from(self, model, x0, draw):
+        self.seen.append(x0.detach().clone())
+        return self.inner.loss_from(model, x0, draw)
+
+
+def test_objectives_trained_with_one_seed_see_the_same_batches(sched, tmp_path):
+    """Batch positions have their own random stream: objectives that draw different numbers of random values per
+    step (EpsLoss: t and eps; ForwardTimeLoss 'uniform': t, the gap, xi and eps_s) still see identical batches."""
+    sets = training_sets(eight_gaussians(), n_sets=2, n_train=7, seed=0)
+    runs = [Recording(EpsLoss(sched)), Recording(ForwardTimeLoss(sched, "uniform")),
+            Recording(WeightedEpsLoss(ForwardTimeLoss(sched, "one")))]
+    for rec in runs:
+        train_ensemble(TINY, rec, sets, (2,), CFG, seeds=(3, 4), device="cpu", cache_dir=tmp_path, progress=False)
+    assert len(runs[0].seen) == CFG.train_steps
+    for rec in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0].seen, rec.seen))
+    assert not torch.equal(runs[0].seen[0][0], runs[0].seen[0][1])  # two seeds: two batch streams
+
+
+def test_draw_streams_share_initialisation_and_batches_but_not_noise(sched, tmp_path):
+    sets = training_sets(eight_gaussians(), n_sets=1, n_train=7, seed=0).expand(2, -1, -1)
+    rec = Recording(EpsLoss(sched))
+    run = train_ensemble(TINY, rec, sets, (2,), CFG, seeds=(3, 3), streams=(0, 1), device="cpu", cache_dir=tmp_path,
+                         progress=False)
+    assert all(torch.equal(x0[0], x0[1]) for x0 in rec.seen)  # one seed: one batch stream
+    with pytest.raises(AssertionError):
+        _close(run.model_at().member(0), run.model_at().member(1))  # other t and noise: another net
+    same = train_ensemble(TINY, EpsLoss(sched), sets, (2,), CFG, seeds=(3, 3), streams=(1, 1), device="cpu",
+                          cache_dir=tmp_path, progress=False)
+    _close(same.model_at().member(0), same.model_at().member(1), atol=1e-6)
+    _close(same.model_at().member(0), run.model_at().member(1), atol=1e-5)  # (seed 3, stream 1) is one run
+
+
 def test_training_fits_each_member_to_its_own_point(sched, tmp_path):
     points = torch.tensor([[[1.5, 0.0]], [[-1.0, 1.0]], [[0.0, -2.0]]], dtype=torch.float64)
     cfg = TrainConfig(train_steps=1500, batch_size=64, grad_clip=None, ema_decay=0.995, checkpoint_every=1500)
@@ -117,6 +160,7 @@ def test_per_member_clipping_leaves_the_other_members_alone(sched, tmp_path):
     (lambda s: train_ensemble(TINY, EpsLoss(s), [], (2,), CFG), "sets must be"),
     (lambda s: train_ensemble(TINY, EpsLoss(s), [torch.zeros(3, 2), torch.zeros(3, 3)], (2,), CFG), "width"),
     (lambda s: train_ensemble(TINY, EpsLoss(s), [torch.zeros(3, 2)], (2,), CFG, seeds=(0, 1)), "seeds must be"),
+    (lambda s: train_ensemble(TINY, EpsLoss(s), [torch.zeros(3, 2)], (2,), CFG, streams=(-1,)), "streams must be"),
     (lambda s: train_ensemble(TINY, EpsLoss(s), [torch.zeros(3, 2)], (2,), {"steps": 3}), "cfg must be"),
     (lambda s: TrainConfig(train_steps=10, snapshots=(20,)), "snapshots must be"),
     (lambda s: TrainConfig(snapshots=(5, 3)), "snapshots must be"),

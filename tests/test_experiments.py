@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffgen import experiments
+from diffgen import experiments, verdicts
 from diffgen.data import eight_gaussians, load_dataset
 from diffgen.denoisers import EmpiricalOptimum, GaussianDenoiser
+from diffgen.metrics import across_seeds
 from diffgen.models import PlainMLPConfig
 from diffgen.train import TrainConfig, train_ensemble
 from diffgen.generators import training_sets
@@ -161,3 +162,87 @@ def test_noisy_point_rows_move_away_from_the_training_set_as_s_grows(sched, digi
     assert [r.s for r in rows] == [1, 300]
     assert rows[0].h == pytest.approx(((1 - float(sched.abar[1])) / float(sched.abar[1])) ** 0.5)
     assert rows[0].rate.value == 1.0 and rows[0].d1 < rows[1].d1
+
+
+@pytest.fixture(scope="module")
+def objective_runs(sched, tmp_path_factory):
+    """Tiny 2-D ensembles, members (set, seed): the standard objective, a rerun with other draws, a net on disjoint
+    sets, and a net trained ten times shorter."""
+    cache = tmp_path_factory.mktemp("cache")
+    data = training_sets(eight_gaussians(), n_sets=2, n_train=6, seed=0)
+    disjoint = training_sets(eight_gaussians(), n_sets=2, n_train=6, seed=1)
+    sets, seeds = [data[0], data[0], data[1]], (0, 1, 2)
+    cfg = TrainConfig(train_steps=400, batch_size=64, checkpoint_every=100)
+    kw = dict(seeds=seeds, device="cpu", cache_dir=cache, progress=False)
+    net = PlainMLPConfig(hidden=32, depth=2, time_dim=16)
+    return sets, {
+        "standard": train_ensemble(net, EpsLoss(sched), sets, (2,), cfg, **kw),
+        "rerun": train_ensemble(net, EpsLoss(sched), sets, (2,), cfg, streams=(1, 1, 1), **kw),
+        "rerun 2": train_ensemble(net, EpsLoss(sched), sets, (2,), cfg, streams=(2, 2, 2), **kw),
+        "disjoint": train_ensemble(net, EpsLoss(sched), [disjoint[0], disjoint[0], disjoint[1]], (2,), cfg, **kw),
+    }
+
+
+def test_probe_gaps_are_zero_for_eps_star_and_differences_zero_for_the_model_itself(sched, objective_runs):
+    sets, runs = objective_runs
+    probe = experiments.member_probe(sets, sched, (1, 10, 100, 1000), n_probe=32, seed=0)
+    assert probe.xt.shape == (3, 4, 32, 2) and torch.equal(probe.xt[0], probe.xt[1])  # one set, one probe
+
+    class Optimum:  # eps* of each member's set, as an ensemble
+        state = {"w": torch.zeros(3)}
+
+        def __call__(self, x, t):
+            return torch.stack([EmpiricalOptimum(s, sched, dtype=torch.float64)(x[m].double(), t[m])
+                                for m, s in enumerate(sets)])
+
+    assert np.abs(experiments.relative_differences(Optimum(), probe)).max() < 1e-10
+    model = runs["standard"].model_at()
+    assert np.all(experiments.relative_differences(model, probe, model) == 0)
+    gaps = experiments.relative_differences(model, probe)
+    assert gaps.shape == (3, 4) and np.all(gaps > 0)
+
+
+def test_similarity_ratio_is_near_one_for_a_rerun_and_large_for_a_net_on_other_data(sched, objective_runs):
+    sets, runs = objective_runs
+    probe = experiments.member_probe(sets, sched, (10, 100, 500), n_probe=64, seed=0)
+    at = lambda name: runs[name].model_at()  # noqa: E731
+    rerun = experiments.similarity_ratios(at("rerun 2"), at("standard"), at("rerun"), probe)
+    other = experiments.similarity_ratios(at("disjoint"), at("standard"), at("rerun"), probe)
+    assert np.all(rerun < 3) and np.all(other > 3 * rerun)
+    assert verdicts.similar_model(across_seeds(rerun, log=True), "a second rerun", 3).holds  # the C5a row flips
+    assert not verdicts.similar_model(across_seeds(other, log=True), "a net on disjoint sets", 3).holds
+
+
+def test_objective_curves_measure_every_member_at_every_snapshot(sched, objective_runs, tmp_path):
+    from diffgen.quality import ClassifierConfig, digits_classifier
+
+    sets, runs = objective_runs
+    digits = load_dataset("digits", 40, 40, seed=0)
+    clf = digits_classifier(ClassifierConfig(hidden=32, features=8, train_steps=30), device="cpu", cache_dir=tmp_path)
+    sets64 = [digits.train[:12], digits.train[:12], digits.train[12:30]]
+    run = train_ensemble(PlainMLPConfig(hidden=16, depth=1, time_dim=8), EpsLoss(sched), sets64, (64,),
+                         TrainConfig(train_steps=40, batch_size=16, checkpoint_every=20), seeds=(0, 1, 0),
+                         device="cpu", cache_dir=tmp_path, progress=False)
+    probe = experiments.member_probe(sets64, sched, (10, 500), n_probe=16, seed=0)
+    c = experiments.objective_curves(run, sets64, digits.heldout, clf, sched, probe, n_samples=20, steps=5, seed=0)
+    assert c.train_steps == (20, 40) and c.rate.shape == c.kid.shape == c.gap.shape == (3, 2)
+    assert c.samples.shape == (3, 20, 64) and c.ratios.shape == (3, 20)
+    assert np.all((0 <= c.rate) & (c.rate <= 1)) and np.all(c.gap > 0)
+
+
+def test_rates_at_matched_gap_interpolate_in_log_gap_and_refuse_to_extrapolate():
+    gap_a, rate_a = [1.0, 0.1, 0.01], [0.0, 0.5, 1.0]  # the standard run: closer, and copying more
+    gap_b, rate_b = [1.0, 0.3, 0.1], [0.0, 0.1, 0.2]
+    g, a, b = experiments.rates_at_matched_gap(gap_a, rate_a, gap_b, rate_b)
+    assert g == pytest.approx(0.1) and a == pytest.approx(0.5) and b == pytest.approx(0.2)
+    _, a, _ = experiments.rates_at_matched_gap(gap_a, rate_a, [1.0, 10 ** -0.5], [0.0, 0.1])
+    assert a == pytest.approx(0.25)  # halfway between 1 and 0.1 in log gap
+    assert experiments.rates_at_matched_gap([0.05, 0.01], [0.9, 1.0], gap_b, rate_b) is None  # a starts below g
+
+
+def test_still_falling():
+    assert experiments.still_falling([1.0, 0.5, 0.4]) == pytest.approx(0.2)
+    assert experiments.still_falling([1.0, 0.5, 0.49]) is None
+    assert experiments.still_falling([1.0, 0.5, 0.7]) is None
+    with pytest.raises(ValueError, match="at least two"):
+        experiments.still_falling([1.0])

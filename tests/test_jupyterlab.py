@@ -23,9 +23,6 @@ import nbformat
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("DIFFGEN_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions"]
 CHAPTERS = sorted((REPO / "book").glob("ch*_*.ipynb"))
 RUN_LIMIT = 600  # seconds for all cells of a smoke chapter (a hang guard, not a timing test)
 
@@ -92,17 +89,6 @@ def lab(workspace, tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: apt-get install -y chromium"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -292,3 +292,46 @@ def test_weight_collapse_on_paths_that_sit_on_training_points(sched):
     assert torch.equal(collapse.t, t[:-1]) and collapse.entropy.shape == (4, 3)
     assert collapse.decided[-1] == 1.0 and collapse.collapse_t >= 10 and collapse.decided_t >= 10
     assert float(collapse.entropy[0].median()) > float(collapse.entropy[-1].median())
+
+
+def test_hierarchical_bootstrap_spans_the_seeds_and_the_samples():
+    from diffgen.metrics import hierarchical_bootstrap
+
+    rng = np.random.default_rng(0)
+    groups = [rng.normal(mu, 1.0, 200) for mu in (0.0, 1.0, 2.0)]  # three seeds with different means
+    est = hierarchical_bootstrap([200] * 3, lambda g, rows: float(groups[g][rows].mean()), n_boot=2000)
+    assert est.value == pytest.approx(np.mean([g.mean() for g in groups]))
+    # a resample of three seeds can be the lowest (or highest) seed three times (1/27 each): the interval reaches
+    # about the extreme seeds, which a bootstrap over the pooled samples alone would not
+    assert est.low < groups[0].mean() + 0.5 and est.high > groups[2].mean() - 0.5
+    pooled = bootstrap_ci(np.concatenate(groups))
+    assert est.high - est.low > 3 * (pooled.high - pooled.low)
+    vector = hierarchical_bootstrap([200] * 3, lambda g, rows: np.array([groups[g][rows].mean(), 1.0]), n_boot=200)
+    assert len(vector) == 2 and vector[1].value == vector[1].low == vector[1].high == 1.0
+    with pytest.raises(ValueError, match="sizes must be a non-empty list"):
+        hierarchical_bootstrap([], lambda g, rows: 0.0)
+
+
+def test_paired_rate_difference_across_seeds():
+    from diffgen.metrics import paired_rate_difference_across_seeds
+
+    copies = [torch.zeros(100) for _ in range(3)]  # ratio 0: every sample a copy
+    fresh = [torch.ones(100) for _ in range(3)]  # ratio 1: none
+    diff = paired_rate_difference_across_seeds(copies, fresh, n_boot=200)
+    assert diff.value == diff.low == diff.high == 1.0
+    half = [torch.cat([torch.zeros(50), torch.ones(50)]) for _ in range(3)]
+    d = paired_rate_difference_across_seeds(half, fresh, n_boot=500)
+    assert d.value == pytest.approx(0.5) and d.low < 0.5 < d.high
+    same = paired_rate_difference_across_seeds(half, half, n_boot=200)
+    assert same.value == same.low == same.high == 0.0
+    with pytest.raises(ValueError, match="per seed, paired"):
+        paired_rate_difference_across_seeds(half, fresh[:2])
+
+
+def test_across_seeds_in_log_space_is_the_geometric_mean():
+    from diffgen.metrics import across_seeds
+
+    est = across_seeds([1.0, 4.0], log=True)
+    assert est.value == pytest.approx(2.0) and est.low * est.high == pytest.approx(4.0)  # symmetric in log
+    with pytest.raises(ValueError, match="positive"):
+        across_seeds([1.0, -1.0], log=True)

@@ -15,7 +15,7 @@ from diffgen.metrics import nearest_neighbors, objective_samples, regression_slo
 from diffgen.mi import gaussian_channel_mi
 from diffgen.mi import mi_mean_generator
 from diffgen.models import MLPConfig
-from diffgen.objectives import EpsLoss, ForwardTimeLoss, forward_draw, forward_time_coef
+from diffgen.objectives import EpsLoss, ForwardTimeLoss, WeightedEpsLoss, forward_draw, forward_time_coef
 from diffgen.samplers import sample_ddim
 from diffgen.schedule import add_noise, linear_schedule
 from diffgen.train import TrainConfig, train
@@ -229,3 +229,20 @@ def test_signal_share_is_the_mean_squared_coefficient(sched):
     assert ForwardTimeLoss(sched, "uniform").signal_share(t) == pytest.approx(float(c2.mean()))
     assert ForwardTimeLoss(sched, "one").signal_share(t) == pytest.approx(float(c2[-1]))
     assert ForwardTimeLoss(sched, "one").signal_share(sched.T) < 0.05  # gap 1 at t = T: almost all noise
+
+
+def test_weighted_control_is_the_standard_loss_at_lambda_one_and_weights_by_the_signal_share(sched):
+    x0 = torch.randn(32, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = lambda x, t: 0.3 * x + 1e-3 * t[:, None]  # noqa: E731
+    loss = lambda objective: objective.loss(model, x0, torch.Generator().manual_seed(5))  # noqa: E731
+    full = WeightedEpsLoss(ForwardTimeLoss(sched, "full"))
+    assert torch.equal(full.weights, torch.ones(sched.T, dtype=torch.float64))
+    torch.testing.assert_close(loss(full), loss(EpsLoss(sched)), rtol=0, atol=0)
+    one = WeightedEpsLoss(ForwardTimeLoss(sched, "one"))
+    assert one.weights[9] == pytest.approx(ForwardTimeLoss(sched, "one").signal_share(10))
+    assert one.weights[0] == pytest.approx(1.0) and one.weights.mean() == pytest.approx(0.0196, abs=1e-3)
+    t = one.draw(x0, torch.Generator().manual_seed(5))["t"]  # the same draws as EpsLoss
+    torch.testing.assert_close(loss(one), one.weights[t - 1] * loss(EpsLoss(sched)))
+    uniform = WeightedEpsLoss(ForwardTimeLoss(sched, "uniform"))
+    assert uniform.weights[9] == pytest.approx(0.637, abs=1e-3)  # E_{s|t=10} c^2 for s uniform below t
+    assert config_key(one) != config_key(uniform)

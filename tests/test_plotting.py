@@ -12,6 +12,7 @@ from diffgen import plotting
 from diffgen.experiments import AlongTraining, NoisyPointRow, Snapshot, TweedieSlope
 from diffgen.metrics import Estimate, copy_summaries, wilson_interval
 from diffgen.mi import ExcessRisk
+from diffgen.results import Claim
 
 matplotlib.use("Agg")
 
@@ -44,8 +45,14 @@ def test_tables_have_one_row_per_entry():
     assert len(table) == 4 and "(4/4)" in table[2] and table[2].endswith("| copier |") and table[3].endswith("| - |")
     risk = plotting.excess_risk_table({"g": ExcessRisk(1.0, 0.25, 0.5)}).splitlines()
     assert len(risk) == 3 and "+0.250" in risk[2]
-    quality = plotting.quality_table({"x": {"energy": 0.1, "mmd": 0.01, "fd": 3.0}}).splitlines()
-    assert len(quality) == 3 and "3.00" in quality[2]
+    quality = plotting.quality_table({"x": {"energy": 0.1, "mmd": 0.01, "kid": 0.02, "fd": 3.0}}).splitlines()
+    assert len(quality) == 3 and "3.00" in quality[2] and "0.0200" in quality[2] and "KID" in quality[0]
+    d = Estimate(0.5, 0.25, 0.75)
+    diffs = plotting.difference_table({"new, n = 40": {m: d for m in ("energy", "mmd", "kid", "fd")}}).splitlines()
+    assert len(diffs) == 3 and "0.5000 [0.2500, 0.7500]" in diffs[2] and "0.50 [0.25, 0.75]" in diffs[2]
+    rows = plotting.claims_table([Claim("C5a", "abstract", "s", "ratio", 1.5, (1.0, 2.5), "<= 2", True, 3),
+                                  Claim("C5b", "ours", "s", "matched", None, None, "> 0", False, 3)]).splitlines()
+    assert len(rows) == 4 and rows[2].endswith("| 1.5 [1, 2.5] | <= 2 | holds |") and "not measurable" in rows[3]
 
 
 def test_curves_bars_and_bands_draw_what_they_are_given(ax):
@@ -112,4 +119,18 @@ def test_chapter_specific_figures(ax):
     plotting.plot_noisy_points(rows, [1, 10], {1: Estimate(1, 0.9, 1.1), 10: Estimate(0.5, 0.4, 0.6)},
                                {1: 3.0, 10: 1.0}, 1.8, a1, a2)
     assert len(a2.lines) >= 2
+    plt.close(fig)
+
+
+def test_objective_curves_and_rate_against_gap_draw_every_objective():
+    from diffgen.experiments import ObjectiveCurves
+
+    fig, axes = plt.subplots(1, 4)
+    curve = lambda k: ObjectiveCurves((10, 20, 40), np.full((2, 3), 0.1 * k), np.ones((2, 3)),  # noqa: E731
+                                      np.array([[1.0, 0.5, 0.2]] * 2), torch.zeros(2, 4, 3), torch.ones(2, 4))
+    curves = {"standard": curve(1), "new": curve(2)}
+    plotting.plot_objective_curves(curves, [0, 1], axes[:3])
+    plotting.plot_rate_against_gap(curves, [0, 1], ax=axes[3])
+    assert all(len(ax.lines) == 2 for ax in axes)
+    assert axes[2].get_yscale() == "log" and axes[3].xaxis_inverted()
     plt.close(fig)

@@ -2,6 +2,8 @@
 cached digits classifier."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -115,6 +117,43 @@ def test_distances_rank_a_copy_of_the_reference_first(tmp_path):
     ref = torch.rand(60, 64, generator=g, dtype=torch.float64) * 2 - 1
     out = distances({"same": ref.clone(), "noise": torch.randn(60, 64, generator=g, dtype=torch.float64)}, ref, clf,
                     bandwidth=4.0)
-    assert set(out["same"]) == {"energy", "mmd", "fd"}
-    assert all(out["same"][k] < out["noise"][k] for k in ("energy", "mmd", "fd"))
+    assert set(out["same"]) == {"energy", "mmd", "kid", "fd"}
+    assert all(out["same"][k] < out["noise"][k] for k in ("energy", "mmd", "kid", "fd"))
     assert abs(out["same"]["fd"]) < 1e-6
+
+
+def test_kid_equals_a_brute_force_double_loop():
+    from diffgen.quality import kid
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64) + 1
+    k = lambda a, b: (float(a @ b) / 3 + 1) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
+    yy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
+    xy = sum(k(x[i], y[j]) for i in range(7) for j in range(5)) / 35
+    assert kid(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
+
+
+def test_kid_is_unbiased_for_equal_distributions_and_grows_with_a_shift():
+    from diffgen.quality import kid
+
+    g = torch.Generator().manual_seed(4)
+    same = [kid(torch.randn(20, 4, generator=g), torch.randn(30, 4, generator=g)) for _ in range(400)]
+    mean, se = float(np.mean(same)), float(np.std(same) / math.sqrt(len(same)))
+    assert abs(mean) < 3 * se  # unbiased: no offset at small sizes (the Frechet distance has one)
+    assert kid(torch.randn(20, 4, generator=g) + 1, torch.randn(30, 4, generator=g)) > 10 * np.std(same)
+
+
+def test_distance_differences_are_zero_for_one_model_and_positive_for_a_worse_one(tmp_path):
+    from diffgen.quality import METRICS, distance_differences
+
+    clf = digits_classifier(ClassifierConfig(hidden=32, features=8, train_steps=50), device="cpu", cache_dir=tmp_path)
+    g = torch.Generator().manual_seed(5)
+    ref = torch.rand(80, 64, generator=g, dtype=torch.float64) * 2 - 1
+    good = [torch.rand(40, 64, generator=g, dtype=torch.float64) * 2 - 1 for _ in range(3)]
+    same = distance_differences(good, [x.clone() for x in good], ref, clf, 4.0, n_boot=50)
+    assert set(same) == set(METRICS) and all(d.value == d.low == d.high == 0 for d in same.values())
+    worse = distance_differences(good, [x + 0.5 for x in good], ref, clf, 4.0, n_boot=50)
+    assert all(worse[m].low > 0 for m in ("energy", "kid", "fd"))
+    with pytest.raises(ValueError, match="one sample set per seed"):
+        distance_differences(good, good[:2], ref, clf, 4.0)

@@ -40,13 +40,14 @@ def test_rows_grouped_by_claim_with_not_run(run_dir):
     assert [r.chapter for r in runs] == ["ch2", "ch10"]  # chapter order, not string order
     assert [(r.claim, r.chapter, r.source, r.verdict) for r in rows] == [
         ("C1", "ch1", "abstract", "not run"), ("C2", "ch2", "abstract", "holds"), ("C3", "ch2", "abstract", "holds"),
-        ("C3", "ch2", "ours", "fails"), ("C4", "ch3", "abstract", "not run"), ("C5", "ch4", "abstract", "not run"),
+        ("C3", "ch2", "ours", "fails"), ("C4", "ch3", "abstract", "not run"), ("C5a", "ch4", "abstract", "not run"),
+        ("C5b", "ch4", "revision", "not run"),
         ("C6", "ch10", "revision", "not measurable"), ("R1", "ch10", "ours", "fails"), ("R2", "ch2", "ours", "holds")]
     groups = report.by_claim(rows)
     verdicts = {cid: g.verdict for cid, g in groups.items()}
-    assert verdicts == {"C1": "not run", "C2": "holds", "C3": "holds", "C4": "not run", "C5": "not run",
-                        "C6": "fails (1 of 1)", "checks": "fails (1 of 2)"}  # our failing C3 row: beside, not in
-    assert report.summary(rows) == "2 claims hold, 1 fails, 3 not run; our checks: 1 holds, 2 fail"
+    assert verdicts == {"C1": "not run", "C2": "holds", "C3": "holds", "C4": "not run", "C5a": "not run",
+                        "C5b": "not run", "C6": "fails (1 of 1)", "checks": "fails (1 of 2)"}  # our failing C3 row: beside, not in
+    assert report.summary(rows) == "2 claims hold, 1 fails, 4 not run; our checks: 1 holds, 2 fail"
     assert report.any_fails(rows)  # C6 is not measurable
 
 
@@ -77,7 +78,7 @@ def test_text_report(run_dir, capsys):
     assert "ch10  not measurable n/a (expected < 0; 3 seeds): correlation" in out
     assert re.search(r"^R +FAILS \(1 OF 2\) +Reconstruction checks \(ours\)", out, re.M), out
     assert "ch1  not run (no ch1.results.json)" in out
-    assert "2 claims hold, 1 fails, 3 not run; our checks: 1 holds, 2 fail." in out
+    assert "2 claims hold, 1 fails, 4 not run; our checks: 1 holds, 2 fail." in out
 
 
 def test_markdown_report(run_dir, capsys):
@@ -94,7 +95,7 @@ def test_markdown_report(run_dir, capsys):
 def test_json_report(run_dir, capsys):
     assert cli.main(["report", str(run_dir), "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert [c["id"] for c in doc["claims"]] == ["C1", "C2", "C3", "C4", "C5", "C6", "checks"]
+    assert [c["id"] for c in doc["claims"]] == ["C1", "C2", "C3", "C4", "C5a", "C5b", "C6", "checks"]
     c3 = doc["claims"][2]
     assert c3["verdict"] == "holds" and c3["chapters"] == ["ch2"] and c3["source"] == "abstract"
     assert c3["measurements"][0] == {"id": "C3", "chapter": "ch2", "source": "abstract", "statement": "copies",

@@ -80,7 +80,7 @@ def test_non_finite_value_raises(value):
 
 
 def test_claim_ids_sources_and_seeds():
-    assert list(PAPER_CLAIMS) == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    assert list(PAPER_CLAIMS) == ["C1", "C2", "C3", "C4", "C5a", "C5b", "C6"]
     for cid, paper in PAPER_CLAIMS.items():
         Claim(cid, paper.source, "s", "m", 0.0, (0.0, 0.0), "e", True)
         Claim(cid, "ours", "an extension of ours", "m", 0.0, None, "e", True)

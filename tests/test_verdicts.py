@@ -10,7 +10,7 @@ import torch
 from diffgen import experiments, generators, mi, verdicts
 from diffgen.data import eight_gaussians, load_dataset
 from diffgen.denoisers import EmpiricalOptimum, GaussianDenoiser
-from diffgen.metrics import Estimate, copy_rate, nearest_neighbors, wilson_interval
+from diffgen.metrics import Estimate, across_seeds, copy_rate, nearest_neighbors, wilson_interval
 from diffgen.samplers import sample_ddim
 
 P = eight_gaussians()
@@ -118,3 +118,52 @@ def test_c6_tradeoff_needs_a_negative_correlation_with_its_interval():
     assert not verdicts.tradeoff(experiments.spearman_interval(gap, noise, n_boot=200), "noise", 3).holds
     unmeasurable = verdicts.tradeoff(None, "a constant copy rate", 3)
     assert unmeasurable.value is None and not unmeasurable.holds
+
+
+# --------------------------------------------------------------------------------------------------- chapter 4
+def test_c5a_similar_model_on_the_geometric_mean_of_the_ratios():
+    """(On trained nets, a rerun against a net on other data: tests/test_experiments.py, similarity ratios.)"""
+    assert verdicts.similar_model(across_seeds([1.2, 1.7, 1.4], log=True), "reruns", 3).holds
+    assert not verdicts.similar_model(across_seeds([30.0, 58.0, 48.0], log=True), "a net on S'", 3).holds
+    row = verdicts.similar_model(across_seeds([1.0, 4.0], log=True), "two seeds", 2)
+    assert row.value == pytest.approx(2.0) and row.holds and row.ci[0] < 1 < 4 < row.ci[1]
+
+
+def test_c5_quality_holds_for_other_real_digits_and_fails_for_an_isotropic_gaussian(tmp_path):
+    from diffgen.quality import ClassifierConfig, digits_classifier, distance_differences, energy_distance
+
+    digits = load_dataset("digits", 1200, 300, seed=0)
+    clf = digits_classifier(ClassifierConfig(hidden=64, features=16, train_steps=300), device="cpu",
+                            cache_dir=tmp_path)
+    real = [digits.train[k * 256:(k + 1) * 256] for k in range(4)]
+    crude = [generators.GaussianFit(std=float(digits.train.std()))(digits.train, 256, torch.Generator().manual_seed(k))
+             for k in range(2)]
+    scale = energy_distance(crude[0], digits.heldout) - energy_distance(real[0], digits.heldout)
+    energy = lambda a, b: distance_differences(a, b, digits.heldout, clf, 4.0, n_boot=100)["energy"]  # noqa: E731
+    assert verdicts.similar_quality("C5a", energy(real[:2], real[2:]), scale, "energy", "other digits", 2).holds
+    assert not verdicts.similar_quality("C5a", energy(real[:2], crude), scale, "energy", "isotropic", 2).holds
+    assert not verdicts.similar_quality("C5b", energy(real[:2], real[2:]), -scale, "energy", "no scale", 2).holds
+    with pytest.raises(ValueError, match="C5a or C5b"):
+        verdicts.similar_quality("C5", energy(real[:2], real[2:]), scale, "energy", "x", 2)
+
+
+def test_c5b_memorization_rows_flip_with_the_copier():
+    from diffgen.metrics import paired_rate_difference_across_seeds
+
+    gen = torch.Generator().manual_seed(0)
+    copier = [torch.rand(200, generator=gen) * 0.2 for _ in range(3)]  # d1/d2 < 1/3: copies
+    fresh = [0.4 + 0.6 * torch.rand(200, generator=gen) for _ in range(3)]
+    assert verdicts.memorizes_less(paired_rate_difference_across_seeds(copier, fresh), "fresh", 3).holds
+    assert not verdicts.memorizes_less(paired_rate_difference_across_seeds(fresh, copier), "a copier", 3).holds
+    assert not verdicts.memorizes_less(paired_rate_difference_across_seeds(fresh, fresh), "itself", 3).holds
+    assert verdicts.beyond_weighting(paired_rate_difference_across_seeds(copier, fresh), "x", 3).source == "ours"
+    assert not verdicts.beyond_weighting(paired_rate_difference_across_seeds(fresh, fresh), "x", 3).holds
+    unmeasurable = verdicts.less_at_matched_gap(None, "no overlap", 3)
+    assert unmeasurable.value is None and not unmeasurable.holds and unmeasurable.id == "C5b"
+
+
+def test_c5b_less_information_holds_for_p_against_a_copier(estimates):
+    row = verdicts.less_information(estimates["P itself"], estimates["copier"], "P vs a copier", 1)
+    assert row.holds and row.source == "revision"
+    assert not verdicts.less_information(estimates["copier"], estimates["P itself"], "reversed", 1).holds
+    assert not verdicts.less_information(estimates["copier"], estimates["copier"], "itself", 1).holds
