@@ -130,7 +130,8 @@ def similar_model(ratio: Estimate, what: str, seeds: int) -> Claim:
     other draws of t and noise (same initialisation and batches): the geometric mean over seeds of the ratio of the
     two prediction differences (experiments.similarity_ratios; metrics.across_seeds(log=True)) is at most 2. The
     point estimate decides: two reruns already differ by a factor of up to about 2 from seed to seed, so a bound on
-    the interval's upper end would fail a second rerun at a few seeds; a net trained on other data is 20x off."""
+    the interval's upper end would fail a second rerun at a few seeds (tests/test_experiments.py: a second rerun
+    holds, a net trained on other data fails)."""
     return paper_row("C5a", f"prediction difference new vs standard net divided by that of a standard rerun with "
                      f"other noise (same init and batches), geometric mean over seeds, {what}", ratio.value,
                      _ci(ratio), "<= 2 (about as close as rerunning the standard objective)", ratio.value <= 2, seeds)
