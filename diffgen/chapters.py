@@ -281,6 +281,10 @@ class Run:
     parameters: dict[str, Parameter]
     overrides: dict[str, object] = field(default_factory=dict)
 
+    def value(self, name: str):
+        """The value the chapter will run with: the override, else the notebook's default (None if undeclared)."""
+        return self.overrides.get(name, self.parameters[name].default if name in self.parameters else None)
+
 
 def plan_run(names: list[str], preset: str = "default", pairs: list[tuple[str, str]] | tuple = (),
              device: str | None = None, presets: dict | None = None) -> list[Run]:
@@ -343,7 +347,7 @@ def _apply_text(name: str, text: str, runs: list[Run]) -> None:
 
 
 def _check_device(run: Run) -> None:
-    device = run.overrides.get("device", run.parameters["device"].default)
+    device = run.value("device")
     if device == "cuda" and not _cuda_available():
         raise UsageError(f"parameter device of {run.chapter.id} is cuda, but torch.cuda.is_available() is False "
                          "here; use --device auto or --device cpu")

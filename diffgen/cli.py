@@ -7,6 +7,7 @@ their parameters (diffgen.chapters); `diffgen report [RUN_DIR]` prints the claim
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,25 @@ def _run(args: argparse.Namespace) -> int:
     out = (args.out or Path("runs") / args.preset).resolve()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
+    if args.data_dir is not None:
+        if not args.data_dir.is_dir():
+            raise UsageError(f"--data-dir {args.data_dir} is not a folder (it holds MNIST, CIFAR-10, CelebA ... files)")
+        os.environ["DIFFGEN_DATA"] = str(args.data_dir.resolve())  # the chapters' kernels inherit it
+    _check_data_files({run.value("dataset") for run in runs} - {None, "digits"})
     return run_chapters(runs, out, args.timeout)
+
+
+def _check_data_files(datasets: set[str]) -> None:
+    """The files of every data set read from local files are there, before any chapter starts."""
+    if not datasets:
+        return
+    from .data import FILE_DATASETS, data_folder  # imports torch: only when a chapter reads files
+
+    for name in sorted(datasets & set(FILE_DATASETS)):
+        try:
+            data_folder(name)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
 
 
 def _book(args: argparse.Namespace) -> int:
@@ -93,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a parameter in every selected chapter that declares it (repeatable)")
     run.add_argument("--device", choices=DEVICES, help="set every chapter's device parameter")
     run.add_argument("--out", type=Path, help="output folder (default: runs/<preset>)")
+    run.add_argument("--data-dir", type=Path, metavar="FOLDER",
+                     help="folder of local data files for dataset = mnist, fashion-mnist, cifar10, celeba or folder "
+                          "(default: $DIFFGEN_DATA)")
     run.add_argument("--timeout", type=_positive_int, default=1800, metavar="SECONDS",
                      help="wall-clock limit per chapter, also the per-cell limit (default: %(default)s)")
     sub.add_parser("chapters", help="list the chapters and their parameters")

@@ -1,20 +1,45 @@
 """Layer 1: datasets as flat tensors [N, D] with their per-sample shape.
 
 2-D toys come from a seed; `gmm` has known parameters (so its density and score are exact); `digits` is
-scikit-learn's 8x8 digits (ships inside the package, no download), scaled to [-1, 1].
+scikit-learn's 8x8 digits (ships inside the package, no download). MNIST, Fashion-MNIST, CIFAR-10, CelebA and any
+folder of images are read from local files in their official formats (diffgen.formats) under a data folder
+(`data_dir=`, else $DIFFGEN_DATA); nothing downloads. Pixels are scaled to [-1, 1].
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import formats
 from ._util import check_non_negative, check_positive
 
-DATASETS = ("digits", "gmm", "moons", "circle")
+DATASETS = ("digits", "gmm", "moons", "circle")  # built in: no files needed
+FILE_DATASETS = ("mnist", "fashion-mnist", "cifar10", "celeba", "folder")  # read from a data folder
 DIGITS_SIZE = 1797
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_CIFAR_BIN = [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]
+_CIFAR_PY = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
+# where each data set lives inside the data folder (the folder names of the official archives), what it must hold,
+# and where its official archive is published
+_LAYOUT = {
+    "mnist": (["mnist", "MNIST/raw", "."], "the four idx files " + ", ".join(f"{f}[.gz]" for f in _IDX),
+              "https://yann.lecun.com/exdb/mnist/"),
+    "fashion-mnist": (["fashion-mnist", "FashionMNIST/raw", "."],
+                      "the four idx files " + ", ".join(f"{f}[.gz]" for f in _IDX),
+                      "https://github.com/zalandoresearch/fashion-mnist"),
+    "cifar10": (["cifar-10-batches-bin", "cifar-10-batches-py", "."],
+                "cifar-10-batches-bin/{" + ",".join(_CIFAR_BIN) + "} (the binary version) or cifar-10-batches-py/{"
+                + ",".join(_CIFAR_PY) + "} (the python version)", "https://www.cs.toronto.edu/~kriz/cifar.html"),
+    "celeba": (["celeba/img_align_celeba", "img_align_celeba", "."], "img_align_celeba/*.jpg (the aligned images)",
+               "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"),
+    "folder": (["."], "image files (" + ", ".join(IMAGE_EXTENSIONS) + ") in it or its subfolders", None),
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,20 +133,21 @@ def digits_with_labels() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_dataset(name: str, n_train: int, n_heldout: int = 0, *, n_disjoint: int = 0, seed: int = 0,
-                 dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Dataset:
+                 dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
+                 data_dir: str | Path | None = None, image_size: int = 32) -> Dataset:
     """Training, held-out and (n_disjoint > 0) second training sets of `name`, pairwise disjoint, drawn (toys) or
-    split (digits) from `seed`; the training and held-out sets do not depend on n_disjoint."""
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
-    check_positive(n_train=n_train)
+    split (images) from `seed`; the training and held-out sets do not depend on n_disjoint. For MNIST, Fashion-MNIST
+    and CIFAR-10 the training sets come from the official training split and the held-out set from the test split;
+    CelebA and folders (centre-cropped, resized to image_size) are split as one pool, reading only the images drawn."""
+    if name not in DATASETS + FILE_DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS + FILE_DATASETS)}; got {name!r}")
+    check_positive(n_train=n_train, image_size=image_size)
     check_non_negative(n_heldout=n_heldout, n_disjoint=n_disjoint)
     g = torch.Generator().manual_seed(seed)
-    if name == "digits":
-        total = n_train + n_heldout + n_disjoint
-        if total > DIGITS_SIZE:
-            raise ValueError(f"digits has {DIGITS_SIZE} images: n_train + n_heldout + n_disjoint must be <= "
-                             f"{DIGITS_SIZE}; got {n_train} + {n_heldout} + {n_disjoint}")
-        x = _digits()[torch.randperm(DIGITS_SIZE, generator=g)[:total]]
+    if name in FILE_DATASETS:
+        x, shape = _from_files(name, data_folder(name, data_dir), n_train, n_heldout, n_disjoint, image_size, g)
+    elif name == "digits":
+        x = _split(name, [_digits()], n_train, n_heldout, n_disjoint, g)
         shape = (1, 8, 8)
     else:
         x = _toy(name, n_train + n_heldout, g)
@@ -131,3 +157,86 @@ def load_dataset(name: str, n_train: int, n_heldout: int = 0, *, n_disjoint: int
     cut = n_train + n_heldout
     return Dataset(name, x[:n_train].contiguous(), x[n_train:cut].contiguous(), shape, seed,
                    x[cut:].contiguous() if n_disjoint else None)
+
+
+def _split(name: str, pools: list[torch.Tensor], n_train: int, n_heldout: int, n_disjoint: int,
+           g: torch.Generator) -> torch.Tensor:
+    """[train; heldout; disjoint] rows: from one pool, or train and disjoint from pools[0], heldout from pools[1]."""
+    train_pool, heldout_pool = pools[0], pools[-1]
+    need = n_train + n_disjoint + (n_heldout if len(pools) == 1 else 0)
+    got = f"got n_train={n_train}, n_heldout={n_heldout}, n_disjoint={n_disjoint}"
+    if len(pools) == 1 and need > len(train_pool):
+        raise ValueError(f"{name} has {len(train_pool)} images: n_train + n_heldout + n_disjoint must be <= "
+                         f"{len(train_pool)}; {got}")
+    if len(pools) > 1 and (need > len(train_pool) or n_heldout > len(heldout_pool)):
+        raise ValueError(f"{name} has {len(train_pool)} training and {len(heldout_pool)} test images: n_train + "
+                         f"n_disjoint must be <= {len(train_pool)} and n_heldout <= {len(heldout_pool)}; {got}")
+    order = torch.randperm(len(train_pool), generator=g)
+    if len(pools) == 1:
+        train, heldout, disjoint = order.split([n_train, n_heldout, len(order) - n_train - n_heldout])
+        return train_pool[torch.cat([train, heldout, disjoint[:n_disjoint]])]
+    heldout = torch.randperm(len(heldout_pool), generator=g)[:n_heldout]
+    return torch.cat([train_pool[order[:n_train]], heldout_pool[heldout], train_pool[order[n_train:need]]])
+
+
+def data_folder(name: str, data_dir: str | Path | None = None) -> Path:
+    """The folder holding the files of `name` (one of FILE_DATASETS), found in data_dir or $DIFFGEN_DATA; a
+    ValueError naming the files expected and where they are published when they are not there."""
+    root = data_dir if data_dir not in (None, "") else os.environ.get("DIFFGEN_DATA")
+    subfolders, expected, archive = _LAYOUT[name]
+    where = f" (the official archive: {archive})" if archive else ""
+    if root in (None, ""):
+        raise ValueError(f"dataset {name!r} is read from local files: pass data_dir= (`diffgen run --data-dir`, or "
+                         f"set $DIFFGEN_DATA) to a folder holding {expected}{where}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"data_dir {str(root)!r} is not a folder; it must hold {expected}{where}")
+    for sub in subfolders:
+        folder = (root / sub).resolve()
+        if _holds(name, folder):
+            return folder
+    raise ValueError(f"no {name} files under {root}: expected {expected} in one of "
+                     f"{', '.join(str(root / s) for s in subfolders)}{where}")
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    return next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _holds(name: str, folder: Path) -> bool:
+    if not folder.is_dir():
+        return False
+    if name in ("mnist", "fashion-mnist"):
+        return all(_idx_file(folder, f) for f in _IDX)
+    if name == "cifar10":
+        return all((folder / f).is_file() for f in _CIFAR_BIN) or all((folder / f).is_file() for f in _CIFAR_PY)
+    return bool(_image_files(folder))
+
+
+def _from_files(name: str, folder: Path, n_train: int, n_heldout: int, n_disjoint: int, image_size: int,
+                g: torch.Generator) -> tuple[torch.Tensor, tuple[int, ...]]:
+    if name in ("mnist", "fashion-mnist"):
+        train, _ = formats.read_idx_pair(_idx_file(folder, _IDX[0]), _idx_file(folder, _IDX[1]))
+        test, _ = formats.read_idx_pair(_idx_file(folder, _IDX[2]), _idx_file(folder, _IDX[3]))
+        pools = [train, test]
+    elif name == "cifar10":
+        binary = all((folder / f).is_file() for f in _CIFAR_BIN)
+        read, files = (formats.read_cifar10_bin, _CIFAR_BIN) if binary else (formats.read_cifar10_pickle, _CIFAR_PY)
+        batches = [read(folder / f)[0] for f in files]
+        pools = [np.concatenate(batches[:-1]), batches[-1]]
+    else:
+        files = _image_files(folder)
+        picked = _split(name, [torch.arange(len(files))], n_train, n_heldout, n_disjoint, g)
+        images = np.stack([formats.read_image(files[int(k)], image_size) for k in picked])
+        return _scaled(images), images.shape[1:]
+    x = _split(name, [_scaled(p) for p in pools], n_train, n_heldout, n_disjoint, g)
+    return x, pools[0].shape[1:]
+
+
+def _scaled(images: np.ndarray) -> torch.Tensor:
+    """uint8 images [N, C, H, W] -> float64 [N, C*H*W] in [-1, 1]."""
+    return torch.from_numpy(images.reshape(len(images), -1).astype(np.float64) / 127.5 - 1.0)

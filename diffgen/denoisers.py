@@ -5,7 +5,9 @@ The empirical optimum of the denoising objective on S = {x_1..x_N} (our reconstr
     x0*(x, t) = sum_i w_i(x, t) x_i,                      eps*(x, t) = (x - a x0*(x, t)) / s
 Expanding the square, the |x|^2 term cancels inside the softmax and the logits are
     l_i = c (x . x_i - (a / 2) |x_i|^2),   c = a / s^2,
-i.e. softmax attention with queries c [x, -a/2], keys [x_i, |x_i|^2] and values x_i.
+i.e. softmax attention with queries c [x, -a/2], keys [x_i, |x_i|^2] and values x_i. The softmax is unchanged
+when every x_i is shifted by m and x by a m, so the training set is centred on its mean first: on data far from the
+origin the two terms of l_i would otherwise cancel in float32.
 """
 from __future__ import annotations
 
@@ -63,9 +65,12 @@ class EmpiricalOptimum:
             raise ValueError(f"tile must be >= 1; got {tile}")
         self.sched, self.dtype, self.tile, self.fused = sched, dtype, tile, fused
         self._given = train  # as passed in: diagnostics rebuild a float64 copy from it, not from a rounded one
-        self.train = train.to(dtype).contiguous()  # [N, D], values
-        self._keys = torch.cat([self.train, self.train.pow(2).sum(1, keepdim=True)], 1)  # [N, D+1]: [x_i, |x_i|^2]
-        self._values = F.pad(self.train, (0, 1))  # [N, D+1]: fused kernels want equal q/k/v widths
+        self.train = train.to(dtype).contiguous()  # [N, D]
+        self._mean = train.to(torch.float64).mean(0)  # [D] m, in float64: the centring is exact up to one rounding
+        centred = (train.to(torch.float64) - self._mean).to(dtype).contiguous()  # values x_i - m
+        self._centred = centred
+        self._keys = torch.cat([centred, centred.pow(2).sum(1, keepdim=True)], 1)  # [N, D+1]: [x_i - m, |x_i - m|^2]
+        self._values = F.pad(centred, (0, 1))  # [N, D+1]: fused kernels want equal q/k/v widths
 
     def __repr__(self) -> str:
         return f"EmpiricalOptimum(N={len(self.train)}, D={self.train.shape[1]}, dtype={self.dtype}, tile={self.tile})"
@@ -74,6 +79,7 @@ class EmpiricalOptimum:
         """The same denoiser with its training set on `device`."""
         moved = copy.copy(self)
         moved._given, moved.train = self._given.to(device), self.train.to(device)
+        moved._mean, moved._centred = self._mean.to(device), self._centred.to(device)
         moved._keys, moved._values = self._keys.to(device), self._values.to(device)
         return moved
 
@@ -82,7 +88,8 @@ class EmpiricalOptimum:
         return 1 - abar
 
     def _query(self, xt: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-query coefficients a = sqrt(abar_t), c = a / s^2 as [B] tensors, and x cast to the working dtype."""
+        """Per-query coefficients a = sqrt(abar_t), c = a / s^2 as [B] tensors, and the centred query x - a m in the
+        working dtype."""
         if xt.ndim != 2 or xt.shape[1] != self.train.shape[1]:
             raise ValueError(f"xt must have shape [B, {self.train.shape[1]}]; got {tuple(xt.shape)}")
         t = _times(t, len(xt), xt.device)
@@ -91,16 +98,16 @@ class EmpiricalOptimum:
         abar = self.sched.alpha_bar(t)
         a = abar.sqrt().to(self.dtype)
         c = (abar.sqrt() / self._variance(abar)).to(self.dtype)
-        return xt.to(self.dtype), a, c
+        mean = self._mean.to(xt.device)
+        centred = (xt.to(torch.float64) - abar.sqrt().to(torch.float64)[:, None] * mean).to(self.dtype)
+        return centred, a, c
 
     def x0_star(self, xt: torch.Tensor, t) -> torch.Tensor:
-        """x0*(x_t, t) = sum_i w_i x_i, [B, D] in self.dtype."""
+        """x0*(x_t, t) = m + sum_i w_i (x_i - m) = sum_i w_i x_i, [B, D] in self.dtype."""
         x, a, c = self._query(xt, t)
-        if self.fused:
-            out = self._x0_fused(x, a, c)
-            if out is not None:
-                return out
-        return self._x0_tiled(x, a, c)[0]
+        out = self._x0_fused(x, a, c) if self.fused else None
+        out = self._x0_tiled(x, a, c)[0] if out is None else out
+        return out + self._mean.to(device=out.device, dtype=self.dtype)
 
     def __call__(self, xt: torch.Tensor, t) -> torch.Tensor:
         """eps*(x_t, t) = (x_t - sqrt(abar_t) x0*) / sqrt(1 - abar_t)."""
@@ -165,7 +172,7 @@ class EmpiricalOptimum:
             else:
                 p = centred.exp_()
             l = rescale * l + p.sum(1)
-            acc = torch.addmm(acc.mul_(rescale[:, None]), p, self.train[sl].to(dev))
+            acc = torch.addmm(acc.mul_(rescale[:, None]), p, self._centred[sl].to(dev))
             m = m_new
         x0 = acc / l[:, None]
         if not stats:

@@ -64,21 +64,29 @@ def plot_points_2d(train, x, *, ax, title: str = "", lim: float = 4.0):
 
 
 def image_mosaic(rows, shape, pad: int = 1) -> np.ndarray:
-    """Arrange image rows (a list of [K, D] arrays, each one row of K images of `shape`) into one 2-D array."""
+    """Arrange image rows (a list of [K, D] arrays, each one row of K images of `shape`) into one array: [H, W] for
+    one channel, [H, W, 3] for colour (C, H, W) = (3, h, w) images; NaN between images."""
     rows = [_np(r) for r in rows]
+    colour = len(shape) == 3 and shape[0] == 3
     h, w = shape[-2], shape[-1]
     k = max(len(r) for r in rows)
-    out = np.full((len(rows) * (h + pad) - pad, k * (w + pad) - pad), np.nan)
+    out = np.full((len(rows) * (h + pad) - pad, k * (w + pad) - pad) + ((3,) if colour else ()), np.nan)
     for i, r in enumerate(rows):
         for j, img in enumerate(r):
-            out[i * (h + pad): i * (h + pad) + h, j * (w + pad): j * (w + pad) + w] = img.reshape(h, w)
+            tile = img.reshape(3, h, w).transpose(1, 2, 0) if colour else img.reshape(h, w)
+            out[i * (h + pad): i * (h + pad) + h, j * (w + pad): j * (w + pad) + w] = tile
     return out
 
 
 def plot_image_rows(rows, shape, row_labels, *, ax, vmin: float = -1.0, vmax: float = 1.0):
-    """Rows of images (e.g. samples above their nearest training images), labelled on the left."""
+    """Rows of images (e.g. samples above their nearest training images), labelled on the left; one channel in
+    reversed grey (ink dark), colour images as they are, both mapped from [vmin, vmax]."""
     mosaic = image_mosaic(rows, shape)
-    ax.imshow(np.ma.masked_invalid(mosaic), vmin=vmin, vmax=vmax, cmap="gray_r", interpolation="nearest")
+    if mosaic.ndim == 3:
+        rgb = np.clip((mosaic - vmin) / (vmax - vmin), 0, 1)
+        ax.imshow(np.where(np.isnan(rgb), 1.0, rgb), interpolation="nearest")
+    else:
+        ax.imshow(np.ma.masked_invalid(mosaic), vmin=vmin, vmax=vmax, cmap="gray_r", interpolation="nearest")
     h = shape[-2] + 1
     ax.set_yticks([i * h + (h - 1) / 2 for i in range(len(rows))], row_labels)
     ax.set_xticks([])

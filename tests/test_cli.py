@@ -22,7 +22,7 @@ seed = 0  # random seed; int in [0, 2147483647]
 
 # ch2's parameters as the chapter declares them: presets.toml must validate against these.
 CH2_PARAMS = """\
-dataset = "digits"  # training set; one of: digits
+dataset = "digits"  # training set; one of: digits, mnist, cifar10
 n_train = 500  # training images; int in [2, 1797]
 n_heldout = 300  # held-out images; int in [2, 1795]
 n_samples = 1024  # generated samples; int in [2, 4096]
@@ -42,7 +42,8 @@ WRITE_RESULTS = """\
 import json, os
 print("hello from", {cid!r}, "n =", n)
 with open({cid!r} + ".results.json", "w") as f:
-    json.dump({{"chapter": {cid!r}, "n": n, "headless": os.environ.get("DIFFGEN_HEADLESS")}}, f)
+    json.dump({{"chapter": {cid!r}, "n": n, "headless": os.environ.get("DIFFGEN_HEADLESS"),
+               "data": os.environ.get("DIFFGEN_DATA")}}, f)
 """
 
 
@@ -168,9 +169,14 @@ def test_chapter_names(book, name):
     (["ch1", "--preset", "nochapter"], "preset nochapter sets parameters of ch9, which is not a chapter"),
     (["ch1", "--device", "cuda"], "parameter device of ch1 is cuda, but torch.cuda.is_available() is False"),
     (["ch1", "-p", "device", "cuda"], "parameter device of ch1 is cuda"),
+    (["ch2", "-p", "dataset", "mnist"], "dataset 'mnist' is read from local files: pass data_dir= (`diffgen run "
+                                        "--data-dir`, or set $DIFFGEN_DATA) to a folder holding the four idx files"),
+    (["ch2", "-p", "dataset", "cifar10", "--data-dir", "."], "no cifar10 files under"),
+    (["ch2", "--data-dir", "nowhere"], "--data-dir nowhere is not a folder"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(book, presets, capsys, monkeypatch, args, says):
     monkeypatch.setattr(chapters, "_cuda_available", lambda: False)
+    monkeypatch.setenv("DIFFGEN_DATA", "")  # restored after the test (`--data-dir` sets it)
     out = book.parent / "out"
     assert cli.main(["run", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -225,10 +231,13 @@ def test_chapters_lists_parameters(book, presets, capsys):
 
 
 @pytest.mark.slow
-def test_run_writes_executed_notebook_and_results(book, capsys):
+def test_run_writes_executed_notebook_and_results(book, capsys, monkeypatch):
     out = book.parent / "out"
-    assert cli.main(["run", "ch1", "-p", "n", "7", "--device", "cpu", "--out", str(out), "--timeout", "120"]) == 0
-    assert json.loads((out / "ch1.results.json").read_text()) == {"chapter": "ch1", "n": 7, "headless": "1"}
+    monkeypatch.setenv("DIFFGEN_DATA", "")  # restored after the test (`--data-dir` sets it for the kernels)
+    assert cli.main(["run", "ch1", "-p", "n", "7", "--device", "cpu", "--out", str(out), "--timeout", "120",
+                     "--data-dir", str(book)]) == 0
+    assert json.loads((out / "ch1.results.json").read_text()) == {"chapter": "ch1", "n": 7, "headless": "1",
+                                                                   "data": str(book)}
     nb = nbformat.read(out / "ch1_toy.ipynb", as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "n = 7" in injected[0].source and 'device = "cpu"' in injected[0].source

@@ -73,6 +73,24 @@ def test_float32_matches_brute_force(train, sched, t, fused):
     assert float(err.max()) < 1e-3
 
 
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_float32_is_exact_on_data_far_from_the_origin(sched, fused):
+    """Data N(0, I_16) + 1000: uncentred float32 logits x . x_i - (a/2)|x_i|^2 cancel (x0* off by 17% of the
+    data's spread); centring the training set (exact: the softmax is shift invariant) keeps float32 accurate."""
+    g = torch.Generator().manual_seed(3)
+    train = torch.randn(300, 16, generator=g, dtype=torch.float64) + 1000.0
+    t = 100
+    x = queries(train, t, sched)[:32]
+    x0_ref = x0_star_reference(x, train, float(sched.abar[t]))
+    x0 = EmpiricalOptimum(train, sched, dtype=torch.float32, fused=fused).x0_star(x, t).double()
+    spread = float(train.std(0).mean())
+    assert float((x0 - x0_ref).abs().max()) < 1e-3 * spread
+    stats = EmpiricalOptimum(train, sched, dtype=torch.float32).weight_stats(x, t)
+    exact = torch.softmax(-(x[:, None] - sched.abar[t].sqrt() * train[None]).pow(2).sum(-1) / (2 * (1 - sched.abar[t])),
+                          1)
+    assert torch.equal(stats.nearest, exact.argmax(1))
+
 def test_x0_star_is_convex_combination(train, sched):
     """x0* lies in the convex hull: for every direction, min_i <x_i,u> <= <x0*,u> <= max_i <x_i,u>."""
     opt = EmpiricalOptimum(train, sched, dtype=torch.float64)

@@ -134,3 +134,16 @@ def test_objective_curves_and_rate_against_gap_draw_every_objective():
     assert all(len(ax.lines) == 2 for ax in axes)
     assert axes[2].get_yscale() == "log" and axes[3].xaxis_inverted()
     plt.close(fig)
+
+
+def test_image_mosaic_places_grey_and_colour_images(ax):
+    grey = np.arange(2 * 4, dtype=float).reshape(2, 4)  # two 2x2 images
+    mosaic = plotting.image_mosaic([grey, grey[:1]], (1, 2, 2))
+    assert mosaic.shape == (5, 5)
+    np.testing.assert_array_equal(mosaic[:2, 3:], [[4, 5], [6, 7]])
+    assert np.isnan(mosaic[2]).all() and np.isnan(mosaic[3:, 3:]).all()  # padding and the missing image
+    colour = np.stack([np.concatenate([np.full(4, -1.0), np.full(4, 0.0), np.full(4, 1.0)])])  # R -1, G 0, B 1
+    mosaic = plotting.image_mosaic([colour], (3, 2, 2))
+    assert mosaic.shape == (2, 2, 3) and mosaic[1, 1].tolist() == [-1.0, 0.0, 1.0]
+    plotting.plot_image_rows([colour], (3, 2, 2), ["one"], ax=ax)
+    np.testing.assert_allclose(ax.images[0].get_array()[0, 0], [0.0, 0.5, 1.0])
