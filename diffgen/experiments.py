@@ -348,6 +348,11 @@ class TweedieSlope:
     c: float
     slope: Estimate
 
+    @property
+    def covers(self) -> bool:
+        """Whether the slope's interval covers Tweedie's c_{t,s}."""
+        return self.slope.low <= self.c <= self.slope.high
+
 
 def tweedie_slopes(train: torch.Tensor, sched: Schedule, pairs, *, n_mc: int, generator: torch.Generator,
                    seed: int) -> list[TweedieSlope]:

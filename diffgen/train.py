@@ -14,10 +14,10 @@ together is training them apart. `train(...)` is one member: a single network.
 Optimisation: AdamW with linear warm-up (`warmup_lr`), per-member global-norm gradient clipping, an EMA of the weights
 (`ema_decay`). Each step: per seed, u ~ U[0, 1)^B from its batch generator (batch positions floor(u n_m) into each
 member's set, with replacement); per (seed, stream), the objective's draws from its draw generator (objective.draw).
-The generators are _util.stream_generator(seed, 0) for batches and (seed, 1 + stream) for draws. Every cfg.checkpoint_every steps (and at cfg.snapshots)
-an EMA snapshot is kept and a resumable checkpoint written; an interrupted run resumes from it, bit for bit. The
-finished run is one artifact under its key (cache.artifact_key: the configs, the data and the code of this module,
-of the model's and of the objective's): a second call loads it.
+The generators are _util.stream_generator(seed, 0) for batches and (seed, 1 + stream) for draws. Every
+cfg.checkpoint_every steps (and at cfg.snapshots) an EMA snapshot is kept and a resumable checkpoint written; an
+interrupted run resumes from it, bit for bit. The finished run is one artifact under its key (cache.artifact_key: the
+configs, the data and the code of this module, of the model's and of the objective's): a second call loads it.
 """
 from __future__ import annotations
 
@@ -239,6 +239,13 @@ def train_key(model_cfg: ModelConfig, objective: Objective, x0: torch.Tensor, sh
     return ensemble_key(model_cfg, objective, [x0], shape, cfg, (cfg.seed,))
 
 
+def _per_member(name: str, values, n: int) -> tuple[int, ...]:
+    values = tuple(values)
+    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ValueError(f"{name} must be {n} non-negative integers, one per set; got {values!r}")
+    return values
+
+
 def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tuple[int, ...],
                    cfg: TrainConfig = TrainConfig(), *, seeds: Sequence[int] | None = None,
                    streams: Sequence[int] | None = None,
@@ -257,13 +264,8 @@ def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tu
     sets = _check_sets(sets, shape)
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig; got {type(cfg).__name__}")
-    seeds = tuple(cfg.seed for _ in sets) if seeds is None else tuple(seeds)
-    if len(seeds) != len(sets) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ValueError(f"seeds must be {len(sets)} non-negative integers, one per set; got {seeds!r}")
-    streams = tuple(0 for _ in sets) if streams is None else tuple(streams)
-    if len(streams) != len(sets) or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0
-                                            for k in streams):
-        raise ValueError(f"streams must be {len(sets)} non-negative integers, one per set; got {streams!r}")
+    seeds = _per_member("seeds", (cfg.seed,) * len(sets) if seeds is None else seeds, len(sets))
+    streams = _per_member("streams", (0,) * len(sets) if streams is None else streams, len(sets))
     dev = resolve_device(device)
     key = ensemble_key(model_cfg, objective, sets, shape, cfg, seeds, streams)
     folder = (Path(cache_dir) if cache_dir is not None else cache_root()) / "train"

@@ -147,19 +147,62 @@ def test_c5_quality_holds_for_other_real_digits_and_fails_for_an_isotropic_gauss
         verdicts.similar_quality("C5", energy(real[:2], real[2:]), scale, "energy", "x", 2)
 
 
-def test_c5b_memorization_rows_flip_with_the_copier():
+def test_c5b_memorization_rows_flip_with_the_copier(draws):
+    """Copy ratios of real generators, one training set per "seed": the empirical optimum (copies) against fresh
+    samples of P (which copy only by chance), paired by sample index."""
     from diffgen.metrics import paired_rate_difference_across_seeds
 
-    gen = torch.Generator().manual_seed(0)
-    copier = [torch.rand(200, generator=gen) * 0.2 for _ in range(3)]  # d1/d2 < 1/3: copies
-    fresh = [0.4 + 0.6 * torch.rand(200, generator=gen) for _ in range(3)]
-    assert verdicts.memorizes_less(paired_rate_difference_across_seeds(copier, fresh), "fresh", 3).holds
-    assert not verdicts.memorizes_less(paired_rate_difference_across_seeds(fresh, copier), "a copier", 3).holds
+    def ratios(name):
+        s = draws[name]
+        return [nearest_neighbors(s.z[m], s.train[m]).ratio for m in range(3)]
+
+    optimum, fresh = ratios("optimum"), ratios("P itself")
+    differ = paired_rate_difference_across_seeds(optimum, fresh)
+    assert verdicts.memorizes_less(differ, "P against the optimum", 3).holds
+    assert not verdicts.memorizes_less(paired_rate_difference_across_seeds(fresh, optimum), "reversed", 3).holds
     assert not verdicts.memorizes_less(paired_rate_difference_across_seeds(fresh, fresh), "itself", 3).holds
-    assert verdicts.beyond_weighting(paired_rate_difference_across_seeds(copier, fresh), "x", 3).source == "ours"
-    assert not verdicts.beyond_weighting(paired_rate_difference_across_seeds(fresh, fresh), "x", 3).holds
+    row = verdicts.beyond_weighting(differ, "P against the optimum", 3)
+    assert row.holds and row.source == "ours"
+    assert not verdicts.beyond_weighting(paired_rate_difference_across_seeds(fresh, fresh), "itself", 3).holds
+
+
+def test_c5b_matched_gap_flips_between_a_copier_and_an_equal_curve():
+    """Curves along training (relative gap, copy rate) per seed: a standard run that copies more at the same gap
+    holds; the same curve against itself fails; ranges that do not overlap are not measurable."""
+    standard = [([1.0, 0.1, 0.01], [0.0, 0.5 + 0.05 * k, 1.0]) for k in range(3)]
+    slower = [([1.0, 0.3, 0.1], [0.0, 0.05, 0.1 + 0.02 * k]) for k in range(3)]
+    diff = lambda a, b: across_seeds([ra - rb for _, ra, rb in  # noqa: E731
+                                      (experiments.rates_at_matched_gap(*x, *y) for x, y in zip(a, b))])
+    assert verdicts.less_at_matched_gap(diff(standard, slower), "a copier", 3).holds
+    jitter = [-0.02, 0.01, -0.005]  # the same curve up to noise: mean difference > 0, interval across 0
+    same = diff(slower, [(g, [r + e for r in rates]) for e, (g, rates) in zip(jitter, slower)])
+    assert same.value > 0 and not verdicts.less_at_matched_gap(same, "itself", 3).holds
     unmeasurable = verdicts.less_at_matched_gap(None, "no overlap", 3)
     assert unmeasurable.value is None and not unmeasurable.holds and unmeasurable.id == "C5b"
+
+
+def test_r3_fails_for_another_reading_and_r4_for_a_wrong_coefficient(sched):
+    from diffgen.denoisers import NoisyPointOptimum
+    from diffgen.objectives import ForwardTimeLoss
+    from diffgen.schedule import add_noise
+
+    train = load_dataset("digits", 10, seed=0).train
+    g = torch.Generator().manual_seed(0)
+    ours = experiments.forward_time_minimiser_error(ForwardTimeLoss(sched, "one"), train, sched, (10, 300),
+                                                    n_probe=4, generator=g)
+    assert verdicts.candidate_minimiser_is_eps_star(ours).holds
+    # the noisy-point reading: the optimum over one finite set of intermediate states, which is not eps*
+    noisy = NoisyPointOptimum.draw(train, sched, 50, g, dtype=torch.float64)
+    optimum = EmpiricalOptimum(train, sched, dtype=torch.float64)
+    xt = add_noise(sched, train[:4], 100, torch.randn(4, 64, generator=g, dtype=torch.float64))
+    other = float((noisy(xt, 100) - optimum(xt, 100)).norm() / optimum(xt, 100).norm())
+    assert not verdicts.candidate_minimiser_is_eps_star(other).holds
+    slopes = experiments.tweedie_slopes(train, sched, [(50, 49), (200, 199), (600, 300)], n_mc=2048, generator=g,
+                                        seed=0)
+    assert verdicts.tweedie_holds(slopes).holds
+    standard = [experiments.TweedieSlope(w.t, w.s, 1.0, w.slope) for w in slopes]  # the standard loss's c = 1
+    row = verdicts.tweedie_holds(standard)
+    assert not row.holds and row.value == 0
 
 
 def test_c5b_less_information_holds_for_p_against_a_copier(estimates):
