@@ -2,6 +2,7 @@
 confidence intervals, denoiser gaps per noise level."""
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -106,14 +107,39 @@ class Neighbors:
         return self.dist[:, 0] / self.dist[:, 1]
 
 
-def nearest_neighbors(z: torch.Tensor, train: torch.Tensor, k: int = 2, *, tile: int = 4096) -> Neighbors:
+def distinct_rows(x: torch.Tensor) -> torch.Tensor:
+    """Indices [U] (ascending) of the first occurrence of each distinct row of x [N, D]: exact (bitwise) duplicates
+    dropped. One pass of 128-bit row hashes; a hash seen before is confirmed by comparing the two rows."""
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape [N, D]; got {tuple(x.shape)}")
+    rows = x.detach().cpu().contiguous().numpy()
+    first: dict[bytes, int] = {}
+    keep = []
+    for i, row in enumerate(rows):
+        j = first.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), i)
+        if j == i or not np.array_equal(rows[j], row):
+            keep.append(i)
+    return torch.tensor(keep, dtype=torch.long, device=x.device)
+
+
+def nearest_neighbors(z: torch.Tensor, train: torch.Tensor, k: int = 2, *, tile: int = 4096,
+                      distinct: bool = True) -> Neighbors:
     """Exact k nearest training points (Euclidean) of each row of z [B, D] among train [N, D].
 
     Tiles over the training set keeping a running top-k per query (memory O(B x (tile + k))), ranks in float64 and
     recomputes the final distances as ||z - x_i|| directly, so tiny distances (copies) are not lost to cancellation.
+    distinct=True: exact duplicates in train count once (the first occurrence's index is reported), so the second
+    neighbour of a copy of a duplicated image is the nearest *other* image and d1/d2 = 0, not 0/0.
     """
     if z.ndim != 2 or train.ndim != 2 or z.shape[1] != train.shape[1]:
         raise ValueError(f"z [B, D] and train [N, D] must agree in D; got {tuple(z.shape)} and {tuple(train.shape)}")
+    if distinct:
+        keep = distinct_rows(train)
+        if len(keep) < len(train):
+            if not 1 <= k <= len(keep):
+                raise ValueError(f"k must lie in [1, {len(keep)}] (the distinct rows of train); got {k}")
+            nn = nearest_neighbors(z, train[keep], k, tile=tile, distinct=False)
+            return Neighbors(nn.dist, keep.to(nn.index.device)[nn.index])
     if not 1 <= k <= len(train):
         raise ValueError(f"k must lie in [1, N={len(train)}]; got {k}")
     z64 = z.to(torch.float64)

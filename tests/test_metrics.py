@@ -9,7 +9,8 @@ import torch
 
 from diffgen.data import load_dataset
 from diffgen.denoisers import EmpiricalOptimum
-from diffgen.metrics import COPY_THRESHOLD, Estimate, bootstrap_ci, copy_rate, copy_rate_curve, nearest_neighbors
+from diffgen.metrics import (COPY_THRESHOLD, Estimate, bootstrap_ci, copy_rate, copy_rate_curve, distinct_rows,
+                             nearest_neighbors)
 from diffgen.samplers import sample_ddim
 
 
@@ -335,3 +336,32 @@ def test_across_seeds_in_log_space_is_the_geometric_mean():
     assert est.value == pytest.approx(2.0) and est.low * est.high == pytest.approx(4.0)  # symmetric in log
     with pytest.raises(ValueError, match="positive"):
         across_seeds([1.0, -1.0], log=True)
+
+
+def test_distinct_rows_exact():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    x[[7, 21, 33]] = x[2].clone()  # a triplicate of row 2
+    x[30] = x[11].clone()
+    x[12] = x[11] + 1e-15  # nearly equal: distinct
+    keep = distinct_rows(x)
+    expected = [i for i in range(40) if i not in (7, 21, 33, 30)]
+    assert keep.tolist() == expected
+    assert distinct_rows(torch.randn(5, 3, generator=g)).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_copy_of_a_duplicated_training_point_is_a_copy(cloud):
+    """An exact copy of an image that S holds twice: d1 = d2 = 0 made the ratio 0/0 = NaN, counted as no copy; the
+    second neighbour is now the nearest other image."""
+    train, _ = cloud
+    dup = torch.cat([train, train[4:5], train[9:10]])
+    z = dup[[4, 9, 0]].clone()
+    nn = nearest_neighbors(z, dup)
+    assert not bool(nn.ratio.isnan().any()) and bool((nn.ratio == 0).all())
+    assert nn.index[:, 0].tolist() == [4, 9, 0]
+    other = nearest_neighbors(z, train)  # the same as against the set without the duplicates
+    torch.testing.assert_close(nn.dist, other.dist, rtol=0, atol=0)
+    assert copy_rate(nn.ratio).count == 3
+    assert bool(nearest_neighbors(z, dup, distinct=False).ratio.isnan().any())  # the old 0/0
+    with pytest.raises(ValueError, match="distinct rows"):
+        nearest_neighbors(z, torch.cat([train[:1]] * 3), k=2)
