@@ -145,9 +145,9 @@ UNUSABLE = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, Index
 
 
 def load_or_compute(path: str | os.PathLike, compute: Callable[[], dict], restore: Callable[[dict], T], *,
-                    fmt: int, name: str) -> tuple[T, bool]:
+                    fmt: int, name: str, save: bool = True) -> tuple[T, bool]:
     """(restore(payload), True) when the artifact at `path` is usable, else (restore(compute()), False) after saving
-    the computed payload there. Usable: it loads (see load_artifact), its "format" entry equals `fmt` (bump it when
+    the computed payload there (save=False: not saved; another process of the same run writes it). Usable: it loads (see load_artifact), its "format" entry equals `fmt` (bump it when
     the layout changes) and restore(payload) raises nothing in UNUSABLE; an unusable file is deleted with a
     RuntimeWarning naming it. `name` labels the note that reports a cache hit."""
     path = Path(path)
@@ -163,7 +163,8 @@ def load_or_compute(path: str | os.PathLike, compute: Callable[[], dict], restor
             note(f"{name}: loaded from cache {path}")
             return value, True
     payload = {**compute(), "format": fmt}
-    save_artifact(path, payload)
+    if save:
+        save_artifact(path, payload)
     return restore(payload), False
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import distributed
 from ._util import tiles
 from .schedule import Schedule, add_noise, eps_from_x0, x0_from_eps
 
@@ -56,7 +57,7 @@ class EmpiricalOptimum:
     """
 
     def __init__(self, train: torch.Tensor, sched: Schedule, *, dtype: torch.dtype = torch.float32,
-                 tile: int = 512, fused: bool = True):
+                 tile: int = 512, fused: bool = True, centre: torch.Tensor | None = None):
         if train.ndim != 2 or len(train) == 0:
             raise ValueError(f"train must be a non-empty [N, D] tensor; got shape {tuple(train.shape)}")
         if dtype not in (torch.float32, torch.float64):
@@ -66,7 +67,10 @@ class EmpiricalOptimum:
         self.sched, self.dtype, self.tile, self.fused = sched, dtype, tile, fused
         self._given = train  # as passed in: diagnostics rebuild a float64 copy from it, not from a rounded one
         self.train = train.to(dtype).contiguous()  # [N, D]
-        self._mean = train.to(torch.float64).mean(0)  # [D] m, in float64: the centring is exact up to one rounding
+        if centre is not None and centre.shape != train.shape[1:]:
+            raise ValueError(f"centre must have shape [{train.shape[1]}]; got {tuple(centre.shape)}")
+        # [D] m, float64 (the centring is exact up to one rounding): the set's mean unless given (a sharded set's)
+        self._mean = train.to(torch.float64).mean(0) if centre is None else centre.to(train.device, torch.float64)
         centred = (train.to(torch.float64) - self._mean).to(dtype).contiguous()  # values x_i - m
         self._centred = centred
         self._keys = torch.cat([centred, centred.pow(2).sum(1, keepdim=True)], 1)  # [N, D+1]: [x_i - m, |x_i - m|^2]
@@ -129,7 +133,7 @@ class EmpiricalOptimum:
 
     def _as_float64(self) -> "EmpiricalOptimum":
         """Rebuild the working copies in float64 from the data as given (not from a rounded copy)."""
-        self.__init__(self._given, self.sched, dtype=torch.float64, tile=self.tile, fused=False)
+        self.__init__(self._given, self.sched, dtype=torch.float64, tile=self.tile, fused=False, centre=self._mean)
         return self
 
     def _query_rows(self, x, a, c) -> torch.Tensor:
@@ -148,8 +152,9 @@ class EmpiricalOptimum:
             return None
         return out[:, :-1]
 
-    def _x0_tiled(self, x, a, c, stats: bool = False):
-        """Online log-sum-exp over training tiles; each query row keeps its own running max m."""
+    def _x0_tiled(self, x, a, c, stats: bool = False, partial: bool = False):
+        """Online log-sum-exp over training tiles; each query row keeps its own running max m. partial=True: the
+        running max, normaliser and accumulator (m [B], l [B], acc [B, D]) instead of x0 = acc / l."""
         B, dev = len(x), x.device
         q = self._query_rows(x, a, c)
         m = torch.full((B,), -torch.inf, dtype=self.dtype, device=dev)
@@ -174,11 +179,45 @@ class EmpiricalOptimum:
             l = rescale * l + p.sum(1)
             acc = torch.addmm(acc.mul_(rescale[:, None]), p, self._centred[sl].to(dev))
             m = m_new
+        if partial:
+            return m, l, acc
         x0 = acc / l[:, None]
         if not stats:
             return (x0,)
         lse = m + l.log()
         return x0, lse, m + wsum_logit / l, best, m
+
+
+class ShardedOptimum:
+    """eps*(x, t) over a training set split across processes (torchrun): this process holds one shard [N_r, D].
+
+    Each process runs the tiled online log-sum-exp over its shard and one exact merge combines the running maxima,
+    normalisers and weighted sums of all shards (distributed.merge_across_ranks), so x0* is the softmax mean over the
+    whole set, never an average of per-shard means. The shards are centred on the whole set's mean (one all-reduce),
+    so their logits share one offset. With one process it is EmpiricalOptimum(shard) with the tiled loop."""
+
+    def __init__(self, shard: torch.Tensor, sched: Schedule, *, dtype: torch.dtype = torch.float32, tile: int = 512):
+        if shard.ndim != 2 or len(shard) == 0:
+            raise ValueError(f"shard must be a non-empty [N_r, D] tensor; got shape {tuple(shard.shape)}")
+        total = distributed.all_reduce_sum(
+            torch.cat([shard.to(torch.float64).sum(0), shard.new_tensor([len(shard)], dtype=torch.float64)]))
+        self.n_total = int(total[-1])  # N, the points of all shards
+        self.local = EmpiricalOptimum(shard, sched, dtype=dtype, tile=tile, fused=False,
+                                      centre=total[:-1] / total[-1])
+        self.sched = sched
+
+    def __repr__(self) -> str:
+        return f"ShardedOptimum(N={self.n_total} over {distributed.world_size()} processes, local {self.local!r})"
+
+    def x0_star(self, xt: torch.Tensor, t) -> torch.Tensor:
+        """x0*(x_t, t) = sum_i w_i x_i over every shard's points, [B, D]; every process gets the same value."""
+        opt = self.local
+        m, l, acc = opt._x0_tiled(*opt._query(xt, t), partial=True)
+        return distributed.merge_across_ranks(m, l, acc) + opt._mean.to(device=acc.device, dtype=opt.dtype)
+
+    def __call__(self, xt: torch.Tensor, t) -> torch.Tensor:
+        t = _times(t, len(xt), xt.device)
+        return eps_from_x0(self.sched, xt.to(self.local.dtype), t, self.x0_star(xt, t))
 
 
 class SmoothedOptimum(EmpiricalOptimum):

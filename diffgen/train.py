@@ -18,6 +18,11 @@ The generators are _util.stream_generator(seed, 0) for batches and (seed, 1 + st
 cfg.checkpoint_every steps (and at cfg.snapshots) an EMA snapshot is kept and a resumable checkpoint written; an
 interrupted run resumes from it, bit for bit. The finished run is one artifact under its key (cache.artifact_key: the
 configs, the data and the code of this module, of the model's and of the objective's): a second call loads it.
+
+Several processes (torchrun; distributed.init joins the group): every process draws the whole global batch from the
+same generators and keeps its rows r B/R .. (r+1) B/R; DistributedDataParallel averages the gradients, so each step
+is the one-process step on the same global batch (to float rounding), every process holds the same weights, and the
+artifact lands under the same key. Only rank 0 writes checkpoints and the artifact; every process resumes from them.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from . import distributed
 from ._util import check_non_negative, check_positive, randn, resolve_device, sample_generators, stream_generator
 from .cache import artifact_key, cache_root, load_artifact, load_or_compute, save_artifact
 from .objectives import Objective
@@ -264,6 +270,9 @@ def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tu
     sets = _check_sets(sets, shape)
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"cfg must be a TrainConfig; got {type(cfg).__name__}")
+    if cfg.batch_size % distributed.world_size():
+        raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by the number of processes "
+                         f"({distributed.world_size()}): each process takes an equal share of the global batch")
     seeds = _per_member("seeds", (cfg.seed,) * len(sets) if seeds is None else seeds, len(sets))
     streams = _per_member("streams", (0,) * len(sets) if streams is None else streams, len(sets))
     dev = resolve_device(device)
@@ -273,11 +282,13 @@ def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tu
 
     def compute() -> dict:
         start = time.perf_counter()
-        out = _fit(model_cfg, objective, sets, tuple(shape), cfg, seeds, streams, dev, ckpt_path, progress,
-                   callback)
+        out = _fit(model_cfg, objective, sets, tuple(shape), cfg, seeds, streams, dev, ckpt_path,
+                   progress and distributed.is_main(), callback)
         what = "1 net" if len(sets) == 1 else f"{len(sets)} nets"
-        note(f"diffgen.train: trained {what} for {cfg.train_steps} steps in {time.perf_counter() - start:.1f} s on "
-             f"{dev}")
+        where = f"{dev}" if not distributed.active() else f"{distributed.world_size()} processes ({dev} on rank 0)"
+        if distributed.is_main():
+            note(f"diffgen.train: trained {what} for {cfg.train_steps} steps in {time.perf_counter() - start:.1f} s "
+                 f"on {where}")
         return out
 
     def restore(art: dict) -> EnsembleResult:
@@ -290,8 +301,12 @@ def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tu
         result.model_at().member(0)  # the state fits the architecture (else a RuntimeError: unusable)
         return result
 
-    result, from_cache = load_or_compute(path, compute, restore, fmt=ARTIFACT_FORMAT, name="diffgen.train")
-    ckpt_path.unlink(missing_ok=True)
+    main = distributed.is_main()
+    result, from_cache = load_or_compute(path, compute, restore, fmt=ARTIFACT_FORMAT, name="diffgen.train",
+                                         save=main)
+    if main:
+        ckpt_path.unlink(missing_ok=True)
+    distributed.barrier()  # the artifact is on disk before any process goes on
     return dataclasses.replace(result, from_cache=from_cache)
 
 
@@ -336,7 +351,15 @@ def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor],
     params = {k: v.detach().to(dev).requires_grad_(True) for k, v in params.items()}
     buffers = {k: v.to(dev) for k, v in buffers.items()}
     ema = {k: v.detach().clone() for k, v in params.items()}
-    model = _batched(base, params, buffers)
+    world, rank = distributed.world_size(), distributed.rank()
+    rows = slice(rank * B // world, (rank + 1) * B // world)  # this process's share of every global batch
+    if world > 1:
+        stacked_module = _Stacked(base, params, buffers)
+        params = dict(zip(params, stacked_module.weights))  # the module's own tensors, which DDP hooks
+        model = nn.parallel.DistributedDataParallel(stacked_module, device_ids=[dev] if dev.type == "cuda" else None,
+                                                    broadcast_buffers=False)
+    else:
+        model = _batched(base, params, buffers)
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
     unique = sorted(set(seeds))  # members with one seed share its batches
@@ -384,9 +407,9 @@ def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor],
         done = step + 1
         u = torch.stack([torch.rand(B, generator=g, dtype=torch.float64) for g in batch_gens]).to(dev)
         draws = [objective.draw(template, g) for g in draw_gens]
-        stacked = {k: torch.stack([d[k] for d in draws])[draw_group] for k in draws[0]}
-        idx = (u[batch_group] * n[:, None]).long()  # floor(u n_m) < n_m: a position in member m's own set
-        x0 = torch.gather(data, 1, idx[..., None].expand(M, B, data.shape[2]))
+        stacked = {k: torch.stack([d[k] for d in draws])[draw_group][:, rows] for k in draws[0]}
+        idx = (u[batch_group][:, rows] * n[:, None]).long()  # floor(u n_m) < n_m: a position in member m's set
+        x0 = torch.gather(data, 1, idx[..., None].expand(M, idx.shape[1], data.shape[2]))
         per_member = objective.loss_from(model, x0, stacked).mean(1)  # [M]
         for group_ in opt.param_groups:
             group_["lr"] = warmup_lr(cfg.lr, cfg.warmup, done)
@@ -397,15 +420,16 @@ def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor],
         opt.step()
         with torch.no_grad():  # EMA: theta_ema <- decay theta_ema + (1 - decay) theta
             torch._foreach_lerp_(elist, plist, 1.0 - ema_decay(cfg.ema_decay, done))
-        losses[step] = per_member.detach()
+        global_loss = distributed.all_reduce_mean(per_member.detach())  # [M] over the whole global batch
+        losses[step] = global_loss
         if cfg.keeps(done):
             snapshots[done] = state(ema)
-            if done < cfg.train_steps and done % cfg.checkpoint_every == 0:
+            if done < cfg.train_steps and done % cfg.checkpoint_every == 0 and rank == 0:
                 save_artifact(ckpt_path, {"raw": state(params), "ema": state(ema), "optimizer": opt.state_dict(),
                                           "generators": [g.get_state() for g in gens], "step": done,
                                           "losses": losses[:done].cpu(), "snapshots": snapshots})
         if callback is not None:
-            callback(done, per_member.detach())
+            callback(done, global_loss)
     return {"raw": state(params), "snapshots": snapshots, "losses": losses.cpu()}
 
 
@@ -419,6 +443,21 @@ def _batched(base: nn.Module, params: StateDict, buffers: StateDict):
         return single
     forward = vmap(lambda p, b, x, t: functional_call(base, (p, b), (x, t)))
     return lambda x, t: forward(params, buffers, x, t)
+
+
+class _Stacked(nn.Module):
+    """The members' stacked parameters as the parameters of one module, the form DistributedDataParallel wraps:
+    forward(x [M, B, D], t [M, B]) is _batched over them."""
+
+    def __init__(self, base: nn.Module, params: StateDict, buffers: StateDict):
+        super().__init__()
+        self.names = list(params)
+        self.weights = nn.ParameterList([nn.Parameter(v.detach()) for v in params.values()])
+        self._fixed = [base, buffers]  # in a list: the meta-device base and the buffers are not DDP's to sync
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        base, buffers = self._fixed
+        return _batched(base, dict(zip(self.names, self.weights)), buffers)(x, t)
 
 
 def _clip_per_member(params: list[torch.Tensor], max_norm: float, M: int) -> None:
