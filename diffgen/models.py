@@ -3,7 +3,8 @@
 Every model maps x_t [B, D] (flat, any float dtype) and integer time steps t ([B] or a scalar, 1..T) to
 eps_hat [B, D] in x_t's dtype: the input is cast to the parameters' dtype inside (samplers call with float64).
 Time enters through a sinusoidal embedding of t (as a float) followed by an MLP, added inside every block.
-The last layer is zero-initialised, so an untrained model predicts eps_hat = 0.
+The last layer is zero-initialised, so an untrained model predicts eps_hat = 0. A model with `autocast` set runs its
+body in bfloat16 autocast on CUDA (weights and output stay float32); on the CPU it always runs in float32.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class _Denoiser(nn.Module):
     """Shared edge of every model: check x [B, D], cast to the parameters' dtype and back."""
 
     dim: int
+    autocast: bool = False  # bfloat16 autocast of the body on CUDA
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         """eps_hat(x_t, t): x [B, D] any float dtype, t [B] or scalar integer -> [B, D] in x's dtype."""
@@ -59,7 +61,9 @@ class _Denoiser(nn.Module):
             raise ValueError(f"x must have shape [B, {self.dim}]; got {tuple(x.shape)}")
         t = _times(t, len(x), x.device)
         param = next(self.parameters())
-        return self._eps(x.to(param.dtype), t).to(x.dtype)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast and x.device.type == "cuda"):
+            eps = self._eps(x.to(param.dtype), t)
+        return eps.to(x.dtype)
 
     def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -149,6 +153,23 @@ class _ResBlock(nn.Module):
         return self.skip(h) + r
 
 
+class _Attention(nn.Module):
+    """h + proj(softmax(q k^T / sqrt(C)) v) over the H W positions, q, k, v = 1x1 convs of GN(h): the single-head
+    self-attention block of the DDPM U-Net (Ho et al. 2020), through torch's fused attention."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = h.shape
+        q, k, v = self.qkv(self.norm(h)).reshape(B, 3, C, H * W).transpose(2, 3).unbind(1)  # [B, HW, C] each
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return h + self.proj(out.transpose(1, 2).reshape(B, C, H, W))
+
+
 class _Up(nn.Module):
     """Nearest-neighbour 2x upsampling followed by a 3x3 conv."""
 
@@ -161,15 +182,16 @@ class _Up(nn.Module):
 
 
 class UNetDenoiser(_Denoiser):
-    """Small U-Net on x reshaped to [B, C, H, W]: one residual block per level (channels base * mults[k]), stride-2
-    conv down, nearest-up + conv, skip connections by concatenation, two middle blocks; output flattened to [B, D]."""
+    """DDPM-style U-Net on x reshaped to [B, C, H, W]: `blocks` residual blocks per level (channels base * mults[k]),
+    self-attention after each block at the resolutions in `attention` (and in the middle), stride-2 conv down,
+    nearest-up + conv, skip connections by concatenation, two middle blocks; output flattened to [B, D]."""
 
     def __init__(self, shape: tuple[int, int, int] = (1, 8, 8), base: int = 32, mults: tuple[int, ...] = (1, 2),
-                 time_dim: int = 64):
+                 time_dim: int = 64, blocks: int = 1, attention: tuple[int, ...] = (), autocast: bool = False):
         super().__init__()
         if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
             raise ValueError(f"shape must be (C, H, W) of positive integers; got {shape!r}")
-        check_positive(base=base)
+        check_positive(base=base, blocks=blocks)
         if len(mults) == 0 or not all(isinstance(m, int) and m >= 1 for m in mults):
             raise ValueError(f"mults must be a non-empty tuple of positive integers; got {mults!r}")
         _check_time_dim(time_dim)
@@ -177,25 +199,31 @@ class UNetDenoiser(_Denoiser):
         factor = 2 ** (len(mults) - 1)
         if h % factor or w % factor:
             raise ValueError(f"H and W must be divisible by 2^(len(mults) - 1) = {factor}; got shape {shape}")
-        self.shape, self.dim = tuple(shape), c * h * w
+        self.shape, self.dim, self.autocast = tuple(shape), c * h * w, autocast
         emb_dim = 4 * base
         chans = [base * m for m in mults]
+        attend = lambda k: h // 2 ** k in attention  # noqa: E731  (level k works at resolution H / 2^k)
         self.time = _TimeMLP(time_dim, emb_dim)
         self.inp = nn.Conv2d(c, base, 3, padding=1)
-        self.down = nn.ModuleList()
+        self.down = nn.ModuleList()  # (block, attention or identity) pairs, level by level
         self.downsample = nn.ModuleList()
-        prev = base
+        prev, skip_chans = base, []
         for k, ch in enumerate(chans):
-            self.down.append(_ResBlock(prev, ch, emb_dim))
+            for _ in range(blocks):
+                self.down.append(_Stage(_ResBlock(prev, ch, emb_dim), ch, attend(k)))
+                prev = ch
+                skip_chans.append(ch)
             if k < len(chans) - 1:
                 self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
-            prev = ch
-        self.mid = nn.ModuleList([_ResBlock(prev, prev, emb_dim), _ResBlock(prev, prev, emb_dim)])
+        self.mid = nn.ModuleList([_Stage(_ResBlock(prev, prev, emb_dim), prev, bool(attention)),
+                                  _Stage(_ResBlock(prev, prev, emb_dim), prev, False)])
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
+        self.blocks = blocks
         for k in reversed(range(len(chans))):
-            self.up.append(_ResBlock(prev + chans[k], chans[k], emb_dim))  # input: h concatenated with the skip
-            prev = chans[k]
+            for _ in range(blocks):  # input: h concatenated with the skip of the matching down block
+                self.up.append(_Stage(_ResBlock(prev + skip_chans.pop(), chans[k], emb_dim), chans[k], attend(k)))
+                prev = chans[k]
             if k > 0:
                 self.upsample.append(_Up(prev))
         self.out_norm = nn.GroupNorm(_groups(prev), prev)
@@ -205,19 +233,33 @@ class UNetDenoiser(_Denoiser):
     def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         emb = self.time(t)
         h = self.inp(x.reshape(len(x), *self.shape))
-        skips = []
-        for k, block in enumerate(self.down):
-            h = block(h, emb)
-            skips.append(h)
-            if k < len(self.downsample):
+        levels, down, up, skips = len(self.downsample) + 1, iter(self.down), iter(self.up), []
+        for k in range(levels):
+            for _ in range(self.blocks):
+                h = next(down)(h, emb)
+                skips.append(h)
+            if k < levels - 1:
                 h = self.downsample[k](h)
-        for block in self.mid:
-            h = block(h, emb)
-        for k, block in enumerate(self.up):
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
-            if k < len(self.upsample):
+        for stage in self.mid:
+            h = stage(h, emb)
+        for k in range(levels):
+            for _ in range(self.blocks):
+                h = next(up)(torch.cat([h, skips.pop()], dim=1), emb)
+            if k < levels - 1:
                 h = self.upsample[k](h)
         return self.out(F.silu(self.out_norm(h))).reshape(len(x), self.dim)
+
+
+class _Stage(nn.Module):
+    """A residual block, followed by self-attention when `attend`."""
+
+    def __init__(self, block: _ResBlock, channels: int, attend: bool):
+        super().__init__()
+        self.block = block
+        self.attn = _Attention(channels) if attend else nn.Identity()
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.block(h, emb))
 
 
 # --------------------------------------------------------------------------------------------------- configs
@@ -267,10 +309,16 @@ class UNetConfig:
     base: int = 32  # channels of the first level
     mults: tuple[int, ...] = (1, 2)  # channel multiplier per level; each level after the first halves H and W
     time_dim: int = 64  # size of the sinusoidal embedding of t (even)
+    blocks: int = 1  # residual blocks per level (DDPM's CIFAR-10 U-Net: 2)
+    attention: tuple[int, ...] = ()  # resolutions (H) with self-attention after each block (DDPM: (16,))
+    autocast: bool = True  # bfloat16 autocast on CUDA; float32 on the CPU whatever this says
 
     def __post_init__(self):
-        check_positive(base=self.base)
+        check_positive(base=self.base, blocks=self.blocks)
         object.__setattr__(self, "mults", tuple(self.mults))  # a list would make the config unhashable
+        object.__setattr__(self, "attention", tuple(self.attention))
+        if not all(isinstance(r, int) and r >= 1 for r in self.attention):
+            raise ValueError(f"attention must be a tuple of positive resolutions; got {self.attention!r}")
         if len(self.mults) == 0 or not all(isinstance(m, int) and m >= 1 for m in self.mults):
             raise ValueError(f"mults must be a non-empty tuple of positive integers; got {self.mults!r}")
         _check_time_dim(self.time_dim)
@@ -279,7 +327,8 @@ class UNetConfig:
         """A fresh model for images of shape (C, H, W); init from torch's global RNG."""
         if len(shape) != 3:
             raise ValueError(f"UNetConfig needs an image shape (C, H, W); got {shape!r}")
-        return UNetDenoiser(tuple(shape), self.base, self.mults, self.time_dim)
+        return UNetDenoiser(tuple(shape), self.base, self.mults, self.time_dim, self.blocks, self.attention,
+                            self.autocast)
 
 
 # ---------------------------------------------------------------------------------------------------- checks

@@ -15,8 +15,10 @@ CASES = [(MLPConfig(hidden=32, depth=2, time_dim=16), (2,)),
          (MLPConfig(hidden=32, depth=1), (1, 8, 8)),
          (UNetConfig(base=8), (1, 8, 8)),
          (UNetConfig(base=8, mults=(1, 2, 2)), (1, 28, 28)),
-         (UNetConfig(base=8), (3, 32, 32))]
-IDS = ["mlp-2d", "mlp-digits", "unet-8", "unet-28", "unet-32"]
+         (UNetConfig(base=8), (3, 32, 32)),
+         (UNetConfig(base=8, mults=(1, 2, 2), attention=(14,)), (1, 28, 28)),
+         (UNetConfig(base=8, mults=(1, 2, 2), blocks=2, attention=(16,)), (3, 32, 32))]
+IDS = ["mlp-2d", "mlp-digits", "unet-8", "unet-28", "unet-32", "unet-28-attention", "unet-32-ddpm"]
 
 
 def _build(cfg, shape, seed=0):
@@ -195,3 +197,24 @@ def test_eps_loss_same_generator_state_same_loss_and_checks_shape(sched):
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match=r"x0 must have shape \[B, D\]"):
         EpsLoss(sched).loss(model, x0[0], torch.Generator())
+
+
+def test_unet_attention_sits_at_the_named_resolutions():
+    """DDPM's CIFAR-10 layout: attention after every block at 16x16 (level 1 of 32 -> 16 -> 8) and in the middle."""
+    from diffgen.models import _Attention
+    model = _build(UNetConfig(base=8, mults=(1, 2, 2), blocks=2, attention=(16,)), (3, 32, 32))
+    where = [name for name, m in model.named_modules() if isinstance(m, _Attention)]
+    assert where == ["down.2.attn", "down.3.attn", "mid.0.attn", "up.2.attn", "up.3.attn"]
+    assert not any(isinstance(m, _Attention) for m in _build(UNetConfig(base=8), (3, 32, 32)).modules())
+    with pytest.raises(ValueError, match="attention must be"):
+        UNetConfig(attention=(0,))
+    with pytest.raises(ValueError, match="blocks must be"):
+        UNetConfig(blocks=0)
+
+
+def test_autocast_is_float32_on_the_cpu():
+    on = _perturb(_build(UNetConfig(base=8, autocast=True), (3, 32, 32)))
+    off = _perturb(_build(UNetConfig(base=8, autocast=False), (3, 32, 32)))
+    x, t = _inputs(3 * 32 * 32)
+    out = on(x, t)
+    assert out.dtype == torch.float32 and torch.equal(out, off(x, t))
