@@ -2,7 +2,8 @@
 
 `diffgen run CHAPTER...` executes chapter notebooks headlessly (diffgen.runner); `diffgen chapters` lists them and
 their parameters (diffgen.chapters); `diffgen report [RUN_DIR]` prints the claims table of a run's results files
-(diffgen.report); `diffgen book` executes the chapters whose code changed, with progress, and builds the HTML.
+(diffgen.report); `diffgen book` executes the chapters whose code changed, with progress, and builds the HTML;
+`diffgen train CHAPTER` trains a chapter's networks ahead of it (diffgen.plans), in one process or under torchrun.
 """
 from __future__ import annotations
 
@@ -41,12 +42,50 @@ def _run(args: argparse.Namespace) -> int:
     out = (args.out or Path("runs") / args.preset).resolve()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
-    if args.data_dir is not None:
-        if not args.data_dir.is_dir():
-            raise UsageError(f"--data-dir {args.data_dir} is not a folder (it holds MNIST, CIFAR-10, CelebA ... files)")
-        os.environ["DIFFGEN_DATA"] = str(args.data_dir.resolve())  # the chapters' kernels inherit it
+    _use_data_dir(args.data_dir)
     _check_data_files({run.value("dataset") for run in runs} - {None, "digits"})
     return run_chapters(runs, out, args.timeout)
+
+
+def _use_data_dir(data_dir: Path | None) -> None:
+    if data_dir is None:
+        return
+    if not data_dir.is_dir():
+        raise UsageError(f"--data-dir {data_dir} is not a folder (it holds MNIST, CIFAR-10, CelebA ... files)")
+    os.environ["DIFFGEN_DATA"] = str(data_dir.resolve())  # the chapters' kernels inherit it
+
+
+def _train(args: argparse.Namespace) -> int:
+    """The chapter's training runs, with its parameters (preset, -p), through the cache: a chapter run with the same
+    parameters loads them. Under torchrun every process runs this; rank 0 prints and writes."""
+    from . import distributed
+    from .plans import PLANS
+
+    [run] = plan_run([args.chapter], args.preset, args.param, args.device)
+    if run.chapter.id not in PLANS:
+        raise UsageError(f"chapter {run.chapter.id} has no training plan; diffgen train knows {', '.join(PLANS)}")
+    _use_data_dir(args.data_dir)
+    _check_data_files({run.value("dataset")} - {None, "digits"})
+    params = {name: run.value(name) for name in run.parameters}
+    dev = distributed.init(params.get("device", "auto"))
+    if not distributed.active():  # under torchrun each process has its share of threads already
+        from ._util import set_threads
+        set_threads(dev)
+    say = print if distributed.is_main() else (lambda *a, **k: None)
+    try:
+        plan = PLANS[run.chapter.id](params, dev)
+        unknown = sorted(set(args.only) - set(plan.jobs))
+        if unknown:
+            raise UsageError(f"--only {', '.join(unknown)}: {run.chapter.id}'s runs are {', '.join(plan.jobs)}")
+        jobs = {name: job for name, job in plan.jobs.items() if not args.only or name in args.only}
+        say(f"diffgen train {run.chapter.id}: {len(jobs)} run(s) on {distributed.world_size()} process(es), {dev}")
+        for name, job in jobs.items():
+            result = job.run(dev)
+            say(f"  {name}: {len(job.sets)} nets, {job.cfg.train_steps} steps, "
+                f"{'loaded' if result.from_cache else 'trained'} -> {show_path(result.path)}")
+    finally:
+        distributed.shutdown()
+    return 0
 
 
 def _check_data_files(datasets: set[str]) -> None:
@@ -92,6 +131,10 @@ def _report(args: argparse.Namespace) -> int:
     return 1 if args.check and report.any_fails(rows) else 0
 
 
+DATA_DIR_HELP = ("folder of local data files for dataset = mnist, fashion-mnist, cifar10, celeba or folder "
+                 "(default: $DIFFGEN_DATA)")
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number of seconds; got {text}")
@@ -106,17 +149,28 @@ def _parser() -> argparse.ArgumentParser:
                          description="Execute chapters headlessly; write each executed notebook and its "
                                      "<chapter>.results.json into the output folder.")
     run.add_argument("chapters", nargs="+", metavar="CHAPTER", help="ch2, 2 or ch2_empirical_optimum")
-    run.add_argument("--preset", default="default", help="smoke, default or paper (diffgen/presets.toml); "
+    run.add_argument("--preset", default="default", help="smoke, default, large or paper (diffgen/presets.toml); "
                                                          "default: the notebooks' own parameters")
     run.add_argument("-p", dest="param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override a parameter in every selected chapter that declares it (repeatable)")
     run.add_argument("--device", choices=DEVICES, help="set every chapter's device parameter")
     run.add_argument("--out", type=Path, help="output folder (default: runs/<preset>)")
-    run.add_argument("--data-dir", type=Path, metavar="FOLDER",
-                     help="folder of local data files for dataset = mnist, fashion-mnist, cifar10, celeba or folder "
-                          "(default: $DIFFGEN_DATA)")
+    run.add_argument("--data-dir", type=Path, metavar="FOLDER", help=DATA_DIR_HELP)
     run.add_argument("--timeout", type=_positive_int, default=1800, metavar="SECONDS",
                      help="wall-clock limit per chapter, also the per-cell limit (default: %(default)s)")
+    train = sub.add_parser("train", help="train a chapter's networks ahead of it (one process or torchrun)",
+                           description="Train the networks a chapter trains, with its parameters (notebook defaults < "
+                                       "--preset < --device < -p), into the cache, where the chapter run with the "
+                                       "same parameters finds them. Several GPUs: torchrun --nproc_per_node=N "
+                                       "$(which diffgen) train CHAPTER ... (DDP; the batch is split across "
+                                       "processes; rank 0 writes). An interrupted run resumes from its checkpoint.")
+    train.add_argument("chapter", metavar="CHAPTER", help="ch3 (the chapters with a training plan)")
+    train.add_argument("--preset", default="default", help="smoke, default, large or paper (diffgen/presets.toml)")
+    train.add_argument("-p", dest="param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                       help="override a chapter parameter (repeatable)")
+    train.add_argument("--device", choices=DEVICES, help="set the chapter's device parameter")
+    train.add_argument("--data-dir", type=Path, metavar="FOLDER", help=DATA_DIR_HELP)
+    train.add_argument("--only", nargs="+", default=[], metavar="RUN", help="train only these runs (e.g. main)")
     sub.add_parser("chapters", help="list the chapters and their parameters")
     book = sub.add_parser("book", help="execute the chapters whose code changed (with progress), then build the HTML",
                           description="Execute every chapter of the book's table of contents whose code or diffgen "
@@ -147,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     try:
-        commands = {"run": _run, "report": _report, "book": _book, "chapters": lambda _: _list_chapters()}
+        commands = {"run": _run, "train": _train, "report": _report, "book": _book,
+                    "chapters": lambda _: _list_chapters()}
         return commands[args.command](args)
     except UsageError as e:
         print(f"diffgen {args.command}: error: {e}", file=sys.stderr)

@@ -59,3 +59,11 @@ def test_chapter_benchmark_reports_cold_warm_and_busy_times_per_cell(tmp_path):
     assert cells and all(s >= 0 for s, _ in cells) and [s for s, _ in cells] == sorted((s for s, _ in cells),
                                                                                       reverse=True)
     assert "beside a busy process" in done.stdout
+
+
+def test_bench_gpu_without_a_gpu_says_so_and_exits_0():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--quick"],
+                          capture_output=True, text=True, timeout=120, env={"CUDA_VISIBLE_DEVICES": "",
+                                                                            "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no CUDA GPU on this machine" in done.stdout

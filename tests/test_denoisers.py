@@ -469,3 +469,21 @@ def test_clipped_x0_leaves_the_optimum_alone_and_keeps_any_prediction_in_range(s
     assert float(x0.abs().max()) <= 1.0 + 1e-9 and float(x0_from_eps(sched, xt, t, zero(xt, t)).abs().max()) > 10
     with pytest.raises(ValueError, match="low < high"):
         ClippedX0(opt, sched, 1.0, -1.0)
+
+
+def test_cpu_picks_the_tiled_loop_above_the_fused_kernels_width(monkeypatch):
+    """On the CPU the fused kernel runs up to CPU_FUSED_MAX_DIM and the tiled loop above it (the faster path per
+    width, benchmarks/bench_empirical.py); both give the same x0*."""
+    from diffgen.denoisers import EmpiricalOptimum
+    from diffgen.schedule import linear_schedule
+
+    sched, g = linear_schedule(), torch.Generator().manual_seed(0)
+    calls = []
+    original = EmpiricalOptimum._x0_fused
+    monkeypatch.setattr(EmpiricalOptimum, "_x0_fused", lambda self, *a: calls.append(a[0].shape[1]) or original(self, *a))
+    for D in (64, EmpiricalOptimum.CPU_FUSED_MAX_DIM + 1):
+        train, xt = torch.randn(50, D, generator=g), torch.randn(4, D, generator=g)
+        fused = EmpiricalOptimum(train, sched).x0_star(xt, 300)
+        tiled = EmpiricalOptimum(train, sched, fused=False).x0_star(xt, 300)
+        torch.testing.assert_close(fused, tiled, rtol=1e-4, atol=1e-5)
+    assert calls == [64]

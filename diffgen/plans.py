@@ -1,0 +1,102 @@
+"""Layer 5: what a chapter trains, built from its parameters: one definition for the chapter and for `diffgen train`.
+
+A chapter calls `trained_gap_plan(parameters, device)` and runs the plan's jobs; `diffgen train ch3 ...` (or the
+same under torchrun, on several GPUs) builds the plan from the same parameters and runs the same jobs ahead of time.
+Each job is one train.train_ensemble call, so both land under one cache key and the chapter then loads the weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from .data import Dataset, load_dataset
+from .models import MLPConfig, UNetConfig
+from .objectives import EpsLoss
+from .schedule import Schedule, linear_schedule
+from .train import EnsembleResult, ModelConfig, TrainConfig, ensemble_key, train_ensemble
+
+MODELS = ("mlp", "unet")  # the chapters' `model` parameter
+
+
+def net_config(model: str, width: int, shape: tuple[int, ...]) -> ModelConfig:
+    """The noise predictor of `model` at `width`: an MLP of that hidden width on flattened images, or a DDPM-style
+    U-Net with `width` base channels: levels down to 4x4 (8x8 images: 8, 4), two residual blocks per level and
+    self-attention at half the resolution from 28x28 up (DDPM's CIFAR-10 layout: 32, 16 (attention), 8, 4)."""
+    if model == "mlp":
+        return MLPConfig(hidden=width)
+    if model != "unet":
+        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
+    if len(shape) != 3:
+        raise ValueError(f"model = 'unet' needs image data (C, H, W); got shape {shape}")
+    side = shape[1]
+    levels = 1
+    while side % 2 ** levels == 0 and side // 2 ** levels >= 4 and levels < 4:
+        levels += 1
+    mults = (1,) + (2,) * (levels - 1)
+    big = side >= 28
+    return UNetConfig(base=width, mults=mults, blocks=2 if big else 1, attention=(side // 2,) if big else ())
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingJob:
+    """One train_ensemble call: member m of model_cfg trained on sets[m] with seed seeds[m]."""
+
+    model_cfg: ModelConfig
+    objective: object
+    sets: list[torch.Tensor]
+    shape: tuple[int, ...]
+    cfg: TrainConfig
+    seeds: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        return ensemble_key(self.model_cfg, self.objective, self.sets, self.shape, self.cfg, self.seeds)
+
+    def run(self, device, *, progress: bool = True, cache_dir=None) -> EnsembleResult:
+        return train_ensemble(self.model_cfg, self.objective, self.sets, self.shape, self.cfg, seeds=self.seeds,
+                              device=device, progress=progress, cache_dir=cache_dir)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedGapPlan:
+    """Chapter 3's data and training runs (jobs: "main" = seeds on S then the same seeds on S'; "sweep" = the smaller
+    sizes; "width W" = the narrower nets at the second size)."""
+
+    ds: Dataset
+    sched: Schedule
+    net_cfg: ModelConfig
+    cfg: TrainConfig
+    seeds: tuple[int, ...]
+    sizes: list[int]
+    widths: list[int]
+    small: list[tuple[int, int]]  # (n, seed) of the sweep's members, in order
+    jobs: dict[str, TrainingJob]
+
+
+def trained_gap_plan(p: Mapping, device) -> TrainedGapPlan:
+    """Chapter 3's plan from its parameters p (dataset, n_train, n_heldout, n_sizes, model, width, width_sweep,
+    n_seeds, train_steps, batch_size, seed)."""
+    sched = linear_schedule()  # DDPM: T = 1000, beta linear 1e-4 .. 0.02
+    ds = load_dataset(p["dataset"], p["n_train"], p["n_heldout"], n_disjoint=p["n_train"], seed=p["seed"],
+                      device=device)
+    S, S2 = ds.train, ds.disjoint  # S' never overlaps S or the held-out images
+    seeds = tuple(range(p["seed"], p["seed"] + p["n_seeds"]))
+    net_cfg = net_config(p["model"], p["width"], ds.shape)
+    cfg = TrainConfig(train_steps=p["train_steps"], batch_size=p["batch_size"],
+                      checkpoint_every=max(1, p["train_steps"] // 6))
+    sizes = sorted({int(round(v)) for v in np.geomspace(8, p["n_train"], p["n_sizes"])})
+    w = p["width"]
+    widths = sorted({max(8, w // 4), max(8, w // 2), w}) if p["width_sweep"] else [w]
+    loss = EpsLoss(sched)
+    small = [(n, s) for n in sizes[:-1] for s in seeds]
+    jobs = {"main": TrainingJob(net_cfg, loss, [S] * len(seeds) + [S2] * len(seeds), ds.shape, cfg, seeds * 2),
+            "sweep": TrainingJob(net_cfg, loss, [S[:n] for n, _ in small], ds.shape, cfg, tuple(s for _, s in small)),
+            **{f"width {v}": TrainingJob(net_config(p["model"], v, ds.shape), loss, [S[:sizes[1]]] * len(seeds),
+                                         ds.shape, cfg, seeds) for v in widths[:-1]}}
+    return TrainedGapPlan(ds, sched, net_cfg, cfg, seeds, sizes, widths, small, jobs)
+
+
+PLANS = {"ch3": trained_gap_plan}  # chapters whose training `diffgen train` runs ahead of them

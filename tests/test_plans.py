@@ -1,0 +1,85 @@
+"""What chapters train (diffgen.plans), `diffgen train` in one process and under torchrun, and the `paper` preset's
+code path (CIFAR-10 files, the U-Net) end to end on fixture files with a tiny budget."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_files import write_cifar10
+from diffgen import chapters, cli, plans
+from diffgen.models import MLPConfig, UNetConfig
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("shape, mults, blocks, attention", [((1, 8, 8), (1, 2), 1, ()),
+                                                             ((1, 28, 28), (1, 2, 2), 2, (14,)),
+                                                             ((3, 32, 32), (1, 2, 2, 2), 2, (16,)),
+                                                             ((3, 64, 64), (1, 2, 2, 2), 2, (32,))])
+def test_unet_layout_follows_the_image_size(shape, mults, blocks, attention):
+    cfg = plans.net_config("unet", 64, shape)
+    assert cfg == UNetConfig(base=64, mults=mults, blocks=blocks, attention=attention)
+    torch.manual_seed(0)
+    model = cfg.build(shape)
+    x = torch.randn(2, int(torch.tensor(shape).prod()))
+    assert model(x, torch.tensor([1, 999])).shape == x.shape
+
+
+def test_net_config_errors():
+    assert plans.net_config("mlp", 32, (2,)) == MLPConfig(hidden=32)
+    with pytest.raises(ValueError, match="model must be one of mlp, unet; got 'vit'"):
+        plans.net_config("vit", 32, (1, 8, 8))
+    with pytest.raises(ValueError, match="needs image data"):
+        plans.net_config("unet", 32, (2,))
+
+
+def _params(preset: str, pairs=()) -> dict:
+    [run] = chapters.plan_run(["ch3"], preset, list(pairs))
+    return {name: run.value(name) for name in run.parameters}
+
+
+def test_chapter3_plan_from_its_smoke_parameters():
+    p = _params("smoke", [("device", "cpu")])
+    plan = plans.trained_gap_plan(p, "cpu")
+    assert list(plan.jobs) == ["main", "sweep", "width 8", "width 16"]
+    main = plan.jobs["main"]
+    assert main.seeds == (0, 1, 0, 1) and [len(s) for s in main.sets] == [64] * 4
+    assert torch.equal(main.sets[0], plan.ds.train) and torch.equal(main.sets[2], plan.ds.disjoint)
+    assert plan.sizes == [8, 64] and plan.jobs["sweep"].seeds == (0, 1)
+    assert plan.jobs["width 8"].model_cfg == MLPConfig(hidden=8)
+    assert plans.trained_gap_plan(p, "cpu").jobs["main"].key == main.key  # the same parameters, the same key
+
+
+def test_train_refuses_a_chapter_without_plan_and_unknown_runs(capsys):
+    assert cli.main(["train", "ch2"]) == 2
+    assert "chapter ch2 has no training plan; diffgen train knows ch3" in capsys.readouterr().err
+    assert cli.main(["train", "ch3", "--preset", "smoke", "--only", "mian", "--device", "cpu"]) == 2
+    assert "--only mian: ch3's runs are main, sweep, width 8, width 16" in capsys.readouterr().err
+    assert cli.main(["train", "ch3", "-p", "dataset", "cifar10", "--data-dir", "/nonexistent"]) == 2
+    assert "--data-dir /nonexistent is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_paper_path_on_fixture_cifar_trained_by_torchrun_then_loaded_by_the_chapter(tmp_path):
+    """The `paper` preset of chapter 3 (CIFAR-10, the U-Net) on fixture CIFAR-10 binary files with a tiny budget:
+    `diffgen train` under torchrun (2 Gloo processes) trains its nets, then `diffgen run` executes the chapter, which
+    finds every net in the cache instead of training it."""
+    write_cifar10(tmp_path / "data", n=12)
+    env = {**os.environ, "DIFFGEN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    tiny = ["--preset", "paper", "--device", "cpu", "--data-dir", str(tmp_path / "data"), "-p", "n_train", "24",
+            "-p", "n_heldout", "8", "-p", "train_steps", "100", "-p", "batch_size", "8", "-p", "n_samples", "16",
+            "-p", "steps", "4", "-p", "width", "8"]
+    train = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "diffgen.cli", "train",
+                            "ch3", *tiny], env=env, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert "2 run(s) on 2 process(es)" in train.stdout and train.stdout.count(" trained -> ") == 2
+    run = subprocess.run([str(BIN / "diffgen"), "run", "ch3", *tiny, "--out", str(tmp_path / "out"), "--timeout",
+                          "600"], env=env, capture_output=True, text=True, timeout=900)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert log.count("diffgen.train: loaded from cache") >= 2 and "trained 4 nets" not in log
+    results = (tmp_path / "out" / "ch3.results.json").read_text()
+    assert '"dataset": "cifar10"' in results and '"model": "unet"' in results
