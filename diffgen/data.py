@@ -217,17 +217,59 @@ def _holds(name: str, folder: Path) -> bool:
     return bool(_image_files(folder))
 
 
+LABELLED = ("digits", "mnist", "fashion-mnist", "cifar10")  # data sets with class labels (10 classes each)
+
+
+@dataclass(frozen=True, eq=False)
+class Labelled:
+    """Labelled images for a feature classifier: a fitting split and a test split, pixels in [-1, 1]."""
+
+    name: str
+    x_fit: torch.Tensor  # [N, D]
+    y_fit: torch.Tensor  # [N] long
+    x_test: torch.Tensor  # [M, D]
+    y_test: torch.Tensor  # [M] long
+    shape: tuple[int, ...]
+
+
+def labelled_splits(name: str, *, seed: int = 0, data_dir: str | Path | None = None, max_fit: int = 50000,
+                    max_test: int = 10000, test_share: float = 0.2) -> Labelled:
+    """The labelled images of `name` (one of LABELLED), float32: MNIST, Fashion-MNIST and CIFAR-10 fit on (up to
+    max_fit of) the official training split and test on (up to max_test of) the test split; digits are split
+    by `test_share`, from `seed`."""
+    if name not in LABELLED:
+        raise ValueError(f"dataset {name!r} has no class labels; the labelled data sets are {', '.join(LABELLED)}")
+    g = torch.Generator().manual_seed(seed)
+    if name == "digits":
+        x, y = digits_with_labels()
+        order = torch.randperm(len(x), generator=g)
+        n_test = int(round(test_share * len(x)))
+        test, fit = order[:n_test], order[n_test:]
+        return Labelled(name, x[fit].float(), y[fit], x[test].float(), y[test], (1, 8, 8))
+    (train, train_y), (test, test_y) = _official_splits(name, data_folder(name, data_dir))
+    fit = torch.randperm(len(train), generator=g)[:max_fit]
+    held = torch.randperm(len(test), generator=g)[:max_test]
+    return Labelled(name, _scaled(train[fit.numpy()]).float(), torch.from_numpy(train_y[fit.numpy()]),
+                    _scaled(test[held.numpy()]).float(), torch.from_numpy(test_y[held.numpy()]), train.shape[1:])
+
+
+def _official_splits(name: str, folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((train images, labels), (test images, labels)) of MNIST, Fashion-MNIST or CIFAR-10, uint8 [N, C, H, W]."""
+    if name in ("mnist", "fashion-mnist"):
+        return (formats.read_idx_pair(_idx_file(folder, _IDX[0]), _idx_file(folder, _IDX[1])),
+                formats.read_idx_pair(_idx_file(folder, _IDX[2]), _idx_file(folder, _IDX[3])))
+    binary = all((folder / f).is_file() for f in _CIFAR_BIN)
+    read, files = (formats.read_cifar10_bin, _CIFAR_BIN) if binary else (formats.read_cifar10_pickle, _CIFAR_PY)
+    batches = [read(folder / f) for f in files]
+    return ((np.concatenate([b[0] for b in batches[:-1]]), np.concatenate([b[1] for b in batches[:-1]])),
+            batches[-1])
+
+
 def _from_files(name: str, folder: Path, n_train: int, n_heldout: int, n_disjoint: int, image_size: int,
                 g: torch.Generator) -> tuple[torch.Tensor, tuple[int, ...]]:
-    if name in ("mnist", "fashion-mnist"):
-        train, _ = formats.read_idx_pair(_idx_file(folder, _IDX[0]), _idx_file(folder, _IDX[1]))
-        test, _ = formats.read_idx_pair(_idx_file(folder, _IDX[2]), _idx_file(folder, _IDX[3]))
+    if name in ("mnist", "fashion-mnist", "cifar10"):
+        (train, _), (test, _) = _official_splits(name, folder)
         pools = [train, test]
-    elif name == "cifar10":
-        binary = all((folder / f).is_file() for f in _CIFAR_BIN)
-        read, files = (formats.read_cifar10_bin, _CIFAR_BIN) if binary else (formats.read_cifar10_pickle, _CIFAR_PY)
-        batches = [read(folder / f)[0] for f in files]
-        pools = [np.concatenate(batches[:-1]), batches[-1]]
     else:
         files = _image_files(folder)
         picked = _split(name, [torch.arange(len(files))], n_train, n_heldout, n_disjoint, g)

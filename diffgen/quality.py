@@ -4,14 +4,15 @@
   the distributions agree;
 - squared MMD with a Gaussian kernel (Gretton et al. 2012), unbiased U-statistic;
 - Frechet distance (Heusel et al. 2017) between Gaussians fitted to features: |mu1 - mu2|^2 +
-  tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2), in float64, here in the feature space of a small digits classifier that the
-  package trains on scikit-learn's digits (with their labels) and caches (`digits_classifier`); biased upward at
-  small sample sizes, so compare it only at equal sizes;
+  tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2), in float64, here in the feature space of a small classifier that the
+  package trains on the data set's own labels and caches (`feature_classifier`: an MLP on scikit-learn's digits, a
+  CNN on MNIST, Fashion-MNIST and CIFAR-10); biased upward at small sample sizes, so compare it only at equal sizes;
 - kernel distance KID (Binkowski et al. 2018) in the same features (standardised by the reference's): the unbiased
   squared MMD with the cubic kernel (a.b / F + 1)^3, unbiased at any sample size.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from ._util import check_positive, resolve_device, tiles
 from .cache import artifact_key, cache_root, load_or_compute
-from .data import digits_with_labels
+from .data import Labelled, labelled_splits
 from .metrics import Estimate, hierarchical_bootstrap
 
 
@@ -129,7 +130,7 @@ def _metrics(z: torch.Tensor, feats: torch.Tensor, reference: torch.Tensor, ref_
             "kid": kid(standard(feats), standard(ref_feats)), "fd": frechet_distance(feats, ref_feats)}
 
 
-def distances(samples: dict, reference: torch.Tensor, classifier: "DigitsClassifier",
+def distances(samples: dict, reference: torch.Tensor, classifier: "Classifier",
               bandwidth: float) -> dict[str, dict[str, float]]:
     """name -> {metric: value} for every metric of METRICS: energy distance and squared MMD (Gaussian kernel of width
     `bandwidth`) on pixels, KID and the Frechet distance in the classifier's features, of each sample set to
@@ -139,7 +140,7 @@ def distances(samples: dict, reference: torch.Tensor, classifier: "DigitsClassif
 
 
 def distance_differences(a: list[torch.Tensor], b: list[torch.Tensor], reference: torch.Tensor,
-                         classifier: "DigitsClassifier", bandwidth: float, *, n_boot: int = 200,
+                         classifier: "Classifier", bandwidth: float, *, n_boot: int = 200,
                          seed: int = 0) -> dict[str, Estimate]:
     """metric -> mean over seeds r of metric(b[r]) - metric(a[r]), where a[r] and b[r] [K, D] are two models' samples
     of seed r from the same x_T (row k of both from one noise), with the hierarchical bootstrap interval (seeds, then
@@ -162,28 +163,46 @@ def distance_differences(a: list[torch.Tensor], b: list[torch.Tensor], reference
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """A small MLP classifier of the 8x8 digits, 64 -> hidden -> features -> 10; the features are the Frechet space."""
+    """A small classifier of 10 classes whose penultimate layer is the feature space of the Frechet distance and
+    KID: on 8x8 digits an MLP 64 -> hidden -> features -> 10; on larger images a CNN (3x3 convs of hidden channels,
+    two stride-2 convs, global average pooling to `features`) -> 10."""
 
-    hidden: int = 128  # width of the first hidden layer
+    hidden: int = 128  # width of the first hidden layer (channels of the CNN's first conv)
     features: int = 32  # width of the feature layer (the Frechet distance lives here)
-    train_steps: int = 1500  # full-batch AdamW steps
+    train_steps: int = 1500  # AdamW steps
     lr: float = 3e-3  # AdamW learning rate
     weight_decay: float = 1e-3  # AdamW decoupled weight decay
-    test_share: float = 0.2  # share of the 1797 images held out to report the accuracy
-    seed: int = 0  # seeds the split and the initialisation
+    test_share: float = 0.2  # share of the 1797 digits held out to report the accuracy (other data: the test split)
+    seed: int = 0  # seeds the split, the initialisation and the minibatches
+    batch_size: int | None = None  # images per step; None: the whole fitting split every step (full batch)
 
     def __post_init__(self):
         check_positive(hidden=self.hidden, features=self.features, train_steps=self.train_steps)
+        if self.batch_size is not None:
+            check_positive(batch_size=self.batch_size)
         if not 0 < self.test_share < 1:
             raise ValueError(f"test_share must lie in (0, 1); got {self.test_share}")
         if not self.lr > 0 or not self.weight_decay >= 0:
             raise ValueError(f"lr must be > 0 and weight_decay >= 0; got {self.lr}, {self.weight_decay}")
 
 
-class _DigitsNet(nn.Module):
-    def __init__(self, cfg: ClassifierConfig):
+# the feature classifier of each labelled image size beyond digits (full-batch training would not fit)
+IMAGE_CLASSIFIER = ClassifierConfig(hidden=16, features=64, train_steps=2000, lr=2e-3, batch_size=128)
+
+
+class _FeatureNet(nn.Module):
+    def __init__(self, cfg: ClassifierConfig, shape: tuple[int, ...]):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(64, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.features), nn.SiLU())
+        self.shape = tuple(shape)
+        if self.shape == (1, 8, 8):
+            self.body = nn.Sequential(nn.Linear(64, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.features),
+                                      nn.SiLU())
+        else:
+            c, h = shape[0], cfg.hidden
+            self.body = nn.Sequential(nn.Unflatten(1, self.shape), nn.Conv2d(c, h, 3, padding=1), nn.SiLU(),
+                                      nn.Conv2d(h, 2 * h, 3, stride=2, padding=1), nn.SiLU(),
+                                      nn.Conv2d(2 * h, cfg.features, 3, stride=2, padding=1), nn.SiLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(cfg.features, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,18 +210,20 @@ class _DigitsNet(nn.Module):
 
 
 @dataclass(frozen=True, eq=False)
-class DigitsClassifier:
-    """A trained digits classifier: `features(x)` [B, F] for images x [B, 64] in [-1, 1] (diffgen's digit scale)."""
+class Classifier:
+    """A trained classifier: `features(x)` [B, F] for images x [B, D] in [-1, 1] (diffgen's pixel scale)."""
 
     net: nn.Module
     cfg: ClassifierConfig
-    accuracy: float  # on the held-out share of the digits
+    accuracy: float  # on the test split
     from_cache: bool
+    dataset: str = "digits"
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 2 or x.shape[1] != 64:
-            raise ValueError(f"x must be digits images [B, 64]; got {tuple(x.shape)}")
+        dim = math.prod(self.net.shape)
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise ValueError(f"x must be {self.dataset} images [B, {dim}]; got {tuple(x.shape)}")
         param = next(self.net.parameters())
         return self.net.body(x.to(device=param.device, dtype=param.dtype)).to(torch.float64)
 
@@ -212,48 +233,60 @@ class DigitsClassifier:
         return self.net(x.to(device=param.device, dtype=param.dtype)).argmax(1)
 
 
-def _digits_float32() -> tuple[torch.Tensor, torch.Tensor]:
-    """The digits exactly as the chapters load them (data.digits_with_labels), in float32, with their labels."""
-    x, y = digits_with_labels()
-    return x.to(torch.float32), y
-
-
 def digits_classifier(cfg: ClassifierConfig = ClassifierConfig(), *, device: str | torch.device = "auto",
-                      cache_dir: Path | None = None) -> DigitsClassifier:
-    """Train the classifier on a (1 - test_share) split of the digits (cross-entropy, full batch), or load it from
-    <cache_dir or cache_root()>/quality/<key>.pt (key: config and diffgen source)."""
+                      cache_dir: Path | None = None) -> Classifier:
+    """The classifier of scikit-learn's digits, fit on a (1 - test_share) split (data.labelled_splits)."""
     if not isinstance(cfg, ClassifierConfig):
         raise ValueError(f"cfg must be a ClassifierConfig; got {type(cfg).__name__}")
+    return image_classifier(labelled_splits("digits", seed=cfg.seed, test_share=cfg.test_share), cfg, device=device,
+                            cache_dir=cache_dir)
+
+
+def feature_classifier(dataset: str, *, device: str | torch.device = "auto", cache_dir: Path | None = None,
+                       data_dir: str | Path | None = None) -> Classifier:
+    """The chapters' feature network for `dataset` (one of data.LABELLED): the digits MLP, else an IMAGE_CLASSIFIER
+    CNN fit on the official training split."""
+    if dataset == "digits":
+        return digits_classifier(device=device, cache_dir=cache_dir)
+    return image_classifier(labelled_splits(dataset, seed=IMAGE_CLASSIFIER.seed, data_dir=data_dir),
+                            IMAGE_CLASSIFIER, device=device, cache_dir=cache_dir)
+
+
+def image_classifier(data: Labelled, cfg: ClassifierConfig, *, device: str | torch.device = "auto",
+                     cache_dir: Path | None = None) -> Classifier:
+    """Train the classifier on data's fitting split (cross-entropy, AdamW; full batch unless cfg.batch_size), report
+    its accuracy on the test split, or load it from <cache_dir or cache_root()>/quality/<key>.pt (key: config,
+    data and code)."""
     dev = resolve_device(device)
     path = (Path(cache_dir) if cache_dir is not None else cache_root()) / "quality" / \
-        f"{artifact_key(__name__, cfg)}.pt"
+        f"{artifact_key(__name__, cfg, data.name, data.shape, data.x_fit, data.y_fit)}.pt"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        initial = _DigitsNet(cfg).state_dict()
+        initial = _FeatureNet(cfg, data.shape).state_dict()
 
     def compute() -> dict:
-        net = _DigitsNet(cfg)
+        net = _FeatureNet(cfg, data.shape)
         net.load_state_dict(initial)
-        x, y = _digits_float32()
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
-        n_test = int(round(cfg.test_share * len(x)))
-        test, fit = perm[:n_test], perm[n_test:]
         net = net.to(dev)
-        xf, yf = x[fit].to(dev), y[fit].to(dev)
+        xf, yf = data.x_fit.to(dev), data.y_fit.to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        g = torch.Generator().manual_seed(cfg.seed)
         for _ in range(cfg.train_steps):
-            loss = nn.functional.cross_entropy(net(xf), yf)
+            rows = slice(None) if cfg.batch_size is None else torch.randint(len(xf), (cfg.batch_size,), generator=g)
+            loss = nn.functional.cross_entropy(net(xf[rows]), yf[rows])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         with torch.no_grad():
-            accuracy = float((net(x[test].to(dev)).argmax(1) == y[test].to(dev)).double().mean())
-        return {"state": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "accuracy": accuracy}
+            hits = sum(int((net(data.x_test[sl].to(dev)).argmax(1) == data.y_test[sl].to(dev)).sum())
+                       for sl in tiles(len(data.x_test), 1024))
+        return {"state": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                "accuracy": hits / len(data.x_test)}
 
     def restore(art: dict) -> tuple[nn.Module, float]:
-        net = _DigitsNet(cfg)
+        net = _FeatureNet(cfg, data.shape)
         net.load_state_dict(art["state"])
         return net.to(dev).eval().requires_grad_(False), float(art["accuracy"])
 
-    (net, accuracy), from_cache = load_or_compute(path, compute, restore, fmt=1, name="diffgen.quality")
-    return DigitsClassifier(net, cfg, accuracy, from_cache)
+    (net, accuracy), from_cache = load_or_compute(path, compute, restore, fmt=2, name="diffgen.quality")
+    return Classifier(net, cfg, accuracy, from_cache, data.name)

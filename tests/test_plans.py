@@ -1,5 +1,5 @@
-"""What chapters train (diffgen.plans), `diffgen train` in one process and under torchrun, and the `paper` preset's
-code path (CIFAR-10 files, the U-Net) end to end on fixture files with a tiny budget."""
+"""What chapters train (diffgen.plans), `diffgen train` in one process and under torchrun, and the image paths of
+chapters 3 and 4 (file data sets, the U-Net) end to end on fixture files with a tiny budget."""
 import os
 import subprocess
 import sys
@@ -11,6 +11,7 @@ import torch
 from data_files import write_cifar10
 from diffgen import chapters, cli, plans
 from diffgen.models import MLPConfig, UNetConfig
+from diffgen.results import read_results
 
 BIN = Path(sys.executable).parent
 
@@ -83,3 +84,23 @@ def test_paper_path_on_fixture_cifar_trained_by_torchrun_then_loaded_by_the_chap
     assert log.count("diffgen.train: loaded from cache") >= 2 and "trained 4 nets" not in log
     results = (tmp_path / "out" / "ch3.results.json").read_text()
     assert '"dataset": "cifar10"' in results and '"model": "unet"' in results
+
+
+@pytest.mark.slow
+def test_chapter4_on_labelled_idx_files_with_the_unet(tmp_path):
+    """Chapter 4 off digits: MNIST-format idx files (16x16 fixtures, so that n_train_large can exceed D as the
+    Gaussian-fit yardstick needs), the U-Net, and quality features from a CNN trained on the files' labels."""
+    from data_files import write_mnist
+
+    write_mnist(tmp_path / "data" / "mnist", n_train=400, n_test=80, side=16)
+    env = {**os.environ, "DIFFGEN_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run([str(BIN / "diffgen"), "run", "ch4", "--preset", "smoke", "--device", "cpu", "--data-dir",
+                          str(tmp_path / "data"), "-p", "dataset", "mnist", "-p", "model", "unet", "-p", "width", "8",
+                          "-p", "batch_size", "8", "-p", "n_train_large", "300", "-p", "n_heldout", "60",
+                          "-p", "train_steps", "100", "-p", "toy_train_steps", "100", "--out", str(tmp_path / "out"),
+                          "--timeout", "900"], env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    results = read_results(tmp_path / "out" / "ch4.results.json")
+    assert results["parameters"]["dataset"] == "mnist" and results["parameters"]["model"] == "unet"
+    assert any("mnist n = 300" in c["metric"] for c in results["claims"])
+    assert list((tmp_path / "cache" / "quality").glob("*.pt"))  # the CNN of the files' labels, cached

@@ -157,3 +157,27 @@ def test_distance_differences_are_zero_for_one_model_and_positive_for_a_worse_on
     assert all(worse[m].low > 0 for m in ("energy", "kid", "fd"))
     with pytest.raises(ValueError, match="one sample set per seed"):
         distance_differences(good, good[:2], ref, clf, 4.0)
+
+
+def test_image_classifier_on_fixture_cifar_files(tmp_path):
+    """The CNN feature network of file data sets: labels from the official files, the test split for the accuracy,
+    the cache keyed on config and data."""
+    from data_files import write_cifar10
+    from diffgen.data import labelled_splits
+    from diffgen.quality import IMAGE_CLASSIFIER, image_classifier
+
+    batches = write_cifar10(tmp_path / "data", n=10)
+    data = labelled_splits("cifar10", data_dir=tmp_path / "data")
+    assert data.shape == (3, 32, 32) and data.x_fit.shape == (50, 3072) and data.x_test.shape == (10, 3072)
+    assert sorted(data.y_test.tolist()) == sorted(batches["test_batch"][1].tolist())  # the test split's labels
+    assert float(data.x_fit.min()) >= -1 and float(data.x_fit.max()) <= 1 and data.x_fit.dtype == torch.float32
+    cfg = ClassifierConfig(hidden=4, features=8, train_steps=5, batch_size=16)
+    clf = image_classifier(data, cfg, device="cpu", cache_dir=tmp_path)
+    assert clf.features(data.x_test).shape == (10, 8) and 0 <= clf.accuracy <= 1 and not clf.from_cache
+    again = image_classifier(data, cfg, device="cpu", cache_dir=tmp_path)
+    assert again.from_cache and torch.equal(again.features(data.x_test), clf.features(data.x_test))
+    with pytest.raises(ValueError, match=r"must be cifar10 images \[B, 3072\]"):
+        clf.features(data.x_test[:, :64])
+    assert IMAGE_CLASSIFIER.batch_size is not None  # real data sets never train full batch
+    with pytest.raises(ValueError, match="'celeba' has no class labels"):
+        labelled_splits("celeba", data_dir=tmp_path)
