@@ -1,4 +1,4 @@
-"""Layer 11: the Sphinx extension of the book build (listed in _config.yml): headless execution, library-aware caching, the
+"""Layer 12: the Sphinx extension of the book build (listed in _config.yml): headless execution, library-aware caching, the
 claims table, per-chapter figure numbers and pages that need no network.
 
 - Sets DIFFGEN_HEADLESS=1 before myst-nb starts kernels, so chapters show their static figures instead of

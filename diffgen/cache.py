@@ -24,6 +24,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from ._util import atomic_write
 from .progress import note
@@ -147,10 +148,20 @@ UNUSABLE = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, Index
 def load_or_compute(path: str | os.PathLike, compute: Callable[[], dict], restore: Callable[[dict], T], *,
                     fmt: int, name: str, save: bool = True) -> tuple[T, bool]:
     """(restore(payload), True) when the artifact at `path` is usable, else (restore(compute()), False) after saving
-    the computed payload there (save=False: not saved; another process of the same run writes it). Usable: it loads (see load_artifact), its "format" entry equals `fmt` (bump it when
+    the computed payload there (save=False: not saved; another process of the same run writes it). While it loads or
+    computes, it holds the file lock <path>.lock, so that concurrent callers (the points of a sweep) compute an
+    artifact once: the second waits, then loads what the first saved. Usable: it loads (see load_artifact), its "format" entry equals `fmt` (bump it when
     the layout changes) and restore(payload) raises nothing in UNUSABLE; an unusable file is deleted with a
     RuntimeWarning naming it. `name` labels the note that reports a cache hit."""
     path = Path(path)
+    if not save:  # another process of this run writes (and locks); this one must not wait for it
+        return _load_or_compute(path, compute, restore, fmt, name, save)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):  # two processes asking for one artifact: one computes, the other then loads it
+        return _load_or_compute(path, compute, restore, fmt, name, save)
+
+
+def _load_or_compute(path: Path, compute, restore, fmt: int, name: str, save: bool):
     payload = load_artifact(path)
     if payload is not None:
         try:

@@ -1,4 +1,4 @@
-"""Layer 11: the `diffgen` command.
+"""Layer 12: the `diffgen` command.
 
 `diffgen run CHAPTER...` executes chapter notebooks headlessly (diffgen.runner); `diffgen chapters` lists them and
 their parameters (diffgen.chapters); `diffgen report [RUN_DIR]` prints the claims table of a run's results files
@@ -88,6 +88,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import parse_grid, plan_points, run_sweep
+
+    grid = parse_grid(args.param, args.seeds)
+    points = plan_points(args.chapter, grid, args.preset, args.device, args.fixed)
+    _use_data_dir(args.data_dir)
+    _check_data_files({p.run.value("dataset") for p in points} - {None, "digits"})
+    return run_sweep(points, args.out.resolve(), timeout=args.timeout, scheduler=args.scheduler,
+                     workers=args.workers, grid=grid, preset=args.preset)
+
+
 def _check_data_files(datasets: set[str]) -> None:
     """The files of every data set read from local files are there, before any chapter starts."""
     if not datasets:
@@ -171,6 +182,27 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=DEVICES, help="set the chapter's device parameter")
     train.add_argument("--data-dir", type=Path, metavar="FOLDER", help=DATA_DIR_HELP)
     train.add_argument("--only", nargs="+", default=[], metavar="RUN", help="train only these runs (e.g. main)")
+    sweep = sub.add_parser("sweep", help="run a chapter over a grid of parameters on a Dask cluster (resumable)",
+                           description="Run CHAPTER once per point of the grid (the product of the values of every "
+                                       "-p NAME V1,V2,...; --seeds K adds seed = 0..K-1), each point a diffgen run "
+                                       "into OUT/<point>/, on a Dask LocalCluster (one worker per core or per GPU) "
+                                       "or the scheduler at --scheduler. Points already done with the same "
+                                       "parameters and diffgen source are not rerun; failed ones are retried.")
+    sweep.add_argument("chapter", metavar="CHAPTER", help="ch3, 3 or ch3_trained_gap")
+    sweep.add_argument("-p", dest="param", nargs=2, action="append", default=[], metavar=("NAME", "V1,V2,..."),
+                       help="a swept parameter and its values (repeatable)")
+    sweep.add_argument("--set", dest="fixed", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                       help="a parameter held fixed at VALUE in every point (repeatable)")
+    sweep.add_argument("--seeds", type=int, metavar="K", help="also sweep seed = 0..K-1 (intervals across seeds)")
+    sweep.add_argument("--preset", default="default", help="smoke, default, large or paper (diffgen/presets.toml)")
+    sweep.add_argument("--device", choices=DEVICES, help="set the chapter's device parameter")
+    sweep.add_argument("--out", type=Path, required=True, metavar="DIR", help="the sweep's folder")
+    sweep.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a LocalCluster)")
+    sweep.add_argument("--workers", type=int, metavar="N",
+                       help="LocalCluster workers (default: one per GPU, else one per core)")
+    sweep.add_argument("--data-dir", type=Path, metavar="FOLDER", help=DATA_DIR_HELP)
+    sweep.add_argument("--timeout", type=_positive_int, default=3600, metavar="SECONDS",
+                       help="wall-clock limit per point (default: %(default)s)")
     sub.add_parser("chapters", help="list the chapters and their parameters")
     book = sub.add_parser("book", help="execute the chapters whose code changed (with progress), then build the HTML",
                           description="Execute every chapter of the book's table of contents whose code or diffgen "
@@ -201,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     try:
-        commands = {"run": _run, "train": _train, "report": _report, "book": _book,
+        commands = {"run": _run, "train": _train, "sweep": _sweep, "report": _report, "book": _book,
                     "chapters": lambda _: _list_chapters()}
         return commands[args.command](args)
     except UsageError as e:

@@ -485,3 +485,23 @@ def plot_set_samples(z, train, *, ax, title: str = "", lim: float = 3.2):
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=title)
     ax.set_aspect("equal")
     return ax
+
+
+def plot_sweep_heatmap(values, holds_share, xs, ys, *, ax, xlabel: str, ylabel: str, title: str = ""):
+    """A claim row over a grid: values[y][x] as colour (None: not measured, grey), each cell labelled with its value
+    and verdict ("holds", "fails", or the share of seeds where it holds)."""
+    v = np.array([[np.nan if x is None else x for x in row] for row in values], dtype=float)
+    im = ax.imshow(np.ma.masked_invalid(v), cmap="viridis", aspect="auto", origin="lower")
+    ax.set_facecolor("0.85")
+    for i, row in enumerate(values):
+        for j, val in enumerate(row):
+            share = holds_share[i][j]
+            verdict = "" if share is None else "holds" if share == 1 else "fails" if share == 0 else \
+                f"holds {share:.0%}"
+            text = "n/a" if val is None else f"{val:.3g}\n{verdict}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="w" if val is not None else "k")
+    ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+    ax.set_yticks(range(len(ys)), ["" if y is None else str(y) for y in ys])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.figure.colorbar(im, ax=ax, shrink=0.8)
+    return ax

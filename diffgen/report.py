@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .chapters import chapter_defaults
 from .provenance import source_hash
-from .results import PAPER_CLAIMS, PAPER_SOURCES, is_reconstruction, read_results
+from .results import PAPER_CLAIMS, PAPER_SOURCES, SWEEP_FILE, is_reconstruction, read_results
 
 HOLDS, FAILS, NOT_MEASURABLE, NOT_RUN = "holds", "fails", "not measurable", "not run"
 CHECKS = "checks"  # the group of reconstruction checks (R1, R2, ...)
@@ -280,5 +280,149 @@ FORMATS = {"text": format_text, "markdown": format_markdown, "json": format_json
 
 
 def render(directory: str | Path, fmt: str = "text") -> tuple[str, list[Row]]:
+    """The claims table of a run folder; of a sweep folder (holding sweep.json), the table per grid point and its
+    heat maps (text only)."""
+    if (Path(directory) / SWEEP_FILE).is_file():
+        if fmt != "text":
+            raise ReportError(f"{directory} is a sweep folder: its report is text and heat maps (no --format {fmt})")
+        return render_sweep(directory), []
     runs, rows = load_run(directory)
     return FORMATS[fmt](runs, rows), rows
+
+
+# ---------------------------------------------------------------------------------------------------- sweeps
+@dataclass(frozen=True)
+class SweepCell:
+    """One claim row at one grid point, over the seeds measured there."""
+
+    values: dict  # the swept parameters' values, the seed left out
+    value: float | None  # mean over the seeds with a value
+    ci: tuple[float, float] | None  # across seeds (t interval) with two or more, else the one seed's own interval
+    holds: int  # seeds where the row holds
+    seeds: int  # seeds with results
+    stale: bool  # computed by other diffgen code than the current
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    index: int  # position of the row in the chapter's claims
+    claim: str
+    source: str
+    metric: str  # as the first point states it
+    cells: list[SweepCell]
+
+
+def read_sweep(folder: str | Path) -> dict:
+    """folder/sweep.json with each point's results (None where it has none); a corrupt file is an error naming it."""
+    path = Path(folder) / SWEEP_FILE
+    try:
+        doc = json.loads(path.read_text())
+        points = doc["points"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ReportError(f"{path}: not a readable sweep record ({e})") from e
+    for name, entry in points.items():
+        results = Path(folder) / name / f"{doc['chapter']}.results.json"
+        try:
+            entry["results"] = read_results(results) if results.is_file() else None
+        except (ValueError, KeyError) as e:
+            raise ReportError(f"{results}: {e}") from e
+    return doc
+
+
+def sweep_rows(doc: dict, current: str | None = None) -> list[SweepRow]:
+    """Per claim row of the chapter, one cell per grid point (seeds pooled: mean and interval across them)."""
+    from .metrics import across_seeds
+
+    current = current or source_hash()
+    groups: dict[tuple, list[dict]] = {}
+    for entry in doc["points"].values():
+        key = tuple((k, v) for k, v in entry["values"].items() if k != "seed")
+        groups.setdefault(key, []).append(entry)
+    measured = [e["results"] for e in doc["points"].values() if e["results"]]
+    if not measured:
+        return []
+    rows = []
+    for i, first in enumerate(measured[0]["claims"]):
+        cells = []
+        for key, entries in groups.items():
+            docs = [e["results"] for e in entries if e["results"] and len(e["results"]["claims"]) > i]
+            claims = [d["claims"][i] for d in docs]
+            values = [c["value"] for c in claims if c["value"] is not None]
+            if len(values) >= 2:
+                est = across_seeds(values)
+                value, ci = est.value, (est.low, est.high)
+            else:
+                value = values[0] if values else None
+                ci = tuple(claims[0]["ci"]) if values and claims[0]["ci"] else None
+            cells.append(SweepCell(dict(key), value, ci, sum(bool(c["holds"]) for c in claims), len(claims),
+                                   any(d["source_hash"] != current for d in docs)))
+        rows.append(SweepRow(i, first["id"], first["source"], first["metric"], cells))
+    return rows
+
+
+def format_sweep(folder: str | Path, doc: dict, rows: list[SweepRow], figures: list[Path]) -> str:
+    statuses = [e.get("status") for e in doc["points"].values()]
+    grid = " x ".join(f"{k} = {', '.join(map(str, v))}" for k, v in doc["grid"].items())
+    stale = sum(c.stale for r in rows[:1] for c in r.cells)
+    lines = [f"Sweep of {doc['chapter']} ({folder}): {grid}",
+             f"{len(statuses)} points: {statuses.count('done') + statuses.count('skipped')} done, "
+             f"{statuses.count('failed')} failed, {statuses.count('pending')} not run; {stale} grid cells stale "
+             f"(computed by other diffgen code; rerun the sweep to recompute them)", ""]
+    for row in rows:
+        lines.append(f"{row.claim} [{row.source}] row {row.index + 1}: {row.metric}")
+        for c in row.cells:
+            where = ", ".join(f"{k}={v}" for k, v in c.values.items()) or "(one point)"
+            lines.append(f"  {where}: {fmt_number(c.value)} {fmt_ci(c.ci)}  holds in {c.holds} of {c.seeds} "
+                         f"seed(s){'  STALE' if c.stale else ''}")
+        lines.append("")
+    if figures:
+        lines.append("Heat maps: " + ", ".join(str(f) for f in figures))
+    return "\n".join(lines) + "\n"
+
+
+def sweep_heatmaps(folder: str | Path, doc: dict, rows: list[SweepRow]) -> list[Path]:
+    """One PNG per claim row under folder/report/: value over the first two swept parameters (the seed aside),
+    each cell marked with its verdict share; further parameters facet the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import plotting
+
+    axes_names = [k for k in doc["grid"] if k != "seed"]
+    if not axes_names:
+        return []
+    x_name, y_name = axes_names[0], (axes_names[1] if len(axes_names) > 1 else None)
+    facet_names = axes_names[2:]
+    out = Path(folder) / "report"
+    out.mkdir(exist_ok=True)
+    paths = []
+    for row in rows:
+        facets = sorted({tuple(c.values[k] for k in facet_names) for c in row.cells})
+        fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets) + 1, 3.6), squeeze=False)
+        for ax, facet in zip(axes[0], facets):
+            cells = [c for c in row.cells if tuple(c.values[k] for k in facet_names) == facet]
+            xs = sorted({c.values[x_name] for c in cells})
+            ys = sorted({c.values[y_name] for c in cells}) if y_name else [None]
+            value = [[next((c.value for c in cells if c.values[x_name] == x and
+                            (y_name is None or c.values[y_name] == y)), None) for x in xs] for y in ys]
+            share = [[next((c.holds / c.seeds for c in cells if c.values[x_name] == x and
+                            (y_name is None or c.values[y_name] == y) and c.seeds), None) for x in xs] for y in ys]
+            title = ", ".join(f"{k}={v}" for k, v in zip(facet_names, facet))
+            plotting.plot_sweep_heatmap(value, share, xs, ys, ax=ax, xlabel=x_name, ylabel=y_name or "",
+                                        title=title)
+        fig.suptitle(f"{row.claim} [{row.source}]: {textwrap.shorten(row.metric, 90)}", fontsize=9)
+        path = out / f"{doc['chapter']}-row{row.index + 1}-{row.claim}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def render_sweep(folder: str | Path) -> str:
+    doc = read_sweep(folder)
+    rows = sweep_rows(doc)
+    if not rows:
+        raise ReportError(f"{folder}: the sweep has no finished point yet")
+    return format_sweep(folder, doc, rows, sweep_heatmaps(folder, doc, rows))

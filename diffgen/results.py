@@ -121,6 +121,9 @@ def results_path(directory: str | Path, chapter: str) -> Path:
     return Path(directory) / f"{chapter}.results.json"
 
 
+SWEEP_FILE = "sweep.json"  # the record of a parameter sweep (diffgen.sweep), beside one folder per point
+
+
 def write_results(directory: str | Path, chapter: str, parameters: dict, claims: list[Claim]) -> Path:
     """Write `<chapter>.results.json` atomically into `directory` and return its path."""
     doc = {

@@ -35,14 +35,15 @@ HEARTBEAT = 30.0  # seconds of silence after which the runner says which cell is
 
 
 def execute_notebook(notebook: Path, output: Path, *, cwd: Path, parameters: dict, timeout: int,
-                     label: str) -> str | None:
+                     label: str, log=None) -> str | None:
     """Execute `notebook` into `output` (written as it runs) with the kernel in `cwd`; None on success, else a
-    one-line reason (with the cell it stopped in). Killed after `timeout` s of wall-clock time."""
+    one-line reason (with the cell it stopped in). Killed after `timeout` s of wall-clock time. The progress lines go
+    to this process's terminal, or to the open file `log`."""
     with tempfile.TemporaryDirectory(prefix="diffgen-run-") as tmp:
         job, report = Path(tmp) / "job.json", Path(tmp) / "report.txt"
         job.write_text(json.dumps({"input": str(notebook), "output": str(output), "cwd": str(cwd), "label": label,
                                    "parameters": parameters, "timeout": timeout, "report": str(report)}))
-        proc = subprocess.Popen([sys.executable, "-m", "diffgen.runner", str(job)])
+        proc = subprocess.Popen([sys.executable, "-m", "diffgen.runner", str(job)], stdout=log, stderr=log)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -170,27 +171,29 @@ def run_chapters(runs: list[Run], out: Path, timeout: int) -> int:
     return 0
 
 
-def run_chapter(run: Run, out: Path, timeout: int) -> bool:
-    """Execute one chapter into `out` (replacing its earlier outputs there); print the outcome."""
+def run_chapter(run: Run, out: Path, timeout: int, log=None) -> bool:
+    """Execute one chapter into `out` (replacing its earlier outputs there); print the outcome (to `log`, an open
+    file, when given, with the progress lines)."""
     ch = run.chapter
     running, final, failed = (out / f"{ch.stem}{suffix}.ipynb" for suffix in (".running", "", ".FAILED"))
     results = out / f"{ch.id}.results.json"
     for stale in (running, final, failed, results):
         stale.unlink(missing_ok=True)
     settings = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "the notebook's defaults"
-    print(f"{ch.id}: running {show_path(ch.path)} with {settings}", flush=True)
+    print(f"{ch.id}: running {show_path(ch.path)} with {settings}", file=log or sys.stdout, flush=True)
     start = time.monotonic()
-    failure = execute_notebook(ch.path, running, cwd=out, parameters=run.overrides, timeout=timeout, label=ch.id)
+    failure = execute_notebook(ch.path, running, cwd=out, parameters=run.overrides, timeout=timeout, label=ch.id,
+                               log=log)
     failure = failure or _check_results(results)
     if failure:
         if running.exists():
             os.replace(running, failed)
         kept = f"partial notebook kept as {show_path(failed)}" if failed.exists() else "no notebook was written"
-        print(f"diffgen run: error: {ch.id} {failure}; {kept}", file=sys.stderr, flush=True)
+        print(f"diffgen run: error: {ch.id} {failure}; {kept}", file=log or sys.stderr, flush=True)
         return False
     os.replace(running, final)  # papermill wrote progressively to `running`: the final name appears only now
     print(f"{ch.id}: done in {time.monotonic() - start:.1f} s: executed notebook {show_path(final)}, "
-          f"results {show_path(results)}", flush=True)
+          f"results {show_path(results)}", file=log or sys.stdout, flush=True)
     return True
 
 

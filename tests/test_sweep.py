@@ -1,0 +1,193 @@
+"""diffgen sweep on a 2-worker Dask LocalCluster over a fixture chapter, resume after a kill, a failing point, the
+report of a sweep folder, and the cache's file lock under two processes asking for one artifact at once."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from diffgen import cli, report
+from diffgen.sweep import parse_grid
+from diffgen.chapters import UsageError
+
+DIFFGEN = Path(sys.executable).with_name("diffgen")
+
+PARAMS = """\
+n = 2  # how many; int in [1, 10]
+scale = 0.5  # a factor; float in [0, 1]
+fail_at = 0  # raise when n equals this; int in [0, 10]
+pause = 0.0  # seconds to sleep first; float in [0, 60]
+seed = 0  # random seed; int in [0, 2147483647]
+device = "auto"  # where to run; one of: auto, cpu, cuda
+"""
+
+BODY = """\
+import time
+from diffgen.results import Claim, write_results
+parameters = {k: v for k, v in dict(globals()).items() if k[0] != "_" and isinstance(v, (bool, int, float, str))}
+time.sleep(pause)
+if n == fail_at:
+    raise ValueError("boom at n = %d" % n)
+value = n * scale + 0.01 * seed
+claims = [Claim("C4", "abstract", "a statement", f"n times scale, n = {n}", value, (value - 0.1, value + 0.1),
+                "> 1", value > 1, 1)]
+print(write_results(".", "ch1", parameters, claims))
+"""
+
+
+@pytest.fixture
+def book(tmp_path, monkeypatch):
+    folder = tmp_path / "book"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(PARAMS), nbformat.v4.new_code_cell(BODY)]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "ch1_sweepable.ipynb")
+    monkeypatch.setenv("DIFFGEN_BOOK_DIR", str(folder))
+    return folder
+
+
+def test_grid_parsing_errors():
+    assert parse_grid([("n", "1,2"), ("scale", "0.5")], seeds=2) == {"n": ["1", "2"], "scale": ["0.5"],
+                                                                    "seed": ["0", "1"]}
+    for pairs, seeds, match in [([("n", "1,1")], None, "distinct"), ([("n", "1"), ("n", "2")], None, "twice"),
+                                ([], None, "at least one"), ([("seed", "1,2")], 2, "either --seeds")]:
+        with pytest.raises(UsageError, match=match):
+            parse_grid(pairs, seeds)
+
+
+def test_bad_value_is_refused_before_anything_runs(book, tmp_path, capsys):
+    assert cli.main(["sweep", "ch1", "-p", "n", "1,99", "--out", str(tmp_path / "s")]) == 2
+    assert "n" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_sweep_2x2_on_a_local_cluster_then_report(book, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", "ch1", "-p", "n", "1,3", "-p", "scale", "0.25,0.5", "--out", str(out),
+                     "--device", "cpu", "--timeout", "120", "--workers", "2"]) == 0
+    doc = json.loads((out / "sweep.json").read_text())
+    assert sorted(doc["points"]) == ["n=1,scale=0.25", "n=1,scale=0.5", "n=3,scale=0.25", "n=3,scale=0.5"]
+    assert all(p["status"] == "done" for p in doc["points"].values())
+    assert all((out / name / "ch1.results.json").is_file() for name in doc["points"])
+    captured = capsys.readouterr().out
+    assert "4 to run" in captured and "2 workers, dashboard " in captured and "[4 done, 0 running or queued, 0 failed]" in captured
+    assert cli.main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "n=3, scale=0.5: 1.5 [1.4, 1.6]  holds in 1 of 1 seed(s)" in text
+    assert "n=1, scale=0.25: 0.25 [0.15, 0.35]  holds in 0 of 1 seed(s)" in text  # the rule "> 1" fails there
+    assert "0 grid cells stale" in text
+    assert (out / "report" / "ch1-row1-C4.png").stat().st_size > 1000
+    # again: every point is current, nothing runs
+    assert cli.main(["sweep", "ch1", "-p", "n", "1,3", "-p", "scale", "0.25,0.5", "--out", str(out),
+                     "--device", "cpu"]) == 0
+    assert "4 already done, 0 to run" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_with_the_missing_points_only(book, tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [str(DIFFGEN), "sweep", "ch1", "-p", "n", "1,2,3", "-p", "pause", "0,8", "--out", str(out), "--device",
+           "cpu", "--timeout", "120", "--workers", "1"]
+    env = dict(os.environ)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*/ch1.results.json")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.parent.name for p in out.glob("*/ch1.results.json")}
+    assert 1 <= len(finished) < 6
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"6 points, {len(finished)} already done, {6 - len(finished)} to run" in again.stdout
+    doc = json.loads((out / "sweep.json").read_text())
+    assert {name for name, p in doc["points"].items() if p["status"] == "skipped"} == finished
+
+
+@pytest.mark.slow
+def test_failing_point_is_recorded_and_the_others_finish(book, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "ch1", "-p", "n", "1,2,3", "--set", "fail_at", "2", "--out", str(out), "--device", "cpu",
+            "--timeout", "120", "--workers", "2"]
+    assert cli.main(args) == 1
+    doc = json.loads((out / "sweep.json").read_text())
+    status = {name: p["status"] for name, p in doc["points"].items()}
+    assert status == {"n=1": "done", "n=2": "failed", "n=3": "done"}
+    failed = doc["points"]["n=2"]
+    assert failed["notebook"].endswith("ch1_sweepable.FAILED.ipynb") and Path(failed["notebook"]).is_file()
+    assert "boom at n = 2" in (out / "n=2" / "run.log").read_text() or "ValueError" in failed["error"]
+    assert "1 point(s) failed" in capsys.readouterr().err
+    assert cli.main(args) == 1  # a rerun retries the failed point only
+    assert "3 points, 2 already done, 1 to run" in capsys.readouterr().out
+
+
+def _ask(path: str, counter: str, barrier, answer: str) -> None:
+    from diffgen.cache import load_or_compute
+
+    def compute():
+        with open(counter, "a") as f:
+            f.write("computed\n")
+        time.sleep(1.0)
+        return {"x": 42}
+
+    barrier.wait()
+    value, from_cache = load_or_compute(path, compute, lambda art: art["x"], fmt=1, name="test")
+    Path(answer).write_text(f"{value} {from_cache}")
+
+
+def test_two_processes_asking_for_one_artifact_compute_it_once(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    path, counter = str(tmp_path / "a" / "art.pt"), str(tmp_path / "count.txt")
+    procs = [ctx.Process(target=_ask, args=(path, counter, barrier, str(tmp_path / f"answer{k}"))) for k in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert Path(counter).read_text() == "computed\n"  # one computed it, the other waited and loaded it
+    answers = sorted((tmp_path / f"answer{k}").read_text() for k in range(2))
+    assert answers == ["42 False", "42 True"]
+
+
+def test_sweep_report_pools_seeds_and_marks_stale_points(tmp_path):
+    """A sweep folder written by hand: two seeds per cell give a t interval across seeds; a point computed by other
+    code than the current package is marked stale; a missing point reads 'not run'."""
+    from diffgen.provenance import source_hash
+
+    points = {}
+    for n in (1, 2):
+        for seed in (0, 1):
+            name = f"n={n},seed={seed}"
+            value = n + 0.1 * seed
+            (tmp_path / name).mkdir()
+            source = source_hash() if n == 1 else "old-code"
+            (tmp_path / name / "ch1.results.json").write_text(json.dumps({
+                "chapter": "ch1", "parameters": {"n": n, "seed": seed}, "diffgen_version": "0", "source_hash": source,
+                "claims": [{"id": "C4", "source": "abstract", "statement": "s", "metric": f"m at n = {n}",
+                            "value": value, "ci": None, "expected": "> 1.5", "holds": value > 1.5, "seeds": 1}]}))
+            points[name] = {"values": {"n": n, "seed": seed}, "status": "done"}
+    points["n=3,seed=0"] = {"values": {"n": 3, "seed": 0}, "status": "pending"}
+    (tmp_path / "sweep.json").write_text(json.dumps({"chapter": "ch1", "grid": {"n": [1, 2, 3], "seed": [0, 1]},
+                                                     "points": points}))
+    text, _ = report.render(tmp_path)
+    assert "n=1: 1.05 [0.415, 1.69]  holds in 0 of 2 seed(s)\n" in text
+    assert "n=2: 2.05 [1.41, 2.69]  holds in 2 of 2 seed(s)  STALE" in text
+    assert "1 not run" in text and "1 grid cells stale" in text
+    assert (tmp_path / "report" / "ch1-row1-C4.png").is_file()
+    with pytest.raises(report.ReportError, match="sweep folder"):
+        report.render(tmp_path, "json")
+    (tmp_path / "sweep.json").write_text("{")
+    with pytest.raises(report.ReportError, match="sweep.json: not a readable sweep record"):
+        report.render(tmp_path)
