@@ -29,9 +29,10 @@ def set_threads(device: torch.device | str = "cpu") -> int:
     """On a CPU device, let torch use cpu_count - 1 threads (at least 1) and return that number. One core stays
     free: beside one other busy process a chapter then keeps its speed, while with every core in use each parallel
     region waits for its slowest thread (benchmarks/bench_chapters.py measures a chapter alone and beside a busy
-    process)."""
+    process). $DIFFGEN_THREADS, when set, is the number instead (a sweep gives each of its parallel chapters a share)."""
     if torch.device(device).type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+        given = os.environ.get("DIFFGEN_THREADS", "")
+        torch.set_num_threads(int(given) if given.isdigit() and int(given) > 0 else max(1, (os.cpu_count() or 1) - 1))
     return torch.get_num_threads()
 
 

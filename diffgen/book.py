@@ -33,8 +33,7 @@ from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
 from .provenance import VERSION as __version__
-from .provenance import source_hash
-from .runner import refresh_execution_cache
+from .runner import book_stamp, refresh_execution_cache
 
 
 def _cache_dir(app) -> Path | None:
@@ -45,9 +44,10 @@ def _cache_dir(app) -> Path | None:
 
 def _on_builder_inited(app) -> None:
     cache_dir = _cache_dir(app)
-    app.env.diffgen_stale = bool(cache_dir) and refresh_execution_cache(cache_dir, source_hash())
+    stamp = book_stamp(Path(app.srcdir))
+    app.env.diffgen_stale = bool(cache_dir) and refresh_execution_cache(cache_dir, stamp)
     if app.env.diffgen_stale:
-        logging.getLogger(__name__).info(f"diffgen {__version__} source {source_hash()}: re-executing all notebooks")
+        logging.getLogger(__name__).info(f"diffgen {__version__} source and data {stamp}: re-executing all notebooks")
 
 
 def _on_env_get_outdated(app, env, added, changed, removed) -> list[str]:

@@ -113,13 +113,12 @@ def _check_data_files(datasets: set[str]) -> None:
 
 
 def _book(args: argparse.Namespace) -> int:
-    from .provenance import source_hash
-    from .runner import execute_book
+    from .runner import book_stamp, execute_book
 
     root = args.root.resolve()
     if not (root / "_config.yml").is_file() or not (root / "_toc.yml").is_file():
         raise UsageError(f"{args.root} is not a Jupyter Book (no _config.yml and _toc.yml there)")
-    if not execute_book(root, root / "_build" / ".jupyter_cache", timeout=args.timeout, source=source_hash()):
+    if not execute_book(root, root / "_build" / ".jupyter_cache", timeout=args.timeout, source=book_stamp(root)):
         return 1
     build = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(root), "--warningiserror",
              "--keep-going"]

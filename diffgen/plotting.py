@@ -499,7 +499,8 @@ def plot_sweep_heatmap(values, holds_share, xs, ys, *, ax, xlabel: str, ylabel: 
             verdict = "" if share is None else "holds" if share == 1 else "fails" if share == 0 else \
                 f"holds {share:.0%}"
             text = "n/a" if val is None else f"{val:.3g}\n{verdict}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="w" if val is not None else "k")
+            light = val is None or im.norm(val) > 0.6  # viridis is light at the top: dark text there
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="k" if light else "w")
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
     ax.set_yticks(range(len(ys)), ["" if y is None else str(y) for y in ys])
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)

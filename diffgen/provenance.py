@@ -92,3 +92,15 @@ def hash_sources(package_dir: Path | None = None) -> str:
 def source_hash() -> str:
     """hash_sources of this installed package (computed once per process)."""
     return hash_sources()
+
+
+def tree_digest(folder: Path) -> str:
+    """sha256 (16 hex digits) of every file below `folder`: relative paths and bytes, in sorted order ('' when the
+    folder does not exist). Data a book page reads, folded into the book's execution stamp."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]

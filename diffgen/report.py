@@ -380,39 +380,44 @@ def format_sweep(folder: str | Path, doc: dict, rows: list[SweepRow], figures: l
     return "\n".join(lines) + "\n"
 
 
+def sweep_figure(doc: dict, row: SweepRow):
+    """The heat map of one claim row: its value over the first two swept parameters (the seed aside), each cell
+    marked with its verdict; further parameters facet the figure. Returns the matplotlib Figure."""
+    import matplotlib.pyplot as plt
+
+    from . import plotting
+
+    names = [k for k in doc["grid"] if k != "seed"]
+    x_name, y_name, facet_names = names[0], (names[1] if len(names) > 1 else None), names[2:]
+    facets = sorted({tuple(c.values[k] for k in facet_names) for c in row.cells})
+    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets) + 1, 3.6), squeeze=False)
+    for ax, facet in zip(axes[0], facets):
+        cells = {(c.values[x_name], c.values[y_name] if y_name else None): c for c in row.cells
+                 if tuple(c.values[k] for k in facet_names) == facet}
+        xs, ys = sorted({x for x, _ in cells}), sorted({y for _, y in cells}, key=lambda y: (y is None, y))
+        value = [[cells[x, y].value if (x, y) in cells else None for x in xs] for y in ys]
+        share = [[cells[x, y].holds / cells[x, y].seeds if (x, y) in cells and cells[x, y].seeds else None
+                  for x in xs] for y in ys]
+        plotting.plot_sweep_heatmap(value, share, xs, ys, ax=ax, xlabel=x_name, ylabel=y_name or "",
+                                    title=", ".join(f"{k}={v}" for k, v in zip(facet_names, facet)))
+    fig.suptitle(f"{row.claim} [{row.source}]: {textwrap.shorten(row.metric, 90)}", fontsize=9)
+    return fig
+
+
 def sweep_heatmaps(folder: str | Path, doc: dict, rows: list[SweepRow]) -> list[Path]:
-    """One PNG per claim row under folder/report/: value over the first two swept parameters (the seed aside),
-    each cell marked with its verdict share; further parameters facet the figure."""
+    """sweep_figure of every claim row, as PNGs under folder/report/."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import plotting
-
-    axes_names = [k for k in doc["grid"] if k != "seed"]
-    if not axes_names:
+    if not [k for k in doc["grid"] if k != "seed"]:
         return []
-    x_name, y_name = axes_names[0], (axes_names[1] if len(axes_names) > 1 else None)
-    facet_names = axes_names[2:]
     out = Path(folder) / "report"
     out.mkdir(exist_ok=True)
     paths = []
     for row in rows:
-        facets = sorted({tuple(c.values[k] for k in facet_names) for c in row.cells})
-        fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets) + 1, 3.6), squeeze=False)
-        for ax, facet in zip(axes[0], facets):
-            cells = [c for c in row.cells if tuple(c.values[k] for k in facet_names) == facet]
-            xs = sorted({c.values[x_name] for c in cells})
-            ys = sorted({c.values[y_name] for c in cells}) if y_name else [None]
-            value = [[next((c.value for c in cells if c.values[x_name] == x and
-                            (y_name is None or c.values[y_name] == y)), None) for x in xs] for y in ys]
-            share = [[next((c.holds / c.seeds for c in cells if c.values[x_name] == x and
-                            (y_name is None or c.values[y_name] == y) and c.seeds), None) for x in xs] for y in ys]
-            title = ", ".join(f"{k}={v}" for k, v in zip(facet_names, facet))
-            plotting.plot_sweep_heatmap(value, share, xs, ys, ax=ax, xlabel=x_name, ylabel=y_name or "",
-                                        title=title)
-        fig.suptitle(f"{row.claim} [{row.source}]: {textwrap.shorten(row.metric, 90)}", fontsize=9)
+        fig = sweep_figure(doc, row)
         path = out / f"{doc['chapter']}-row{row.index + 1}-{row.claim}.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)

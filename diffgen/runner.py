@@ -230,6 +230,14 @@ def refresh_execution_cache(cache_dir: Path, current: str) -> bool:
     return stale
 
 
+def book_stamp(root: Path) -> str:
+    """What the book's executed notebooks depend on beyond their own code: diffgen's source and the sweep data a
+    page reads (book/sweeps/); a change of either re-executes the book."""
+    from .provenance import source_hash, tree_digest
+
+    return f"{source_hash()}+{tree_digest(Path(root) / 'book' / 'sweeps')}"
+
+
 def book_notebooks(root: Path) -> list[Path]:
     """The notebooks of the book's table of contents (`_toc.yml`: root, chapters, sections), in reading order."""
     import yaml

@@ -82,13 +82,16 @@ def is_current(point: Point, folder: Path, source: str) -> bool:
     return doc.get("source_hash") == source and all(doc.get("parameters", {}).get(k) == v for k, v in wanted.items())
 
 
-def run_point(point: Point, folder: Path, timeout: int) -> dict:
-    """Execute one point into folder/<point.name> (on a Dask worker); its output goes to run.log there."""
+def run_point(point: Point, folder: Path, timeout: int, threads: int | None = None) -> dict:
+    """Execute one point into folder/<point.name> (on a Dask worker; `threads`: CPU threads of its chapter); its
+    output goes to run.log there."""
     out = folder / point.name
     out.mkdir(parents=True, exist_ok=True)
     gpu = _worker_gpu()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # the chapter's kernel sees this worker's GPU only
+    if threads:
+        os.environ["DIFFGEN_THREADS"] = str(threads)  # read by the chapter's set_threads
     start = time.monotonic()
     with open(out / "run.log", "w") as log:
         ok = run_chapter(point.run, out, timeout, log=log)
@@ -98,14 +101,16 @@ def run_point(point: Point, folder: Path, timeout: int) -> dict:
 
 
 def _worker_gpu() -> str | None:
-    """The GPU index of this Dask worker (its name, on a LocalCluster with one worker per GPU), if it holds one."""
+    """The GPU index of this Dask worker when it is a LocalCluster worker holding a GPU (named 0, 1, ..., one per
+    GPU); None elsewhere (a batch-system worker sees only its own GPU already)."""
     try:
         from distributed import get_worker
 
         worker = get_worker()
     except (ImportError, ValueError):
         return None
-    return str(worker.name) if worker.state.total_resources.get("GPU") else None
+    held = worker.state.total_resources.get("GPU")
+    return str(worker.name) if held and isinstance(worker.name, int) else None
 
 
 def _record(folder: Path, doc: dict) -> None:
@@ -171,7 +176,10 @@ def run_sweep(points: list[Point], folder: Path, *, timeout: int, scheduler: str
         resources = {"GPU": 1} if _has_gpus(client) else None  # one point per GPU at a time
         print(f"  cluster: {len(client.scheduler_info(n_workers=-1)['workers'])} workers, dashboard "
               f"{_dashboard(client, local=cluster is not None)}", flush=True)
-        futures = {client.submit(run_point, p, folder, timeout, key=f"point-{p.name}", pure=False,
+        # on this machine the workers share its cores: each point's chapter gets its share of threads
+        threads = max(1, (os.cpu_count() or 1) // len(client.scheduler_info(n_workers=-1)["workers"])) \
+            if cluster is not None else None
+        futures = {client.submit(run_point, p, folder, timeout, threads, key=f"point-{p.name}", pure=False,
                                  resources=resources): p for p in todo}
         done = failed = 0
         for future in as_completed(futures):
@@ -180,7 +188,7 @@ def run_sweep(points: list[Point], folder: Path, *, timeout: int, scheduler: str
                 outcome = future.result()
             except Exception as e:  # a worker that died, or a task that raised: the point failed, the rest go on
                 outcome = {"status": FAILED, "error": f"{type(e).__name__}: {e}"}
-            doc["points"][p.name].update(outcome, source_hash=source, notebook=str(_notebook(folder, p)))
+            doc["points"][p.name].update(outcome, source_hash=source, notebook=str(_notebook(folder, p)))  # relative
             _record(folder, doc)
             done += outcome["status"] == DONE
             failed += outcome["status"] == FAILED
@@ -200,5 +208,5 @@ def run_sweep(points: list[Point], folder: Path, *, timeout: int, scheduler: str
 
 def _notebook(folder: Path, p: Point) -> Path:
     stem = p.run.chapter.stem
-    failed = folder / p.name / f"{stem}.FAILED.ipynb"
-    return failed if failed.exists() else folder / p.name / f"{stem}.ipynb"
+    failed = Path(p.name) / f"{stem}.FAILED.ipynb"
+    return failed if (folder / failed).exists() else Path(p.name) / f"{stem}.ipynb"

@@ -204,3 +204,18 @@ def test_frame_slider_cdn_stylesheet_is_dropped():
             '\n<script language="javascript">/* anim */</script>')
     assert _FONT_AWESOME_CDN.sub("", nodes.raw("", html, format="html").astext()) == \
            '<script language="javascript">/* anim */</script>'
+
+
+def test_book_stamp_follows_the_sweep_data_a_page_reads(tmp_path):
+    """A page that reads book/sweeps/ (where_claims_hold) re-executes when that data changes, not only the code."""
+    from diffgen.provenance import source_hash
+    from diffgen.runner import book_stamp
+
+    assert book_stamp(tmp_path) == f"{source_hash()}+"
+    data = tmp_path / "book" / "sweeps" / "ch3" / "n=8"
+    data.mkdir(parents=True)
+    (data / "ch3.results.json").write_text("{}")
+    first = book_stamp(tmp_path)
+    assert first != f"{source_hash()}+" and book_stamp(tmp_path) == first
+    (data / "ch3.results.json").write_text('{"changed": 1}')
+    assert book_stamp(tmp_path) != first

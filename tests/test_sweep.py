@@ -125,7 +125,7 @@ def test_failing_point_is_recorded_and_the_others_finish(book, tmp_path, capsys)
     status = {name: p["status"] for name, p in doc["points"].items()}
     assert status == {"n=1": "done", "n=2": "failed", "n=3": "done"}
     failed = doc["points"]["n=2"]
-    assert failed["notebook"].endswith("ch1_sweepable.FAILED.ipynb") and Path(failed["notebook"]).is_file()
+    assert failed["notebook"] == "n=2/ch1_sweepable.FAILED.ipynb" and (out / failed["notebook"]).is_file()
     assert "boom at n = 2" in (out / "n=2" / "run.log").read_text() or "ValueError" in failed["error"]
     assert "1 point(s) failed" in capsys.readouterr().err
     assert cli.main(args) == 1  # a rerun retries the failed point only
@@ -191,3 +191,18 @@ def test_sweep_report_pools_seeds_and_marks_stale_points(tmp_path):
     (tmp_path / "sweep.json").write_text("{")
     with pytest.raises(report.ReportError, match="sweep.json: not a readable sweep record"):
         report.render(tmp_path)
+
+
+def test_set_threads_takes_the_share_a_sweep_gives(monkeypatch):
+    import torch
+
+    from diffgen import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("DIFFGEN_THREADS", "1")
+        assert set_threads("cpu") == 1
+        monkeypatch.setenv("DIFFGEN_THREADS", "zero")  # not a positive integer: the default share
+        assert set_threads("cpu") == max(1, (os.cpu_count() or 1) - 1)
+    finally:
+        torch.set_num_threads(before)
