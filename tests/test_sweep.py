@@ -67,7 +67,8 @@ def test_grid_parsing_errors():
 
 def test_bad_value_is_refused_before_anything_runs(book, tmp_path, capsys):
     assert cli.main(["sweep", "ch1", "-p", "n", "1,99", "--out", str(tmp_path / "s")]) == 2
-    assert "n" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert "parameter n of ch1 must be an int in [1, 10]; got 99" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.slow
