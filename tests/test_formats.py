@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from data_files import (IDX_NAMES, cifar_batch, cifar_bin_bytes, cifar_pickle_bytes, idx_bytes, write_cifar10,
+from diffgen.fixtures import (IDX_NAMES, cifar_batch, cifar_bin_bytes, cifar_pickle_bytes, idx_bytes, write_cifar10,
                         write_images, write_mnist)
 
 from diffgen import formats

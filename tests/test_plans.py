@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_files import write_cifar10
+from diffgen.fixtures import write_cifar10
 from diffgen import chapters, cli, plans
 from diffgen.models import MLPConfig, UNetConfig
 from diffgen.results import read_results
@@ -90,7 +90,7 @@ def test_paper_path_on_fixture_cifar_trained_by_torchrun_then_loaded_by_the_chap
 def test_chapter4_on_labelled_idx_files_with_the_unet(tmp_path):
     """Chapter 4 off digits: MNIST-format idx files (16x16 fixtures, so that n_train_large can exceed D as the
     Gaussian-fit yardstick needs), the U-Net, and quality features from a CNN trained on the files' labels."""
-    from data_files import write_mnist
+    from diffgen.fixtures import write_mnist
 
     write_mnist(tmp_path / "data" / "mnist", n_train=400, n_test=80, side=16)
     env = {**os.environ, "DIFFGEN_CACHE": str(tmp_path / "cache")}

@@ -162,7 +162,7 @@ def test_distance_differences_are_zero_for_one_model_and_positive_for_a_worse_on
 def test_image_classifier_on_fixture_cifar_files(tmp_path):
     """The CNN feature network of file data sets: labels from the official files, the test split for the accuracy,
     the cache keyed on config and data."""
-    from data_files import write_cifar10
+    from diffgen.fixtures import write_cifar10
     from diffgen.data import labelled_splits
     from diffgen.quality import IMAGE_CLASSIFIER, image_classifier
 

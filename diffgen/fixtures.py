@@ -1,5 +1,6 @@
-"""Writers of small fixture files in the published formats, byte layouts from the formats' specifications (the idx
-format of the MNIST page, the CIFAR-10 page's binary and python versions), so no test downloads anything."""
+"""Layer 0: writers of fixture files in the published data formats, byte layouts from the formats' specifications
+(the idx format of the MNIST page, the CIFAR-10 page's binary and python versions, CelebA-like JPEGs): the tests and
+`make gpu-check` write their data with them, so nothing downloads anything."""
 from __future__ import annotations
 
 import gzip
