@@ -16,9 +16,10 @@ from pathlib import Path
 
 from .chapters import chapter_defaults
 from .provenance import source_hash
-from .results import PAPER_CLAIMS, PAPER_SOURCES, SWEEP_FILE, is_reconstruction, read_results
+from .results import (FAILS, HOLDS, NOT_MEASURABLE, PAPER_CLAIMS, PAPER_SOURCES, PREMISE, QUALITY, SWEEP_FILE,
+                      is_reconstruction, read_results, verdict_of)
 
-HOLDS, FAILS, NOT_MEASURABLE, NOT_RUN = "holds", "fails", "not measurable", "not run"
+NOT_RUN = "not run"
 CHECKS = "checks"  # the group of reconstruction checks (R1, R2, ...)
 
 
@@ -39,7 +40,9 @@ class Row:
     ci: tuple[float, float] | None
     expected: str | None
     seeds: int | None  # training seeds behind the row (None: nothing trained)
-    verdict: str  # holds | fails | not measurable | not run
+    verdict: str  # holds | fails | fails (quality) | premise not reached | not measurable | not run
+    notes: tuple[str, ...] = ()  # the premise and the quality gate as measured; "measured before its learning
+    # curves flattened" where that is so
 
     @property
     def is_paper(self) -> bool:
@@ -102,19 +105,35 @@ def rows_for(docs: list[dict]) -> list[Row]:
 
 
 def _row(chapter: str, c: dict) -> Row:
-    verdict = NOT_MEASURABLE if c["value"] is None else HOLDS if c["holds"] else FAILS
+    verdict = verdict_of(c["value"], c["holds"], c.get("premise_met"), c.get("quality_ok"))
     return Row(c["id"], chapter, c["source"], c["statement"], c["metric"], c["value"],
-               None if c["ci"] is None else tuple(c["ci"]), c["expected"], c.get("seeds"), verdict)
+               None if c["ci"] is None else tuple(c["ci"]), c["expected"], c.get("seeds"), verdict, _notes(c))
+
+
+def _notes(c: dict) -> tuple[str, ...]:
+    notes = []
+    if c.get("premise"):
+        notes.append(f"premise: {c['premise']}" + ("" if c.get("premise_met") else " (not reached)"))
+    if c.get("quality"):
+        notes.append(f"quality: {c['quality']}" + ("" if c.get("quality_ok") else " (fails)"))
+    if c.get("flattened") is False:
+        notes.append("measured before its learning curves flattened")
+    return tuple(notes)
 
 
 def claim_verdict(rows: list[Row]) -> str:
-    """The verdict on a group of rows: not run, holds (every row holds), or fails (k of n). For a paper claim, pass
-    its paper rows (`by_claim` does): our rows never change the paper's verdict."""
-    verdicts = [r.verdict for r in rows]
-    if not verdicts or all(v == NOT_RUN for v in verdicts):
+    """The verdict on a group of rows: not run; premise not reached (every measured row is conditional on a premise
+    that was not reached); holds (every evaluated row holds); or fails (k of n evaluated rows). Rows whose premise is
+    not reached are not evaluated and do not count. For a paper claim, pass its paper rows (`by_claim` does): our
+    rows never change the paper's verdict."""
+    verdicts = [r.verdict for r in rows if r.verdict != NOT_RUN]
+    if not verdicts:
         return NOT_RUN
-    bad = sum(v != HOLDS for v in verdicts)
-    return HOLDS if not bad else f"{FAILS} ({bad} of {len(verdicts)})"
+    evaluated = [v for v in verdicts if v != PREMISE]
+    if not evaluated:
+        return PREMISE
+    bad = sum(v != HOLDS for v in evaluated)
+    return HOLDS if not bad else f"{FAILS} ({bad} of {len(evaluated)})"
 
 
 @dataclass(frozen=True)
@@ -155,19 +174,24 @@ def summary(rows: list[Row]) -> str:
     verdicts = [g.verdict for g in groups]
     hold = sum(v == HOLDS for v in verdicts)
     fail = sum(v.startswith(FAILS) for v in verdicts)
+    premise = sum(v == PREMISE for v in verdicts)
     not_run = sum(v == NOT_RUN for v in verdicts)
     parts = [f"{hold} claim{'s' * (hold != 1)} hold{'s' * (hold == 1)}", f"{fail} fail{'s' * (fail == 1)}"]
-    text = ", ".join(parts + ([f"{not_run} not run"] if not_run else []))
+    text = ", ".join(parts + ([f"{premise} premise not reached"] if premise else [])
+                     + ([f"{not_run} not run"] if not_run else []))
     ours = [r for r in rows if not r.is_paper]
     if ours:
         ok = sum(r.verdict == HOLDS for r in ours)
-        text += f"; our checks: {ok} hold{'s' * (ok == 1)}, {len(ours) - ok} fail{'s' * (len(ours) - ok == 1)}"
+        premise = sum(r.verdict == PREMISE for r in ours)
+        bad = len(ours) - ok - premise
+        text += f"; our checks: {ok} hold{'s' * (ok == 1)}, {bad} fail{'s' * (bad == 1)}"
+        text += f", {premise} premise not reached" if premise else ""
     return text
 
 
 def any_fails(rows: list[Row]) -> bool:
     """True when a paper claim's row fails or is not measurable (our own checks do not count)."""
-    return any(r.is_paper and r.verdict in (FAILS, NOT_MEASURABLE) for r in rows)
+    return any(r.is_paper and r.verdict in (FAILS, QUALITY, NOT_MEASURABLE) for r in rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,10 +212,11 @@ def fmt_ci(ci: tuple[float, float] | None) -> str:
 
 
 def fmt_measurement(row: Row) -> str:
-    """'value [lo, hi] (expected ...; 3 seeds)' for a measured row."""
+    """'value [lo, hi] (expected ...; 3 seeds; premise: ...)' for a measured row."""
     ci = fmt_ci(row.ci)
     seeds = f"; {row.seeds} seed{'s' * (row.seeds != 1)}" if row.seeds else ""
-    return f"{fmt_number(row.value)}{' ' + ci if ci else ''} (expected {row.expected}{seeds})"
+    notes = "".join(f"; {n}" for n in row.notes)
+    return f"{fmt_number(row.value)}{' ' + ci if ci else ''} (expected {row.expected}{seeds}{notes})"
 
 
 def fmt_parameters(run: ChapterRun, defaults: dict | None = None) -> str:

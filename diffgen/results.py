@@ -2,7 +2,16 @@
 
 {"chapter", "parameters", "diffgen_version", "source_hash",
  "claims": [{"id", "source", "statement", "metric", "value" (number, or null when not measurable),
-             "ci": [low, high] | null, "expected", "holds", "seeds": int | null}]}
+             "ci": [low, high] | null, "expected", "holds", "seeds": int | null,
+             "premise": str | null, "premise_met": bool | null, "quality": str | null, "quality_ok": bool | null,
+             "flattened": bool | null}]}
+
+A row's verdict (`verdict`) has five states. A conditional claim (C4: "a sufficiently trained model approximates the
+optimum, yet ...") is evaluated only where its premise is reached: elsewhere the row reads "premise not reached",
+whatever its value. A row whose holding means "memorizes little" carries a quality gate: it holds only if the
+generator's samples are at least as close to held-out data as a stated crude yardstick, else "fails (quality)" (a
+generator of noise copies nothing). `flattened` says whether the learning curves behind a trained-model row had
+flattened by the end of training (False: measured before convergence).
 
 A row's id is a paper claim (C1..C4, C5a, C5b, C6: PAPER_CLAIMS) or a reconstruction check of ours (R1, R2, ...).
 Its source says where the statement comes from: `abstract` (the paper's v1 abstract), `revision` (the third-party
@@ -21,6 +30,8 @@ from ._util import atomic_write
 from .provenance import VERSION, source_hash
 
 SOURCES = ("abstract", "revision", "ours")
+HOLDS, FAILS, QUALITY, PREMISE, NOT_MEASURABLE = ("holds", "fails", "fails (quality)", "premise not reached",
+                                                  "not measurable")
 PAPER_SOURCES = ("abstract", "revision")
 RECONSTRUCTION_ID = re.compile(r"R[1-9][0-9]*")
 
@@ -84,6 +95,16 @@ class Claim:
     expected: str  # the condition the value must meet, in words
     holds: bool
     seeds: int | None = None  # training seeds behind a trained-model row; None when nothing was trained
+    premise: str | None = None  # a conditional row's premise as measured, in words; None: unconditional
+    premise_met: bool | None = None  # False: the premise is not reached here, so the row is not evaluated
+    quality: str | None = None  # the quality gate of a row whose holding means "memorizes little", as measured
+    quality_ok: bool | None = None  # False: the generator is no closer to held-out data than the crude yardstick
+    flattened: bool | None = None  # the learning curves behind the row had flattened by the end (None: not checked)
+
+    @property
+    def verdict(self) -> str:
+        """not measurable | premise not reached | fails (quality) | holds | fails (results.verdict_of)."""
+        return verdict_of(self.value, self.holds, self.premise_met, self.quality_ok)
 
     def __post_init__(self):
         if self.id not in PAPER_CLAIMS and not is_reconstruction(self.id):
@@ -104,12 +125,47 @@ class Claim:
         if self.seeds is not None and (not isinstance(self.seeds, int) or isinstance(self.seeds, bool)
                                        or self.seeds < 1):
             raise ValueError(f"claim {self.id} seeds must be None or a positive integer; got {self.seeds!r}")
+        for name in ("premise_met", "quality_ok", "flattened"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise ValueError(f"claim {self.id} {name} must be None or a bool; got {getattr(self, name)!r}")
+        if (self.premise is None) != (self.premise_met is None) or (self.quality is None) != (self.quality_ok is None):
+            raise ValueError(f"claim {self.id}: a premise (or quality gate) needs both its text and its outcome")
+        if self.holds and (self.premise_met is False or self.quality_ok is False):
+            raise ValueError(f"claim {self.id} cannot hold where its premise is not reached or its quality gate fails")
 
 
-def paper_row(claim_id: str, metric: str, value, ci, expected: str, holds, seeds: int | None = None) -> Claim:
-    """A row that tests paper claim `claim_id` as its source states it (statement and source from PAPER_CLAIMS)."""
+def verdict_of(value, holds: bool, premise_met: bool | None = None, quality_ok: bool | None = None) -> str:
+    """The verdict of one row: 'not measurable' without a value; 'premise not reached' where a conditional claim's
+    premise is not met (the row is not evaluated there); 'fails (quality)' where the generator's samples are no
+    closer to held-out data than the crude yardstick; else 'holds' or 'fails' by the row's rule."""
+    if value is None:
+        return NOT_MEASURABLE
+    if premise_met is False:
+        return PREMISE
+    if quality_ok is False:
+        return QUALITY
+    return HOLDS if holds else FAILS
+
+
+def paper_row(claim_id: str, metric: str, value, ci, expected: str, holds, seeds: int | None = None,
+              **conditions) -> Claim:
+    """A row that tests paper claim `claim_id` as its source states it (statement and source from PAPER_CLAIMS);
+    `conditions`: premise/premise_met, quality/quality_ok, flattened (Claim's fields). The row holds only if its
+    rule holds, its premise is met and its quality gate passes."""
     paper = PAPER_CLAIMS[claim_id]
-    return Claim(claim_id, paper.source, paper.statement, metric, value, ci, expected, bool(holds), seeds)
+    return Claim(claim_id, paper.source, paper.statement, metric, value, ci, expected,
+                 _holds(holds, conditions), seeds, **conditions)
+
+
+def ours_row(claim_id: str, statement: str, metric: str, value, ci, expected: str, holds, seeds: int | None = None,
+             **conditions) -> Claim:
+    """A row of ours under paper claim `claim_id` (an extension or a variant; it never decides the paper's verdict)."""
+    return Claim(claim_id, "ours", statement, metric, value, ci, expected, _holds(holds, conditions), seeds,
+                 **conditions)
+
+
+def _holds(rule, conditions: dict) -> bool:
+    return bool(rule) and conditions.get("premise_met") is not False and conditions.get("quality_ok") is not False
 
 
 def check_row(check_id: str, metric: str, value, ci, expected: str, holds, seeds: int | None = None) -> Claim:

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from diffgen import cli, report
-from diffgen.results import Claim, write_results
+from diffgen.results import Claim, paper_row, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
@@ -63,6 +63,29 @@ def test_our_rows_never_change_a_paper_verdict(tmp_path):
     assert report.by_claim(rows)["C3"].verdict == "not run"  # no row tests the claim as the paper states it
 
 
+def test_rows_whose_premise_is_not_reached_do_not_count_and_quality_failures_do(tmp_path):
+    """C4 is conditional: at a size where the net does not approximate eps* its rows read 'premise not reached' and
+    leave the claim's verdict to the evaluated rows; a row whose generator fails the quality gate counts as failed."""
+    premise_no = dict(premise="normalised share 0.2 > 0.5", premise_met=False)
+    write_results(tmp_path, "ch3", {}, [
+        paper_row("C4", "copy rate, n = 64", 0.1, (0.0, 0.2), "<= 0.5", True, 5, premise="share 0.9 > 0.5",
+                  premise_met=True, quality="energy 0.1 <= 0.3", quality_ok=True),
+        paper_row("C4", "copy rate, n = 500", 0.0, (0.0, 0.0), "<= 0.5", True, 5, **premise_no),
+        paper_row("C5b", "copy rate difference", 0.3, (0.2, 0.4), "> 0", True, 5, quality="energy 2.6 <= 0.27",
+                  quality_ok=False),
+        paper_row("C6", "correlation", -0.9, (-1.0, -0.8), "< 0", True, 5, **premise_no)])
+    _, rows = report.load_run(tmp_path)
+    groups = report.by_claim(rows)
+    assert [r.verdict for r in groups["C4"].paper] == ["holds", "premise not reached"]
+    assert groups["C4"].verdict == "holds"
+    assert groups["C5b"].verdict == "fails (1 of 1)" and groups["C5b"].paper[0].verdict == "fails (quality)"
+    assert groups["C6"].verdict == "premise not reached"
+    assert report.summary(rows).startswith("1 claim holds, 1 fails, 1 premise not reached")
+    assert report.any_fails(rows)
+    text = " ".join(report.format_text(*report.load_run(tmp_path)).split())
+    assert "premise: normalised share 0.2 > 0.5 (not reached)" in text and "quality: energy 2.6 <= 0.27 (fails)" in text
+
+
 @pytest.mark.parametrize("value, text", [(1.0186e-10, "1.02e-10"), (0.9921875, "0.992"), (1.0, "1"), (0.0, "0"),
                                          (-0.9448, "-0.945"), (1234.5, "1.23e+03"), (None, "n/a")])
 def test_number_format(value, text):
@@ -100,7 +123,8 @@ def test_json_report(run_dir, capsys):
     assert c3["verdict"] == "holds" and c3["chapters"] == ["ch2"] and c3["source"] == "abstract"
     assert c3["measurements"][0] == {"id": "C3", "chapter": "ch2", "source": "abstract", "statement": "copies",
                                      "metric": "copy rate, DDIM", "value": 0.99, "ci": [0.975, 1.0],
-                                     "expected": ">= 0.95", "seeds": None, "verdict": "holds"}
+                                     "expected": ">= 0.95", "seeds": None, "verdict": "holds",
+                                         "notes": []}
     assert c3["measurements"][1]["source"] == "ours" and c3["measurements"][1]["verdict"] == "fails"
     assert doc["claims"][0]["measurements"] == [] and doc["claims"][0]["verdict"] == "not run"
     assert doc["claims"][-1]["id"] == "checks" and [m["id"] for m in doc["claims"][-1]["measurements"]] == ["R1", "R2"]
@@ -158,7 +182,7 @@ def test_default_run_dir_is_the_book(tmp_path, monkeypatch, capsys):
 # --- the introduction's table in a real (tiny) book build ----------------------------------------------------------
 
 CHAPTER_CELL = """\
-from diffgen.results import Claim, write_results
+from diffgen.results import Claim, paper_row, write_results
 value = {value}
 write_results(".", "ch2", {{"value": value}}, [Claim("C3", "abstract", "s", "copy rate, DDIM", value,
                                                (value - 0.01, value), ">= 0.95", value >= 0.95)])

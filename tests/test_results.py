@@ -13,7 +13,8 @@ from diffgen._util import atomic_write
 from diffgen.results import PAPER_CLAIMS, Claim, paper_row, read_results, results_path, write_results
 
 KEYS = {"chapter", "parameters", "diffgen_version", "source_hash", "claims"}
-CLAIM_KEYS = {"id", "source", "statement", "metric", "value", "ci", "expected", "holds", "seeds"}
+CLAIM_KEYS = {"id", "source", "statement", "metric", "value", "ci", "expected", "holds", "seeds", "premise",
+              "premise_met", "quality", "quality_ok", "flattened"}
 
 
 def _strict_json(text: str):
@@ -195,3 +196,34 @@ def test_unmeasurable_value_is_null_and_cannot_hold(tmp_path):
     assert read_results(path)["claims"][0]["holds"] is False
     with pytest.raises(ValueError, match="cannot hold"):
         Claim("C6", "revision", "s", "m", None, None, "< 0", True)
+
+
+def test_verdict_states_follow_premise_quality_and_rule():
+    """Five states: a conditional row whose premise is not reached is not evaluated, a memorization row whose
+    generator fails the quality gate fails for that reason, else the rule decides."""
+    from diffgen.results import FAILS, HOLDS, NOT_MEASURABLE, PREMISE, QUALITY
+
+    def row(holds, **conditions):
+        return paper_row("C4", "copy rate", 0.1, (0.0, 0.2), "<= 0.5", holds, 5, **conditions)
+
+    assert row(True).verdict == HOLDS and row(False).verdict == FAILS
+    premise = dict(premise="normalised share 0.2 > 0.5", premise_met=False)
+    assert row(True, **premise).verdict == PREMISE and not row(True, **premise).holds
+    gate = dict(quality="energy distance 2.6 <= 0.27 of a Gaussian fit", quality_ok=False)
+    assert row(True, **gate).verdict == QUALITY and not row(True, **gate).holds
+    assert row(True, premise="p", premise_met=True, quality="q", quality_ok=True).verdict == HOLDS
+    assert Claim("C4", "abstract", "s", "m", None, None, "e", False).verdict == NOT_MEASURABLE
+    with pytest.raises(ValueError, match="cannot hold"):
+        Claim("C4", "abstract", "s", "m", 0.1, None, "e", True, premise="p", premise_met=False)
+    with pytest.raises(ValueError, match="both its text and its outcome"):
+        Claim("C4", "abstract", "s", "m", 0.1, None, "e", False, quality_ok=False)
+
+
+def test_results_files_without_the_newer_fields_still_read(tmp_path):
+    path = write_results(tmp_path, "ch2", {}, _claims())
+    doc = json.loads(path.read_text())
+    for c in doc["claims"]:
+        for key in ("premise", "premise_met", "quality", "quality_ok", "flattened"):
+            del c[key]
+    path.write_text(json.dumps(doc))
+    assert [c["id"] for c in read_results(path)["claims"]] == ["C2", "C3"]
