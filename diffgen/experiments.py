@@ -256,13 +256,13 @@ def mi_over_sizes(data: GaussianMixture, generator, sizes, *, n_sets: int, n_sam
 @dataclass(frozen=True)
 class AlongTraining:
     """An ensemble's I(z; m) (kNN, per-set terms averaged over its seeds) and copy rate (pooled over its seeds) at each
-    EMA snapshot, and how the grid split of the excess risk moves from the first snapshot to the last."""
+    EMA snapshot, and how the grid split of the excess risk moves from the first snapshot to the last, per seed."""
 
     train_steps: tuple[int, ...]
     mi: list[Estimate]
     copy: list[Proportion]
-    mi_change: Estimate  # grid I(z; m), last snapshot minus first
-    marginal_change: Estimate  # grid KL(P_z || P), last snapshot minus first
+    mi_changes: list[float]  # per seed: grid I(z; m), last snapshot minus first
+    marginal_changes: list[float]  # per seed: grid KL(P_z || P), last snapshot minus first
     seeds: int
 
     @property
@@ -286,11 +286,11 @@ def mi_along_training(ensemble, sets: torch.Tensor, sched: Schedule, *, n_sample
         mis.append(mean_of_terms(terms, seed=seed))
         rates = [set_copy_rate(SetSamples(z[r], sets.to(z.dtype), seed)) for r in range(seeds)]
         copies.append(pooled_rate(rates))
-        flat = z.transpose(0, 1).reshape(M, seeds * n_samples, -1)  # set m: all its seeds' samples
-        first = flat if first is None else first
-        last = flat
-    mi_change, marginal_change = grid_split_change(first, last, edges, mass, seed=seed)
-    return AlongTraining(tuple(ensemble.snapshot_steps), mis, copies, mi_change, marginal_change, seeds)
+        first = z if first is None else first
+        last = z
+    changes = [grid_split_change(first[r], last[r], edges, mass, n_boot=1, seed=seed) for r in range(seeds)]
+    return AlongTraining(tuple(ensemble.snapshot_steps), mis, copies, [c[0].value for c in changes],
+                         [c[1].value for c in changes], seeds)
 
 
 def set_copy_rate(samples: SetSamples) -> Proportion:
@@ -307,16 +307,13 @@ def set_samples(ensemble, sets: torch.Tensor, sched: Schedule, *, n_samples: int
 
 
 def mi_over_seeds(ensemble, sets: torch.Tensor, sched: Schedule, *, n_samples: int, steps: int, k: int,
-                  seed: int) -> tuple[Estimate, list[SetSamples]]:
-    """I(z; m) of an ensemble of M sets x seeds (as in mi_along_training) at its end: per-set kNN terms averaged over
-    the seeds, bootstrap over the sets; and each seed's SetSamples."""
-    from .mi import mean_of_terms, mi_knn_terms
-
+                  seed: int) -> tuple[list[float], list[SetSamples]]:
+    """I(z; m) of an ensemble of M sets x seeds (as in mi_along_training) at its end, one kNN estimate per seed (on
+    the same training sets), and each seed's SetSamples."""
     M = len(sets)
     z = ensemble.sample(None, sched, n_samples, steps=steps, seed=seed)
     per_seed = [SetSamples(z[r * M:(r + 1) * M], sets, seed) for r in range(ensemble.n_members // M)]
-    terms = torch.stack([mi_knn_terms(s.z, k) for s in per_seed]).mean(0)
-    return mean_of_terms(terms, seed=seed), per_seed
+    return [mi_knn(s.z, k, n_boot=1).value for s in per_seed], per_seed
 
 
 # --------------------------------------------------------------------------------------------------- chapter 4
@@ -501,3 +498,100 @@ def still_falling(values, tolerance: float = 0.05) -> float | None:
         raise ValueError("still_falling needs at least two values")
     fall = (v[-2] - v[-1]) / abs(v[-2]) if v[-2] != 0 else 0.0
     return float(fall) if fall > tolerance else None
+
+
+# ------------------------------------------------------------------------------- per-seed statistics and bisection
+def blend_crossings(net, members: int, optimum, x_T: torch.Tensor, train: torch.Tensor, sched: Schedule, steps, *,
+                    level: float = 0.5, iterations: int = 8, clip: tuple[float, float] | None = None) -> np.ndarray:
+    """[M]: for each of M members of a flat denoiser `net` of [M K, D] rows (member m: rows m K .. m K + K - 1, e.g.
+    train.Ensemble.denoiser()), the smallest weight lambda in [0, 1] at which DDIM samples of
+    (1 - lambda) eps_member + lambda eps* from x_T [K, D] (the same noise for every member) are copies of `train` at
+    rate >= `level`, found by bisection to 2^-iterations; every member at once, one batched sampling run per step.
+    0 when the member alone already copies at that rate; nan when even lambda = 1 (eps* itself) does not."""
+    M, K = members, len(x_T)
+    x = x_T.repeat(M, 1)
+
+    def rates(weights: torch.Tensor) -> np.ndarray:
+        w = weights.to(device=x.device, dtype=x.dtype).repeat_interleave(K)[:, None]
+        blend = lambda xt, t: (1 - w) * net(xt, t).to(xt.dtype) + w * optimum(xt, t).to(xt.dtype)  # noqa: E731
+        with torch.no_grad():
+            z = sample_ddim(sampled(blend, sched, clip), x, sched, steps).reshape(M, K, -1)
+        return np.array([copy_rate(nearest_neighbors(z[m], train).ratio).value for m in range(M)])
+
+    lo, hi = torch.zeros(M, dtype=torch.float64), torch.ones(M, dtype=torch.float64)
+    at_zero, at_one = rates(lo) >= level, rates(hi) >= level
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        above = torch.as_tensor(rates(mid) >= level)
+        hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+    out = ((lo + hi) / 2).numpy()
+    out[at_zero] = 0.0
+    out[~at_one] = np.nan
+    return out
+
+
+def member_copy_rates(samples: torch.Tensor, sets) -> list[Proportion]:
+    """Copy rate of member m's samples [M, K, D] against its own training set sets[m], one per member."""
+    return [copy_rate(nearest_neighbors(z, s.to(z.device)).ratio) for z, s in zip(samples, sets)]
+
+
+@dataclass(frozen=True)
+class SeedCorrelations:
+    """One Spearman correlation of gap and copy rate per training seed: the mean over that seed's groups (e.g. its
+    training-set sizes) of the correlation along the group's snapshots. Groups whose copy rate (or gap) never moved
+    have no correlation and are left out of every seed, and named."""
+
+    per_seed: list[float]  # one value per seed that has at least one defined group
+    groups: list  # the groups that entered
+    dropped: list  # the groups left out (constant copy rate or gap on some seed)
+
+
+def correlations_by_seed(snapshots: list[Snapshot], group=lambda s: s.n) -> SeedCorrelations:
+    """SeedCorrelations of experiments.Snapshot rows: per (seed, group) Spearman(gap, copy rate) over the group's
+    snapshots, averaged over the groups that are defined for every seed."""
+    seeds = sorted({s.seed for s in snapshots})
+    keys = sorted({group(s) for s in snapshots})
+    corr = {(r, g): spearman([s.gap for s in snapshots if s.seed == r and group(s) == g],
+                             [s.rate.value for s in snapshots if s.seed == r and group(s) == g])
+            for r in seeds for g in keys}
+    kept = [g for g in keys if all(corr[r, g] is not None for r in seeds)]
+    dropped = [g for g in keys if g not in kept]
+    per_seed = [float(np.mean([corr[r, g] for g in kept])) for r in seeds] if kept else []
+    return SeedCorrelations(per_seed, kept, dropped)
+
+
+def rerun_bound(null_ratios, level: float = 0.95) -> float:
+    """Upper prediction bound of one further rerun-vs-rerun ratio from k observed ones (log-normal):
+    exp(mean + t_{k-1, (1 + level)/2} sd sqrt(1 + 1/k)) of the log ratios. A model whose ratio to the standard net
+    stays below it is, at the resolution of k seeds, no farther from the standard net than a rerun."""
+    from scipy.stats import t as student
+
+    v = np.log(np.asarray(null_ratios, dtype=np.float64))
+    if v.ndim != 1 or len(v) < 2 or not np.isfinite(v).all():
+        raise ValueError(f"rerun_bound needs at least two finite positive ratios; got {null_ratios!r}")
+    k = len(v)
+    return float(np.exp(v.mean() + student.ppf((1 + level) / 2, k - 1) * v.std(ddof=1) * math.sqrt(1 + 1 / k)))
+
+
+def heldout_losses(ensemble, heldout: torch.Tensor, sched: Schedule, *, repeats: int = 2, seed: int = 0) -> np.ndarray:
+    """[M]: the standard denoising loss E_{t, eps} ||eps_m(x_t, t) - eps||^2 / D of each member of a train.Ensemble
+    on the held-out images, every member on the same (x0, t, eps) draws (common random numbers), t ~ U{1..T}."""
+    from .schedule import add_noise
+
+    g = torch.Generator().manual_seed(seed)
+    x0 = heldout.cpu().to(torch.float64).repeat(repeats, 1)
+    t = torch.randint(1, sched.T + 1, (len(x0),), generator=g)
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    xt = add_noise(sched, x0, t, eps)
+    dev = next(iter(ensemble.state.values())).device
+    M = ensemble.n_members
+    with torch.no_grad():
+        pred = ensemble(xt.to(device=dev, dtype=torch.float32).expand(M, -1, -1).contiguous(),
+                        t.to(dev).expand(M, -1).contiguous()).cpu().to(torch.float64)
+    return (pred - eps).pow(2).mean((1, 2)).numpy()
+
+
+def flattened(curve, tolerance: float = 0.05) -> bool:
+    """Whether a learning curve (values at the snapshots, e.g. the mean over seeds of the gap to eps*) has flattened:
+    its last interval falls by at most `tolerance` of its value (experiments.still_falling)."""
+    return still_falling(curve, tolerance) is None

@@ -8,7 +8,9 @@ generator built on each, the input of every estimator in `mi`. From memorizing t
 - `NoisyPointSampler`: DDIM under the optimum of a finite set of intermediate states (chapter 4);
 - `TrainedSampler`: a network trained on the set (through the cache), sampled by DDIM;
 - `GaussianFit`: N(mean(S), cov(S));
-- `TrueScoreSampler`, `TrueDistribution`: the exact score of P, P itself (I(z; S) = 0).
+- `TrueScoreSampler`, `TrueDistribution`: the exact score of P, P itself (I(z; S) = 0);
+- `PureNoise`: N(0, std^2 I), a generator that copies nothing and produces nothing useful (the yardstick that every
+  memorization row's quality gate must stop).
 """
 from __future__ import annotations
 
@@ -143,6 +145,20 @@ class NoisyCopier:
         mixture = GaussianMixture(train.to(torch.float64), self.std,
                                   torch.full((len(train),), 1 / len(train), dtype=torch.float64))
         return mixture.log_prob(z)
+
+
+@dataclass(frozen=True)
+class PureNoise:
+    """z ~ N(0, std^2 I), ignoring S: I(z; S) = 0 and no copies, and nothing like the data either."""
+
+    std: float = 1.0
+
+    def __post_init__(self):
+        if not self.std > 0:
+            raise ValueError(f"std must be > 0; got {self.std}")
+
+    def __call__(self, train: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
+        return self.std * torch.randn(n_samples, train.shape[1], generator=generator, dtype=torch.float64)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,90 @@ one that has it. The thresholds are ours; the statements of paper rows are the p
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from .metrics import Estimate, Proportion, across_seeds
-from .results import Claim, check_row, paper_row
+from .results import Claim, check_row, ours_row, paper_row
 
 
 def _ci(e: Estimate | None):
     return None if e is None else (e.low, e.high)
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """The gate of a row whose holding means "memorizes little": the generator's samples must be at least as close
+    to held-out data as a stated crude yardstick's (a generator of noise copies nothing, and must not pass)."""
+
+    metric: str  # e.g. "energy distance to held-out images"
+    value: float  # the generator's (mean over seeds)
+    yardstick: str  # e.g. "an isotropic Gaussian fit of S (mean image, pixel spread)"
+    yardstick_value: float
+
+    @property
+    def passes(self) -> bool:
+        return bool(self.value <= self.yardstick_value)
+
+    def fields(self) -> dict:
+        return {"quality": f"{self.metric} {self.value:.3g} <= {self.yardstick_value:.3g} of {self.yardstick}",
+                "quality_ok": self.passes}
+
+
+@dataclass(frozen=True)
+class Premise:
+    """The premise of a conditional row, as measured: the row is evaluated only where it is met."""
+
+    text: str  # e.g. "the net approximates eps* at n = 64 (C4 row 'approximates' holds: 0.9 [0.8, 1.0] > 0.5)"
+    met: bool
+
+    def fields(self) -> dict:
+        return {"premise": self.text, "premise_met": bool(self.met)}
+
+
+def image_gate(samples, train, heldout, *, seed: int = 0) -> QualityGate:
+    """QualityGate of image samples (one [K, D] tensor per seed): their energy distance to the held-out images, mean
+    over seeds, against that of K samples of an isotropic Gaussian fit of the training set (its mean image and pixel
+    spread: a generator that knows nothing else)."""
+    import torch
+
+    from .generators import GaussianFit
+    from .quality import energy_distance
+
+    samples = list(samples)
+    k = len(samples[0])
+    crude = GaussianFit(std=float(train.std()))(train.cpu(), k, torch.Generator().manual_seed(seed))
+    ref = heldout.cpu().to(torch.float64)
+    value = sum(energy_distance(z.cpu().to(torch.float64), ref) for z in samples) / len(samples)
+    return QualityGate("energy distance to held-out images", value,
+                       "an isotropic Gaussian fit of S (mean image, pixel spread)", energy_distance(crude, ref))
+
+
+def toy_gate(samples, data, *, seed: int = 0, level: float = 0.99) -> QualityGate:
+    """QualityGate of 2-D samples of M training sets (generators.SetSamples, one per seed) from a distribution P of
+    known density: the share of samples outside P's `level` highest-density region (log p below the (1 - level)
+    quantile of log p over 20 000 samples of P), mean over sets and seeds, against that of samples of a Gaussian fit
+    (mean and covariance) of each training set. On a ring of clusters a distance such as the energy distance lets
+    well-scaled noise look as good as a fit of S; being on P's support does not."""
+    import torch
+
+    from .generators import GaussianFit
+
+    samples = list(samples)
+    g = torch.Generator().manual_seed(seed)
+    cut = torch.quantile(data.log_prob(data.sample(20_000, g).to(torch.float64)), 1 - level)
+    outside = lambda z: float((data.log_prob(z.to(torch.float64)) < cut).double().mean())  # noqa: E731
+    value = sum(outside(z) for s in samples for z in s.z) / sum(len(s.z) for s in samples)
+    K = samples[0].z.shape[1]
+    crude = sum(outside(GaussianFit()(train.cpu(), K, g)) for train in samples[0].train) / len(samples[0].train)
+    return QualityGate(f"share of samples outside P's {level:.0%} highest-density region", value,
+                       "a Gaussian fit of each training set", crude)
+
+
+def _conditions(premise: Premise | None = None, gate: QualityGate | None = None,
+                flattened: bool | None = None) -> dict:
+    out = {} if premise is None else premise.fields()
+    out.update({} if gate is None else gate.fields())
+    return out | ({} if flattened is None else {"flattened": bool(flattened)})
 
 
 # --------------------------------------------------------------------------------------------------- chapter 1
@@ -41,12 +118,14 @@ def memorizer_saturates(estimate: Estimate, n_sets: int, what: str) -> Claim:
                      estimate.low >= 0.9 * ceiling)
 
 
-def learner_below_memorizer(estimate: Estimate, memorizer: Estimate, what: str, seeds: int | None) -> Claim:
-    """C1: a trained model that generates new data shows less I(z; m) than the memorizing optimum, intervals
-    disjoint."""
-    return paper_row("C1", f"I(z; m) of {what}", estimate.value, _ci(estimate),
+def learner_below_memorizer(per_seed: list[float], memorizer: Estimate, what: str, gate: QualityGate) -> Claim:
+    """C1: a trained model that generates new data shows less I(z; m) than the memorizing optimum: the t interval
+    across seeds of its per-seed I(z; m) lies below the optimum's interval; gated on sample quality (a generator of
+    noise also carries no information about S)."""
+    est = across_seeds(per_seed)
+    return paper_row("C1", f"I(z; m) of {what}, one estimate per seed", est.value, _ci(est),
                      f"below the empirical optimum's ({memorizer.value:.3f}), intervals disjoint",
-                     estimate.high < memorizer.low, seeds)
+                     est.high < memorizer.low, len(per_seed), **_conditions(gate=gate))
 
 
 def blind_reads_zero(estimate: Estimate, what: str, tolerance: float = 0.05) -> Claim:
@@ -58,12 +137,12 @@ def blind_reads_zero(estimate: Estimate, what: str, tolerance: float = 0.05) -> 
 
 def tradeoff_along_training(along) -> Claim:
     """C6 (ch1): along training the dependence on S grows while the distance of the average generator to P falls:
-    the grid I(z; m) rises from the first snapshot to the last (interval above 0) while KL(P_z || P) falls (interval
-    below 0) (experiments.AlongTraining)."""
-    mi, kl = along.mi_change, along.marginal_change
-    return paper_row("C6", f"change of I(z; m) from step {along.train_steps[0]} to {along.train_steps[-1]} (grid "
-                     f"plug-in; KL(P_z || P) changes by {kl.value:.3f} [{kl.low:.3f}, {kl.high:.3f}])", mi.value,
-                     _ci(mi), "> 0 with its interval above 0 while the KL's interval lies below 0",
+    the grid I(z; m) rises from the first snapshot to the last while KL(P_z || P) falls, each change computed per
+    seed and its t interval across seeds above (below) 0 (experiments.AlongTraining)."""
+    mi, kl = across_seeds(along.mi_changes), across_seeds(along.marginal_changes)
+    return paper_row("C6", f"change of I(z; m) from step {along.train_steps[0]} to {along.train_steps[-1]}, one per "
+                     f"seed (grid plug-in; KL(P_z || P) changes by {kl.value:.3f} [{kl.low:.3f}, {kl.high:.3f}])",
+                     mi.value, _ci(mi), "> 0 with its interval above 0 while the KL's interval lies below 0",
                      mi.low > 0 and kl.high < 0, along.seeds)
 
 
@@ -86,103 +165,151 @@ def sampler_copies(rate: Proportion, what: str, *, paper: bool) -> Claim:
 
 
 # --------------------------------------------------------------------------------------------------- chapter 3
-def approximates_optimum(normalized: list[float], what: str) -> Claim:
-    """C4: closer to the optimum than to an S-blind yardstick: the normalised share (share - share_blind) /
-    (1 - share_blind), mean over seeds, has its interval across seeds above 1/2."""
-    est = across_seeds(normalized) if len(normalized) > 1 else None
-    value = sum(normalized) / len(normalized)
+def approximates_optimum(normalized: list[float], what: str, *, flattened: bool) -> Claim:
+    """C4, the premise of the others: closer to the optimum than to an S-blind yardstick: the normalised share
+    (share - share_blind) / (1 - share_blind), one per seed, has its t interval across seeds above 1/2. Its own
+    premise is sufficient training, read as: the nets' learning curves (gap to eps* along the snapshots) flattened."""
+    est = across_seeds(normalized)
+    premise = Premise("sufficient training: the gap to eps* flattened over the last snapshots" if flattened else
+                      "sufficient training: the gap to eps* was still falling at the end", flattened)
     return paper_row("C4", f"share of the optimum's loss reduction achieved by {what}, normalised by the net of the "
-                     "same budget trained on a disjoint set: (share - share_blind) / (1 - share_blind)", value,
+                     "same budget trained on a disjoint set: (share - share_blind) / (1 - share_blind)", est.value,
                      _ci(est), "> 0.5 at the lower end of the interval across seeds (closer to eps* than to a net "
-                     "that never saw S)", est is not None and est.low > 0.5, len(normalized))
+                     "that never saw S)", est.low > 0.5, len(normalized), **_conditions(premise, flattened=flattened))
 
 
-def generates_unseen(rate: Proportion, what: str, seeds: int | None) -> Claim:
-    """C4: the trained model generates unseen data: at most half its samples are copies (upper end <= 0.5)."""
-    return paper_row("C4", f"copy rate (d1/d2 < 1/3) of {what}, {rate.total} samples", rate.value, _ci(rate),
-                     "<= 0.5 at the upper end (mostly unseen data)", rate.high <= 0.5, seeds)
+def premise_of(approximates: Claim, n: int) -> Premise:
+    """The premise of C4's other rows at training-set size n: the row 'approximates' holds there."""
+    lo, hi = approximates.ci if approximates.ci else (approximates.value, approximates.value)
+    return Premise(f"the nets approximate eps* at n = {n} (normalised share {approximates.value:.3g} [{lo:.3g}, "
+                   f"{hi:.3g}] > 0.5)", approximates.holds)
 
 
-def difference_is_critical(crossing_net: list[float], crossing_blind: list[float]) -> Claim:
+def generates_unseen(rates: list[Proportion], what: str, premise: Premise, gate: QualityGate) -> Claim:
+    """C4: the trained model generates unseen data: its copy rate, one per seed, has a t interval across seeds whose
+    upper end is at most 1/2 (mostly unseen data); evaluated where the nets approximate eps* (premise) and gated on
+    sample quality (a generator of noise copies nothing)."""
+    est = across_seeds([r.value for r in rates])
+    return paper_row("C4", f"copy rate (d1/d2 < 1/3) of {what}, {rates[0].total} samples per seed", est.value,
+                     _ci(est), "<= 0.5 at the upper end of the interval across seeds (mostly unseen data)",
+                     est.high <= 0.5, len(rates), **_conditions(premise, gate))
+
+
+def difference_is_critical(crossing_net, crossing_blind, what: str, premise: Premise) -> Claim:
     """C4: the slight difference decides: moving the net the share lambda of the way to eps* makes half its samples
-    copies at a smaller lambda than a net of the same budget that never saw S; the paired difference across seeds
-    (blind - net) has its interval above 0."""
+    copies at a smaller lambda (found by bisection) than a net of the same budget that never saw S; the paired
+    difference per seed (blind - net) has its t interval across seeds above 0; evaluated where the nets approximate
+    eps*. nan crossings (never half copies) make the row not measurable."""
     diffs = [b - a for a, b in zip(crossing_net, crossing_blind)]
-    est = across_seeds(diffs) if len(diffs) > 1 else None
-    return paper_row("C4", "lambda at which (1 - lambda) eps_theta + lambda eps* makes half the samples copies: the "
-                     "disjoint-set net's minus the net's, paired by seed", sum(diffs) / len(diffs), _ci(est),
-                     "> 0 at the lower end of the interval across seeds (the net trained on S sits nearer to "
-                     "memorizing)", est is not None and est.low > 0, len(diffs))
+    measurable = len(diffs) > 1 and all(math.isfinite(d) for d in diffs)
+    est = across_seeds(diffs) if measurable else None
+    return paper_row("C4", f"lambda at which (1 - lambda) eps_theta + lambda eps* makes half the samples copies "
+                     f"(bisection), the disjoint-set net's minus the net's, paired by seed, {what}",
+                     est.value if est else None, _ci(est), "> 0 at the lower end of the interval across seeds (the "
+                     "net trained on S sits nearer to memorizing)", est is not None and est.low > 0, len(diffs),
+                     **_conditions(premise))
 
 
-def tradeoff(correlation: Estimate | None, what: str, seeds: int | None) -> Claim:
-    """C6: the smaller the gap to the empirical optimum, the higher the copy rate: Spearman correlation of gap and
-    copy rate with its interval below 0 (None: no variation of the copy rate, not measurable)."""
-    return paper_row("C6", f"Spearman correlation between relative gap to eps* and copy rate, {what}",
-                     None if correlation is None else correlation.value, _ci(correlation),
-                     "< 0 with its interval below 0 (smaller gap, more copies)",
-                     correlation is not None and correlation.high < 0, seeds)
+def tradeoff(correlations, what: str) -> Claim:
+    """C6: the smaller the gap to the empirical optimum, the higher the copy rate: one Spearman correlation of gap and
+    copy rate per seed (experiments.SeedCorrelations), its t interval across seeds below 0; groups whose copy rate
+    never moved have no correlation and are named in the metric; none left: not measurable."""
+    values = correlations.per_seed
+    est = across_seeds(values) if len(values) > 1 else None
+    dropped = f"; left out (copy rate or gap constant): {correlations.dropped}" if correlations.dropped else ""
+    return paper_row("C6", f"Spearman correlation between relative gap to eps* and copy rate, one per seed, {what}"
+                     f"{dropped}", est.value if est else None, _ci(est),
+                     "< 0 with its interval across seeds below 0 (smaller gap, more copies)",
+                     est is not None and est.high < 0, len(values) or None)
 
 
 # --------------------------------------------------------------------------------------------------- chapter 4
-def similar_model(ratio: Estimate, what: str, seeds: int) -> Claim:
+def _c5_row(claim_id: str, ours: str | None, *args, **kwargs) -> Claim:
+    """A paper row of claim_id, or (ours = its statement) our row under it: a variant of our reconstruction."""
+    return paper_row(claim_id, *args, **kwargs) if ours is None else ours_row(claim_id, ours, *args, **kwargs)
+
+
+def similar_model(ratios, bound: float, what: str, *, ours: str | None = None) -> Claim:
     """C5a: the new objective's net is about as close to the standard net as a rerun of the standard objective with
-    other draws of t and noise (same initialisation and batches): the geometric mean over seeds of the ratio of the
-    two prediction differences (experiments.similarity_ratios; metrics.across_seeds(log=True)) is at most 2. The
-    point estimate decides, since the ratio of two reruns itself varies from seed to seed: a bound on the interval's
-    upper end would fail a second rerun at a few seeds (tests/test_experiments.py: a second rerun holds, a net
-    trained on other data fails)."""
-    return paper_row("C5a", f"prediction difference new vs standard net divided by that of a standard rerun with "
-                     f"other noise (same init and batches), geometric mean over seeds, {what}", ratio.value,
-                     _ci(ratio), "<= 2 (about as close as rerunning the standard objective)", ratio.value <= 2, seeds)
+    other draws of t and noise (same initialisation and batches): the ratio of the two prediction differences, one
+    per seed (experiments.similarity_ratios), has a geometric-mean t interval whose upper end lies below `bound`, the
+    upper prediction bound of a further rerun-vs-rerun ratio (experiments.rerun_bound, from a second rerun)."""
+    est = across_seeds(ratios, log=True)
+    return _c5_row("C5a", ours, f"prediction difference new vs standard net divided by that of a standard rerun "
+                   f"with other noise (same init and batches), geometric mean over seeds, {what}", est.value,
+                   _ci(est), f"<= {bound:.3g} at the upper end (the 97.5% prediction bound of a rerun-vs-rerun "
+                   "ratio: about as close as rerunning the standard objective)", est.high <= bound, len(ratios))
 
 
-def similar_quality(claim_id: str, difference: Estimate, scale: float, metric: str, what: str,
-                    seeds: int) -> Claim:
+def similar_quality(claim_id: str, differences, scale: float, metric: str, what: str, *,
+                    ours: str | None = None, flattened: bool | None = None) -> Claim:
     """C5a / C5b: sample quality about as good as the standard objective's: the difference new - standard of a
-    distance to held-out data (hierarchical bootstrap over seeds and samples) is, at the upper end of its interval,
-    at most a quarter of `scale` = (the distance of a crude generator that knows only the mean image and the pixel
-    spread, an isotropic Gaussian) - (the standard model's distance)."""
+    distance to held-out data, one per seed (paired by x_T), has a t interval across seeds whose upper end is at most
+    a quarter of `scale` = (the distance of a crude generator that knows only the mean image and the pixel spread,
+    an isotropic Gaussian) - (the standard model's distance)."""
     if claim_id not in ("C5a", "C5b"):
         raise ValueError(f"claim_id must be C5a or C5b; got {claim_id!r}")
-    return paper_row(claim_id, f"{metric} to held-out images, new minus standard objective, {what}", difference.value,
-                     _ci(difference), f"<= a quarter of the way to an isotropic Gaussian (0.25 x {scale:.4g}) at "
-                     "the upper end", scale > 0 and difference.high <= 0.25 * scale, seeds)
+    est = across_seeds(differences)
+    return _c5_row(claim_id, ours, f"{metric} to held-out images, new minus standard objective, one per seed, {what}",
+                   est.value, _ci(est), f"<= a quarter of the way to an isotropic Gaussian (0.25 x {scale:.4g}) at "
+                   "the upper end", scale > 0 and est.high <= 0.25 * scale, len(differences),
+                   **_conditions(flattened=flattened))
 
 
-def memorizes_less(difference: Estimate, what: str, seeds: int) -> Claim:
-    """C5b: the new objective memorizes less: copy rate standard - new (paired by x_T within each seed, hierarchical
-    bootstrap over seeds and pairs) with its interval above 0."""
-    return paper_row("C5b", f"copy rate, standard minus new objective, {what}", difference.value, _ci(difference),
-                     "> 0 with the interval above 0", difference.low > 0, seeds)
+def standard_copies(rates: list[Proportion], n: int) -> Premise:
+    """The premise of "memorizes less" at size n: the standard net memorizes there (its copy rate, one per seed, has
+    a t interval across seeds above 0): there is memorization to reduce."""
+    est = across_seeds([r.value for r in rates])
+    return Premise(f"the standard net copies at n = {n} (copy rate {est.value:.3g} [{est.low:.3g}, {est.high:.3g}] "
+                   "> 0)", est.low > 0)
 
 
-def less_information(new: Estimate, standard: Estimate, what: str, seeds: int) -> Claim:
-    """C5b: the new objective's samples depend less on the training set: I(z; m) intervals disjoint, new lower."""
-    return paper_row("C5b", f"I(z; m) of the new objective, {what}", new.value, _ci(new),
-                     f"below the standard objective's interval [{standard.low:.3f}, {standard.high:.3f}]",
-                     new.high < standard.low, seeds)
+def memorizes_less(differences, what: str, premise: Premise, gate: QualityGate, *, ours: str | None = None,
+                   flattened: bool | None = None) -> Claim:
+    """C5b: the new objective memorizes less: copy rate standard - new, one per seed (paired by x_T), with its t
+    interval across seeds above 0; evaluated where the standard net copies and gated on the new net's sample quality
+    (a generator of noise copies nothing)."""
+    est = across_seeds(differences)
+    return _c5_row("C5b", ours, f"copy rate, standard minus new objective, one per seed, {what}", est.value,
+                   _ci(est), "> 0 with the interval across seeds above 0", est.low > 0, len(differences),
+                   **_conditions(premise, gate, flattened))
 
 
-def beyond_weighting(difference: Estimate, what: str, seeds: int) -> Claim:
+def less_information(standard_minus_new, what: str, gate: QualityGate) -> Claim:
+    """C5b: the new objective's samples depend less on the training set: I(z; m) of the standard minus the new
+    objective's, one per seed (the same training sets), with its t interval across seeds above 0; gated on the new
+    generator's sample quality (noise carries no information about S)."""
+    est = across_seeds(standard_minus_new)
+    return paper_row("C5b", f"I(z; m), standard minus new objective, one per seed, {what}", est.value, _ci(est),
+                     "> 0 with the interval across seeds above 0", est.low > 0, len(standard_minus_new),
+                     **_conditions(gate=gate))
+
+
+def beyond_weighting(differences, what: str, gate: QualityGate) -> Claim:
     """C5b, ours: the new objective memorizes less than the standard loss with the same weighting of t
-    (objectives.WeightedEpsLoss): copy rate control - new with its interval above 0. If it fails while C5b's copy-rate
-    row holds, the weighting of t, not the gap noise, explains the difference."""
-    return Claim("C5b", "ours", "In our reconstruction, the forward-time objective memorizes less than the standard "
-                 "loss weighted by lambda_t = E c_{t,s}^2 (its weighting of t without its noisier target).",
-                 f"copy rate, weighted-loss control minus new objective, {what}", difference.value, _ci(difference),
-                 "> 0 with the interval above 0", bool(difference.low > 0), seeds)
+    (objectives.WeightedEpsLoss): copy rate control - new, one per seed, t interval above 0. If it fails while C5b's
+    copy-rate row holds, the weighting of t, not the gap noise, explains the difference."""
+    est = across_seeds(differences)
+    return ours_row("C5b", "In our reconstruction, the forward-time objective memorizes less than the standard loss "
+                    "weighted by lambda_t = E c_{t,s}^2 (its weighting of t without its noisier target).",
+                    f"copy rate, weighted-loss control minus new objective, one per seed, {what}", est.value,
+                    _ci(est), "> 0 with the interval across seeds above 0", est.low > 0, len(differences),
+                    **_conditions(gate=gate))
 
 
-def less_at_matched_gap(difference: Estimate | None, what: str, seeds: int) -> Claim:
-    """C5b, ours: at the same gap to eps* (the snapshot curves interpolated, experiments.rates_at_matched_gap) the new
-    objective still copies less: copy rate standard - new across seeds with its interval above 0; None when the gap
-    ranges do not overlap on every seed (not measurable)."""
-    return Claim("C5b", "ours", "In our reconstruction, the forward-time objective memorizes less than the standard "
-                 "one at the same distance to the empirical optimum (not only because it trains slower).",
-                 f"copy rate at matched relative gap to eps*, standard minus new, {what}",
-                 None if difference is None else difference.value, _ci(difference), "> 0 with the interval above 0",
-                 difference is not None and difference.low > 0, seeds)
+def less_at_matched(differences, matched: str, what: str, gate: QualityGate) -> Claim:
+    """C5b, ours: at the same `matched` quantity (the gap to eps*, or the standard denoising loss on held-out images;
+    snapshot curves interpolated, experiments.rates_at_matched_gap) the new objective still copies less: copy rate
+    standard - new, one per seed, t interval above 0; None (not measurable) when the ranges do not overlap on every
+    seed."""
+    measurable = differences is not None and len(differences) > 1
+    est = across_seeds(differences) if measurable else None
+    return ours_row("C5b", f"In our reconstruction, the forward-time objective memorizes less than the standard one "
+                    f"at the same {matched} (not only because it trains slower).",
+                    f"copy rate at matched {matched}, standard minus new, one per seed, {what}",
+                    est.value if est else None, _ci(est), "> 0 with the interval across seeds above 0",
+                    est is not None and est.low > 0, len(differences) if measurable else None,
+                    **_conditions(gate=gate))
 
 
 def candidate_minimiser_is_eps_star(deviation: float) -> Claim:

@@ -137,13 +137,17 @@ def test_mi_along_training_and_set_samples_of_an_ensemble(sched, tmp_path):
                                           mass=mi.grid_mass(P, edges))
     assert along.train_steps == (10, 20, 30) and len(along.mi) == len(along.copy) == 3 and along.seeds == 2
     assert all(c.total == 2 * 4 * 30 for c in along.copy)  # pooled over the seeds
-    assert along.mi_change.low <= along.mi_change.value <= along.mi_change.high
+    first = run.sample(10, sched, 30, steps=5, seed=0).reshape(2, 4, 30, 2)
+    last = run.sample(30, sched, 30, steps=5, seed=0).reshape(2, 4, 30, 2)
+    for r in range(2):  # one change per seed, from that seed's samples alone
+        change = mi.grid_split_change(first[r], last[r], edges, mi.grid_mass(P, edges), n_boot=1)
+        assert along.mi_changes[r] == pytest.approx(change[0].value) and along.marginal_changes[r] == pytest.approx(
+            change[1].value)
     second = experiments.set_samples(run, sets, sched, n_samples=30, steps=5, seed=0, seed_number=1)
     assert second.z.shape == (4, 30, 2) and torch.equal(second.z, run.sample(None, sched, 30, steps=5, seed=0)[4:])
-    estimate, per_seed = experiments.mi_over_seeds(run, sets, sched, n_samples=30, steps=5, k=3, seed=0)
+    values, per_seed = experiments.mi_over_seeds(run, sets, sched, n_samples=30, steps=5, k=3, seed=0)
     assert len(per_seed) == 2 and torch.equal(per_seed[1].z, second.z)
-    terms = torch.stack([mi.mi_knn_terms(s.z, 3) for s in per_seed]).mean(0)
-    assert estimate.value == pytest.approx(float(terms.mean()), abs=1e-12)
+    assert values == pytest.approx([float(mi.mi_knn_terms(s.z, 3).mean()) for s in per_seed], abs=1e-12)
 
 
 def test_forward_time_minimiser_is_eps_star_and_tweedie_slopes_are_c(sched, digits):
@@ -179,6 +183,7 @@ def objective_runs(sched, tmp_path_factory):
         "standard": train_ensemble(net, EpsLoss(sched), sets, (2,), cfg, **kw),
         "rerun": train_ensemble(net, EpsLoss(sched), sets, (2,), cfg, streams=(1, 1, 1), **kw),
         "rerun 2": train_ensemble(net, EpsLoss(sched), sets, (2,), cfg, streams=(2, 2, 2), **kw),
+        "rerun 3": train_ensemble(net, EpsLoss(sched), sets, (2,), cfg, streams=(3, 3, 3), **kw),
         "disjoint": train_ensemble(net, EpsLoss(sched), [disjoint[0], disjoint[0], disjoint[1]], (2,), cfg, **kw),
     }
 
@@ -206,11 +211,23 @@ def test_similarity_ratio_is_near_one_for_a_rerun_and_large_for_a_net_on_other_d
     sets, runs = objective_runs
     probe = experiments.member_probe(sets, sched, (10, 100, 500), n_probe=64, seed=0)
     at = lambda name: runs[name].model_at()  # noqa: E731
-    rerun = experiments.similarity_ratios(at("rerun 2"), at("standard"), at("rerun"), probe)
+    null = experiments.similarity_ratios(at("rerun 2"), at("standard"), at("rerun"), probe)
+    bound = experiments.rerun_bound(null)  # from the second rerun, as the chapter derives it
+    rerun = experiments.similarity_ratios(at("rerun 3"), at("standard"), at("rerun"), probe)
     other = experiments.similarity_ratios(at("disjoint"), at("standard"), at("rerun"), probe)
     assert np.all(rerun < 3) and np.all(other > 3 * rerun)
-    assert verdicts.similar_model(across_seeds(rerun, log=True), "a second rerun", 3).holds  # the C5a row flips
-    assert not verdicts.similar_model(across_seeds(other, log=True), "a net on disjoint sets", 3).holds
+    assert verdicts.similar_model(rerun, bound, "a third rerun").holds  # the C5a row flips
+    assert not verdicts.similar_model(other, bound, "a net on disjoint sets").holds
+
+
+def test_rerun_bound_covers_a_further_lognormal_ratio_about_97_percent_of_the_time():
+    """The prediction bound's coverage on a case with a known answer: k = 5 log-normal ratios, then one more."""
+    rng = np.random.default_rng(0)
+    draws = rng.lognormal(0.2, 0.5, size=(4000, 6))
+    covered = np.mean([experiments.rerun_bound(d[:5]) >= d[5] for d in draws])
+    assert 0.96 <= covered <= 0.99  # one-sided 97.5%
+    with pytest.raises(ValueError, match="at least two"):
+        experiments.rerun_bound([1.0])
 
 
 def test_objective_curves_measure_every_member_at_every_snapshot(sched, objective_runs, tmp_path):
