@@ -437,35 +437,51 @@ def relative_differences(model, probe: Probe, other=None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ObjectiveCurves:
-    """One objective's ensemble measured at each of its EMA snapshots, member by member: the copy rate of its samples
-    against the member's training set, their KID to the held-out images and the member's relative eps-gap to the
-    empirical optimum of its set (mean over the probe's times); and the final samples."""
+    """An ensemble measured at each of its EMA snapshots, member by member: the copy rate of its samples against the
+    member's training set, their KID to the held-out images (when a feature classifier is given), the member's
+    relative eps-gap to the empirical optimum of its set (mean over the probe's times) and its standard denoising
+    loss on the held-out images; and the final samples."""
 
     train_steps: tuple[int, ...]
     rate: np.ndarray  # [M, snapshots]
-    kid: np.ndarray  # [M, snapshots]
+    kid: np.ndarray | None  # [M, snapshots]
     gap: np.ndarray  # [M, snapshots]
+    heldout_loss: np.ndarray  # [M, snapshots]
     samples: torch.Tensor  # [M, K, D] at the last snapshot (member m's sample k from x_T number m K + k)
     ratios: torch.Tensor  # [M, K] d1 / d2 of those samples against the member's training set
 
+    def rates(self, members) -> list[Proportion]:
+        """The final copy rate of each of `members`, with its count (one Proportion per member)."""
+        return [copy_rate(self.ratios[m]) for m in members]
+
 
 def objective_curves(ensemble, sets: list[torch.Tensor], heldout: torch.Tensor, classifier, sched: Schedule,
-                     probe: Probe, *, n_samples: int, steps: int, seed: int,
+                     probe: Probe, *, n_samples: int, steps, seed: int,
                      clip: tuple[float, float] | None = None) -> ObjectiveCurves:
-    """ObjectiveCurves of a train.EnsembleResult whose member m was trained on sets[m] (DDIM, x0 clamped to
-    `clip`). Two ensembles of the same members sample member m from the same noise: their samples are paired."""
+    """ObjectiveCurves of a train.EnsembleResult whose member m was trained on sets[m] (DDIM on `steps`, a number of
+    steps or a grid, x0 clamped to `clip`; classifier None: no KID). Two ensembles of the same members sample member
+    m from the same noise: their samples are paired."""
     from .quality import kid
 
-    ref = classifier.features(heldout)
+    ref = None if classifier is None else classifier.features(heldout)
     M, snaps = ensemble.n_members, ensemble.snapshot_steps
-    rate, kids, gap = (np.zeros((M, len(snaps))) for _ in range(3))
+    rate, kids, gap, loss = (np.zeros((M, len(snaps))) for _ in range(4))
     for j, step in enumerate(snaps):
         z = ensemble.sample(step, sched, n_samples, steps=steps, seed=seed, clip=clip)
         ratios = torch.stack([nearest_neighbors(z[m], sets[m].cpu()).ratio.cpu() for m in range(M)])
         rate[:, j] = [copy_rate(r).value for r in ratios]
-        kids[:, j] = [kid(classifier.features(z[m].to(heldout.device)), ref) for m in range(M)]
-        gap[:, j] = relative_differences(ensemble.model_at(step), probe).mean(1)
-    return ObjectiveCurves(tuple(snaps), rate, kids, gap, z, ratios)
+        if ref is not None:
+            kids[:, j] = [kid(classifier.features(z[m].to(heldout.device)), ref) for m in range(M)]
+        model = ensemble.model_at(step)
+        gap[:, j] = relative_differences(model, probe).mean(1)
+        loss[:, j] = heldout_losses(model, heldout, sched, seed=seed)
+    return ObjectiveCurves(tuple(snaps), rate, None if ref is None else kids, gap, loss, z, ratios)
+
+
+def select_members(ensemble, members):
+    """The train.Ensemble of `members` (indices) of `ensemble`: the same architecture with their states only."""
+    index = torch.as_tensor(list(members), dtype=torch.long)
+    return type(ensemble)(ensemble.base, {k: v[index.to(v.device)] for k, v in ensemble.state.items()})
 
 
 def similarity_ratios(model, standard, reference, probe: Probe) -> np.ndarray:
@@ -538,26 +554,27 @@ def member_copy_rates(samples: torch.Tensor, sets) -> list[Proportion]:
 @dataclass(frozen=True)
 class SeedCorrelations:
     """One Spearman correlation of gap and copy rate per training seed: the mean over that seed's groups (e.g. its
-    training-set sizes) of the correlation along the group's snapshots. Groups whose copy rate (or gap) never moved
-    have no correlation and are left out of every seed, and named."""
+    training-set sizes) of the correlation along the group's points (e.g. snapshots). Groups whose copy rate (or gap)
+    never moved on some seed have no correlation; they are left out of every seed, and named."""
 
-    per_seed: list[float]  # one value per seed that has at least one defined group
+    per_seed: list[float]  # one value per seed (empty when no group is defined)
     groups: list  # the groups that entered
-    dropped: list  # the groups left out (constant copy rate or gap on some seed)
+    dropped: list  # the groups left out
 
 
-def correlations_by_seed(snapshots: list[Snapshot], group=lambda s: s.n) -> SeedCorrelations:
-    """SeedCorrelations of experiments.Snapshot rows: per (seed, group) Spearman(gap, copy rate) over the group's
-    snapshots, averaged over the groups that are defined for every seed."""
-    seeds = sorted({s.seed for s in snapshots})
-    keys = sorted({group(s) for s in snapshots})
-    corr = {(r, g): spearman([s.gap for s in snapshots if s.seed == r and group(s) == g],
-                             [s.rate.value for s in snapshots if s.seed == r and group(s) == g])
-            for r in seeds for g in keys}
-    kept = [g for g in keys if all(corr[r, g] is not None for r in seeds)]
-    dropped = [g for g in keys if g not in kept]
-    per_seed = [float(np.mean([corr[r, g] for g in kept])) for r in seeds] if kept else []
-    return SeedCorrelations(per_seed, kept, dropped)
+def correlations_by_seed(seeds, groups, gaps, rates) -> SeedCorrelations:
+    """SeedCorrelations of points given as parallel sequences (seed, group, gap, copy rate): per (seed, group)
+    Spearman(gap, rate) over its points, averaged over the groups defined for every seed."""
+    seeds, groups = list(seeds), list(groups)
+    gaps, rates = np.asarray(gaps, dtype=float), np.asarray(rates, dtype=float)
+    if not len(seeds) == len(groups) == len(gaps) == len(rates):
+        raise ValueError("seeds, groups, gaps and rates must have one entry per point")
+    keys, order = sorted(set(groups)), sorted(set(seeds))
+    pick = lambda r, g: [i for i in range(len(seeds)) if seeds[i] == r and groups[i] == g]  # noqa: E731
+    corr = {(r, g): spearman(gaps[pick(r, g)], rates[pick(r, g)]) for r in order for g in keys}
+    kept = [g for g in keys if all(corr[r, g] is not None for r in order)]
+    per_seed = [float(np.mean([corr[r, g] for g in kept])) for r in order] if kept else []
+    return SeedCorrelations(per_seed, kept, [g for g in keys if g not in kept])
 
 
 def rerun_bound(null_ratios, level: float = 0.95) -> float:

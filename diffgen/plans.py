@@ -62,18 +62,33 @@ class TrainingJob:
 
 @dataclass(frozen=True, eq=False)
 class TrainedGapPlan:
-    """Chapter 3's data and training runs (jobs: "main" = seeds on S then the same seeds on S'; "sweep" = the smaller
-    sizes; "width W" = the narrower nets at the second size)."""
+    """Chapter 3's data and training runs. Jobs: "main" = the seeds on S, then the same seeds on the disjoint S' (the
+    S-blind yardstick), at n_train; "sweep" = the same pair at each smaller size n (S[:n] and S'[:n]); "width W" =
+    narrower nets on S at the middle size. `members(n)` says where size n's nets sit."""
 
     ds: Dataset
     sched: Schedule
     net_cfg: ModelConfig
     cfg: TrainConfig
     seeds: tuple[int, ...]
-    sizes: list[int]
-    widths: list[int]
-    small: list[tuple[int, int]]  # (n, seed) of the sweep's members, in order
+    sizes: list[int]  # increasing; the last is n_train
+    widths: list[int]  # increasing; the last is the chapter's width
     jobs: dict[str, TrainingJob]
+
+    @property
+    def middle(self) -> int:
+        """The size at which the widths are compared: the middle of the sweep (the second of two)."""
+        return self.sizes[len(self.sizes) // 2]
+
+    def members(self, n: int) -> tuple[str, list[int], list[int]]:
+        """(job name, members on S[:n], members on S'[:n]) of size n, one member per seed each."""
+        if n not in self.sizes:
+            raise ValueError(f"n must be one of the sizes {self.sizes}; got {n!r}")
+        k = len(self.seeds)
+        if n == self.sizes[-1]:
+            return "main", list(range(k)), list(range(k, 2 * k))
+        i = self.sizes.index(n)
+        return "sweep", list(range(2 * k * i, 2 * k * i + k)), list(range(2 * k * i + k, 2 * k * (i + 1)))
 
 
 def trained_gap_plan(p: Mapping, device) -> TrainedGapPlan:
@@ -91,12 +106,15 @@ def trained_gap_plan(p: Mapping, device) -> TrainedGapPlan:
     w = p["width"]
     widths = sorted({max(8, w // 4), max(8, w // 2), w}) if p["width_sweep"] else [w]
     loss = EpsLoss(sched)
-    small = [(n, s) for n in sizes[:-1] for s in seeds]
-    jobs = {"main": TrainingJob(net_cfg, loss, [S] * len(seeds) + [S2] * len(seeds), ds.shape, cfg, seeds * 2),
-            "sweep": TrainingJob(net_cfg, loss, [S[:n] for n, _ in small], ds.shape, cfg, tuple(s for _, s in small)),
-            **{f"width {v}": TrainingJob(net_config(p["model"], v, ds.shape), loss, [S[:sizes[1]]] * len(seeds),
-                                         ds.shape, cfg, seeds) for v in widths[:-1]}}
-    return TrainedGapPlan(ds, sched, net_cfg, cfg, seeds, sizes, widths, small, jobs)
+    k = len(seeds)
+    pairs = lambda n: [S[:n]] * k + [S2[:n]] * k  # noqa: E731  (the nets on S[:n], then their S-blind yardsticks)
+    middle = sizes[len(sizes) // 2]
+    jobs = {"main": TrainingJob(net_cfg, loss, pairs(sizes[-1]), ds.shape, cfg, seeds * 2),
+            "sweep": TrainingJob(net_cfg, loss, [x for n in sizes[:-1] for x in pairs(n)], ds.shape, cfg,
+                                 seeds * 2 * (len(sizes) - 1)),
+            **{f"width {v}": TrainingJob(net_config(p["model"], v, ds.shape), loss, [S[:middle]] * k, ds.shape,
+                                         cfg, seeds) for v in widths[:-1]}}
+    return TrainedGapPlan(ds, sched, net_cfg, cfg, seeds, sizes, widths, jobs)
 
 
 PLANS = {"ch3": trained_gap_plan}  # chapters whose training `diffgen train` runs ahead of them

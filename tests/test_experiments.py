@@ -242,9 +242,32 @@ def test_objective_curves_measure_every_member_at_every_snapshot(sched, objectiv
                          device="cpu", cache_dir=tmp_path, progress=False)
     probe = experiments.member_probe(sets64, sched, (10, 500), n_probe=16, seed=0)
     c = experiments.objective_curves(run, sets64, digits.heldout, clf, sched, probe, n_samples=20, steps=5, seed=0)
-    assert c.train_steps == (20, 40) and c.rate.shape == c.kid.shape == c.gap.shape == (3, 2)
+    assert c.train_steps == (20, 40) and c.rate.shape == c.kid.shape == c.gap.shape == c.heldout_loss.shape == (3, 2)
     assert c.samples.shape == (3, 20, 64) and c.ratios.shape == (3, 20)
     assert np.all((0 <= c.rate) & (c.rate <= 1)) and np.all(c.gap > 0)
+    last = run.model_at(40)
+    assert np.allclose(c.heldout_loss[:, 1], experiments.heldout_losses(last, digits.heldout, sched, seed=0))
+    assert [r.value for r in c.rates(range(3))] == pytest.approx(c.rate[:, 1].tolist())
+    blind = experiments.objective_curves(run, sets64, digits.heldout, None, sched, probe, n_samples=20, steps=5, seed=0)
+    assert blind.kid is None and np.array_equal(blind.rate, c.rate)  # no classifier: the same, without KID
+    first = experiments.select_members(last, [2, 0])
+    assert first.n_members == 2 and all(torch.equal(v[0], last.state[k][2]) for k, v in first.state.items())
+
+
+def test_heldout_losses_use_common_draws_and_rank_the_optimum_first(sched, digits):
+    """The standard loss on held-out images: eps* of the held-out set itself beats the zero predictor, with the same
+    (x0, t, eps) draws for every member."""
+    class Members:  # a stand-in ensemble of two denoisers: eps* of the held-out set and the zero predictor
+        n_members = 2
+        state = {"w": torch.zeros(2)}
+
+        def __call__(self, x, t):
+            opt = EmpiricalOptimum(digits.heldout, sched, dtype=torch.float64)
+            return torch.stack([opt(x[0].double(), t[0]).float(), torch.zeros_like(x[1])])
+
+    losses = experiments.heldout_losses(Members(), digits.heldout, sched, repeats=2, seed=0)
+    assert losses[1] == pytest.approx(1.0, abs=0.1) and losses[0] < 0.5 * losses[1]
+    assert np.array_equal(losses, experiments.heldout_losses(Members(), digits.heldout, sched, repeats=2, seed=0))
 
 
 def test_rates_at_matched_gap_interpolate_in_log_gap_and_refuse_to_extrapolate():

@@ -49,7 +49,11 @@ def test_chapter3_plan_from_its_smoke_parameters():
     main = plan.jobs["main"]
     assert main.seeds == (0, 1, 0, 1) and [len(s) for s in main.sets] == [64] * 4
     assert torch.equal(main.sets[0], plan.ds.train) and torch.equal(main.sets[2], plan.ds.disjoint)
-    assert plan.sizes == [8, 64] and plan.jobs["sweep"].seeds == (0, 1)
+    sweep = plan.jobs["sweep"]
+    assert plan.sizes == [8, 64] and sweep.seeds == (0, 1, 0, 1) and [len(s) for s in sweep.sets] == [8] * 4
+    assert torch.equal(sweep.sets[0], plan.ds.train[:8]) and torch.equal(sweep.sets[2], plan.ds.disjoint[:8])
+    assert plan.members(8) == ("sweep", [0, 1], [2, 3]) and plan.members(64) == ("main", [0, 1], [2, 3])
+    assert plan.middle == 64 and [len(s) for s in plan.jobs["width 8"].sets] == [64, 64]
     assert plan.jobs["width 8"].model_cfg == MLPConfig(hidden=8)
     assert plans.trained_gap_plan(p, "cpu").jobs["main"].key == main.key  # the same parameters, the same key
 

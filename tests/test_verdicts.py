@@ -173,19 +173,21 @@ def test_c6_tradeoff_from_per_seed_correlations(sched, digits_split):
     g = torch.Generator().manual_seed(0)
     x0 = S[torch.randint(len(S), (32,), generator=g)]
 
-    def snapshot(denoiser, seed, step):
+    def point(denoiser, seed):
         x_T = torch.randn(40, 64, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        rate = copy_rate(nearest_neighbors(sample_ddim(denoiser, x_T, sched, 20), S).ratio)
-        gap = float(experiments.gap_on_forward_samples(denoiser, opt, x0, sched, (10, 100), g).mean())
-        return experiments.Snapshot(len(S), seed, step, rate, gap, None)
+        rate = copy_rate(nearest_neighbors(sample_ddim(denoiser, x_T, sched, 20), S).ratio).value
+        return float(experiments.gap_on_forward_samples(denoiser, opt, x0, sched, (10, 100), g).mean()), rate
 
-    trading = [snapshot(Blend(far, opt, w), r, k) for r in range(3) for k, w in enumerate((0.2, 0.6, 0.9, 1.0))]
-    c = experiments.correlations_by_seed(trading)
+    def correlations(family, values):
+        points = [(r, point(family(v), r)) for r in range(3) for v in values]
+        return experiments.correlations_by_seed([r for r, _ in points], [len(S)] * len(points),
+                                                [p[0] for _, p in points], [p[1] for _, p in points])
+
+    c = correlations(lambda w: Blend(far, opt, w), (0.2, 0.6, 0.9, 1.0))
     assert len(c.per_seed) == 3 and not c.dropped
     assert verdicts.tradeoff(c, "blends").holds
-    blind = [snapshot(GaussianDenoiser(S2.mean(0), torch.cov(S2.T) + h * torch.eye(64, dtype=S2.dtype), sched), r, k)
-             for r in range(3) for k, h in enumerate((1e-3, 1e-2, 1e-1))]
-    c = experiments.correlations_by_seed(blind)
+    c = correlations(lambda h: GaussianDenoiser(S2.mean(0), torch.cov(S2.T) + h * torch.eye(64, dtype=S2.dtype),
+                                                sched), (1e-3, 1e-2, 1e-1))
     assert c.per_seed == [] and c.dropped == [len(S)]
     row = verdicts.tradeoff(c, "S-blind denoisers")
     assert row.verdict == "not measurable" and f"left out (copy rate or gap constant): [{len(S)}]" in row.metric
