@@ -63,7 +63,7 @@ class Item:
     folder: str  # under the data folder
     files: tuple[Remote, ...]
     unpack: Callable[[Path, Path], None]  # (verified download, staging folder that becomes `folder`)
-    source: str  # the page that publishes the files and their checksums
+    source: str  # the page that publishes the files
 
 
 def keep(download: Path, staging: Path) -> None:
@@ -78,19 +78,19 @@ def untar(archive: Path, staging: Path) -> None:
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
-            for m in members:
-                path = PurePosixPath(m.name)
+            paths = [PurePosixPath(m.name) for m in members]
+            for m, path in zip(members, paths):
                 why = ("an absolute path" if path.is_absolute() else "a path with '..'" if ".." in path.parts else
                        None if m.isfile() or m.isdir() else f"a link to {m.linkname!r}" if m.issym() or m.islnk()
                        else "not a regular file or folder")
                 if why:
                     raise DownloadError(f"{archive.name}: member {m.name!r} is {why}: refused, nothing was unpacked")
-            tops = {PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts}
-            if len(tops) != 1 or any(m.isfile() and len(PurePosixPath(m.name).parts) == 1 for m in members):
+            tops = {path.parts[0] for path in paths if path.parts}
+            if len(tops) != 1 or any(m.isfile() and len(path.parts) == 1 for m, path in zip(members, paths)):
                 raise DownloadError(f"{archive.name}: expected one top folder holding every member; found "
                                     f"{', '.join(sorted(tops)) or 'no members'}")
-            for m in members:
-                target = staging.joinpath(*PurePosixPath(m.name).parts[1:])
+            for m, path in zip(members, paths):
+                target = staging.joinpath(*path.parts[1:])
                 if m.isdir():
                     target.mkdir(parents=True, exist_ok=True)
                 elif m.isfile():
@@ -156,9 +156,11 @@ def verify(folder: Path) -> str | None:
     try:
         recorded = json.loads((folder / MANIFEST).read_text())["sha256"]
     except FileNotFoundError:
-        return f"no {MANIFEST} (not written by diffgen data get)"
+        return f"no {MANIFEST}: not written by diffgen data get"
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"{MANIFEST} is unreadable ({type(e).__name__}: {e})"
+    if not isinstance(recorded, dict):
+        return f"{MANIFEST} is unreadable (its sha256 entry is not a table of files)"
     for name, sha in recorded.items():
         path = folder / name
         if not path.is_file():
@@ -248,7 +250,7 @@ def _fetch(remote: Remote, urls: Sequence[str], downloads: Path, out: TextIO | N
         os.replace(part, done)
         size = done.stat().st_size
         _say(out, f"  {remote.name}  {_bytes(size)}  {_bytes((size - start) / max(took, 1e-9))}/s  "
-                  f"{remote.algorithm} ok  {url}", live=False)
+                  f"{remote.algorithm} ok  {url}")
         return done
     kept = f"; the partial download {part} ({_bytes(part.stat().st_size)}) is kept: run the same command again " \
            f"to resume it" if part.is_file() else ""
@@ -323,11 +325,13 @@ def _looks_like_html(path: Path) -> bool:
 
 
 def _bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("kB", "MB"):
         n /= 1000
-    raise AssertionError(n)
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} GB"
 
 
 def _say(out: TextIO | None, line: str, live: bool = False) -> None:
