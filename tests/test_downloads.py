@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from diffgen import cli, data, downloads
-from diffgen.downloads import ITEMS, MANIFEST, DownloadError, Item, Remote, get, untar, verify
+from diffgen.downloads import ITEMS, MANIFEST, DownloadError, Item, get, untar, verify
 from diffgen.fixtures import IDX_NAMES, write_cifar10, write_mnist
 
 LOCAL = ("127.0.0.1", "localhost")
