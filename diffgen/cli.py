@@ -3,11 +3,13 @@
 `diffgen run CHAPTER...` executes chapter notebooks headlessly (diffgen.runner); `diffgen chapters` lists them and
 their parameters (diffgen.chapters); `diffgen report [RUN_DIR]` prints the claims table of a run's results files
 (diffgen.report); `diffgen book` executes the chapters whose code changed, with progress, and builds the HTML;
-`diffgen train CHAPTER` trains a chapter's networks ahead of it (diffgen.plans), in one process or under torchrun.
+`diffgen train CHAPTER` trains a chapter's networks ahead of it (diffgen.plans), in one process or under torchrun;
+`diffgen data get NAME...` fetches data sets into the data folder, `diffgen data list` shows them (diffgen.downloads).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -112,6 +114,64 @@ def _check_data_files(datasets: set[str]) -> None:
             raise UsageError(str(e)) from None
 
 
+def _data(args: argparse.Namespace) -> int:
+    """`diffgen data get NAME...`: fetch, verify and unpack into the data folder; `diffgen data list`: where each item
+    is expected and whether it is there and verified."""
+    from . import downloads
+
+    given = args.data_dir or os.environ.get("DIFFGEN_DATA") or None
+    if given is None:
+        raise UsageError("pass --data-dir FOLDER (or set $DIFFGEN_DATA): the folder the data sets go into")
+    root = Path(given).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--data-dir {given} is not a folder")
+    if args.action == "list":
+        return _list_data(root)
+    unknown = [name for name in args.names if name not in downloads.ITEMS]
+    if unknown:
+        raise UsageError(f"unknown name {', '.join(unknown)}; diffgen data get knows {', '.join(downloads.ITEMS)}")
+    mirrors = args.mirror or downloads.mirrors_from_env()
+    bad = [m for m in mirrors if not m.startswith(("http://", "https://", "file:"))]
+    if bad:
+        raise UsageError(f"--mirror {bad[0]}: a mirror is an http://, https:// or file: base URL")
+    for name in dict.fromkeys(args.names):
+        try:
+            downloads.get(downloads.ITEMS[name], root, mirrors=mirrors, out=sys.stdout)
+        except downloads.DownloadError as e:
+            print(f"diffgen data get {name}: error: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _list_data(root: Path) -> int:
+    from . import downloads
+    from .data import FILE_DATASETS, data_folder  # imports torch: only to find data put there by hand
+
+    print(f"data folder: {root}")
+    rows = [("name", "expected in", "state")]
+    for item in downloads.ITEMS.values():
+        dest = root / item.folder
+        problem = downloads.verify(dest)
+        found = None
+        if problem is not None and item.name in FILE_DATASETS and root.is_dir():
+            with contextlib.suppress(ValueError):
+                found = data_folder(item.name, root)
+        if problem is None:
+            state = "present, verified"
+        elif found is not None:
+            why = "not from diffgen data get" if problem == "missing" else problem
+            state = f"present in {found}, not verified ({why})"
+        else:
+            state = f"missing (diffgen data get {item.name})" if problem == "missing" else f"not usable: {problem}"
+        if (root / downloads.DOWNLOADS / item.name).is_dir():
+            state += f"; an unfinished download is in {root / downloads.DOWNLOADS / item.name}"
+        rows.append((item.name, str(dest), state))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for row in rows:
+        print(f"{row[0]:{widths[0]}}  {row[1]:{widths[1]}}  {row[2]}")
+    return 0
+
+
 def _book(args: argparse.Namespace) -> int:
     from .runner import book_stamp, execute_book
 
@@ -202,6 +262,24 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--data-dir", type=Path, metavar="FOLDER", help=DATA_DIR_HELP)
     sweep.add_argument("--timeout", type=_positive_int, default=3600, metavar="SECONDS",
                        help="wall-clock limit per point (default: %(default)s)")
+    data = sub.add_parser("data", help="fetch MNIST, Fashion-MNIST, CIFAR-10 into the data folder; list them",
+                          description="The only command that downloads. `diffgen data get NAME...` fetches each "
+                                      "item's published files (from --mirror / $DIFFGEN_MIRRORS first, then the "
+                                      "published addresses), checks them against their published checksums, resumes "
+                                      "a partial download, and unpacks them into the folder the chapters read; "
+                                      "nothing happens when they are there and verify. `diffgen data list` shows "
+                                      "where each item is expected and whether it is there and verified.")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    data_get = data_sub.add_parser("get", help="download, verify and unpack data sets into the data folder")
+    data_get.add_argument("names", nargs="+", metavar="NAME", help="mnist, fashion-mnist, cifar10")
+    data_get.add_argument("--mirror", action="append", default=[], metavar="URL",
+                          help="a base URL tried first, as URL/NAME/FILE (repeatable; default: $DIFFGEN_MIRRORS, "
+                               "whitespace-separated)")
+    data_list = data_sub.add_parser("list", help="each data set, where it is expected, whether it is there and "
+                                                 "verified")
+    for p in (data_get, data_list):
+        p.add_argument("--data-dir", type=Path, metavar="FOLDER",
+                       help="the data folder (created if absent; default: $DIFFGEN_DATA)")
     sub.add_parser("chapters", help="list the chapters and their parameters")
     book = sub.add_parser("book", help="execute the chapters whose code changed (with progress), then build the HTML",
                           description="Execute every chapter of the book's table of contents whose code or diffgen "
@@ -233,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     try:
         commands = {"run": _run, "train": _train, "sweep": _sweep, "report": _report, "book": _book,
-                    "chapters": lambda _: _list_chapters()}
+                    "data": _data, "chapters": lambda _: _list_chapters()}
         return commands[args.command](args)
     except UsageError as e:
         print(f"diffgen {args.command}: error: {e}", file=sys.stderr)

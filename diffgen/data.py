@@ -40,6 +40,7 @@ _LAYOUT = {
                "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"),
     "folder": (["."], "image files (" + ", ".join(IMAGE_EXTENSIONS) + ") in it or its subfolders", None),
 }
+FETCHABLE = ("mnist", "fashion-mnist", "cifar10")  # `diffgen data get NAME` fetches these into the first subfolder
 
 
 @dataclass(frozen=True, eq=False)
@@ -185,18 +186,22 @@ def data_folder(name: str, data_dir: str | Path | None = None) -> Path:
     root = data_dir if data_dir not in (None, "") else os.environ.get("DIFFGEN_DATA")
     subfolders, expected, archive = _LAYOUT[name]
     where = f" (the official archive: {archive})" if archive else ""
+
+    def fetch(folder: str) -> str:
+        return f"; `diffgen data get {name} --data-dir {folder}` downloads and verifies it" if name in FETCHABLE else ""
+
     if root in (None, ""):
         raise ValueError(f"dataset {name!r} is read from local files: pass data_dir= (`diffgen run --data-dir`, or "
-                         f"set $DIFFGEN_DATA) to a folder holding {expected}{where}")
+                         f"set $DIFFGEN_DATA) to a folder holding {expected}{where}{fetch('FOLDER')}")
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise ValueError(f"data_dir {str(root)!r} is not a folder; it must hold {expected}{where}")
+        raise ValueError(f"data_dir {str(root)!r} is not a folder; it must hold {expected}{where}{fetch(str(root))}")
     for sub in subfolders:
         folder = (root / sub).resolve()
         if _holds(name, folder):
             return folder
     raise ValueError(f"no {name} files under {root}: expected {expected} in one of "
-                     f"{', '.join(str(root / s) for s in subfolders)}{where}")
+                     f"{', '.join(str(root / s) for s in subfolders)}{where}{fetch(str(root))}")
 
 
 def _idx_file(folder: Path, stem: str) -> Path | None:
