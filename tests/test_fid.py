@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffgen import fid
+from diffgen import cli, fid
 from diffgen.quality import Classifier, ClassifierConfig, _FeatureNet, kid
 
 
@@ -169,6 +169,29 @@ def test_the_checked_file_is_the_network_loaded(random_weights):
     net = _load(random_weights, (3, 8, 8)).net
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
     assert net.fc.out_features == 1008 and not net.training
+
+
+def test_cli_checks_the_weights_before_any_chapter_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(fid.WEIGHTS_ENV, "")
+    bad = tmp_path / "w.pth"
+    bad.write_bytes(b"x")
+    out = tmp_path / "out"
+    assert cli.main(["run", "ch1", "--fid-weights", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"diffgen run: error: the FID weights file {bad} has sha256") and err.count("\n") == 1
+    assert "diffgen data get inception" in err and not out.exists()
+    monkeypatch.setenv(fid.WEIGHTS_ENV, str(tmp_path / "missing.pth"))
+    assert cli.main(["run", "ch1", "--out", str(out)]) == 2
+    assert "missing.pth does not exist" in capsys.readouterr().err and not out.exists()
+
+
+def test_cli_passes_a_checked_file_to_the_chapters(tmp_path, monkeypatch):
+    monkeypatch.setenv(fid.WEIGHTS_ENV, "")
+    weights = tmp_path / fid.INCEPTION_FILE
+    weights.write_bytes(b"weights")
+    monkeypatch.setattr(fid, "INCEPTION_SHA256", hashlib.sha256(b"weights").hexdigest())
+    cli._use_fid_weights(tmp_path)  # a folder holding the file
+    assert fid.weights_path() == weights.resolve()
 
 
 # ------------------------------------------------------------------------------------------- which features
