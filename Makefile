@@ -6,9 +6,10 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: install book lab test browser-test report bench sweep clean
 
-$(INSTALLED): requirements.txt pyproject.toml
+$(INSTALLED): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --no-deps -e .
 	@touch $@
 

@@ -46,6 +46,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out} exists and is not a folder")
     _use_data_dir(args.data_dir)
     _check_data_files({run.value("dataset") for run in runs} - {None, "digits"})
+    _use_fid_weights(args.fid_weights)
     return run_chapters(runs, out, args.timeout)
 
 
@@ -55,6 +56,21 @@ def _use_data_dir(data_dir: Path | None) -> None:
     if not data_dir.is_dir():
         raise UsageError(f"--data-dir {data_dir} is not a folder (it holds MNIST, CIFAR-10, CelebA ... files)")
     os.environ["DIFFGEN_DATA"] = str(data_dir.resolve())  # the chapters' kernels inherit it
+
+
+def _use_fid_weights(weights: Path | None) -> None:
+    """Check the Inception weights file (--fid-weights, else $DIFFGEN_FID_WEIGHTS) before any chapter starts; the
+    chapters' kernels inherit its path. Without either, the chapters use their classifier features."""
+    if weights is None and not os.environ.get("DIFFGEN_FID_WEIGHTS"):
+        return
+    from .fid import WEIGHTS_ENV, read_weights, weights_path  # imports torch: only when FID weights are named
+
+    path = weights_path(weights)
+    try:
+        read_weights(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    os.environ[WEIGHTS_ENV] = str(path.resolve())
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -226,6 +242,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=DEVICES, help="set every chapter's device parameter")
     run.add_argument("--out", type=Path, help="output folder (default: runs/<preset>)")
     run.add_argument("--data-dir", type=Path, metavar="FOLDER", help=DATA_DIR_HELP)
+    run.add_argument("--fid-weights", type=Path, metavar="PATH",
+                     help="the Inception-v3 weights file of FID (diffgen data get inception), or a folder holding it; "
+                          "default: $DIFFGEN_FID_WEIGHTS; without it, quality is measured in a classifier's features")
     run.add_argument("--timeout", type=_positive_int, default=1800, metavar="SECONDS",
                      help="wall-clock limit per chapter, also the per-cell limit (default: %(default)s)")
     train = sub.add_parser("train", help="train a chapter's networks ahead of it (one process or torchrun)",
