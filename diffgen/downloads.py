@@ -131,6 +131,15 @@ ITEMS = {item.name: item for item in [
         Remote("cifar-10-binary.tar.gz", ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
                "c32a1d4ab5d03f1284b67883e8d87530"),),
          untar, "https://www.cs.toronto.edu/~kriz/cifar.html"),
+    # The FID Inception-v3 weights (the TF graph of 2015-12-05 as torch-fidelity converts it; the same bytes as
+    # pytorch-fid's pt_inception-2015-12-05-6726825d.pth): the address is torch-fidelity 0.4.0's URL_INCEPTION_V3,
+    # the file name carries the sha256 prefix torch.hub checks, the full sha256 as genforce/resefa lists it.
+    Item("inception", "inception", (
+        Remote("weights-inception-2015-12-05-6726825d.pth",
+               ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                "weights-inception-2015-12-05-6726825d.pth",),
+               "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2", "sha256"),),
+         keep, "https://github.com/toshas/torch-fidelity"),
 ]}
 
 

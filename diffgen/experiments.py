@@ -14,8 +14,8 @@ import torch
 from .data import GaussianMixture
 from .denoisers import Blend, ClippedX0, EmpiricalOptimum, TimeSwitch
 from .generators import GaussianFit, SetSamples, draw_sets
-from .metrics import (Estimate, Proportion, bootstrap_ci, copy_rate, denoising_losses, gap_on_forward_samples,
-                      loss_reduction_share, nearest_neighbors, objective_samples, pooled_rate)
+from .metrics import (Estimate, Proportion, bootstrap_ci, copy_rate, denoising_losses, loss_reduction_share,
+                      nearest_neighbors, objective_samples, pooled_rate, wilson_interval)
 from .mi import mi_knn, mi_mean_generator, mi_plugin_grid, uniform_edges
 from .samplers import sample_ddim
 from .schedule import Schedule
@@ -91,25 +91,14 @@ def sampled(denoiser, sched: Schedule, clip: tuple[float, float] | None):
     return denoiser if clip is None else ClippedX0(denoiser, sched, *clip)
 
 
-def memorization_along_training(runs: dict, train: torch.Tensor, x_T: torch.Tensor, sched: Schedule, steps, *,
-                                probe_times=(10, 30, 100, 300), probes: int = 128, seed: int = 0,
-                                clip: tuple[float, float] | None = None) -> list[Snapshot]:
-    """For each run ((n, seed) -> a train.TrainResult trained on train[:n]) and each of its EMA snapshots: DDIM
-    samples from x_T (x0 clamped to `clip`, see `sampled`), their copy rate against train[:n], and the relative gap
-    to the optimum of train[:n] on forward samples of `probes` training points at `probe_times`."""
-    rows = []
-    for (n, run_seed), run in runs.items():
-        g = torch.Generator().manual_seed(seed)
-        optimum = EmpiricalOptimum(train[:n], sched, dtype=torch.float64)
-        x0 = train[:n][torch.randint(n, (probes,), generator=g)]
-        for step in run.snapshot_steps:
-            model = run.model_at(step)
-            with torch.no_grad():
-                nn = nearest_neighbors(sample_ddim(sampled(model, sched, clip), x_T, sched, steps), train[:n])
-            gap = float(gap_on_forward_samples(model, optimum, x0, sched, probe_times, g).mean())
-            rows.append(Snapshot(n, run_seed, step, copy_rate(nn.ratio), gap,
-                                 (nn.d1 / math.sqrt(train.shape[1])).cpu().numpy()))
-    return rows
+def snapshot_rows(curves, members: dict) -> list[Snapshot]:
+    """Snapshot rows of the members {m: (n, seed)} of an ObjectiveCurves: each snapshot's copy rate (with its Wilson
+    interval) and gap to eps*, and at the last snapshot the samples' d1 / sqrt(D) (earlier snapshots: empty)."""
+    K, D = curves.samples.shape[1:]
+    last = curves.train_steps[-1]
+    return [Snapshot(n, seed, step, wilson_interval(int(round(curves.rate[m, j] * K)), K), float(curves.gap[m, j]),
+                     curves.d1[m].numpy() / math.sqrt(D) if step == last else np.zeros(0))
+            for m, (n, seed) in members.items() for j, step in enumerate(curves.train_steps)]
 
 
 def spearman_interval(x, y, *, n_boot: int = 1000, seed: int = 0, groups=None) -> Estimate | None:
@@ -449,6 +438,7 @@ class ObjectiveCurves:
     heldout_loss: np.ndarray  # [M, snapshots]
     samples: torch.Tensor  # [M, K, D] at the last snapshot (member m's sample k from x_T number m K + k)
     ratios: torch.Tensor  # [M, K] d1 / d2 of those samples against the member's training set
+    d1: torch.Tensor  # [M, K] their distance to the nearest point of the member's training set
 
     def rates(self, members) -> list[Proportion]:
         """The final copy rate of each of `members`, with its count (one Proportion per member)."""
@@ -468,14 +458,15 @@ def objective_curves(ensemble, sets: list[torch.Tensor], heldout: torch.Tensor, 
     rate, kids, gap, loss = (np.zeros((M, len(snaps))) for _ in range(4))
     for j, step in enumerate(snaps):
         z = ensemble.sample(step, sched, n_samples, steps=steps, seed=seed, clip=clip)
-        ratios = torch.stack([nearest_neighbors(z[m], sets[m].cpu()).ratio.cpu() for m in range(M)])
+        nn = [nearest_neighbors(z[m], sets[m].cpu()) for m in range(M)]
+        ratios, d1 = torch.stack([x.ratio.cpu() for x in nn]), torch.stack([x.d1.cpu() for x in nn])
         rate[:, j] = [copy_rate(r).value for r in ratios]
         if ref is not None:
             kids[:, j] = [kid(classifier.features(z[m].to(heldout.device)), ref) for m in range(M)]
         model = ensemble.model_at(step)
         gap[:, j] = relative_differences(model, probe).mean(1)
         loss[:, j] = heldout_losses(model, heldout, sched, seed=seed)
-    return ObjectiveCurves(tuple(snaps), rate, None if ref is None else kids, gap, loss, z, ratios)
+    return ObjectiveCurves(tuple(snaps), rate, None if ref is None else kids, gap, loss, z, ratios, d1)
 
 
 def select_members(ensemble, members):

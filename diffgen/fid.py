@@ -34,14 +34,14 @@ import torch
 from torch import nn
 
 from ._util import check_positive, resolve_device, tiles
+from .downloads import ITEMS
 from .metrics import Estimate, across_seeds, hierarchical_bootstrap
 from .quality import Classifier, feature_classifier, gaussian_frechet, kid
 
 # The published weights: the TF Inception graph of 2015-12-05 converted by torch-fidelity (byte-identical to
 # pytorch-fid's pt_inception-2015-12-05-6726825d.pth). The file name carries the sha256 prefix that torch.hub checks.
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
-INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+_WEIGHTS = ITEMS["inception"].files[0]  # diffgen.downloads: `diffgen data get inception` fetches and verifies it
+INCEPTION_FILE, INCEPTION_URL, INCEPTION_SHA256 = _WEIGHTS.name, _WEIGHTS.urls[0], _WEIGHTS.checksum
 WEIGHTS_ENV = "DIFFGEN_FID_WEIGHTS"  # the weights file (or a folder holding INCEPTION_FILE) when no path is passed
 KID_BELOW = 10_000  # samples per seed under which KID (unbiased) is reported beside FID (biased upward)
 INCEPTION_DIM = 2048

@@ -98,8 +98,8 @@ class Server:
                     self.send_header(k, v)
                 self.end_headers()
                 sent = body if keep is None else body[:keep]
+                server.log.append((path, rng, len(sent)))  # before the bytes leave: the client cannot overtake it
                 self.wfile.write(sent)
-                server.log.append((path, rng, len(sent)))
 
             def log_message(self, *args):
                 pass
@@ -193,6 +193,20 @@ def test_idx_data_sets_are_fetched_and_read_by_load_dataset(tmp_path, server, na
     assert np.array_equal(np.sort(ds.heldout[:, 0].numpy()), np.sort(arrays["test_x"][:, 0, 0]) / 127.5 - 1)
     requests = len(server.log)
     assert get(item, root) is False and len(server.log) == requests  # there and verified: no request at all
+
+
+def test_inception_weights_are_fetched_where_fid_looks_for_them(tmp_path, server):
+    """`data get inception` writes DATA/inception/<the file diffgen.fid reads>, checked by its sha256."""
+    from diffgen import fid
+
+    raw = b"weights" * 1000
+    item = ITEMS["inception"]
+    server.files[f"/official/inception/{fid.INCEPTION_FILE}"] = raw
+    item = replace(item, files=(replace(item.files[0], urls=(f"{server.url}/official/inception/{fid.INCEPTION_FILE}",),
+                                        checksum=hashlib.sha256(raw).hexdigest()),))
+    assert item.files[0].algorithm == "sha256" and ITEMS["inception"].files[0].checksum == fid.INCEPTION_SHA256
+    assert get(item, tmp_path) is True
+    assert (tmp_path / "inception" / fid.INCEPTION_FILE).read_bytes() == raw and verify(tmp_path / "inception") is None
 
 
 def test_cifar10_is_fetched_unpacked_and_read_by_load_dataset(tmp_path, server):

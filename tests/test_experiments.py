@@ -11,7 +11,7 @@ import torch
 from diffgen import experiments, verdicts
 from diffgen.data import eight_gaussians, load_dataset
 from diffgen.denoisers import EmpiricalOptimum, GaussianDenoiser
-from diffgen.metrics import across_seeds
+from diffgen.metrics import across_seeds, nearest_neighbors
 from diffgen.models import PlainMLPConfig
 from diffgen.train import TrainConfig, train_ensemble
 from diffgen.generators import training_sets
@@ -55,17 +55,6 @@ def test_loss_share_is_one_for_the_optimum_and_zero_for_the_zero_predictor(sched
     other = load_dataset("digits", 40, 0, seed=1).train  # a denoiser that never saw S lands in between
     part = experiments.loss_share(EpsLoss(sched), blind(other, sched), opt, digits.train, repeats=2, seed=0, n_boot=50)
     assert 0.3 < part.value < 1.0
-
-
-def test_memorization_along_training_tells_a_copier_from_a_blind_denoiser(sched, digits):
-    x_T = torch.randn(32, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    opt = EmpiricalOptimum(digits.train, sched, dtype=torch.float64)
-    other = load_dataset("digits", 40, 0, seed=1).train
-    runs = {(40, 0): FixedRun(opt), (20, 1): FixedRun(blind(other, sched), (5,))}
-    rows = experiments.memorization_along_training(runs, digits.train, x_T, sched, 10, probes=16)
-    assert [(r.n, r.seed, r.train_step) for r in rows] == [(40, 0, 10), (40, 0, 20), (20, 1, 5)]
-    assert rows[0].rate.value == 1.0 and rows[0].gap == pytest.approx(0.0, abs=1e-20)
-    assert rows[2].rate.value < 0.5 and rows[2].gap > 0.01 and rows[2].d1.shape == (32,)
 
 
 def test_shares_by_band_and_their_normalisation(sched, digits):
@@ -250,6 +239,11 @@ def test_objective_curves_measure_every_member_at_every_snapshot(sched, objectiv
     assert [r.value for r in c.rates(range(3))] == pytest.approx(c.rate[:, 1].tolist())
     blind = experiments.objective_curves(run, sets64, digits.heldout, None, sched, probe, n_samples=20, steps=5, seed=0)
     assert blind.kid is None and np.array_equal(blind.rate, c.rate)  # no classifier: the same, without KID
+    rows = experiments.snapshot_rows(c, {0: (12, 0), 2: (18, 0)})
+    assert [(r.n, r.train_step) for r in rows] == [(12, 20), (12, 40), (18, 20), (18, 40)]
+    assert rows[1].rate.total == 20 and rows[1].rate.value == pytest.approx(c.rate[0, 1])
+    assert rows[3].gap == c.gap[2, 1] and rows[3].d1.shape == (20,) and rows[2].d1.shape == (0,)
+    assert np.allclose(rows[3].d1, nearest_neighbors(c.samples[2], sets64[2]).d1.numpy() / 8)
     first = experiments.select_members(last, [2, 0])
     assert first.n_members == 2 and all(torch.equal(v[0], last.state[k][2]) for k, v in first.state.items())
 
