@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .data import GaussianMixture
-from .denoisers import Blend, ClippedX0, EmpiricalOptimum, TimeSwitch
+from .denoisers import Blend, ClippedX0, EmpiricalOptimum, GaussianDenoiser, TimeSwitch
 from .generators import GaussianFit, SetSamples, draw_sets
 from .metrics import (Estimate, Proportion, bootstrap_ci, copy_rate, denoising_losses, loss_reduction_share,
                       nearest_neighbors, objective_samples, pooled_rate, wilson_interval)
@@ -59,6 +59,14 @@ def shares_by_band(denoisers: dict, optimum, x0: torch.Tensor, sched: Schedule, 
         opt, none = losses["optimum"].mean(), losses["zero"].mean()
         out[band] = {name: float(1 - (losses[name].mean() - opt) / (none - opt)) for name in denoisers}
     return out
+
+
+def blind_yardsticks(disjoint: torch.Tensor, sched: Schedule) -> dict:
+    """Denoisers that never saw S, built on a disjoint set S' [n, D]: its Gaussian fit (covariance + 1e-4 I, which
+    keeps it defined below n = D) and its empirical optimum."""
+    cov = torch.cov(disjoint.T) + 1e-4 * torch.eye(disjoint.shape[1], device=disjoint.device, dtype=disjoint.dtype)
+    return {"Gaussian fit of S'": GaussianDenoiser(disjoint.mean(0), cov, sched),
+            "empirical optimum of S'": EmpiricalOptimum(disjoint, sched, dtype=torch.float64)}
 
 
 def normalized_share(share: float, blind: float) -> float:
@@ -603,3 +611,30 @@ def flattened(curve, tolerance: float = 0.05) -> bool:
     """Whether a learning curve (values at the snapshots, e.g. the mean over seeds of the gap to eps*) has flattened:
     its last interval falls by at most `tolerance` of its value (experiments.still_falling)."""
     return still_falling(curve, tolerance) is None
+
+
+# ------------------------------------------------------------------------------------ objectives, seed by seed
+def member_energies(samples: torch.Tensor, members, reference: torch.Tensor) -> list[float]:
+    """Energy distance of each of `members`' samples (samples [M, K, D]) to the reference images."""
+    from .quality import energy_distance
+
+    ref = reference.cpu().to(torch.float64)
+    return [energy_distance(samples[m].to(torch.float64), ref) for m in members]
+
+
+def rate_differences(a, b, members) -> list[float]:
+    """Final copy rate of ObjectiveCurves a minus b, one per member (the two sample member m from the same x_T)."""
+    return [float(a.rate[m, -1] - b.rate[m, -1]) for m in members]
+
+
+def matched_differences(a, b, members, along: str = "gap") -> list[float] | None:
+    """Copy rate of ObjectiveCurves a minus b at the same value of `along` ('gap': the gap to eps*; 'heldout_loss':
+    the standard loss on held-out images), one per member (rates_at_matched_gap on its snapshot curves); None
+    when some member's two ranges do not overlap."""
+    out = []
+    for m in members:
+        matched = rates_at_matched_gap(getattr(a, along)[m], a.rate[m], getattr(b, along)[m], b.rate[m])
+        if matched is None:
+            return None
+        out.append(matched[1] - matched[2])
+    return out

@@ -12,8 +12,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .data import Dataset, load_dataset
-from .models import MLPConfig, UNetConfig
+from .data import Dataset, GaussianMixture, load_dataset
+from .models import MLPConfig, PlainMLPConfig, UNetConfig
 from .objectives import EpsLoss
 from .schedule import Schedule, linear_schedule
 from .train import EnsembleResult, ModelConfig, TrainConfig, ensemble_key, train_ensemble
@@ -90,6 +90,12 @@ class TrainedGapPlan:
         i = self.sizes.index(n)
         return "sweep", list(range(2 * k * i, 2 * k * i + k)), list(range(2 * k * i + k, 2 * k * (i + 1)))
 
+    def nets(self, runs: Mapping, n: int) -> tuple[list, list]:
+        """(the nets on S[:n], the nets on S'[:n]) of size n, one per seed, from runs = {job name: EnsembleResult}."""
+        job, on_s, on_s2 = self.members(n)
+        ensemble = runs[job].model_at()
+        return [ensemble.member(m) for m in on_s], [ensemble.member(m) for m in on_s2]
+
 
 def trained_gap_plan(p: Mapping, device) -> TrainedGapPlan:
     """Chapter 3's plan from its parameters p (dataset, n_train, n_heldout, n_sizes, model, width, width_sweep,
@@ -115,6 +121,23 @@ def trained_gap_plan(p: Mapping, device) -> TrainedGapPlan:
             **{f"width {v}": TrainingJob(net_config(p["model"], v, ds.shape), loss, [S[:middle]] * k, ds.shape,
                                          cfg, seeds) for v in widths[:-1]}}
     return TrainedGapPlan(ds, sched, net_cfg, cfg, seeds, sizes, widths, jobs)
+
+
+def toy_job(objective, data: GaussianMixture, *, n_train: int, n_sets: int, seeds, train_steps: int,
+            seed: int) -> tuple[TrainingJob, torch.Tensor]:
+    """One small net per 2-D training set and seed (member r M + m: set m, seed number r), as chapters 1 and 4 train
+    them, and the M sets [M, n, 2] (generators.training_sets of `data` with `seed`). One definition for both
+    chapters: with the same parameters they train one ensemble, and the second finds it in the cache."""
+    from .generators import training_sets
+
+    sets = training_sets(data, n_sets=n_sets, n_train=n_train, seed=seed)
+    early = np.geomspace(max(1, train_steps // 40), train_steps, 5).round().astype(int)  # EMA snapshots
+    cfg = TrainConfig(train_steps=train_steps, batch_size=32, grad_clip=None, ema_decay=0.995,
+                      checkpoint_every=train_steps, snapshots=tuple(sorted(set(early.tolist()) - {train_steps})))
+    seeds = tuple(seeds)
+    job = TrainingJob(PlainMLPConfig(), objective, list(sets) * len(seeds), (2,), cfg,
+                      tuple(s for s in seeds for _ in range(n_sets)))
+    return job, sets
 
 
 PLANS = {"ch3": trained_gap_plan}  # chapters whose training `diffgen train` runs ahead of them

@@ -231,7 +231,8 @@ def plot_memorization_sweep(rows, heldout_d1, axes):
 
 def plot_band_shares(shares: list[dict], ax1, ax2, model: str = "net", yardstick: str = "net on S'"):
     """experiments.shares_by_band, one dict per seed: grouped bars of each denoiser's share per band (mean over
-    seeds, whiskers: their range) on ax1; the model's share normalised by the yardstick per band on ax2."""
+    seeds, whiskers: their range) on ax1; the model's share normalised by the yardstick per band on ax2 (None: not
+    drawn)."""
     bands = list(shares[0])
     names = list(shares[0][bands[0]])
     width = 0.8 / len(names)
@@ -245,6 +246,8 @@ def plot_band_shares(shares: list[dict], ax1, ax2, model: str = "net", yardstick
     # a denoiser far from the optimum at low noise can have a share far below 0: the axis shows [-1, 1]
     ax1.set(xlabel="time steps t", ylabel="share of the optimum's loss reduction", ylim=(-1.0, 1.05))
     ax1.legend(fontsize=9)
+    if ax2 is None:
+        return ax1, None
     norm = np.array([[(sh[b][model] - sh[b][yardstick]) / (1 - sh[b][yardstick]) for b in bands] for sh in shares])
     ax2.bar(np.arange(len(bands)), norm.mean(0), yerr=np.stack([norm.mean(0) - norm.min(0), norm.max(0) - norm.mean(0)]),
             capsize=3, color="tab:blue")
@@ -274,17 +277,50 @@ def plot_gap_profiles(profiles: dict, axes):
     return axes
 
 
-def plot_blend_curves(weights, curves: dict, *, ax):
-    """Copy rate against the blend weight lambda: curves[(who, seed)] = [Proportion per weight], one colour per who."""
+def plot_blend_curves(weights, curves: dict, *, ax, crossings: dict | None = None):
+    """Copy rate against the blend weight lambda: curves[(who, seed)] = [Proportion per weight], one colour per who;
+    crossings[who] = the lambda of each seed at which half the samples are copies, as ticks on the 50% line."""
     colors = {}
     for (who, seed), rates in curves.items():
         color = colors.setdefault(who, plt.rcParams["axes.prop_cycle"].by_key()["color"][len(colors)])
         ax.plot(weights, [r.value for r in rates], marker=".", color=color, alpha=0.8,
                 label=who if list(colors).index(who) == len(colors) - 1 and seed == min(
                     s for w, s in curves if w == who) else None)
+    for who, values in (crossings or {}).items():
+        values = _np(values) if len(values) else np.zeros(0)
+        ax.plot(values, np.full(len(values), 0.5), "|", ms=14, mew=2, color=colors.get(who, "k"))
     ax.axhline(0.5, ls="--", color="k", lw=1)
     ax.set(xlabel="$\\lambda$: $(1-\\lambda)\\,\\epsilon_\\theta + \\lambda\\,\\epsilon^*$", ylabel="copy rate",
            ylim=(-0.02, 1.02))
+    ax.legend()
+    return ax
+
+
+def plot_normalized_by_size(normalized: dict, *, ax):
+    """The normalised share per training-set size: normalized[n] = one value per seed; mean with the t interval
+    across the seeds (metrics.across_seeds), and the line at one half."""
+    from .metrics import across_seeds
+
+    sizes = sorted(normalized)
+    est = [across_seeds(normalized[n]) for n in sizes]
+    mean = np.array([e.value for e in est])
+    ax.errorbar(sizes, mean, yerr=np.stack([mean - [e.low for e in est], [e.high for e in est] - mean]), marker="o",
+                capsize=3)
+    ax.axhline(0.5, ls="--", color="k", lw=1)
+    ax.set(xscale="log", xlabel="training-set size n", ylabel="normalised share, all t", ylim=(min(-0.05, *mean), 1.05))
+    return ax
+
+
+def plot_size_curves(curves: dict, plan, what: str, *, ax, ylabel: str):
+    """One curve per training-set size of a trained_gap_plan: `what` of experiments.ObjectiveCurves ('gap',
+    'heldout_loss', ...) of its nets on S along the snapshots, mean over the seeds, band: their range."""
+    for n in plan.sizes:
+        job, on_s, _ = plan.members(n)
+        c = curves[job]
+        values = getattr(c, what)[on_s]
+        line, = ax.plot(c.train_steps, values.mean(0), "o-", ms=3, label=f"n = {n}")
+        ax.fill_between(c.train_steps, values.min(0), values.max(0), alpha=0.15, color=line.get_color())
+    ax.set(xlabel="train step", ylabel=ylabel)
     ax.legend()
     return ax
 
@@ -438,8 +474,16 @@ def difference_table(differences: dict) -> str:
 
 def claims_table(claims) -> str:
     """Markdown table of a chapter's claim rows (results.Claim): the same rows its results file holds."""
-    rows = [[c.id, c.source, c.metric, _measured(c), c.expected, "holds" if c.holds else "fails"] for c in claims]
-    return markdown_table(["claim", "source", "measured", "value [95% CI]", "condition", "verdict"], rows)
+    rows = [[c.id, c.source, c.metric, _measured(c), c.expected, c.verdict, _conditions(c)] for c in claims]
+    return markdown_table(["claim", "source", "measured", "value [95% CI]", "condition", "verdict", "premise, gate"],
+                          rows)
+
+
+def _conditions(c) -> str:
+    parts = ([f"premise: {c.premise}"] if c.premise else []) + ([f"quality: {c.quality}"] if c.quality else [])
+    if c.flattened is False:
+        parts.append("measured before its learning curves flattened")
+    return "; ".join(parts)
 
 
 def _measured(c) -> str:
@@ -450,28 +494,54 @@ def _measured(c) -> str:
 
 def plot_objective_curves(curves: dict, members, axes):
     """experiments.ObjectiveCurves per objective along training, for the member indices `members` (the seeds of one
-    training-set size): copy rate, KID and relative gap to eps* (mean over the seeds, band: their range)."""
+    training-set size): copy rate, KID (an axis left empty without it), relative gap to eps* and the standard loss on
+    held-out images (mean over the seeds, band: their range)."""
     for name, c in curves.items():
-        for ax, values in zip(axes, (c.rate, c.kid, c.gap)):
+        for ax, values in zip(axes, (c.rate, c.kid, c.gap, c.heldout_loss)):
+            if values is None:
+                continue
             v = values[members]
             line, = ax.plot(c.train_steps, v.mean(0), "o-", ms=3, label=name)
             ax.fill_between(c.train_steps, v.min(0), v.max(0), alpha=0.15, color=line.get_color())
     axes[0].set(xlabel="train step", ylabel="copy rate ($d_1/d_2 < 1/3$)", ylim=(-0.02, 1.02))
     axes[1].set(xlabel="train step", ylabel="KID to held-out images")
     axes[2].set(xlabel="train step", ylabel="relative gap to $\\epsilon^*$", yscale="log")
+    if len(axes) > 3:
+        axes[3].set(xlabel="train step", ylabel="standard loss, held-out images", yscale="log")
     axes[0].legend()
     return axes
 
 
-def plot_rate_against_gap(curves: dict, members, *, ax):
-    """Copy rate against the relative gap to eps* along training (mean over the seeds `members`), per objective:
-    curves that overlap mean equal memorization at equal closeness to the optimum."""
+AXIS_LABELS = {"gap": "relative gap to $\\epsilon^*$ (mean over t)", "heldout_loss": "standard loss on held-out images"}
+
+
+def plot_rate_against_gap(curves: dict, members, *, ax, along: str = "gap"):
+    """Copy rate against the relative gap to eps* (or another ObjectiveCurves field, `along`) along training, mean
+    over the seeds `members`, per objective: curves that overlap mean equal memorization at equal closeness."""
     for name, c in curves.items():
-        ax.plot(c.gap[members].mean(0), c.rate[members].mean(0), "o-", ms=4, label=name)
-    ax.set(xscale="log", xlabel="relative gap to $\\epsilon^*$ (mean over t)", ylabel="copy rate", ylim=(-0.02, 1.02))
+        ax.plot(getattr(c, along)[members].mean(0), c.rate[members].mean(0), "o-", ms=4, label=name)
+    ax.set(xscale="log", xlabel=AXIS_LABELS.get(along, along), ylabel="copy rate", ylim=(-0.02, 1.02))
     ax.invert_xaxis()
     ax.legend()
     return ax
+
+
+def quality_rows(energy: dict, difference: dict, features: dict, gates: dict, fid_name: str) -> str:
+    """Markdown table per (objective, n): energy distance to held-out images (mean over seeds), the difference to the
+    standard objective (seed by seed, t interval), the quality gate, and the Fréchet distance and KID across seeds
+    (fid.SampleQuality)."""
+    from .metrics import across_seeds
+
+    rows = []
+    for (name, n), e in energy.items():
+        diff = "" if name == "standard" else f"{across_seeds(difference[name, n]):.4f}"
+        q = features[name, n]
+        kid = "" if q.kid is None else f"{q.kid:.4f}"
+        gate = "passes" if gates[name, n].passes else "fails"
+        rows.append([name, str(n), f"{np.mean(e):.4f}", diff, f"{gates[name, n].yardstick_value:.4f} ({gate})",
+                     f"{q.fid_across_seeds:.3f}", kid])
+    return markdown_table(["objective", "n", "energy distance", "minus standard [95% CI]",
+                           "crude Gaussian (gate)", f"{fid_name} [95% CI]", "KID"], rows)
 
 
 def plot_set_samples(z, train, *, ax, title: str = "", lim: float = 3.2):

@@ -135,13 +135,13 @@ class Claim:
 
 
 def verdict_of(value, holds: bool, premise_met: bool | None = None, quality_ok: bool | None = None) -> str:
-    """The verdict of one row: 'not measurable' without a value; 'premise not reached' where a conditional claim's
-    premise is not met (the row is not evaluated there); 'fails (quality)' where the generator's samples are no
+    """The verdict of one row: 'premise not reached' where a conditional claim's premise is not met (the row is not
+    evaluated there, whether or not it was measured); 'not measurable' without a value; 'fails (quality)' where the generator's samples are no
     closer to held-out data than the crude yardstick; else 'holds' or 'fails' by the row's rule."""
-    if value is None:
-        return NOT_MEASURABLE
     if premise_met is False:
         return PREMISE
+    if value is None:
+        return NOT_MEASURABLE
     if quality_ok is False:
         return QUALITY
     return HOLDS if holds else FAILS

@@ -181,8 +181,8 @@ def approximates_optimum(normalized: list[float], what: str, *, flattened: bool)
 def premise_of(approximates: Claim, n: int) -> Premise:
     """The premise of C4's other rows at training-set size n: the row 'approximates' holds there."""
     lo, hi = approximates.ci if approximates.ci else (approximates.value, approximates.value)
-    return Premise(f"the nets approximate eps* at n = {n} (normalised share {approximates.value:.3g} [{lo:.3g}, "
-                   f"{hi:.3g}] > 0.5)", approximates.holds)
+    return Premise(f"the row 'approximates eps*' holds at n = {n} (normalised share {approximates.value:.3g} "
+                   f"[{lo:.3g}, {hi:.3g}], lower end above 0.5)", approximates.holds)
 
 
 def generates_unseen(rates: list[Proportion], what: str, premise: Premise, gate: QualityGate) -> Claim:
@@ -199,14 +199,14 @@ def difference_is_critical(crossing_net, crossing_blind, what: str, premise: Pre
     """C4: the slight difference decides: moving the net the share lambda of the way to eps* makes half its samples
     copies at a smaller lambda (found by bisection) than a net of the same budget that never saw S; the paired
     difference per seed (blind - net) has its t interval across seeds above 0; evaluated where the nets approximate
-    eps*. nan crossings (never half copies) make the row not measurable."""
-    diffs = [b - a for a, b in zip(crossing_net, crossing_blind)]
+    eps* (elsewhere the crossings may be None: not computed). nan crossings (never half copies): not measurable."""
+    diffs = [] if crossing_net is None else [b - a for a, b in zip(crossing_net, crossing_blind)]
     measurable = len(diffs) > 1 and all(math.isfinite(d) for d in diffs)
     est = across_seeds(diffs) if measurable else None
     return paper_row("C4", f"lambda at which (1 - lambda) eps_theta + lambda eps* makes half the samples copies "
                      f"(bisection), the disjoint-set net's minus the net's, paired by seed, {what}",
                      est.value if est else None, _ci(est), "> 0 at the lower end of the interval across seeds (the "
-                     "net trained on S sits nearer to memorizing)", est is not None and est.low > 0, len(diffs),
+                     "net trained on S sits nearer to memorizing)", est is not None and est.low > 0, len(diffs) or None,
                      **_conditions(premise))
 
 
@@ -260,8 +260,8 @@ def standard_copies(rates: list[Proportion], n: int) -> Premise:
     """The premise of "memorizes less" at size n: the standard net memorizes there (its copy rate, one per seed, has
     a t interval across seeds above 0): there is memorization to reduce."""
     est = across_seeds([r.value for r in rates])
-    return Premise(f"the standard net copies at n = {n} (copy rate {est.value:.3g} [{est.low:.3g}, {est.high:.3g}] "
-                   "> 0)", est.low > 0)
+    return Premise(f"the standard net copies at n = {n} (copy rate {est.value:.3g} [{est.low:.3g}, {est.high:.3g}], "
+                   "lower end above 0)", est.low > 0)
 
 
 def memorizes_less(differences, what: str, premise: Premise, gate: QualityGate, *, ours: str | None = None,
