@@ -331,7 +331,7 @@ def squared_distances(x: torch.Tensor, train: torch.Tensor, a: float, *, chunk: 
     x = x.to(torch.float64)
     out = torch.empty(len(x), len(train), dtype=torch.float64, device=x.device)
     for sl in tiles(len(train), max(1, chunk // max(x.numel(), 1))):
-        out[:, sl] = (x[:, None, :] - a * train[sl].to(device=x.device, dtype=torch.float64)[None]).pow(2).sum(-1)
+        out[:, sl] = (x[:, None, :] - a * train[sl].to(device=x.device, dtype=torch.float64)[None]).square_().sum(-1)
     return out
 
 

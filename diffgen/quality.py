@@ -39,7 +39,7 @@ PAIRS = 1 << 24  # pairwise values computed at once (128 MiB in float64): memory
 
 def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """||a_i - b_j||^2 [T, M], clamped at 0 against rounding."""
-    return (a.pow(2).sum(1, keepdim=True) - 2 * a @ b.T + b.pow(2).sum(1)[None]).clamp(min=0)
+    return (a @ b.T).mul_(-2).add_(a.pow(2).sum(1, keepdim=True)).add_(b.pow(2).sum(1)[None]).clamp_(min=0)
 
 
 def _mean_pairwise(a: torch.Tensor, b: torch.Tensor, kernel, *, same: bool) -> float:
@@ -61,7 +61,7 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = True) 
     unbiased: within-sample means over pairs i != j (can be slightly negative); else V-statistics (scipy's
     `energy_distance` squared, in 1-D)."""
     x, y = _check_pair(x, y)
-    dist = lambda a, b: _sq_dists(a, b).sqrt()  # noqa: E731
+    dist = lambda a, b: _sq_dists(a, b).sqrt_()  # noqa: E731
     xx = _mean_pairwise(x, x, dist, same=True) * ((len(x) - 1) / len(x) if not unbiased else 1.0)
     yy = _mean_pairwise(y, y, dist, same=True) * ((len(y) - 1) / len(y) if not unbiased else 1.0)
     return 2 * _mean_pairwise(x, y, dist, same=False) - xx - yy
@@ -71,8 +71,8 @@ def median_bandwidth(x: torch.Tensor, y: torch.Tensor, *, cap: int = 1 << 22, bi
     """The median heuristic: the median of the pairwise distances ||z_i - z_j||, i < j, of the pooled sample
     z = [x; y] (the lower middle one for an even count, as torch.median), exact in bounded memory. Distances are
     computed in row tiles of at most PAIRS; while more than `cap` of them remain candidates, one pass counts the
-    candidates in `bins` bins of their range and keeps the bin that holds the median's rank (narrowed to the least and
-    largest value in it); then one pass collects the remaining candidates and sorts them."""
+    candidates in `bins` equal bins of their range and keeps the bin that holds the median's rank (narrowed to the
+    least and the largest value in it); then one pass collects the remaining candidates and sorts them."""
     x, y = _check_pair(x, y, min_rows=1)
     z = torch.cat([x, y])
     if len(z) < 2:
@@ -82,12 +82,12 @@ def median_bandwidth(x: torch.Tensor, y: torch.Tensor, *, cap: int = 1 << 22, bi
     lo, hi = 0.0, math.nextafter(2 * float((z - z[0]).norm(dim=1).max()), math.inf)  # |z_i - z_j| <= 2 max |z_k - z_0|
     below, inside = 0, pairs  # candidates: the distances in [lo, hi); `below` of them lie under lo
     while inside > cap:
-        edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64, device=z.device)
         counts = torch.zeros(bins, dtype=torch.long, device=z.device)
         least = torch.full((bins,), math.inf, dtype=torch.float64, device=z.device)
         most = torch.full((bins,), -math.inf, dtype=torch.float64, device=z.device)
         for d in _distances_in(z, lo, hi):
-            b = (torch.bucketize(d, edges, right=True) - 1).clamp_(0, bins - 1)
+            # bin of each candidate, monotone in d: a bin's values fill the interval [least, most] alone
+            b = (d - lo).mul_(bins / (hi - lo)).floor_().clamp_(0, bins - 1).long()
             counts += torch.bincount(b, minlength=bins)
             least.scatter_reduce_(0, b, d, "amin")
             most.scatter_reduce_(0, b, d, "amax")
@@ -106,9 +106,12 @@ def _distances_in(z: torch.Tensor, lo: float, hi: float):
     """The distances ||z_i - z_j||, i < j, that lie in [lo, hi), one flat tensor per tile of rows."""
     for sl in tiles(len(z), max(1, PAIRS // len(z))):
         d = _sq_dists(z[sl], z[sl.start:]).sqrt_()  # rows i in sl, columns j >= sl.start
-        rows = torch.arange(sl.start, sl.stop, device=z.device)[:, None]
-        cols = torch.arange(sl.start, len(z), device=z.device)[None]
-        yield d[(cols > rows) & (d >= lo) & (d < hi)]
+        keep = torch.arange(sl.start, len(z), device=z.device)[None] > torch.arange(sl.start, sl.stop,
+                                                                                   device=z.device)[:, None]
+        keep &= d >= lo
+        keep &= d < hi
+        d = torch.masked_select(d, keep)  # (d[keep] would hold 2 int64 indices per value on the way)
+        yield d
 
 
 def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
@@ -117,7 +120,7 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be > 0; got {bandwidth}")
     x, y = _check_pair(x, y)
-    k = lambda a, b: torch.exp(-_sq_dists(a, b) / (2 * bandwidth**2))  # noqa: E731
+    k = lambda a, b: _sq_dists(a, b).div_(-2 * bandwidth**2).exp_()  # noqa: E731
     return _mean_pairwise(x, x, k, same=True) + _mean_pairwise(y, y, k, same=True) - 2 * _mean_pairwise(
         x, y, k, same=False)
 
@@ -151,7 +154,7 @@ def kid(x: torch.Tensor, y: torch.Tensor) -> float:
     """Kernel distance (KID, Binkowski et al. 2018) between features x [N, F] and y [M, F]: the unbiased squared MMD
     with k(a, b) = (a.b / F + 1)^3, mean_{i!=j} k(x_i, x_j) + mean_{i!=j} k(y_i, y_j) - 2 mean_{i,j} k(x_i, y_j)."""
     x, y = _check_pair(x, y)
-    k = lambda a, b: (a @ b.T / x.shape[1] + 1) ** 3  # noqa: E731
+    k = lambda a, b: (a @ b.T).div_(x.shape[1]).add_(1).pow_(3)  # noqa: E731
     return _mean_pairwise(x, x, k, same=True) + _mean_pairwise(y, y, k, same=True) - 2 * _mean_pairwise(
         x, y, k, same=False)
 
