@@ -67,3 +67,28 @@ def test_bench_gpu_without_a_gpu_says_so_and_exits_0():
                                                                             "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no CUDA GPU on this machine" in done.stdout
+
+
+def test_bench_gpu_measures_and_reports_the_optimum_on_any_device():
+    """The eps* and DDIM measurements of bench_gpu.py, run on the CPU at toy sizes: every path row and both DDIM
+    dtypes come back with finite numbers, and the report prints them (the GPU run is then only a matter of sizes)."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "benchmarks" / "bench_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cpu = torch.device("cpu")
+    rows = bench.optimum_vs_matmul(cpu, rounds=2, B=8, n=64, dim=16)
+    assert [(r["dtype"], r["path"]) for r in rows] == [("float32", "fused"), ("float32", "tiled"),
+                                                        ("float64", "fused")]  # on CUDA float64 runs tiled
+    assert all(_finite_positive(r["eps_vs_matmul"]) and _finite_positive(r["tflops"]["eps*"]) for r in rows)
+    assert all(r["pass"] == (r["eps_vs_matmul"] >= bench.OPTIMUM_TARGET) for r in rows)
+    ddim = bench.ddim_with_optimum(cpu, 4, n=32, dim=8, steps=5)
+    assert set(ddim["per_dtype"]) == {"float32", "float64"} and ddim["pass"] is None  # not the benchmark's sizes
+    assert all(_finite_positive(v["seconds"]) for v in ddim["per_dtype"].values())
+    lines = bench.optimum_report(rows, ddim)
+    assert "float32, fused path" in lines[1] and "float64, fused path" in lines[3]
+    assert "DDIM 5 steps x 4 samples with eps* of 32 images: float32" in lines[4]
+    assert "target 1.5 s is for 100 steps x 1000 samples of 50000 images" in lines[4]
