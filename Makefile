@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install book lab test browser-test report bench sweep clean
+.PHONY: install book lab test browser-test report bench sweep gpu-check clean
 
 $(INSTALLED): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_empirical.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_chapters.py
+
+# On a machine with one CUDA GPU and the project installed (README: GPU): writes CIFAR-10-shaped fixture files, runs
+# every chapter at the smoke preset and at the paper presets cut to 300 training steps on CUDA, then bench_gpu.py;
+# one summary table (status, seconds, peak GPU and host memory), exit 1 on any failure. Without a GPU it says so
+# and exits 0. PY=python3 for an interpreter outside .venv (e.g. a GPU image's, with PYTHONPATH naming the runtime).
+PY ?= $(BIN)/python
+gpu-check:
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf _build runs book/*.results.json

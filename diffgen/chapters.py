@@ -22,6 +22,14 @@ from .provenance import PACKAGE_DIR
 
 DEVICES = ("auto", "cpu", "cuda")  # as diffgen._util.DEVICES (not imported here: that module imports torch)
 REQUIRED = ("device", "seed")  # every chapter declares these
+# The parameters each chapter's memory grows with, the largest lever first: an out-of-memory error names them
+# with their values (memory_hint). ch2: the optimum holds n_train images and runs n_samples queries at once.
+MEMORY_PARAMETERS = {
+    "ch1": ("n_sets", "n_samples", "n_seeds"),
+    "ch2": ("n_samples", "n_train"),
+    "ch3": ("batch_size", "n_samples", "n_seeds", "n_train"),
+    "ch4": ("batch_size", "n_samples", "n_seeds", "n_train_large"),
+}
 
 
 class UsageError(Exception):
@@ -357,6 +365,15 @@ def _cuda_available() -> bool:
     import torch  # imported only when CUDA is asked for: it is slow to import
 
     return torch.cuda.is_available()
+
+
+def memory_hint(chapter: str, values: dict) -> str:
+    """What to lower when `chapter` ran out of memory with parameter `values`: its MEMORY_PARAMETERS and their
+    values, as `-p` options."""
+    names = [name for name in MEMORY_PARAMETERS.get(chapter, ()) if name in values]
+    if not names:
+        return "lower the chapter's sizes with -p NAME VALUE (`diffgen chapters` lists them)"
+    return f"lower {', '.join(f'{name} (now {values[name]})' for name in names)} with -p NAME VALUE"
 
 
 def chapter_defaults(chapter: str) -> dict | None:

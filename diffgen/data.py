@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import formats
-from ._util import check_non_negative, check_positive
+from ._util import check_non_negative, check_positive, tiles
 
 DATASETS = ("digits", "gmm", "moons", "circle")  # built in: no files needed
 FILE_DATASETS = ("mnist", "fashion-mnist", "cifar10", "celeba", "folder")  # read from a data folder
@@ -254,8 +254,8 @@ def labelled_splits(name: str, *, seed: int = 0, data_dir: str | Path | None = N
     (train, train_y), (test, test_y) = _official_splits(name, data_folder(name, data_dir))
     fit = torch.randperm(len(train), generator=g)[:max_fit]
     held = torch.randperm(len(test), generator=g)[:max_test]
-    return Labelled(name, _scaled(train[fit.numpy()]).float(), torch.from_numpy(train_y[fit.numpy()]),
-                    _scaled(test[held.numpy()]).float(), torch.from_numpy(test_y[held.numpy()]), train.shape[1:])
+    return Labelled(name, _scaled(train[fit.numpy()], torch.float32), torch.from_numpy(train_y[fit.numpy()]),
+                    _scaled(test[held.numpy()], torch.float32), torch.from_numpy(test_y[held.numpy()]), train.shape[1:])
 
 
 def _official_splits(name: str, folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -274,16 +274,20 @@ def _from_files(name: str, folder: Path, n_train: int, n_heldout: int, n_disjoin
                 g: torch.Generator) -> tuple[torch.Tensor, tuple[int, ...]]:
     if name in ("mnist", "fashion-mnist", "cifar10"):
         (train, _), (test, _) = _official_splits(name, folder)
-        pools = [train, test]
-    else:
-        files = _image_files(folder)
-        picked = _split(name, [torch.arange(len(files))], n_train, n_heldout, n_disjoint, g)
-        images = np.stack([formats.read_image(files[int(k)], image_size) for k in picked])
-        return _scaled(images), images.shape[1:]
-    x = _split(name, [_scaled(p) for p in pools], n_train, n_heldout, n_disjoint, g)
-    return x, pools[0].shape[1:]
+        # the rows drawn are scaled, not the pools: one float64 copy of what is used, not of all 60 000 images
+        picked = _split(name, [torch.from_numpy(train), torch.from_numpy(test)], n_train, n_heldout, n_disjoint, g)
+        return _scaled(picked.numpy()), train.shape[1:]
+    files = _image_files(folder)
+    picked = _split(name, [torch.arange(len(files))], n_train, n_heldout, n_disjoint, g)
+    images = np.stack([formats.read_image(files[int(k)], image_size) for k in picked])
+    return _scaled(images), images.shape[1:]
 
 
-def _scaled(images: np.ndarray) -> torch.Tensor:
-    """uint8 images [N, C, H, W] -> float64 [N, C*H*W] in [-1, 1]."""
-    return torch.from_numpy(images.reshape(len(images), -1).astype(np.float64) / 127.5 - 1.0)
+def _scaled(images: np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """uint8 images [N, C, H, W] -> [N, C*H*W] in [-1, 1], computed in float64 and stored as `dtype`, a block of
+    rows at a time (no temporary the size of the result)."""
+    flat = torch.from_numpy(images.reshape(len(images), -1))
+    out = torch.empty(flat.shape, dtype=dtype)
+    for sl in tiles(len(flat), 4096):
+        out[sl] = flat[sl].double().div_(127.5).sub_(1.0)
+    return out

@@ -12,6 +12,8 @@ origin the two terms of l_i would otherwise cancel in float32.
 from __future__ import annotations
 
 import copy
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +24,27 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from . import distributed
 from ._util import tiles
 from .schedule import Schedule, add_noise, eps_from_x0, x0_from_eps
+
+
+ALIGN = 8  # key widths are padded with zero columns to a multiple of this (fused kernels, cuBLAS row alignment)
+CHUNK = 1 << 25  # the brute-force references hold at most this many pairwise differences at once (256 MiB, float64)
+
+
+@contextmanager
+def exact_matmuls(device_type: str):
+    """Inside: float32 matmuls in IEEE float32 (no TF32 on CUDA, no bf16 in oneDNN on the CPU) and autocast off,
+    whatever the caller set (torch.set_float32_matmul_precision, the fp32_precision flags, torch.autocast); the
+    caller's settings come back on exit."""
+    flags = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+    saved = [f.fp32_precision for f in flags]
+    try:
+        for f in flags:
+            f.fp32_precision = "ieee"
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        for f, value in zip(flags, saved):
+            f.fp32_precision = value
 
 
 class Denoiser(Protocol):
@@ -53,33 +76,49 @@ class EmpiricalOptimum:
 
     One pass over the training set in tiles with a per-query running max, normaliser and accumulator (the online
     log-sum-exp of flash attention): memory O(B x tile), never a B x N matrix. With `fused=True` the same
-    computation runs in torch's fused attention kernel where one exists for the device and dtype and it is the faster
-    path (on the CPU up to D = CPU_FUSED_MAX_DIM); else the tiled loop.
+    computation runs in torch's fused attention kernel where one exists and it is the faster path. Which path runs
+    (`path(device)`):
+    - CPU: the fused flash-attention kernel (float32 and float64) up to D = CPU_FUSED_MAX_DIM, the tiled loop above;
+    - CUDA, float32: the fused memory-efficient attention kernel (on sm80 and later its float32 products are
+      CUTLASS's 3xTF32, float32-accurate and independent of the TF32 settings);
+    - CUDA, float64: the tiled loop (no fused float64 kernel), with tiles of CUDA_LOGITS // B training points.
+    The keys [x_i - m, |x_i - m|^2] are stored once, padded with zero columns to a multiple of `align` (fused kernels
+    need widths that are multiples of 8, cuBLAS 16-byte rows): a zero column adds 0 to every logit, and the padded
+    value columns are dropped. They also serve as the values. Logits are computed in float32 or float64 as asked,
+    never in TF32 or bf16 (`exact_matmuls`), whatever the caller set.
     """
 
     # On the CPU the flash-attention kernel leads at D = 64 and 784 but trails the tiled loop at D = 3072 (0.65 vs
     # 0.77 of same-run matmul throughput, benchmarks/bench_empirical.py): above this width the loop runs instead.
     CPU_FUSED_MAX_DIM = 2048
+    CPU_TILE = 512  # training points per tile of the loop on the CPU (when `tile` is None)
+    CUDA_LOGITS = 1 << 24  # on CUDA a tile of the loop holds B x tile = 2^24 logits (128 MiB in float64)
 
     def __init__(self, train: torch.Tensor, sched: Schedule, *, dtype: torch.dtype = torch.float32,
-                 tile: int = 512, fused: bool = True, centre: torch.Tensor | None = None):
+                 tile: int | None = None, fused: bool = True, centre: torch.Tensor | None = None, align: int = ALIGN):
         if train.ndim != 2 or len(train) == 0:
             raise ValueError(f"train must be a non-empty [N, D] tensor; got shape {tuple(train.shape)}")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
-        if tile < 1:
-            raise ValueError(f"tile must be >= 1; got {tile}")
-        self.sched, self.dtype, self.tile, self.fused = sched, dtype, tile, fused
-        self._given = train  # as passed in: diagnostics rebuild a float64 copy from it, not from a rounded one
-        self.train = train.to(dtype).contiguous()  # [N, D]
+        if tile is not None and tile < 1:
+            raise ValueError(f"tile must be None (sized per device) or >= 1; got {tile}")
+        if align < 1:
+            raise ValueError(f"align must be >= 1; got {align}")
         if centre is not None and centre.shape != train.shape[1:]:
             raise ValueError(f"centre must have shape [{train.shape[1]}]; got {tuple(centre.shape)}")
+        self.sched, self.dtype, self.tile, self.fused, self.align = sched, dtype, tile, fused, align
+        self.train = train  # [N, D] as given, not copied: the float64 diagnostics rebuild from it
+        (N, D), rows = train.shape, list(tiles(len(train), 4096))
         # [D] m, float64 (the centring is exact up to one rounding): the set's mean unless given (a sharded set's)
-        self._mean = train.to(torch.float64).mean(0) if centre is None else centre.to(train.device, torch.float64)
-        centred = (train.to(torch.float64) - self._mean).to(dtype).contiguous()  # values x_i - m
-        self._centred = centred
-        self._keys = torch.cat([centred, centred.pow(2).sum(1, keepdim=True)], 1)  # [N, D+1]: [x_i - m, |x_i - m|^2]
-        self._values = F.pad(centred, (0, 1))  # [N, D+1]: fused kernels want equal q/k/v widths
+        self._mean = (sum(train[sl].to(torch.float64).sum(0) for sl in rows) / N if centre is None
+                      else centre.to(train.device, torch.float64))
+        # [N, W] keys and values [x_i - m, |x_i - m|^2, 0...], W = D + 1 rounded up to a multiple of align; filled in
+        # tiles, so that building it never holds a second copy of the set
+        self._keys = train.new_zeros((N, -(-(D + 1) // align) * align), dtype=dtype)
+        for sl in rows:
+            centred = self._keys[sl, :D]
+            centred.copy_(train[sl].to(torch.float64) - self._mean)
+            self._keys[sl, D] = centred.pow(2).sum(1)
 
     def __repr__(self) -> str:
         return f"EmpiricalOptimum(N={len(self.train)}, D={self.train.shape[1]}, dtype={self.dtype}, tile={self.tile})"
@@ -87,10 +126,26 @@ class EmpiricalOptimum:
     def to(self, device) -> "EmpiricalOptimum":
         """The same denoiser with its training set on `device`."""
         moved = copy.copy(self)
-        moved._given, moved.train = self._given.to(device), self.train.to(device)
-        moved._mean, moved._centred = self._mean.to(device), self._centred.to(device)
-        moved._keys, moved._values = self._keys.to(device), self._values.to(device)
+        moved.train, moved._mean, moved._keys = (v.to(device) for v in (self.train, self._mean, self._keys))
         return moved
+
+    def path(self, device) -> str:
+        """'fused' or 'tiled': what x0_star runs for queries on `device` (see the class docstring)."""
+        device = torch.device(device)
+        if not self.fused:
+            return "tiled"
+        if device.type == "cpu":
+            return "fused" if self.train.shape[1] <= self.CPU_FUSED_MAX_DIM else "tiled"
+        return "fused" if self.dtype == torch.float32 else "tiled"
+
+    def tile_size(self, device, batch: int) -> int:
+        """Training points per tile of the loop: `tile` when given; else CPU_TILE on the CPU and CUDA_LOGITS // B
+        (at least CPU_TILE) elsewhere."""
+        if self.tile is not None:
+            return self.tile
+        if torch.device(device).type == "cpu":
+            return self.CPU_TILE
+        return max(self.CPU_TILE, self.CUDA_LOGITS // max(batch, 1))
 
     def _variance(self, abar: torch.Tensor) -> torch.Tensor:
         """Variance of each mixture component of x_t: s^2 = 1 - abar_t."""
@@ -114,9 +169,9 @@ class EmpiricalOptimum:
     def x0_star(self, xt: torch.Tensor, t) -> torch.Tensor:
         """x0*(x_t, t) = m + sum_i w_i (x_i - m) = sum_i w_i x_i, [B, D] in self.dtype."""
         x, a, c = self._query(xt, t)
-        fast = x.device.type != "cpu" or x.shape[1] <= self.CPU_FUSED_MAX_DIM
-        out = self._x0_fused(x, a, c) if self.fused and fast else None
-        out = self._x0_tiled(x, a, c)[0] if out is None else out
+        with exact_matmuls(x.device.type):
+            out = self._x0_fused(x, a, c) if self.path(x.device) == "fused" else None
+            out = self._x0_tiled(x, a, c)[0] if out is None else out
         return out + self._mean.to(device=out.device, dtype=self.dtype)
 
     def __call__(self, xt: torch.Tensor, t) -> torch.Tensor:
@@ -128,48 +183,57 @@ class EmpiricalOptimum:
         """w(x_t, t) [B, N] as a dense matrix, in float64 (diagnostics on small sets: O(B N) memory)."""
         opt = self if self.dtype == torch.float64 else copy.copy(self)._as_float64()
         x, a, c = opt._query(xt, t)
-        return torch.softmax(opt._query_rows(x, a, c) @ opt._keys.to(x.device).T, dim=1)
+        with exact_matmuls(x.device.type):
+            return torch.softmax(opt._query_rows(x, a, c) @ opt._keys.to(x.device).T, dim=1)
 
     def weight_stats(self, xt: torch.Tensor, t) -> WeightStats:
         """Entropy, argmax and max of w(x_t, t), accumulated online in float64."""
         opt = self if self.dtype == torch.float64 else copy.copy(self)._as_float64()
         x, a, c = opt._query(xt, t)
-        _, lse, mean_logit, nearest, max_logit = opt._x0_tiled(x, a, c, stats=True)
+        with exact_matmuls(x.device.type):
+            _, lse, mean_logit, nearest, max_logit = opt._x0_tiled(x, a, c, stats=True)
         return WeightStats(entropy=(lse - mean_logit).clamp(min=0), nearest=nearest, max_weight=(max_logit - lse).exp())
 
     def _as_float64(self) -> "EmpiricalOptimum":
-        """Rebuild the working copies in float64 from the data as given (not from a rounded copy)."""
-        self.__init__(self._given, self.sched, dtype=torch.float64, tile=self.tile, fused=False, centre=self._mean)
+        """Rebuild the keys in float64 from the data as given (not from a rounded copy)."""
+        EmpiricalOptimum.__init__(self, self.train, self.sched, dtype=torch.float64, tile=self.tile, fused=False,
+                                  centre=self._mean, align=self.align)
         return self
 
     def _query_rows(self, x, a, c) -> torch.Tensor:
-        """q = c [x, -a/2], so that q . [x_i, |x_i|^2] is the logit l_i."""
-        return c[:, None] * torch.cat([x, -0.5 * a[:, None]], 1)  # [B, D+1]
+        """q [B, W] = c [x, -a/2, 0...], so that q . [x_i, |x_i|^2, 0...] is the logit l_i."""
+        q = x.new_zeros((len(x), self._keys.shape[1]))
+        q[:, :x.shape[1]] = c[:, None] * x
+        q[:, x.shape[1]] = c * (-0.5 * a)
+        return q
 
     def _x0_fused(self, x, a, c) -> torch.Tensor | None:
         q = self._query_rows(x, a, c)
         backends = [SDPBackend.FLASH_ATTENTION] if x.device.type == "cpu" else [SDPBackend.EFFICIENT_ATTENTION]
-        keys, values = self._keys.to(x.device), self._values.to(x.device)
+        keys = self._keys.to(x.device)[None, None]
         try:
             with sdpa_kernel(backends):
-                out = F.scaled_dot_product_attention(q[None, None], keys[None, None], values[None, None],
-                                                     scale=1.0)[0, 0]
-        except RuntimeError:  # no exact fused kernel for this device/dtype/width: use the tiled loop
+                out = F.scaled_dot_product_attention(q[None, None], keys, keys, scale=1.0)[0, 0]
+        except RuntimeError as e:  # no fused kernel for this device/dtype/width: say so, then use the tiled loop
+            warnings.warn(f"EmpiricalOptimum: no fused attention kernel for {self.dtype} rows of width "
+                          f"{keys.shape[-1]} on {x.device} ({str(e).splitlines()[0]}); using the tiled loop",
+                          RuntimeWarning, stacklevel=3)
             return None
-        return out[:, :-1]
+        return out[:, :x.shape[1]]
 
     def _x0_tiled(self, x, a, c, stats: bool = False, partial: bool = False):
         """Online log-sum-exp over training tiles; each query row keeps its own running max m. partial=True: the
         running max, normaliser and accumulator (m [B], l [B], acc [B, D]) instead of x0 = acc / l."""
-        B, dev = len(x), x.device
+        (B, D), dev = x.shape, x.device
         q = self._query_rows(x, a, c)
+        keys = self._keys.to(dev)
         m = torch.full((B,), -torch.inf, dtype=self.dtype, device=dev)
         l = torch.zeros(B, dtype=self.dtype, device=dev)
-        acc = torch.zeros_like(x)
+        acc = torch.zeros_like(q)  # [B, W]: sum_i exp(l_i - m) keys_i; its first D columns are the values' sum
         wsum_logit = torch.zeros(B, dtype=self.dtype, device=dev)  # sum_i exp(l_i - m) (l_i - m), for the entropy
         best = torch.zeros(B, dtype=torch.long, device=dev)
-        for sl in tiles(len(self.train), self.tile):
-            logits = q @ self._keys[sl].to(dev).T  # [B, tile]
+        for sl in tiles(len(keys), self.tile_size(dev, B)):
+            logits = q @ keys[sl].T  # [B, tile]
             tile_max, tile_arg = logits.max(1)
             m_new = torch.maximum(m, tile_max)
             rescale = (m - m_new).exp_()
@@ -183,8 +247,9 @@ class EmpiricalOptimum:
             else:
                 p = centred.exp_()
             l = rescale * l + p.sum(1)
-            acc = torch.addmm(acc.mul_(rescale[:, None]), p, self._centred[sl].to(dev))
+            acc = torch.addmm(acc.mul_(rescale[:, None]), p, keys[sl])
             m = m_new
+        acc = acc[:, :D]
         if partial:
             return m, l, acc
         x0 = acc / l[:, None]
@@ -202,7 +267,8 @@ class ShardedOptimum:
     whole set, never an average of per-shard means. The shards are centred on the whole set's mean (one all-reduce),
     so their logits share one offset. With one process it is EmpiricalOptimum(shard) with the tiled loop."""
 
-    def __init__(self, shard: torch.Tensor, sched: Schedule, *, dtype: torch.dtype = torch.float32, tile: int = 512):
+    def __init__(self, shard: torch.Tensor, sched: Schedule, *, dtype: torch.dtype = torch.float32,
+                 tile: int | None = None):
         if shard.ndim != 2 or len(shard) == 0:
             raise ValueError(f"shard must be a non-empty [N_r, D] tensor; got shape {tuple(shard.shape)}")
         total = distributed.all_reduce_sum(
@@ -218,7 +284,9 @@ class ShardedOptimum:
     def x0_star(self, xt: torch.Tensor, t) -> torch.Tensor:
         """x0*(x_t, t) = sum_i w_i x_i over every shard's points, [B, D]; every process gets the same value."""
         opt = self.local
-        m, l, acc = opt._x0_tiled(*opt._query(xt, t), partial=True)
+        x, a, c = opt._query(xt, t)
+        with exact_matmuls(x.device.type):
+            m, l, acc = opt._x0_tiled(x, a, c, partial=True)
         return distributed.merge_across_ranks(m, l, acc) + opt._mean.to(device=acc.device, dtype=opt.dtype)
 
     def __call__(self, xt: torch.Tensor, t) -> torch.Tensor:
@@ -245,7 +313,8 @@ class SmoothedOptimum(EmpiricalOptimum):
         return 1 - abar + abar * self.bandwidth**2
 
     def _as_float64(self) -> "SmoothedOptimum":
-        self.__init__(self._given, self.sched, self.bandwidth, dtype=torch.float64, tile=self.tile, fused=False)
+        self.__init__(self.train, self.sched, self.bandwidth, dtype=torch.float64, tile=self.tile, fused=False,
+                      align=self.align)
         return self
 
     def x0_star(self, xt: torch.Tensor, t) -> torch.Tensor:
@@ -256,12 +325,29 @@ class SmoothedOptimum(EmpiricalOptimum):
             self.dtype)
 
 
-def x0_star_reference(xt: torch.Tensor, train: torch.Tensor, abar: float) -> torch.Tensor:
-    """Brute-force float64 x0*: softmax over explicit squared differences ||x - sqrt(abar) x_i||^2 (a [B, N, D]
-    tensor: for checks on small sizes only)."""
-    x, xs = xt.to(torch.float64), train.to(torch.float64)
-    sq = (x[:, None, :] - abar**0.5 * xs[None]).pow(2).sum(-1)
-    return torch.softmax(-sq / (2 * (1 - abar)), dim=1) @ xs
+def squared_distances(x: torch.Tensor, train: torch.Tensor, a: float, *, chunk: int = CHUNK) -> torch.Tensor:
+    """||x_b - a x_i||^2 [B, N] in float64 from explicit differences, over tiles of the training set [N, D]: at most
+    `chunk` differences (a [B, tile, D] block) at once, never all B N D."""
+    x = x.to(torch.float64)
+    out = torch.empty(len(x), len(train), dtype=torch.float64, device=x.device)
+    for sl in tiles(len(train), max(1, chunk // max(x.numel(), 1))):
+        out[:, sl] = (x[:, None, :] - a * train[sl].to(device=x.device, dtype=torch.float64)[None]).square_().sum(-1)
+    return out
+
+
+def weighted_sum(w: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+    """sum_i w_i x_i [B, D] in float64 for weights w [B, N], over tiles of the training set (no float64 copy of it)."""
+    out = torch.zeros(len(w), train.shape[1], dtype=torch.float64, device=w.device)
+    for sl in tiles(len(train), 4096):
+        out.addmm_(w[:, sl], train[sl].to(device=w.device, dtype=torch.float64))
+    return out
+
+
+def x0_star_reference(xt: torch.Tensor, train: torch.Tensor, abar: float, *, chunk: int = CHUNK) -> torch.Tensor:
+    """Brute-force float64 x0* = sum_i w_i x_i, w = softmax_i(-||x - sqrt(abar) x_i||^2 / (2 (1 - abar))) from
+    explicit squared differences (squared_distances: tiles of N, [B, N] logits, never [B, N, D])."""
+    w = torch.softmax(-squared_distances(xt, train, abar**0.5, chunk=chunk) / (2 * (1 - abar)), dim=1)
+    return weighted_sum(w, train)
 
 
 def reference_errors(variants: dict, train: torch.Tensor, sched: Schedule, times, n_queries: int,
@@ -427,7 +513,8 @@ class NoisyPointOptimum(EmpiricalOptimum):
         return torch.where(abar < self.abar_s, 1 - abar / self.abar_s, 1 - abar)
 
     def _as_float64(self) -> "NoisyPointOptimum":
-        self.__init__(self._given, self.sched, self.s, dtype=torch.float64, tile=self.tile, fused=False)
+        self.__init__(self.train, self.sched, self.s, dtype=torch.float64, tile=self.tile, fused=False,
+                      align=self.align)
         return self
 
     def x0_star(self, xt: torch.Tensor, t) -> torch.Tensor:
@@ -446,23 +533,24 @@ def _check_noise_time(s, sched: Schedule) -> None:
 
 
 def forward_time_minimiser(train: torch.Tensor, sched: Schedule, xt: torch.Tensor, t: int,
-                           gap_probs: torch.Tensor) -> torch.Tensor:
+                           gap_probs: torch.Tensor, *, chunk: int = CHUNK) -> torch.Tensor:
     """Brute-force float64 pointwise minimiser of E ||c_{t,s} e - xi_{t,s}||^2 given x_t, data uniform on train [N, D],
     s ~ gap_probs [t] (p(s | t), s = 0..t-1): sum_s p_s c_s E[xi_s | x_t] / sum_s p_s c_s^2, with E[xi_s | x_t] by
     Gaussian conditioning given x0 = x_i: sqrt(1 - r)(x_t - sqrt(abar_t) x_i) / (r (1 - abar_s) + 1 - r),
-    r = abar_t / abar_s, averaged with the posterior weights of x_i. [B, N, D] memory: for checks on small sizes."""
-    x, xs = xt.to(torch.float64), train.to(torch.float64)
+    r = abar_t / abar_s, averaged with the posterior weights w_i of x_i (softmax of the explicit squared differences,
+    squared_distances; the average of x_t - sqrt(abar_t) x_i is x_t - sqrt(abar_t) sum_i w_i x_i). Memory [B, N]."""
+    x = xt.to(torch.float64)
     if gap_probs.shape != (t,):
         raise ValueError(f"gap_probs must have shape ({t},) (s = 0..t-1); got {tuple(gap_probs.shape)}")
     abar_t = float(sched.abar[t])
-    diff = x[:, None, :] - abar_t**0.5 * xs[None]  # [B, N, D]
+    sq = squared_distances(x, train, abar_t**0.5, chunk=chunk)  # [B, N] ||x_t - sqrt(abar_t) x_i||^2
     num, den = torch.zeros_like(x), 0.0
     for s in torch.nonzero(gap_probs).flatten().tolist():
         abar_s = float(sched.abar[s])
         r = abar_t / abar_s
         var = r * (1 - abar_s) + (1 - r)  # Var(x_t | x0), written without using 1 - abar_t
-        w = torch.softmax(-diff.pow(2).sum(-1) / (2 * var), dim=1)  # [B, N]
-        post_xi = (1 - r) ** 0.5 * torch.einsum("bn,bnd->bd", w, diff) / var
+        w = torch.softmax(-sq / (2 * var), dim=1)  # [B, N]
+        post_xi = (1 - r) ** 0.5 * (x - abar_t**0.5 * weighted_sum(w, train)) / var
         c = ((1 - r) / (1 - abar_t)) ** 0.5
         num = num + float(gap_probs[s]) * c * post_xi
         den += float(gap_probs[s]) * c**2

@@ -107,39 +107,49 @@ class Neighbors:
         return self.dist[:, 0] / self.dist[:, 1]
 
 
-def distinct_rows(x: torch.Tensor) -> torch.Tensor:
+def distinct_rows(x: torch.Tensor, *, tile: int = 4096) -> torch.Tensor:
     """Indices [U] (ascending) of the first occurrence of each distinct row of x [N, D]: exact (bitwise) duplicates
-    dropped. One pass of 128-bit row hashes; a hash seen before is confirmed by comparing the two rows."""
+    dropped. One pass of row hashes, every hash seen before confirmed by comparing the rows themselves; the rows
+    reach the host `tile` at a time (memory O(tile x D), whatever the device)."""
     if x.ndim != 2:
         raise ValueError(f"x must have shape [N, D]; got {tuple(x.shape)}")
-    rows = x.detach().cpu().contiguous().numpy()
-    first: dict[bytes, int] = {}
+    seen: dict[int, list[int]] = {}  # hash -> the kept rows with that hash
     keep = []
-    for i, row in enumerate(rows):
-        j = first.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), i)
-        if j == i or not np.array_equal(rows[j], row):
-            keep.append(i)
+    for sl in tiles(len(x), tile):
+        block = x[sl].detach().cpu().contiguous().numpy()
+        for i, row in enumerate(block, sl.start):
+            same_hash = seen.setdefault(hash(row.tobytes()), [])
+            if not any(np.array_equal(_row(x, block, sl, j), row) for j in same_hash):
+                same_hash.append(i)
+                keep.append(i)
     return torch.tensor(keep, dtype=torch.long, device=x.device)
+
+
+def _row(x: torch.Tensor, block: np.ndarray, sl: slice, j: int) -> np.ndarray:
+    """Row j of x, from the block on the host when it lies there."""
+    return block[j - sl.start] if j >= sl.start else x[j].detach().cpu().numpy()
 
 
 def nearest_neighbors(z: torch.Tensor, train: torch.Tensor, k: int = 2, *, tile: int = 4096,
                       distinct: bool = True) -> Neighbors:
     """Exact k nearest training points (Euclidean) of each row of z [B, D] among train [N, D].
 
-    Tiles over the training set keeping a running top-k per query (memory O(B x (tile + k))), ranks in float64 and
-    recomputes the final distances as ||z - x_i|| directly, so tiny distances (copies) are not lost to cancellation.
-    distinct=True: exact duplicates in train count once (the first occurrence's index is reported), so the second
-    neighbour of a copy of a duplicated image is the nearest *other* image and d1/d2 = 0, not 0/0.
+    Tiles over the training set keeping a running top-k per query (memory O(B x (tile + k)) plus one tile of train in
+    float64, never a copy of the whole set), ranks in float64 and recomputes the final distances as ||z - x_i||
+    directly, so tiny distances (copies) are not lost to cancellation. distinct=True: exact duplicates in train count
+    once (the first occurrence's index is reported), so the second neighbour of a copy of a duplicated image is the
+    nearest *other* image and d1/d2 = 0, not 0/0.
     """
     if z.ndim != 2 or train.ndim != 2 or z.shape[1] != train.shape[1]:
         raise ValueError(f"z [B, D] and train [N, D] must agree in D; got {tuple(z.shape)} and {tuple(train.shape)}")
+    repeated = None  # [N] bool on z's device: rows that repeat an earlier one (skipped), when there are any
     if distinct:
         keep = distinct_rows(train)
         if len(keep) < len(train):
             if not 1 <= k <= len(keep):
                 raise ValueError(f"k must lie in [1, {len(keep)}] (the distinct rows of train); got {k}")
-            nn = nearest_neighbors(z, train[keep], k, tile=tile, distinct=False)
-            return Neighbors(nn.dist, keep.to(nn.index.device)[nn.index])
+            repeated = torch.ones(len(train), dtype=torch.bool, device=z.device)
+            repeated[keep.to(z.device)] = False
     if not 1 <= k <= len(train):
         raise ValueError(f"k must lie in [1, N={len(train)}]; got {k}")
     z64 = z.to(torch.float64)
@@ -149,11 +159,14 @@ def nearest_neighbors(z: torch.Tensor, train: torch.Tensor, k: int = 2, *, tile:
     for sl in tiles(len(train), tile):
         xs = train[sl].to(device=z.device, dtype=torch.float64)
         d2 = (z_sq - 2 * z64 @ xs.T + xs.pow(2).sum(1)[None]).clamp(min=0)
+        if repeated is not None:
+            d2[:, repeated[sl]] = torch.inf
         cand_d = torch.cat([best_d, d2], 1)
         cand_i = torch.cat([best_i, torch.arange(sl.start, sl.stop, device=z.device).expand(len(z), -1)], 1)
         best_d, pos = cand_d.topk(min(k, cand_d.shape[1]), dim=1, largest=False)
         best_i = cand_i.gather(1, pos)
-    exact = (z64[:, None, :] - train.to(device=z.device, dtype=torch.float64)[best_i]).norm(dim=-1)
+    nearest = train[best_i.to(train.device)].to(device=z.device, dtype=torch.float64)  # [B, k, D]
+    exact = (z64[:, None, :] - nearest).norm(dim=-1)
     order = exact.argsort(dim=1)  # re-sort on the exact distances (ties within rounding may swap)
     return Neighbors(dist=exact.gather(1, order), index=best_i.gather(1, order))
 
@@ -271,19 +284,42 @@ class WeightCollapse:
     decided_t: int  # the largest t at which >= 90% of the paths point at their final training point (0: never)
 
 
+class WeightRecorder:
+    """A sampler callback (callback(i, t, xt, x0_hat)) that keeps, at each grid time t >= 1, the entropy and the argmax
+    of `optimum`'s weights w(x_t, t) (an EmpiricalOptimum's weight_stats): [S, B] numbers, not the [S+1, B, D] paths
+    of a samplers.Trajectory (2.5 GB per recorded tensor for 1000 CIFAR-10 paths of 100 steps in float64)."""
+
+    def __init__(self, optimum):
+        self.optimum = optimum
+        self.t: list[int] = []
+        self.entropy: list[torch.Tensor] = []  # [B] per grid time, on the CPU
+        self.nearest: list[torch.Tensor] = []
+
+    def __call__(self, i: int, t: int, xt: torch.Tensor, x0_hat: torch.Tensor | None = None) -> None:
+        if int(t) >= 1:
+            stats = self.optimum.weight_stats(xt.to(self.optimum.train.device), int(t))
+            self.t.append(int(t))
+            self.entropy.append(stats.entropy.cpu())
+            self.nearest.append(stats.nearest.cpu())
+
+    def collapse(self, final_index: torch.Tensor) -> WeightCollapse:
+        """WeightCollapse of the recorded paths, final_index [B] the training point each path ends nearest to."""
+        times, entropy = torch.tensor(self.t), torch.stack(self.entropy)
+        decided = torch.stack([(n == final_index.cpu()).double() for n in self.nearest]).mean(1)
+        collapse = times[entropy.median(1).values < 0.1]
+        done = times[decided >= 0.9]
+        return WeightCollapse(times, entropy, decided, int(collapse.max()) if len(collapse) else 0,
+                              int(done.max()) if len(done) else 0)
+
+
 def weight_collapse(optimum, t: torch.Tensor, xt: torch.Tensor, final_index: torch.Tensor) -> WeightCollapse:
     """WeightCollapse of paths xt [S+1, B, D] recorded at times t [S+1] (samplers.Trajectory, ending at t = 0) under
-    `optimum` (an EmpiricalOptimum), final_index [B] the training point each path ends nearest to."""
-    keep = t >= 1
-    times, points = t[keep], xt[keep]
-    stats = [optimum.weight_stats(x.to(optimum.train.device), int(s)) for s, x in zip(times, points)]
-    entropy = torch.stack([st.entropy.cpu() for st in stats])
-    decided = torch.stack([(st.nearest.cpu() == final_index.cpu()).double() for st in stats]).mean(1)
-    median = entropy.median(1).values
-    collapse = times[median < 0.1]
-    done = times[decided >= 0.9]
-    return WeightCollapse(times, entropy, decided, int(collapse.max()) if len(collapse) else 0,
-                          int(done.max()) if len(done) else 0)
+    `optimum` (an EmpiricalOptimum), final_index [B] the training point each path ends nearest to. At large sizes
+    record with WeightRecorder instead (no paths kept)."""
+    record = WeightRecorder(optimum)
+    for s, x in zip(t.tolist(), xt):
+        record(0, s, x)
+    return record.collapse(final_index)
 
 
 @torch.no_grad()

@@ -34,14 +34,20 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, min_rows: int = 2) -> tuple[to
     return x.to(torch.float64), y.to(device=x.device, dtype=torch.float64)
 
 
-def _mean_pairwise(a: torch.Tensor, b: torch.Tensor, fn, *, same: bool, tile: int = 1024) -> float:
-    """Mean of fn(||a_i - b_j||^2) over all pairs (i, j), excluding i = j when `same` (a U-statistic)."""
+PAIRS = 1 << 24  # pairwise values computed at once (128 MiB in float64): memory never grows with N x M
+
+
+def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """||a_i - b_j||^2 [T, M], clamped at 0 against rounding."""
+    return (a @ b.T).mul_(-2).add_(a.pow(2).sum(1, keepdim=True)).add_(b.pow(2).sum(1)[None]).clamp_(min=0)
+
+
+def _mean_pairwise(a: torch.Tensor, b: torch.Tensor, kernel, *, same: bool) -> float:
+    """Mean of kernel(a_i, b_j) over all pairs (i, j), excluding i = j when `same` (a U-statistic); `kernel` maps a
+    tile of rows of a [T, D] and b [M, D] to [T, M], tiles of at most PAIRS pairs."""
     total = 0.0
-    b_sq = b.pow(2).sum(1)
-    for sl in tiles(len(a), tile):
-        ai = a[sl]
-        d2 = (ai.pow(2).sum(1, keepdim=True) - 2 * ai @ b.T + b_sq[None]).clamp(min=0)
-        vals = fn(d2)
+    for sl in tiles(len(a), max(1, PAIRS // len(b))):
+        vals = kernel(a[sl], b)
         if same:
             idx = torch.arange(sl.start, sl.stop, device=a.device)
             vals[idx - sl.start, idx] = 0.0
@@ -55,18 +61,57 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor, *, unbiased: bool = True) 
     unbiased: within-sample means over pairs i != j (can be slightly negative); else V-statistics (scipy's
     `energy_distance` squared, in 1-D)."""
     x, y = _check_pair(x, y)
-    dist = lambda d2: d2.sqrt()  # noqa: E731
+    dist = lambda a, b: _sq_dists(a, b).sqrt_()  # noqa: E731
     xx = _mean_pairwise(x, x, dist, same=True) * ((len(x) - 1) / len(x) if not unbiased else 1.0)
     yy = _mean_pairwise(y, y, dist, same=True) * ((len(y) - 1) / len(y) if not unbiased else 1.0)
     return 2 * _mean_pairwise(x, y, dist, same=False) - xx - yy
 
 
-def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> float:
-    """The median heuristic: median of the pairwise distances of the pooled sample (distinct pairs)."""
+def median_bandwidth(x: torch.Tensor, y: torch.Tensor, *, cap: int = 1 << 22, bins: int = 4096) -> float:
+    """The median heuristic: the median of the pairwise distances ||z_i - z_j||, i < j, of the pooled sample
+    z = [x; y] (the lower middle one for an even count, as torch.median), exact in bounded memory. Distances are
+    computed in row tiles of at most PAIRS; while more than `cap` of them remain candidates, one pass counts the
+    candidates in `bins` equal bins of their range and keeps the bin that holds the median's rank (narrowed to the
+    least and the largest value in it); then one pass collects the remaining candidates and sorts them."""
     x, y = _check_pair(x, y, min_rows=1)
     z = torch.cat([x, y])
-    d = torch.cdist(z, z)
-    return float(d[torch.triu_indices(len(z), len(z), 1, device=z.device).unbind()].median())
+    if len(z) < 2:
+        raise ValueError("median_bandwidth needs at least two rows in x and y together")
+    pairs = len(z) * (len(z) - 1) // 2
+    rank = (pairs - 1) // 2  # of the lower median, counting from 0
+    lo, hi = 0.0, math.nextafter(2 * float((z - z[0]).norm(dim=1).max()), math.inf)  # |z_i - z_j| <= 2 max |z_k - z_0|
+    below, inside = 0, pairs  # candidates: the distances in [lo, hi); `below` of them lie under lo
+    while inside > cap:
+        counts = torch.zeros(bins, dtype=torch.long, device=z.device)
+        least = torch.full((bins,), math.inf, dtype=torch.float64, device=z.device)
+        most = torch.full((bins,), -math.inf, dtype=torch.float64, device=z.device)
+        for d in _distances_in(z, lo, hi):
+            # bin of each candidate, monotone in d: a bin's values fill the interval [least, most] alone
+            b = (d - lo).mul_(bins / (hi - lo)).floor_().clamp_(0, bins - 1).long()
+            counts += torch.bincount(b, minlength=bins)
+            least.scatter_reduce_(0, b, d, "amin")
+            most.scatter_reduce_(0, b, d, "amax")
+        cum = counts.cumsum(0)
+        b = int(torch.searchsorted(cum, torch.tensor(rank - below, device=z.device), right=True))
+        below, inside = below + int(cum[b] - counts[b]), int(counts[b])
+        if float(least[b]) == float(most[b]):  # every candidate left is the same distance
+            return float(least[b])
+        if (float(least[b]), math.nextafter(float(most[b]), math.inf)) == (lo, hi):
+            break  # a range a few rounding steps wide that cannot shrink: collect it
+        lo, hi = float(least[b]), math.nextafter(float(most[b]), math.inf)
+    return float(torch.cat(list(_distances_in(z, lo, hi))).sort().values[rank - below])
+
+
+def _distances_in(z: torch.Tensor, lo: float, hi: float):
+    """The distances ||z_i - z_j||, i < j, that lie in [lo, hi), one flat tensor per tile of rows."""
+    for sl in tiles(len(z), max(1, PAIRS // len(z))):
+        d = _sq_dists(z[sl], z[sl.start:]).sqrt_()  # rows i in sl, columns j >= sl.start
+        keep = torch.arange(sl.start, len(z), device=z.device)[None] > torch.arange(sl.start, sl.stop,
+                                                                                   device=z.device)[:, None]
+        keep &= d >= lo
+        keep &= d < hi
+        d = torch.masked_select(d, keep)  # (d[keep] would hold 2 int64 indices per value on the way)
+        yield d
 
 
 def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
@@ -75,7 +120,7 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be > 0; got {bandwidth}")
     x, y = _check_pair(x, y)
-    k = lambda d2: torch.exp(-d2 / (2 * bandwidth**2))  # noqa: E731
+    k = lambda a, b: _sq_dists(a, b).div_(-2 * bandwidth**2).exp_()  # noqa: E731
     return _mean_pairwise(x, x, k, same=True) + _mean_pairwise(y, y, k, same=True) - 2 * _mean_pairwise(
         x, y, k, same=False)
 
@@ -109,9 +154,9 @@ def kid(x: torch.Tensor, y: torch.Tensor) -> float:
     """Kernel distance (KID, Binkowski et al. 2018) between features x [N, F] and y [M, F]: the unbiased squared MMD
     with k(a, b) = (a.b / F + 1)^3, mean_{i!=j} k(x_i, x_j) + mean_{i!=j} k(y_i, y_j) - 2 mean_{i,j} k(x_i, y_j)."""
     x, y = _check_pair(x, y)
-    k = lambda a, b: (a @ b.T / x.shape[1] + 1) ** 3  # noqa: E731
-    within = lambda a: float((k(a, a).sum() - k(a, a).diagonal().sum()) / (len(a) * (len(a) - 1)))  # noqa: E731
-    return within(x) + within(y) - 2 * float(k(x, y).mean())
+    k = lambda a, b: (a @ b.T).div_(x.shape[1]).add_(1).pow_(3)  # noqa: E731
+    return _mean_pairwise(x, x, k, same=True) + _mean_pairwise(y, y, k, same=True) - 2 * _mean_pairwise(
+        x, y, k, same=False)
 
 
 METRICS = {"energy": "energy distance (pixels)", "mmd": "MMD$^2$ (pixels)", "kid": "KID (classifier features)",
@@ -218,6 +263,7 @@ class Classifier:
     accuracy: float  # on the test split
     from_cache: bool
     dataset: str = "digits"
+    BATCH = 1024  # images per forward pass of features() (a CNN's activations of 50 000 images would be gigabytes)
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,7 +271,9 @@ class Classifier:
         if x.ndim != 2 or x.shape[1] != dim:
             raise ValueError(f"x must be {self.dataset} images [B, {dim}]; got {tuple(x.shape)}")
         param = next(self.net.parameters())
-        return self.net.body(x.to(device=param.device, dtype=param.dtype)).to(torch.float64)
+        batches = [x[sl] for sl in tiles(len(x), self.BATCH)] or [x]
+        return torch.cat([self.net.body(b.to(device=param.device, dtype=param.dtype)).to(torch.float64)
+                          for b in batches])
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

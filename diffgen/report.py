@@ -17,7 +17,7 @@ from pathlib import Path
 from .chapters import chapter_defaults
 from .provenance import source_hash
 from .results import (FAILS, HOLDS, NOT_MEASURABLE, PAPER_CLAIMS, PAPER_SOURCES, PREMISE, QUALITY, SWEEP_FILE,
-                      is_reconstruction, read_results, verdict_of)
+                      fmt_memory, is_reconstruction, read_results, verdict_of)
 
 NOT_RUN = "not run"
 CHECKS = "checks"  # the group of reconstruction checks (R1, R2, ...)
@@ -56,6 +56,7 @@ class ChapterRun:
     parameters: dict
     diffgen_version: str
     source_hash: str
+    memory: dict | None = None  # peak GPU and host memory (results.peak_memory); None in files of older code
 
 
 def _chapter_key(chapter: str) -> tuple:
@@ -84,7 +85,8 @@ def load_run(directory: str | Path, *, missing_ok: bool = False) -> tuple[list[C
         raise ReportError(f"no <chapter>.results.json in {directory} (run chapters with `diffgen run`, or build "
                           "the book, first)")
     docs.sort(key=lambda item: _chapter_key(item[1]["chapter"]))
-    runs = [ChapterRun(d["chapter"], p, d["parameters"], d["diffgen_version"], d["source_hash"]) for p, d in docs]
+    runs = [ChapterRun(d["chapter"], p, d["parameters"], d["diffgen_version"], d["source_hash"], d.get("memory"))
+            for p, d in docs]
     return runs, rows_for([d for _, d in docs])
 
 
@@ -254,7 +256,8 @@ def format_text(runs: list[ChapterRun], rows: list[Row], width: int = 110) -> st
     for run in runs:
         stale = "" if run.source_hash == source_hash() else f", not the current source {source_hash()}"
         lines += _wrap(f"{run.chapter}: ", f"{run.path}; diffgen {run.diffgen_version} (source {run.source_hash}"
-                       f"{stale}); parameters: {fmt_parameters(run, chapter_defaults(run.chapter))}", width)
+                       f"{stale}); peak memory {fmt_memory(run.memory)}; parameters: "
+                       f"{fmt_parameters(run, chapter_defaults(run.chapter))}", width)
     return "\n".join(lines) + "\n"
 
 
@@ -281,8 +284,8 @@ def format_markdown(runs: list[ChapterRun], rows: list[Row]) -> str:
                      f"{group.verdict} |")
     lines += ["", summary(rows) + "."]
     for run in runs:
-        lines.append(f"- {run.chapter}: diffgen {run.diffgen_version} (source {run.source_hash}); parameters: "
-                     f"{_md(fmt_parameters(run))}")
+        lines.append(f"- {run.chapter}: diffgen {run.diffgen_version} (source {run.source_hash}); peak memory "
+                     f"{fmt_memory(run.memory)}; parameters: {_md(fmt_parameters(run))}")
     return "\n".join(lines) + "\n"
 
 
@@ -297,7 +300,8 @@ def format_json(runs: list[ChapterRun], rows: list[Row]) -> str:
                        "chapters": group.chapters})
     doc = {"summary": summary(rows), "claims": claims,
            "runs": [{"chapter": r.chapter, "path": str(r.path), "parameters": r.parameters,
-                     "diffgen_version": r.diffgen_version, "source_hash": r.source_hash} for r in runs]}
+                     "diffgen_version": r.diffgen_version, "source_hash": r.source_hash, "memory": r.memory}
+                    for r in runs]}
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 

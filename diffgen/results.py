@@ -4,7 +4,8 @@
  "claims": [{"id", "source", "statement", "metric", "value" (number, or null when not measurable),
              "ci": [low, high] | null, "expected", "holds", "seeds": int | null,
              "premise": str | null, "premise_met": bool | null, "quality": str | null, "quality_ok": bool | null,
-             "flattened": bool | null}]}
+             "flattened": bool | null}],
+ "memory": {"gpu_peak_bytes": int | null (no GPU used), "host_peak_bytes": int}}   (files of older code: no "memory")
 
 A row's verdict (`verdict`) has five states. A conditional claim (C4: "a sufficiently trained model approximates the
 optimum, yet ...") is evaluated only where its premise is reached: elsewhere the row reads "premise not reached",
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -177,17 +179,44 @@ def results_path(directory: str | Path, chapter: str) -> Path:
     return Path(directory) / f"{chapter}.results.json"
 
 
+MEMORY_KEYS = {"gpu_peak_bytes", "host_peak_bytes"}
 SWEEP_FILE = "sweep.json"  # the record of a parameter sweep (diffgen.sweep), beside one folder per point
 
 
+def peak_memory() -> dict:
+    """This process's peaks so far: gpu_peak_bytes, torch.cuda.max_memory_allocated (the largest over the GPUs; None
+    when torch has used none), and host_peak_bytes, the peak resident set (getrusage's ru_maxrss)."""
+    import resource
+
+    import torch
+
+    gpu = None
+    if torch.cuda.is_initialized():
+        gpu = max(torch.cuda.max_memory_allocated(k) for k in range(torch.cuda.device_count()))
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return {"gpu_peak_bytes": gpu, "host_peak_bytes": host}
+
+
+def fmt_memory(memory: dict | None) -> str:
+    """'GPU 5.21 GiB, host 6.05 GiB' ('GPU not used' when none was); 'not recorded' without a record."""
+    if not memory:
+        return "not recorded"
+    gib = lambda key: "unknown" if memory.get(key) is None else f"{memory[key] / 2**30:.2f} GiB"  # noqa: E731
+    gpu = "GPU not used" if "gpu_peak_bytes" in memory and memory["gpu_peak_bytes"] is None else \
+        f"GPU {gib('gpu_peak_bytes')}"
+    return f"{gpu}, host {gib('host_peak_bytes')}"
+
+
 def write_results(directory: str | Path, chapter: str, parameters: dict, claims: list[Claim]) -> Path:
-    """Write `<chapter>.results.json` atomically into `directory` and return its path."""
+    """Write `<chapter>.results.json` atomically into `directory` and return its path; it records the chapter's
+    peak memory so far (peak_memory: the chapter writes its results last)."""
     doc = {
         "chapter": chapter,
         "parameters": parameters,
         "diffgen_version": VERSION,
         "source_hash": source_hash(),
         "claims": [_claim_json(c) for c in claims],
+        "memory": peak_memory(),
     }
     path = results_path(directory, chapter)
     with atomic_write(path) as f:
@@ -212,4 +241,9 @@ def read_results(path: str | Path) -> dict:
         raise ValueError(f"{path}: missing keys {sorted(missing)}")
     for c in doc["claims"]:
         Claim(**{**c, "ci": None if c["ci"] is None else tuple(c["ci"])})  # validates
+    memory = doc.get("memory", {})
+    if not isinstance(memory, dict) or set(memory) - MEMORY_KEYS or not all(
+            v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) for v in memory.values()):
+        raise ValueError(f"{path}: memory must map {', '.join(sorted(MEMORY_KEYS))} to byte counts or null; "
+                         f"got {memory!r}")
     return doc

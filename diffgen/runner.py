@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .chapters import Run, cell_source
+from .chapters import BookError, Run, cell_source, read_parameters
 from .progress import HEADLESS, Follower
+from .results import fmt_memory
 
 SKIP_TAGS = {"injected-parameters", "papermill-error-cell-tag"}  # cells papermill adds to an executed notebook
 STAMP_NAME = "diffgen-source-hash"  # the file in the execution cache that records the source it was filled with
@@ -34,26 +35,48 @@ HEARTBEAT = 30.0  # seconds of silence after which the runner says which cell is
 # One notebook in a child process
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How one notebook run ended: `failure` None on success, else a one-line reason (with the cell it stopped in);
+    `error` the class name of the exception a cell raised (or DeadKernelError); `host_peak_bytes` the kernel's peak
+    resident set (None when unknown: killed by the timeout, or no report)."""
+
+    failure: str | None
+    error: str | None = None
+    host_peak_bytes: int | None = None
+
+    @property
+    def out_of_memory(self) -> bool:
+        """A cell ran out of GPU or host memory (torch.OutOfMemoryError, MemoryError, an allocator's message)."""
+        return self.error in MEMORY_ERRORS or any(text in (self.failure or "") for text in MEMORY_MESSAGES)
+
+
+MEMORY_ERRORS = {"OutOfMemoryError", "MemoryError"}  # torch.OutOfMemoryError (torch.cuda's too), Python's own
+MEMORY_MESSAGES = ("out of memory", "can't allocate memory")  # CUDA's and torch's CPU allocator's messages
+
+
 def execute_notebook(notebook: Path, output: Path, *, cwd: Path, parameters: dict, timeout: int,
-                     label: str, log=None) -> str | None:
-    """Execute `notebook` into `output` (written as it runs) with the kernel in `cwd`; None on success, else a
-    one-line reason (with the cell it stopped in). Killed after `timeout` s of wall-clock time. The progress lines go
-    to this process's terminal, or to the open file `log`."""
+                     label: str, log=None) -> Outcome:
+    """Execute `notebook` into `output` (written as it runs) with the kernel in `cwd`; the Outcome. Killed after
+    `timeout` s of wall-clock time. The progress lines go to this process's terminal, or to the open file `log`."""
     with tempfile.TemporaryDirectory(prefix="diffgen-run-") as tmp:
-        job, report = Path(tmp) / "job.json", Path(tmp) / "report.txt"
+        job, report = Path(tmp) / "job.json", Path(tmp) / "report.json"
         job.write_text(json.dumps({"input": str(notebook), "output": str(output), "cwd": str(cwd), "label": label,
                                    "parameters": parameters, "timeout": timeout, "report": str(report)}))
         proc = subprocess.Popen([sys.executable, "-m", "diffgen.runner", str(job)], stdout=log, stderr=log)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            return f"timed out after {timeout} s (--timeout){failed_cell(output)}"
+            return Outcome(f"timed out after {timeout} s (--timeout){failed_cell(output)}")
         finally:
             _stop(proc)
+        try:
+            done = json.loads(report.read_text())
+        except (OSError, ValueError):
+            done = {"reason": f"the executor exited with code {proc.returncode}", "error": None}
         if proc.returncode == 0:
-            return None
-        reason = report.read_text() if report.exists() else f"the executor exited with code {proc.returncode}"
-        return f"failed{failed_cell(output)}: {reason}"
+            return Outcome(None, host_peak_bytes=done.get("host_peak_bytes"))
+        return Outcome(f"failed{failed_cell(output)}: {done['reason']}", done["error"], done.get("host_peak_bytes"))
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -123,7 +146,8 @@ class CellPrinter:
 
 
 def _child(job_path: str) -> int:
-    """The child process: execute one notebook with papermill; on failure write a one-line reason to the report."""
+    """The child process: execute one notebook with papermill; write a report (JSON: the one-line reason of a
+    failure, the exception's class name, the kernel's peak resident set)."""
     job = json.loads(Path(job_path).read_text())
     os.environ[HEADLESS] = "1"  # the kernel inherits it: no live widgets, progress to the runner
     import nbformat
@@ -136,6 +160,7 @@ def _child(job_path: str) -> int:
     stop = threading.Event()
     beat = threading.Thread(target=printer.heartbeat, args=(stop,), daemon=True)
     beat.start()
+    reason = error = None
     try:
         with Follower(Path(job_path).with_name("progress.txt"), printer.show) as follower:
             printer.drain = follower.drain
@@ -143,19 +168,27 @@ def _child(job_path: str) -> int:
                                        kernel_name="python3", progress_bar=False,
                                        execution_timeout=job["timeout"], on_cell_start=printer.cell_start,
                                        extra_arguments=["--IPKernelApp.log_level=ERROR"])
-        return 0
     except PapermillExecutionError as e:
-        reason = f"{e.ename}: {e.evalue}"
+        reason, error = f"{e.ename}: {e.evalue}", e.ename
     except CellTimeoutError:
         reason = f"timed out: the cell ran longer than {job['timeout']} s (--timeout)"
     except DeadKernelError as e:
-        reason = f"the kernel died ({e})"
+        reason, error = f"the kernel died ({e})", "DeadKernelError"
     except Exception as e:  # noqa: BLE001 - anything else is reported, not re-raised
-        reason = f"{type(e).__name__}: {e}"
+        reason, error = f"{type(e).__name__}: {e}", type(e).__name__
     finally:
         stop.set()
-    Path(job["report"]).write_text((reason.strip().splitlines() or [""])[0])
-    return 1
+    Path(job["report"]).write_text(json.dumps({"reason": None if reason is None else (
+        reason.strip().splitlines() or [""])[0], "error": error, "host_peak_bytes": _kernel_peak()}))
+    return 0 if reason is None else 1
+
+
+def _kernel_peak() -> int | None:
+    """Peak resident set (bytes) of the largest child this process waited for: the kernel; None when none ended."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return peak or None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,9 +204,23 @@ def run_chapters(runs: list[Run], out: Path, timeout: int) -> int:
     return 0
 
 
-def run_chapter(run: Run, out: Path, timeout: int, log=None) -> bool:
-    """Execute one chapter into `out` (replacing its earlier outputs there); print the outcome (to `log`, an open
-    file, when given, with the progress lines)."""
+@dataclass(frozen=True)
+class ChapterOutcome:
+    """The end of one `diffgen run` of a chapter: true when it succeeded; its seconds and peak memory."""
+
+    ok: bool
+    seconds: float
+    memory: dict  # gpu_peak_bytes (when the chapter recorded it), host_peak_bytes (results.fmt_memory)
+    error: str | None = None  # the one-line error, when it failed
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def run_chapter(run: Run, out: Path, timeout: int, log=None) -> ChapterOutcome:
+    """Execute one chapter into `out` (replacing its earlier outputs there); print the outcome and its peak memory
+    (to `log`, an open file, when given, with the progress lines). Out of memory, the error names the parameters to
+    lower (chapters.memory_hint)."""
     ch = run.chapter
     running, final, failed = (out / f"{ch.stem}{suffix}.ipynb" for suffix in (".running", "", ".FAILED"))
     results = out / f"{ch.id}.results.json"
@@ -182,19 +229,55 @@ def run_chapter(run: Run, out: Path, timeout: int, log=None) -> bool:
     settings = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "the notebook's defaults"
     print(f"{ch.id}: running {show_path(ch.path)} with {settings}", file=log or sys.stdout, flush=True)
     start = time.monotonic()
-    failure = execute_notebook(ch.path, running, cwd=out, parameters=run.overrides, timeout=timeout, label=ch.id,
+    outcome = execute_notebook(ch.path, running, cwd=out, parameters=run.overrides, timeout=timeout, label=ch.id,
                                log=log)
-    failure = failure or _check_results(results)
+    seconds = time.monotonic() - start
+    failure = outcome.failure or _check_results(results)
+    memory = _peaks(outcome, results)
     if failure:
         if running.exists():
             os.replace(running, failed)
+        hint = _memory_hint(ch.id, {name: run.value(name) for name in run.parameters}, outcome)
         kept = f"partial notebook kept as {show_path(failed)}" if failed.exists() else "no notebook was written"
-        print(f"diffgen run: error: {ch.id} {failure}; {kept}", file=log or sys.stderr, flush=True)
-        return False
+        error = f"{ch.id} {failure}{'; ' + hint if hint else ''}; {kept}"
+        print(f"diffgen run: error: {error}", file=log or sys.stderr, flush=True)
+        print(f"{ch.id}: peak memory {fmt_memory(memory)}", file=log or sys.stdout, flush=True)
+        return ChapterOutcome(False, seconds, memory, error)
     os.replace(running, final)  # papermill wrote progressively to `running`: the final name appears only now
-    print(f"{ch.id}: done in {time.monotonic() - start:.1f} s: executed notebook {show_path(final)}, "
-          f"results {show_path(results)}", file=log or sys.stdout, flush=True)
-    return True
+    print(f"{ch.id}: done in {seconds:.1f} s: executed notebook {show_path(final)}, results {show_path(results)}",
+          file=log or sys.stdout, flush=True)
+    print(f"{ch.id}: peak memory {fmt_memory(memory)}", file=log or sys.stdout, flush=True)
+    return ChapterOutcome(True, seconds, memory)
+
+
+def _memory_hint(chapter: str, values: dict, outcome: Outcome) -> str | None:
+    """The parameters to lower when the chapter ran out of memory (or its kernel died, which the system's
+    out-of-memory killer does); None for other failures."""
+    from .chapters import memory_hint
+
+    if outcome.out_of_memory:
+        return f"out of memory: {memory_hint(chapter, values)}"
+    if outcome.error == "DeadKernelError":
+        return f"if it ran out of host memory, {memory_hint(chapter, values)}"
+    return None
+
+
+def _defaults(notebook: Path) -> dict:
+    """The parameters a notebook declares, with their defaults; {} for a page without a parameters cell."""
+    try:
+        return {name: p.default for name, p in read_parameters(notebook).items()}
+    except BookError:
+        return {}
+
+
+def _peaks(outcome: Outcome, results: Path) -> dict:
+    """The chapter's peak memory: what its results file recorded (results.peak_memory, GPU included), else the
+    kernel's peak resident set as the runner measured it."""
+    try:
+        recorded = json.loads(results.read_text()).get("memory") or {}
+    except (OSError, ValueError, AttributeError):
+        recorded = {}
+    return {"host_peak_bytes": outcome.host_peak_bytes, **recorded}
 
 
 def _check_results(path: Path) -> str | None:
@@ -276,19 +359,22 @@ def execute_book(root: Path, cache_dir: Path, *, timeout: int, source: str) -> b
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="diffgen-book-") as tmp:
             output = Path(tmp) / path.name
-            failure = execute_notebook(path, output, cwd=path.parent, parameters={}, timeout=timeout, label=label)
-            if failure:
+            outcome = execute_notebook(path, output, cwd=path.parent, parameters={}, timeout=timeout,
+                                       label=label)
+            if outcome.failure:
                 kept = path.with_suffix(".FAILED.ipynb")
                 if output.exists():
                     shutil.copy(output, kept)
-                print(f"diffgen book: error: {label} {failure}"
+                hint = _memory_hint(label, _defaults(path), outcome)
+                print(f"diffgen book: error: {label} {outcome.failure}{'; ' + hint if hint else ''}"
                       f"{'; partial notebook kept as ' + show_path(kept) if kept.exists() else ''}",
                       file=sys.stderr, flush=True)
                 return False
             executed = _outputs_onto(nb, nbformat.read(output, as_version=4))
         cache.cache_notebook_bundle(CacheBundleIn(executed, str(path), data={
             "execution_seconds": time.monotonic() - start}), check_validity=False, overwrite=True)
-        print(f"{label}: executed in {time.monotonic() - start:.0f} s", flush=True)
+        memory = fmt_memory(_peaks(outcome, path.parent / f"{label}.results.json"))
+        print(f"{label}: executed in {time.monotonic() - start:.0f} s, peak memory {memory}", flush=True)
     return True
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,97 @@ def test_bench_gpu_without_a_gpu_says_so_and_exits_0():
                                                                             "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no CUDA GPU on this machine" in done.stdout
+
+
+def test_bench_gpu_measures_and_reports_the_optimum_on_any_device():
+    """The eps* and DDIM measurements of bench_gpu.py, run on the CPU at toy sizes: every path row and both DDIM
+    dtypes come back with finite numbers, and the report prints them (the GPU run is then only a matter of sizes)."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "benchmarks" / "bench_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cpu = torch.device("cpu")
+    rows = bench.optimum_vs_matmul(cpu, rounds=2, B=8, n=64, dim=16)
+    assert [(r["dtype"], r["path"]) for r in rows] == [("float32", "fused"), ("float32", "tiled"),
+                                                        ("float64", "fused")]  # on CUDA float64 runs tiled
+    assert all(_finite_positive(r["eps_vs_matmul"]) and _finite_positive(r["tflops"]["eps*"]) for r in rows)
+    assert all(r["pass"] == (r["eps_vs_matmul"] >= bench.OPTIMUM_TARGET) for r in rows)
+    ddim = bench.ddim_with_optimum(cpu, 4, n=32, dim=8, steps=5)
+    assert set(ddim["per_dtype"]) == {"float32", "float64"} and ddim["pass"] is None  # not the benchmark's sizes
+    assert all(_finite_positive(v["seconds"]) for v in ddim["per_dtype"].values())
+    lines = bench.optimum_report(rows, ddim)
+    assert "float32, fused path" in lines[1] and "float64, fused path" in lines[3]
+    assert "DDIM 5 steps x 4 samples with eps* of 32 images: float32" in lines[4]
+    assert "target 1.5 s is for 100 steps x 1000 samples of 50000 images" in lines[4]
+
+
+def _gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120,
+                          env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "gpu_check: no CUDA GPU on this machine" in done.stdout
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_gpu_check_plan_table_and_exit_code():
+    check = _gpu_check()
+    assert [(c, p) for c, p, _ in check.PLAN] == [(f"ch{k}", preset) for preset in ("smoke", "paper")
+                                                  for k in range(1, 5)]
+    assert all(extra.get("train_steps", 300) <= 300 for _, p, extra in check.PLAN)  # paper presets cut short
+    assert check.select(["ch3:paper", "ch9:smoke"]) == [("ch3", "paper", {"train_steps": 300}), ("ch9", "smoke", {})]
+    with pytest.raises(SystemExit, match="CHAPTER:PRESET"):
+        check.select(["ch3"])
+    ok = check.Row("ch2", "smoke", True, 12.34, {"gpu_peak_bytes": 3 * 2**29, "host_peak_bytes": 2**31})
+    failed = check.Row("ch3", "paper, train_steps=300", False, 99.0, {"host_peak_bytes": 2**30})
+    table = check.summary([ok, failed]).splitlines()
+    assert table[0].split() == ["chapter", "preset", "status", "seconds", "peak", "GPU", "peak", "host"]
+    assert table[1].split() == ["ch2", "smoke", "ok", "12.3", "1.50", "GiB", "2.00", "GiB"]
+    assert table[2].split() == ["ch3", "paper,", "train_steps=300", "FAILED", "99.0", "-", "1.00", "GiB"]
+    assert table[3] == "2 runs, 1 failed" and check.exit_code([ok, failed]) == 1
+    assert check.exit_code([ok]) == 0 and check.summary([ok]).endswith("1 runs, all ok")
+    assert check.exit_code([]) == 1  # nothing ran: not a pass
+
+
+@pytest.mark.slow  # two chapter kernels (seconds each)
+def test_gpu_check_runs_its_plan_through_the_runner_and_fails_on_any_failure(tmp_path):
+    """The stand-in: --device cpu on a fixture book (DIFFGEN_BOOK_DIR) of one chapter that records its results and
+    one that raises; the table shows both, with the first one's peaks, and the exit code is 1."""
+    import nbformat
+
+    book = tmp_path / "book"
+    book.mkdir()
+    cells = {"ch1_fine": ("from diffgen.results import Claim, write_results\n"
+                          "write_results('.', 'ch1', {}, [Claim('C1', 'abstract', 's', 'm', 1.0, None, '> 0', True)])"),
+             "ch2_broken": "raise ValueError('broken on purpose')"}
+    for stem, body in cells.items():
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+            'device = "auto"  # d; one of: auto, cpu, cuda\nseed = 0  # s; int in [0, 9]'), nbformat.v4.new_code_cell(body)])
+        nb.cells[0].metadata["tags"] = ["parameters"]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, book / f"{stem}.ipynb")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--no-bench",
+                           "--only", "ch1:default", "--only", "ch2:default", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DIFFGEN_BOOK_DIR": str(book)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    table = done.stdout[done.stdout.index("chapter "):].splitlines()
+    fine, broken = table[1].split(), table[2].split()
+    assert fine[:3] == ["ch1", "default", "ok"] and fine[4] == "-" and fine[6] == "GiB"  # no GPU used; the host peak
+    assert broken[:3] == ["ch2", "default", "FAILED"]
+    assert table[3] == "2 runs, 1 failed"
+    assert "ValueError: broken on purpose" in done.stderr
+    assert (tmp_path / "out" / "data" / "cifar-10-batches-bin" / "test_batch.bin").stat().st_size == 10_000 * 3073

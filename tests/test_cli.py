@@ -3,6 +3,7 @@ execution of tiny fixture chapters in a temporary book folder (DIFFGEN_BOOK_DIR)
 from __future__ import annotations
 
 import json
+import re
 import time
 import tomllib
 
@@ -285,3 +286,75 @@ def test_timeout_kills_a_stalled_chapter(book, capsys):
     err = capsys.readouterr().err
     assert "ch4 timed out after 10 s (--timeout) in cell index 2 (`import time; time.sleep(60)`)" in err, err
     assert (out / "ch4_slow.FAILED.ipynb").exists() and not (out / "ch4_slow.ipynb").exists()
+
+
+# --- memory: the peaks each run prints, and what an out-of-memory error says to lower ---------------------------
+
+OOM_PARAMS = """\
+batch_size = 128  # batch; int in [8, 4096]
+n_samples = 256  # samples; int in [16, 4096]
+n_seeds = 3  # seeds; int in [2, 16]
+n_train = 500  # training images; int in [8, 50000]
+device = "auto"  # where to run; one of: auto, cpu, cuda
+seed = 0  # random seed; int in [0, 2147483647]
+"""
+
+RAISE_OOM = """\
+import torch
+raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 73.00 GiB (GPU 0; 139.8 GiB total)")
+"""
+
+WRITE_REAL_RESULTS = """\
+import numpy as np
+from diffgen.results import Claim, write_results
+ballast = np.ones(40 * 2**20 // 8)  # 40 MiB more resident
+write_results(".", "ch2", {}, [Claim("C2", "abstract", "closed form", "max error", 1e-12, None, "< 1e-9", True)])
+"""
+
+
+def test_out_of_memory_names_the_chapters_memory_parameters_with_their_values():
+    from diffgen.runner import Outcome, _memory_hint
+
+    values = {"batch_size": 512, "n_samples": 1000, "n_seeds": 2, "n_train": 5000, "seed": 0}
+    oom = Outcome("failed in cell index 4 (`runs = ...`): OutOfMemoryError: CUDA out of memory.", "OutOfMemoryError")
+    assert oom.out_of_memory and _memory_hint("ch3", values, oom) == (
+        "out of memory: lower batch_size (now 512), n_samples (now 1000), n_seeds (now 2), n_train (now 5000) "
+        "with -p NAME VALUE")
+    cpu = Outcome("failed: RuntimeError: [enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory",
+                  "RuntimeError")
+    assert cpu.out_of_memory and "lower batch_size (now 512)" in _memory_hint("ch3", values, cpu)
+    died = Outcome("failed in cell index 4: the kernel died (Kernel died)", "DeadKernelError")
+    assert not died.out_of_memory and _memory_hint("ch3", values, died).startswith("if it ran out of host memory, lower batch_size")
+    assert _memory_hint("ch3", values, Outcome("failed: ValueError: boom", "ValueError")) is None
+    assert "lower the chapter's sizes" in _memory_hint("ch9", values, oom)  # no declared list
+
+
+def test_every_declared_memory_parameter_is_a_parameter_of_its_chapter():
+    found = chapters.discover(chapters.PACKAGE_DIR.parent / "book")
+    assert set(chapters.MEMORY_PARAMETERS) <= set(found)
+    for cid, names in chapters.MEMORY_PARAMETERS.items():
+        declared = chapters.read_parameters(found[cid].path)
+        assert set(names) <= set(declared), cid
+
+
+@pytest.mark.slow
+def test_a_chapter_out_of_memory_says_what_to_lower_and_runs_print_their_peaks(tmp_path, monkeypatch, capsys):
+    book = tmp_path / "book"
+    book.mkdir()
+    write_notebook(book / "ch3_oom.ipynb", OOM_PARAMS, "x = 1", RAISE_OOM)
+    write_notebook(book / "ch2_memory.ipynb", BASE_PARAMS, WRITE_REAL_RESULTS)
+    monkeypatch.setenv("DIFFGEN_BOOK_DIR", str(book))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "ch3", "-p", "n_samples", "1000", "--out", str(tmp_path / "out")]) == 1
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "ch3 failed in cell index 3 (`import torch`): OutOfMemoryError: CUDA out of " \
+        "memory. Tried to allocate 73.00 GiB" in err, err
+    assert "; out of memory: lower batch_size (now 128), n_samples (now 1000), n_seeds (now 3), n_train (now 500) " \
+        "with -p NAME VALUE; partial notebook kept as" in err, err
+    peak = re.search(r"ch3: peak memory GPU unknown, host (\d+\.\d\d) GiB", out)
+    assert peak and 0.05 < float(peak[1]) < 4, out  # the kernel's own peak, measured by the runner
+    assert cli.main(["run", "ch2", "--out", str(tmp_path / "out")]) == 0
+    recorded = json.loads((tmp_path / "out" / "ch2.results.json").read_text())["memory"]
+    assert recorded["gpu_peak_bytes"] is None and recorded["host_peak_bytes"] > 40 * 2**20
+    assert f"ch2: peak memory GPU not used, host {recorded['host_peak_bytes'] / 2**30:.2f} GiB" in \
+        capsys.readouterr().out

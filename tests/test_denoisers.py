@@ -1,6 +1,7 @@
 """EmpiricalOptimum against a float64 brute-force softmax; the exact Gaussian denoiser and its flow map."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -487,3 +488,142 @@ def test_cpu_picks_the_tiled_loop_above_the_fused_kernels_width(monkeypatch):
         tiled = EmpiricalOptimum(train, sched, fused=False).x0_star(xt, 300)
         torch.testing.assert_close(fused, tiled, rtol=1e-4, atol=1e-5)
     assert calls == [64]
+
+
+# ---------------------------------------------------------------- padded widths, the path per device, exact matmuls
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("width", [4, 13])  # D + 1 = 5 and 14: padded to 8 and 16
+def test_padded_and_unpadded_widths_agree_with_the_brute_force(sched, dtype, tol, fused, width):
+    """Zero key columns add 0 to every logit and the padded value columns are dropped: the same x0* as unpadded, up to
+    the order of the dot products' sums (float32 logits at t = 100 round differently by up to 5e-6)."""
+    train = torch.randn(29, width, generator=torch.Generator().manual_seed(width), dtype=torch.float64)
+    padded = EmpiricalOptimum(train, sched, dtype=dtype, fused=fused, tile=6)
+    plain = EmpiricalOptimum(train, sched, dtype=dtype, fused=fused, tile=6, align=1)
+    assert padded._keys.shape[1] % 8 == 0 and plain._keys.shape[1] == width + 1
+    assert torch.equal(padded._keys[:, width + 1:], torch.zeros_like(padded._keys[:, width + 1:]))
+    for t in (10, 100, 1000):
+        x = queries(train, t, sched)
+        got, ref = padded.x0_star(x, t), plain.x0_star(x, t)
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+        brute = ref_x0_eps(train, x, t, sched)[0]
+        torch.testing.assert_close(got.double(), brute, rtol=0, atol=1e-10 if dtype == torch.float64 else 2e-5)
+
+
+def test_the_path_per_device_dtype_and_width_is_the_documented_one(sched):
+    """CPU: fused up to CPU_FUSED_MAX_DIM, tiled above; CUDA: fused in float32, tiled in float64; fused=False: tiled.
+    Decided without a GPU (the device is only inspected), so the CUDA rule is checked on every machine."""
+    narrow, wide = (torch.zeros(3, d) for d in (64, EmpiricalOptimum.CPU_FUSED_MAX_DIM + 1))
+    rows = {(dt, d, f): EmpiricalOptimum(x, sched, dtype=dt, fused=f)
+            for dt in (torch.float32, torch.float64) for d, x in (("narrow", narrow), ("wide", wide))
+            for f in (True, False)}
+    for (dt, d, f), opt in rows.items():
+        assert opt.path("cpu") == ("fused" if f and d == "narrow" else "tiled"), (dt, d, f)
+        assert opt.path(torch.device("cuda", 0)) == ("fused" if f and dt == torch.float32 else "tiled"), (dt, d, f)
+
+
+def test_cpu_runs_the_fused_kernel_on_aligned_widths_exactly_when_the_path_says_so(sched, monkeypatch):
+    """The SDPA call happens iff path('cpu') == 'fused', with every width a multiple of 8 (D + 1 = 65 -> 72)."""
+    widths = []
+    original = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: widths.append((q.shape[-1], k.shape[-1], v.shape[-1])) or
+                        original(q, k, v, **kw))
+    g = torch.Generator().manual_seed(0)
+    for D_ in (64, EmpiricalOptimum.CPU_FUSED_MAX_DIM + 1):
+        train, xt = torch.randn(50, D_, generator=g), torch.randn(4, D_, generator=g)
+        opt = EmpiricalOptimum(train, sched)
+        before = len(widths)
+        fused = opt.x0_star(xt, 300)
+        assert (len(widths) > before) == (opt.path("cpu") == "fused")
+        tiled = EmpiricalOptimum(train, sched, fused=False).x0_star(xt, 300)
+        torch.testing.assert_close(fused, tiled, rtol=1e-4, atol=1e-5)
+    assert widths == [(72, 72, 72)]
+
+
+def test_a_missing_fused_kernel_warns_and_falls_back_to_the_loop(train, sched, monkeypatch):
+    def refuse(*a, **k):
+        raise RuntimeError("No available kernel.  Aborting execution.")
+
+    opt = EmpiricalOptimum(train, sched, dtype=torch.float64)
+    x = queries(train, 100, sched)
+    expected = EmpiricalOptimum(train, sched, dtype=torch.float64, fused=False).x0_star(x, 100)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", refuse)
+    with pytest.warns(RuntimeWarning, match="no fused attention kernel for torch.float64 rows of width 8 on cpu"):
+        got = opt.x0_star(x, 100)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_tiles_are_large_on_cuda_and_as_given_when_given(sched):
+    opt = EmpiricalOptimum(torch.zeros(10, 3), sched)
+    assert opt.tile_size("cpu", 1000) == EmpiricalOptimum.CPU_TILE
+    assert opt.tile_size("cuda", 1000) == EmpiricalOptimum.CUDA_LOGITS // 1000 > 16000
+    assert opt.tile_size("cuda", 10 ** 6) == EmpiricalOptimum.CPU_TILE
+    assert EmpiricalOptimum(torch.zeros(10, 3), sched, tile=7).tile_size("cuda", 1000) == 7
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_float32_logits_stay_float32_under_bf16_autocast_and_reduced_matmul_precision(sched, fused):
+    """A caller's torch.autocast(bfloat16) and set_float32_matmul_precision('medium') (bf16 matmuls in oneDNN on the
+    CPU, TF32 on CUDA) must not reach the optimum's logits: the result matches the float64 brute force at float32
+    accuracy, and the caller's settings are unchanged afterwards. Without the guard the same call is off by ~1e-2."""
+    from diffgen import denoisers
+
+    g = torch.Generator().manual_seed(2)
+    train = torch.randn(40, 24, generator=g, dtype=torch.float64)
+    x = queries(train, 200, sched)
+    brute = ref_x0_eps(train, x, 200, sched)[0]
+    opt = EmpiricalOptimum(train, sched, fused=fused)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = opt.x0_star(x, 200)
+            assert torch.is_autocast_enabled("cpu")  # the caller's autocast is still on
+            unguarded = denoisers.exact_matmuls
+            denoisers.exact_matmuls = lambda device_type: contextlib.nullcontext()
+            try:
+                careless = opt.x0_star(x, 200)
+            finally:
+                denoisers.exact_matmuls = unguarded
+        assert torch.get_float32_matmul_precision() == "medium"
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    torch.testing.assert_close(got.double(), brute, rtol=0, atol=2e-5)
+    assert float((careless.double() - brute).abs().max()) > 1e-3  # the mechanism the guard removes
+
+
+# ---------------------------------------------------------------- the brute-force references, tiled over N
+def _untiled_forward_time_minimiser(train, sched, xt, t, gap_probs):
+    """The minimiser as first written: one [B, N, D] tensor of differences, einsum over it (small sizes only)."""
+    x, xs = xt.double(), train.double()
+    abar_t = float(sched.abar[t])
+    diff = x[:, None, :] - abar_t**0.5 * xs[None]
+    num, den = torch.zeros_like(x), 0.0
+    for s in torch.nonzero(gap_probs).flatten().tolist():
+        r = abar_t / float(sched.abar[s])
+        var = r * (1 - float(sched.abar[s])) + (1 - r)
+        w = torch.softmax(-diff.pow(2).sum(-1) / (2 * var), dim=1)
+        c = ((1 - r) / (1 - abar_t)) ** 0.5
+        num = num + float(gap_probs[s]) * c * (1 - r) ** 0.5 * torch.einsum("bn,bnd->bd", w, diff) / var
+        den += float(gap_probs[s]) * c**2
+    return num / den
+
+
+@pytest.mark.parametrize("chunk", [1, 30, 10 ** 9])  # one training point per tile, a few, all at once
+def test_tiled_references_equal_the_untiled_brute_force(train, sched, chunk):
+    """chunk = 1: one training point per tile; memory at the paper's sizes: tests/test_memory.py."""
+    from diffgen.denoisers import forward_time_minimiser
+    from diffgen.objectives import ForwardTimeLoss
+
+    x = queries(train, 50, sched)  # [33, D]
+    for t in (1, 50, 700):
+        abar = float(sched.abar[t])
+        untiled = torch.softmax(-(x[:, None] - abar**0.5 * train[None]).pow(2).sum(-1) / (2 * (1 - abar)), 1) @ train
+        torch.testing.assert_close(x0_star_reference(x, train, abar, chunk=chunk), untiled, rtol=0, atol=1e-12)
+    for gap in ("one", "uniform"):
+        probs = ForwardTimeLoss(sched, gap).gap_probs(40)
+        ref = _untiled_forward_time_minimiser(train, sched, x, 40, probs)
+        got = forward_time_minimiser(train, sched, x, 40, probs, chunk=chunk)
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)

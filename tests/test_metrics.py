@@ -295,6 +295,27 @@ def test_weight_collapse_on_paths_that_sit_on_training_points(sched):
     assert float(collapse.entropy[0].median()) > float(collapse.entropy[-1].median())
 
 
+def test_weight_recorder_during_sampling_equals_weight_collapse_of_the_recorded_paths(sched):
+    """The recorder keeps [S, B] numbers while the sampler runs; weight_collapse gets the same from the full paths."""
+    from diffgen.denoisers import EmpiricalOptimum
+    from diffgen.metrics import WeightRecorder, weight_collapse
+    from diffgen.samplers import Trajectory, sample_ddim
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    opt = EmpiricalOptimum(train, sched, dtype=torch.float64)
+    x_T = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    paths, record = Trajectory(), WeightRecorder(opt)
+    z = sample_ddim(opt, x_T, sched, 20, callback=lambda *a: (paths(*a), record(*a)))
+    final = nearest_neighbors(z, train).index[:, 0]
+    t, xt, _ = paths.stacked()
+    expected, got = weight_collapse(opt, t, xt, final), record.collapse(final)
+    assert torch.equal(got.t, expected.t) and torch.equal(got.t, t[:-1]) and len(record.entropy) == 20
+    torch.testing.assert_close(got.entropy, expected.entropy, rtol=0, atol=0)
+    assert torch.equal(got.decided, expected.decided) and got.decided[-1] == 1.0
+    assert (got.collapse_t, got.decided_t) == (expected.collapse_t, expected.decided_t) and got.decided_t > 0
+
+
 def test_hierarchical_bootstrap_spans_the_seeds_and_the_samples():
     from diffgen.metrics import hierarchical_bootstrap
 
@@ -348,6 +369,17 @@ def test_distinct_rows_exact():
     expected = [i for i in range(40) if i not in (7, 21, 33, 30)]
     assert keep.tolist() == expected
     assert distinct_rows(torch.randn(5, 3, generator=g)).tolist() == [0, 1, 2, 3, 4]
+    for tile in (1, 3, 7):  # rows reach the host a tile at a time; duplicates across tiles are still found
+        assert distinct_rows(x, tile=tile).tolist() == expected
+
+
+def test_distinct_rows_confirms_every_hash_match(monkeypatch):
+    """Rows are compared, not only hashed: with every row hashing alike the answer is the same."""
+    from diffgen import metrics
+
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [5.0, 6.0], [3.0, 4.0]])
+    monkeypatch.setattr(metrics, "hash", lambda raw: 0, raising=False)
+    assert distinct_rows(x, tile=2).tolist() == [0, 1, 3]
 
 
 def test_copy_of_a_duplicated_training_point_is_a_copy(cloud):

@@ -99,6 +99,10 @@ def test_digits_classifier_trains_caches_and_reloads(tmp_path):
     again = digits_classifier(cfg, device="cpu", cache_dir=tmp_path)
     assert again.from_cache and again.accuracy == first.accuracy
     torch.testing.assert_close(again.features(x), first.features(x), rtol=0, atol=0)
+    many = _randn(70, 64, seed=4).clamp(-1, 1)
+    whole = first.features(many)
+    object.__setattr__(first, "BATCH", 16)  # the images in batches of 16: the same features
+    torch.testing.assert_close(first.features(many), whole, rtol=1e-5, atol=1e-5)  # float32 net: rounding only
     assert first.features(x).shape == (5, cfg.features) and first.features(x).dtype == torch.float64
     path = next((tmp_path / "quality").glob("*.pt"))
     path.write_bytes(path.read_bytes()[:100])  # truncated: rebuilt, same numbers (same seed)
@@ -181,3 +185,36 @@ def test_image_classifier_on_fixture_cifar_files(tmp_path):
     assert IMAGE_CLASSIFIER.batch_size is not None  # real data sets never train full batch
     with pytest.raises(ValueError, match="'celeba' has no class labels"):
         labelled_splits("celeba", data_dir=tmp_path)
+
+
+def _median_by_sorting(x, y):
+    """Every pairwise distance from explicit differences, i < j, sorted: the lower middle one."""
+    z = torch.cat([x, y])
+    d = torch.stack([((z[i] - z[j]) ** 2).sum().sqrt() for i in range(len(z)) for j in range(i + 1, len(z))])
+    return float(d.sort().values[(len(d) - 1) // 2])
+
+
+@pytest.mark.parametrize("cap, bins", [(10 ** 9, 4096), (40, 4), (1, 2)])  # one pass; several; down to one value
+def test_median_bandwidth_is_the_exact_median_in_any_number_of_passes(cap, bins):
+    x, y = _randn(23, 5, seed=1), _randn(18, 5, seed=2) + 0.4  # 820 distances
+    ref = _median_by_sorting(x, y)
+    assert median_bandwidth(x, y, cap=cap, bins=bins) == pytest.approx(ref, rel=1e-12)
+    z = torch.cat([x, y])
+    old = float(torch.cdist(z, z)[torch.triu_indices(len(z), len(z), 1).unbind()].median())  # the former [N, N] way
+    assert median_bandwidth(x, y, cap=cap, bins=bins) == pytest.approx(old, rel=1e-12)
+    dup = torch.cat([x[:3]] * 12)  # 36 rows, 3 distinct: 594 of the 630 distances are exact zeros or repeats
+    assert median_bandwidth(dup, dup[:1], cap=cap, bins=bins) == _median_by_sorting(dup, dup[:1])
+    odd = _randn(4, 2, seed=5)  # 6 pairs of 4 rows, then 10 of 5: the lower middle one for an even count
+    assert median_bandwidth(odd, odd[:1] + 3, cap=cap, bins=bins) == pytest.approx(
+        _median_by_sorting(odd, odd[:1] + 3), rel=1e-12)
+
+
+def test_pairwise_means_are_the_same_in_tiles_of_a_few_pairs(monkeypatch):
+    from diffgen import quality
+    from diffgen.quality import kid
+
+    x, y = _randn(23, 5, seed=1), _randn(31, 5, seed=2) + 0.2
+    whole = (energy_distance(x, y), mmd2(x, y, 1.3), kid(x, y), median_bandwidth(x, y))
+    monkeypatch.setattr(quality, "PAIRS", 40)  # one row of 31 or 54 pairs per tile
+    tiled = (energy_distance(x, y), mmd2(x, y, 1.3), kid(x, y), median_bandwidth(x, y))
+    assert tiled == pytest.approx(whole, rel=1e-12)

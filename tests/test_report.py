@@ -115,6 +115,23 @@ def test_markdown_report(run_dir, capsys):
     assert next(line for line in lines if line.startswith("| C1")).endswith("| ch1 | not run | not run |")
 
 
+def test_reports_show_each_chapters_peak_memory_and_read_files_without_it(run_dir, capsys):
+    doc = json.loads((run_dir / "ch10.results.json").read_text())
+    doc["memory"] = {"gpu_peak_bytes": 5 * 2**30, "host_peak_bytes": 3 * 2**29}
+    (run_dir / "ch10.results.json").write_text(json.dumps(doc))
+    doc = json.loads((run_dir / "ch2.results.json").read_text())
+    del doc["memory"]  # written by older code
+    (run_dir / "ch2.results.json").write_text(json.dumps(doc))
+    assert cli.main(["report", str(run_dir)]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "peak memory GPU 5.00 GiB, host 1.50 GiB" in text and "peak memory not recorded" in text
+    assert cli.main(["report", str(run_dir), "--format", "markdown"]) == 0
+    assert "peak memory GPU 5.00 GiB, host 1.50 GiB" in capsys.readouterr().out
+    assert cli.main(["report", str(run_dir), "--format", "json"]) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert [r["memory"] for r in runs] == [None, {"gpu_peak_bytes": 5 * 2**30, "host_peak_bytes": 3 * 2**29}]
+
+
 def test_json_report(run_dir, capsys):
     assert cli.main(["report", str(run_dir), "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from diffgen import __version__, source_hash
 from diffgen._util import atomic_write
 from diffgen.results import PAPER_CLAIMS, Claim, paper_row, read_results, results_path, write_results
 
-KEYS = {"chapter", "parameters", "diffgen_version", "source_hash", "claims"}
+KEYS = {"chapter", "parameters", "diffgen_version", "source_hash", "claims", "memory"}
 CLAIM_KEYS = {"id", "source", "statement", "metric", "value", "ci", "expected", "holds", "seeds", "premise",
               "premise_met", "quality", "quality_ok", "flattened"}
 
@@ -50,6 +51,42 @@ def test_write_results_valid_json_with_required_keys(tmp_path):
     assert doc["claims"][0]["ci"] is None and doc["claims"][0]["seeds"] is None and doc["claims"][1]["seeds"] == 3
     assert doc["claims"][1]["ci"] == [pytest.approx(0.95), 1.0] and doc["claims"][1]["value"] == pytest.approx(0.98)
     assert sorted(os.listdir(tmp_path / "out")) == ["ch3.results.json"]  # no temp file left behind
+    assert doc["memory"]["gpu_peak_bytes"] is None  # no GPU was used here
+    assert 50 * 2**20 < doc["memory"]["host_peak_bytes"] <= peak_now()  # this process holds torch
+
+
+def peak_now() -> int:
+    """This process's peak resident set so far, bytes (Linux's /proc)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+
+
+def test_the_gpu_peak_is_torchs_largest_over_the_gpus_it_used(monkeypatch):
+    import torch
+
+    from diffgen.results import fmt_memory, peak_memory
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda k: [3 * 2**30, 5 * 2**29][k])
+    memory = peak_memory()
+    assert memory["gpu_peak_bytes"] == 3 * 2**30
+    assert fmt_memory(memory) == f"GPU 3.00 GiB, host {memory['host_peak_bytes'] / 2**30:.2f} GiB"
+    assert fmt_memory({"gpu_peak_bytes": None, "host_peak_bytes": 2**31}) == "GPU not used, host 2.00 GiB"
+    assert fmt_memory({"host_peak_bytes": None}) == "GPU unknown, host unknown"
+    assert fmt_memory(None) == "not recorded"
+
+
+def test_results_without_memory_still_read_and_bad_memory_is_an_error(tmp_path):
+    path = write_results(tmp_path, "ch2", {}, _claims())
+    doc = json.loads(path.read_text())
+    del doc["memory"]  # a file written before the memory record
+    path.write_text(json.dumps(doc))
+    assert "memory" not in read_results(path)
+    for bad in ({"gpu_peak_bytes": -1}, {"host_peak_bytes": 1.5}, {"disk": 3}, [1]):
+        path.write_text(json.dumps({**doc, "memory": bad}))
+        with pytest.raises(ValueError, match="memory must map gpu_peak_bytes, host_peak_bytes"):
+            read_results(path)
 
 
 def test_read_results_round_trip(tmp_path):
