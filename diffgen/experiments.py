@@ -109,30 +109,6 @@ def snapshot_rows(curves, members: dict) -> list[Snapshot]:
             for m, (n, seed) in members.items() for j, step in enumerate(curves.train_steps)]
 
 
-def spearman_interval(x, y, *, n_boot: int = 1000, seed: int = 0, groups=None) -> Estimate | None:
-    """Spearman correlation of (x, y) with a percentile bootstrap over the points; with `groups`, the mean of the
-    within-group correlations, points resampled within their group (groups whose x or y is constant are left out,
-    their correlation being undefined). None when no group has a defined correlation."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    labels = np.zeros(len(x), dtype=int) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    members = [np.flatnonzero(labels == k) for k in np.unique(labels)]
-    members = [i for i in members if spearman(x[i], y[i]) is not None]
-    if not members:
-        return None
-
-    def statistic(index_sets) -> float:
-        values = [spearman(x[i], y[i]) for i in index_sets]
-        values = [v for v in values if v is not None]
-        return float(np.mean(values)) if values else math.nan
-
-    rng = np.random.default_rng(seed)
-    value = statistic(members)
-    boots = np.array([statistic([rng.choice(i, len(i)) for i in members]) for _ in range(n_boot)])
-    boots = boots[np.isfinite(boots)]
-    low, high = np.quantile(boots, [0.025, 0.975]) if len(boots) else (value, value)
-    return Estimate(value, float(low), float(high))
-
-
 def blend_curve(model, optimum, weights, x_T: torch.Tensor, train: torch.Tensor, sched: Schedule,
                 steps, *, clip: tuple[float, float] | None = None) -> list[Proportion]:
     """Copy rate of DDIM samples from x_T under (1 - w) eps_model + w eps* for each weight w (x0 clamped to
@@ -453,15 +429,17 @@ class ObjectiveCurves:
         return [copy_rate(self.ratios[m]) for m in members]
 
 
-def objective_curves(ensemble, sets: list[torch.Tensor], heldout: torch.Tensor, classifier, sched: Schedule,
+def objective_curves(ensemble, sets: list[torch.Tensor], heldout: torch.Tensor, features, sched: Schedule,
                      probe: Probe, *, n_samples: int, steps, seed: int,
                      clip: tuple[float, float] | None = None) -> ObjectiveCurves:
     """ObjectiveCurves of a train.EnsembleResult whose member m was trained on sets[m] (DDIM on `steps`, a number of
-    steps or a grid, x0 clamped to `clip`; classifier None: no KID). Two ensembles of the same members sample member
+    steps or a grid, x0 clamped to `clip`; KID in the space of `features`, a fid.QualityFeatures or a classifier
+    (standardized unless they are Inception's); None: no KID). Two ensembles of the same members sample member
     m from the same noise: their samples are paired."""
     from .quality import kid
 
-    ref = None if classifier is None else classifier.features(heldout)
+    ref = None if features is None else features.features(heldout)
+    standardize = not getattr(features, "inception", False)  # a classifier's features: KID on the reference's scale
     M, snaps = ensemble.n_members, ensemble.snapshot_steps
     rate, kids, gap, loss = (np.zeros((M, len(snaps))) for _ in range(4))
     for j, step in enumerate(snaps):
@@ -470,7 +448,8 @@ def objective_curves(ensemble, sets: list[torch.Tensor], heldout: torch.Tensor, 
         ratios, d1 = torch.stack([x.ratio.cpu() for x in nn]), torch.stack([x.d1.cpu() for x in nn])
         rate[:, j] = [copy_rate(r).value for r in ratios]
         if ref is not None:
-            kids[:, j] = [kid(classifier.features(z[m].to(heldout.device)), ref) for m in range(M)]
+            kids[:, j] = [kid(features.features(z[m].to(heldout.device)), ref, standardize=standardize)
+                          for m in range(M)]
         model = ensemble.model_at(step)
         gap[:, j] = relative_differences(model, probe).mean(1)
         loss[:, j] = heldout_losses(model, heldout, sched, seed=seed)

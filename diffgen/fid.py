@@ -238,7 +238,7 @@ class QualityFeatures:
         def statistic(g: int, rows) -> float | np.ndarray:
             f = feats[g][torch.as_tensor(rows, device=feats[g].device)]
             fid = gaussian_frechet(*_moments(f), reference.mean, reference.cov)
-            return np.array([fid, kid(f, reference.features)]) if with_kid else fid
+            return np.array([fid, kid(f, reference.features, standardize=not self.inception)]) if with_kid else fid
 
         per_seed = np.array([statistic(g, np.arange(n)) for g in range(len(sets))]).reshape(len(sets), -1)
         est = hierarchical_bootstrap([n] * len(sets), statistic, n_boot=n_boot, level=level, seed=seed)

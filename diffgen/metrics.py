@@ -210,18 +210,6 @@ def hierarchical_bootstrap(sizes: list[int], statistic: Callable[[int, np.ndarra
     return [Estimate(float(v), float(lo), float(hi), level) for v, lo, hi in zip(value, low, high)]
 
 
-def paired_rate_difference_across_seeds(ratios_a, ratios_b, *, threshold: float = COPY_THRESHOLD,
-                                        n_boot: int = 1000, seed: int = 0) -> Estimate:
-    """Mean over seeds of (copy rate of a - copy rate of b), ratios_a[r] and ratios_b[r] [B] paired by x_T within
-    seed r, with the hierarchical bootstrap interval (seeds, then pairs)."""
-    if len(ratios_a) != len(ratios_b) or any(a.shape != b.shape or a.ndim != 1 for a, b in zip(ratios_a, ratios_b)):
-        raise ValueError("need one [B] ratio tensor of a and of b per seed, paired (same shapes)")
-    flags = [(a.cpu().numpy() < threshold).astype(float) - (b.cpu().numpy() < threshold) for a, b in
-             zip(ratios_a, ratios_b)]
-    return hierarchical_bootstrap([len(f) for f in flags], lambda g, rows: float(flags[g][rows].mean()),
-                                  n_boot=n_boot, seed=seed)
-
-
 def copy_rate(ratio: torch.Tensor, threshold: float = COPY_THRESHOLD, level: float = 0.95) -> Proportion:
     """Share of samples with d1 / d2 < threshold, with its Wilson interval."""
     if not 0 < threshold <= 1:
@@ -261,16 +249,6 @@ def copy_rate_curve(ratio: torch.Tensor, thresholds) -> np.ndarray:
     """Copy rate at each threshold (how the verdict moves with the 1/3 convention)."""
     r = np.asarray(ratio.cpu(), dtype=np.float64)
     return np.array([(r < th).mean() for th in np.asarray(thresholds, dtype=np.float64)])
-
-
-def paired_rate_difference(ratio_a: torch.Tensor, ratio_b: torch.Tensor, *, threshold: float = COPY_THRESHOLD,
-                           n_boot: int = 2000, seed: int = 0) -> Estimate:
-    """copy rate of a minus copy rate of b for samples paired by their x_T (row i of both from the same noise), with
-    a bootstrap interval over the pairs."""
-    if ratio_a.shape != ratio_b.shape or ratio_a.ndim != 1:
-        raise ValueError(f"need two [B] ratio tensors of one shape; got {tuple(ratio_a.shape)}, {tuple(ratio_b.shape)}")
-    flags = torch.stack([(ratio_a < threshold), (ratio_b < threshold)], 1).double().cpu().numpy()
-    return bootstrap_ci(flags, lambda v: float(v[:, 0].mean() - v[:, 1].mean()), n_boot=n_boot, seed=seed)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from .data import Dataset, GaussianMixture, load_dataset
+from .data import Dataset, load_dataset
 from .models import MLPConfig, PlainMLPConfig, UNetConfig
 from .objectives import EpsLoss
 from .schedule import Schedule, linear_schedule
@@ -123,21 +123,16 @@ def trained_gap_plan(p: Mapping, device) -> TrainedGapPlan:
     return TrainedGapPlan(ds, sched, net_cfg, cfg, seeds, sizes, widths, jobs)
 
 
-def toy_job(objective, data: GaussianMixture, *, n_train: int, n_sets: int, seeds, train_steps: int,
-            seed: int) -> tuple[TrainingJob, torch.Tensor]:
-    """One small net per 2-D training set and seed (member r M + m: set m, seed number r), as chapters 1 and 4 train
-    them, and the M sets [M, n, 2] (generators.training_sets of `data` with `seed`). One definition for both
-    chapters: with the same parameters they train one ensemble, and the second finds it in the cache."""
-    from .generators import training_sets
-
-    sets = training_sets(data, n_sets=n_sets, n_train=n_train, seed=seed)
+def toy_job(objective, sets: torch.Tensor, *, seeds, train_steps: int) -> TrainingJob:
+    """One small net per 2-D training set of sets [M, n, 2] and seed (member r M + m: set m, seed number r), as
+    chapters 1 and 4 train them. One definition for both chapters: with the same sets, seeds and steps they train one
+    ensemble, and the second finds it in the cache."""
     early = np.geomspace(max(1, train_steps // 40), train_steps, 5).round().astype(int)  # EMA snapshots
     cfg = TrainConfig(train_steps=train_steps, batch_size=32, grad_clip=None, ema_decay=0.995,
                       checkpoint_every=train_steps, snapshots=tuple(sorted(set(early.tolist()) - {train_steps})))
     seeds = tuple(seeds)
-    job = TrainingJob(PlainMLPConfig(), objective, list(sets) * len(seeds), (2,), cfg,
-                      tuple(s for s in seeds for _ in range(n_sets)))
-    return job, sets
+    return TrainingJob(PlainMLPConfig(), objective, list(sets) * len(seeds), (2,), cfg,
+                       tuple(s for s in seeds for _ in range(len(sets))))
 
 
 PLANS = {"ch3": trained_gap_plan}  # chapters whose training `diffgen train` runs ahead of them

@@ -455,23 +455,6 @@ def plot_noisy_points(rows, toy_s, toy_mi: dict, toy_bound: dict, ceiling: float
     return ax1, ax2
 
 
-def quality_table(quality: dict) -> str:
-    """Markdown table of quality.distances: every metric of quality.METRICS per sample set."""
-    from .quality import METRICS
-
-    fmt = {"fd": ".2f", "kid": ".4f"}
-    rows = [[name] + [format(q[m], fmt.get(m, ".4f")) for m in METRICS] for name, q in quality.items()]
-    return markdown_table(["samples"] + list(METRICS.values()), rows)
-
-
-def difference_table(differences: dict) -> str:
-    """Markdown table of quality.distance_differences per comparison: value [95% interval] for each metric."""
-    from .quality import METRICS
-
-    rows = [[name] + [f"{d[m]:.4f}" if m != "fd" else f"{d[m]:.2f}" for m in METRICS] for name, d in differences.items()]
-    return markdown_table(["new minus standard"] + list(METRICS.values()), rows)
-
-
 def claims_table(claims) -> str:
     """Markdown table of a chapter's claim rows (results.Claim): the same rows its results file holds."""
     rows = [[c.id, c.source, c.metric, _measured(c), c.expected, c.verdict, _conditions(c)] for c in claims]

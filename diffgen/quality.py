@@ -150,58 +150,21 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
                             torch.cov(y.T).reshape(y.shape[1], -1))
 
 
-def kid(x: torch.Tensor, y: torch.Tensor) -> float:
+def kid(x: torch.Tensor, y: torch.Tensor, *, standardize: bool = False) -> float:
     """Kernel distance (KID, Binkowski et al. 2018) between features x [N, F] and y [M, F]: the unbiased squared MMD
-    with k(a, b) = (a.b / F + 1)^3, mean_{i!=j} k(x_i, x_j) + mean_{i!=j} k(y_i, y_j) - 2 mean_{i,j} k(x_i, y_j)."""
+    with k(a, b) = (a.b / F + 1)^3, mean_{i!=j} k(x_i, x_j) + mean_{i!=j} k(y_i, y_j) - 2 mean_{i,j} k(x_i, y_j).
+    standardize=True: both sets first centred on y's mean and divided by y's overall spread (one affine map, so it
+    stays a distance between distributions), for features of arbitrary scale (a small classifier's) where the cubic
+    kernel would otherwise work far from the O(1) scale it was made for; Inception features are used raw, as
+    published."""
     x, y = _check_pair(x, y)
+    if standardize:
+        mean = y.mean(0)
+        scale = (y - mean).pow(2).mean().sqrt().clamp(min=1e-12)
+        x, y = (x - mean) / scale, (y - mean) / scale
     k = lambda a, b: (a @ b.T).div_(x.shape[1]).add_(1).pow_(3)  # noqa: E731
     return _mean_pairwise(x, x, k, same=True) + _mean_pairwise(y, y, k, same=True) - 2 * _mean_pairwise(
         x, y, k, same=False)
-
-
-METRICS = {"energy": "energy distance (pixels)", "mmd": "MMD$^2$ (pixels)", "kid": "KID (classifier features)",
-           "fd": "Fréchet distance (classifier features)"}
-
-
-def _metrics(z: torch.Tensor, feats: torch.Tensor, reference: torch.Tensor, ref_feats: torch.Tensor,
-             bandwidth: float) -> dict[str, float]:
-    """Every metric of METRICS. KID sees the features centred on the reference's mean and divided by its overall
-    spread (one affine map for every sample set, so it stays a distance between distributions): the cubic kernel
-    then works at the O(1) scale it was made for, whatever the classifier's feature scale."""
-    mean = ref_feats.mean(0)
-    scale = (ref_feats - mean).pow(2).mean().sqrt().clamp(min=1e-12)
-    standard = lambda f: (f - mean) / scale  # noqa: E731
-    return {"energy": energy_distance(z, reference), "mmd": mmd2(z, reference, bandwidth),
-            "kid": kid(standard(feats), standard(ref_feats)), "fd": frechet_distance(feats, ref_feats)}
-
-
-def distances(samples: dict, reference: torch.Tensor, classifier: "Classifier",
-              bandwidth: float) -> dict[str, dict[str, float]]:
-    """name -> {metric: value} for every metric of METRICS: energy distance and squared MMD (Gaussian kernel of width
-    `bandwidth`) on pixels, KID and the Frechet distance in the classifier's features, of each sample set to
-    `reference` [M, D]."""
-    ref_feats = classifier.features(reference)
-    return {name: _metrics(z, classifier.features(z), reference, ref_feats, bandwidth) for name, z in samples.items()}
-
-
-def distance_differences(a: list[torch.Tensor], b: list[torch.Tensor], reference: torch.Tensor,
-                         classifier: "Classifier", bandwidth: float, *, n_boot: int = 200,
-                         seed: int = 0) -> dict[str, Estimate]:
-    """metric -> mean over seeds r of metric(b[r]) - metric(a[r]), where a[r] and b[r] [K, D] are two models' samples
-    of seed r from the same x_T (row k of both from one noise), with the hierarchical bootstrap interval (seeds, then
-    the paired rows; the reference is held fixed: both models are compared with the same held-out images)."""
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
-        raise ValueError("a and b must hold one sample set per seed, paired (same shapes)")
-    ref_feats = classifier.features(reference)
-    feats = [(classifier.features(x), classifier.features(y)) for x, y in zip(a, b)]
-
-    def statistic(g: int, rows) -> np.ndarray:
-        (fa, fb), idx = feats[g], torch.as_tensor(rows)
-        mb = _metrics(b[g][idx], fb[idx], reference, ref_feats, bandwidth)
-        ma = _metrics(a[g][idx], fa[idx], reference, ref_feats, bandwidth)
-        return np.array([mb[m] - ma[m] for m in METRICS])
-
-    return dict(zip(METRICS, hierarchical_bootstrap([len(x) for x in a], statistic, n_boot=n_boot, seed=seed)))
 
 
 # ------------------------------------------------------------------------------------- the feature network

@@ -87,16 +87,6 @@ def test_crossing_interpolates_the_first_passage():
     assert experiments.crossing([1000, 100, 10], [0.0, 0.2, 0.8]) == pytest.approx(100 - 90 * 0.5)
 
 
-def test_spearman_interval_within_groups():
-    x = [1, 2, 3, 4, 1, 2, 3, 4]
-    y = [4, 3, 2, 1, 1, 2, 3, 4]  # -1 in the first group, +1 in the second
-    est = experiments.spearman_interval(x, y, groups=[0] * 4 + [1] * 4, n_boot=100)
-    assert est.value == pytest.approx(0.0)
-    assert experiments.spearman_interval(x, [5] * 8, groups=[0] * 4 + [1] * 4) is None  # no group varies
-    one = experiments.spearman_interval(x[:4], y[:4], n_boot=100)
-    assert one.value == pytest.approx(-1.0) and one.low <= one.value <= one.high
-
-
 def test_noisy_copier_check_agrees_with_exact_densities():
     check = experiments.noisy_copier_check(eight_gaussians(), 0.5, n_sets=12, n_train=6, n_samples=300, k=3, seed=0)
     assert 0.2 < check.exact.value < math.log(12) - 0.2  # an intermediate value

@@ -268,7 +268,10 @@ def test_kid_beside_fid_below_the_threshold_and_the_metric_text(monkeypatch):
     ref = torch.randn(50, 3, dtype=torch.float64, generator=gen)
     seeds = [torch.randn(20, 3, dtype=torch.float64, generator=gen) + 0.5 for _ in range(3)]
     q = IDENTITY.measure(seeds, IDENTITY.reference(ref), n_boot=50, seed=1)
-    assert q.kid_per_seed == pytest.approx([kid(s, ref) for s in seeds], rel=1e-12)
+    assert q.kid_per_seed == pytest.approx([kid(s, ref, standardize=True) for s in seeds], rel=1e-12)  # a classifier
+    raw = fid.QualityFeatures(_Identity(), "FID (test)", "KID (test)", inception=True)  # Inception: as published
+    assert raw.measure(seeds, raw.reference(ref), n_boot=5).kid_per_seed == pytest.approx(
+        [kid(s, ref) for s in seeds], rel=1e-12)
     assert q.kid.value == pytest.approx(np.mean(q.kid_per_seed), rel=1e-12)
     assert q.kid_across_seeds.value == pytest.approx(q.kid.value, rel=1e-12)
     assert q.metric == ("FID (test), N = 20 samples per seed vs 50 reference images; KID (test) beside it "

@@ -268,18 +268,6 @@ def test_copy_summaries_against_brute_force():
     assert out["fresh"].median_d1 == pytest.approx(float((d[:, 0] / math.sqrt(3)).median()))
 
 
-def test_paired_rate_difference_is_the_difference_of_rates():
-    from diffgen.metrics import paired_rate_difference
-
-    a = torch.tensor([0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.1, 0.9])
-    b = torch.tensor([0.9, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
-    est = paired_rate_difference(a, b, n_boot=500)
-    assert est.value == pytest.approx(4 / 8 - 1 / 8) and est.low <= est.value <= est.high
-    assert paired_rate_difference(a, a, n_boot=50).ci == [0.0, 0.0]  # the same samples: no difference at all
-    with pytest.raises(ValueError, match="one shape"):
-        paired_rate_difference(a, b[:3])
-
-
 def test_weight_collapse_on_paths_that_sit_on_training_points(sched):
     from diffgen.denoisers import EmpiricalOptimum
     from diffgen.metrics import weight_collapse
@@ -332,22 +320,6 @@ def test_hierarchical_bootstrap_spans_the_seeds_and_the_samples():
     assert len(vector) == 2 and vector[1].value == vector[1].low == vector[1].high == 1.0
     with pytest.raises(ValueError, match="sizes must be a non-empty list"):
         hierarchical_bootstrap([], lambda g, rows: 0.0)
-
-
-def test_paired_rate_difference_across_seeds():
-    from diffgen.metrics import paired_rate_difference_across_seeds
-
-    copies = [torch.zeros(100) for _ in range(3)]  # ratio 0: every sample a copy
-    fresh = [torch.ones(100) for _ in range(3)]  # ratio 1: none
-    diff = paired_rate_difference_across_seeds(copies, fresh, n_boot=200)
-    assert diff.value == diff.low == diff.high == 1.0
-    half = [torch.cat([torch.zeros(50), torch.ones(50)]) for _ in range(3)]
-    d = paired_rate_difference_across_seeds(half, fresh, n_boot=500)
-    assert d.value == pytest.approx(0.5) and d.low < 0.5 < d.high
-    same = paired_rate_difference_across_seeds(half, half, n_boot=200)
-    assert same.value == same.low == same.high == 0.0
-    with pytest.raises(ValueError, match="per seed, paired"):
-        paired_rate_difference_across_seeds(half, fresh[:2])
 
 
 def test_across_seeds_in_log_space_is_the_geometric_mean():

@@ -45,14 +45,12 @@ def test_tables_have_one_row_per_entry():
     assert len(table) == 4 and "(4/4)" in table[2] and table[2].endswith("| copier |") and table[3].endswith("| - |")
     risk = plotting.excess_risk_table({"g": ExcessRisk(1.0, 0.25, 0.5)}).splitlines()
     assert len(risk) == 3 and "+0.250" in risk[2]
-    quality = plotting.quality_table({"x": {"energy": 0.1, "mmd": 0.01, "kid": 0.02, "fd": 3.0}}).splitlines()
-    assert len(quality) == 3 and "3.00" in quality[2] and "0.0200" in quality[2] and "KID" in quality[0]
-    d = Estimate(0.5, 0.25, 0.75)
-    diffs = plotting.difference_table({"new, n = 40": {m: d for m in ("energy", "mmd", "kid", "fd")}}).splitlines()
-    assert len(diffs) == 3 and "0.5000 [0.2500, 0.7500]" in diffs[2] and "0.50 [0.25, 0.75]" in diffs[2]
     rows = plotting.claims_table([Claim("C5a", "abstract", "s", "ratio", 1.5, (1.0, 2.5), "<= 2", True, 3),
-                                  Claim("C5b", "ours", "s", "matched", None, None, "> 0", False, 3)]).splitlines()
-    assert len(rows) == 4 and rows[2].endswith("| 1.5 [1, 2.5] | <= 2 | holds |") and "not measurable" in rows[3]
+                                  Claim("C5b", "ours", "s", "matched", None, None, "> 0", False, 3),
+                                  Claim("C4", "abstract", "s", "rate", 0.1, None, "<= 0.5", False, 3, premise="p",
+                                        premise_met=False, flattened=False)]).splitlines()
+    assert len(rows) == 5 and rows[2].endswith("| 1.5 [1, 2.5] | <= 2 | holds |  |") and "not measurable" in rows[3]
+    assert rows[4].endswith("| premise not reached | premise: p; measured before its learning curves flattened |")
 
 
 def test_curves_bars_and_bands_draw_what_they_are_given(ax):
@@ -106,8 +104,8 @@ def test_gap_profiles_figure():
 def test_chapter_specific_figures(ax):
     fig, (a1, a2) = plt.subplots(1, 2)
     along = AlongTraining((10, 100), [Estimate(0.1, 0, 0.2), Estimate(0.3, 0.2, 0.4)],
-                          [wilson_interval(1, 10), wilson_interval(3, 10)], Estimate(0.2, 0.1, 0.3),
-                          Estimate(-1.0, -1.2, -0.8), 2)
+                          [wilson_interval(1, 10), wilson_interval(3, 10)], [0.2, 0.1, 0.3],
+                          [-1.0, -1.2, -0.8], 3)
     plotting.plot_along_training(along, a1, a2, ceiling=1.0, baseline=0.3)
     assert a1.get_xscale() == "log" and len(a1.lines) >= 2
     a1.clear(), a2.clear()
@@ -126,13 +124,19 @@ def test_objective_curves_and_rate_against_gap_draw_every_objective():
     from diffgen.experiments import ObjectiveCurves
 
     fig, axes = plt.subplots(1, 4)
-    curve = lambda k: ObjectiveCurves((10, 20, 40), np.full((2, 3), 0.1 * k), np.ones((2, 3)),  # noqa: E731
-                                      np.array([[1.0, 0.5, 0.2]] * 2), torch.zeros(2, 4, 3), torch.ones(2, 4))
-    curves = {"standard": curve(1), "new": curve(2)}
-    plotting.plot_objective_curves(curves, [0, 1], axes[:3])
-    plotting.plot_rate_against_gap(curves, [0, 1], ax=axes[3])
+    curve = lambda k, kid: ObjectiveCurves((10, 20, 40), np.full((2, 3), 0.1 * k), kid,  # noqa: E731
+                                           np.array([[1.0, 0.5, 0.2]] * 2), np.array([[0.9, 0.7, 0.6]] * 2),
+                                           torch.zeros(2, 4, 3), torch.ones(2, 4), torch.ones(2, 4))
+    curves = {"standard": curve(1, np.ones((2, 3))), "new": curve(2, np.ones((2, 3)))}
+    plotting.plot_objective_curves(curves, [0, 1], axes)
     assert all(len(ax.lines) == 2 for ax in axes)
-    assert axes[2].get_yscale() == "log" and axes[3].xaxis_inverted()
+    assert axes[2].get_yscale() == "log" and axes[3].get_ylabel() == "standard loss, held-out images"
+    for ax in axes:
+        ax.clear()
+    plotting.plot_objective_curves({"no KID": curve(1, None)}, [0, 1], axes)
+    assert [len(ax.lines) for ax in axes] == [1, 0, 1, 1]  # without a classifier the KID axis stays empty
+    plotting.plot_rate_against_gap(curves, [0, 1], ax=axes[1], along="heldout_loss")
+    assert axes[1].xaxis_inverted() and axes[1].get_xlabel() == "standard loss on held-out images"
     plt.close(fig)
 
 
