@@ -16,8 +16,8 @@ Optimisation: AdamW with linear warm-up (`warmup_lr`), per-member global-norm gr
 member's set, with replacement); per (seed, stream), the objective's draws from its draw generator (objective.draw).
 The generators are _util.stream_generator(seed, 0) for batches and (seed, 1 + stream) for draws, made on the training
 device: on the CPU the numbers are those of every earlier version, on CUDA they are drawn on the GPU. Dropout masks
-(models with dropout > 0) come from the device's default generator, seeded from the first member's seed inside a
-forked RNG (the caller's RNG is left alone); under vmap each member gets its own masks (randomness="different"), drawn
+(models with dropout > 0) come from the device's default generator, seeded from the first member's seed (and the
+process's rank) inside a forked RNG (the caller's RNG is left alone); under vmap each member gets its own masks (randomness="different"), drawn
 together as one tensor, so with dropout a member trained together with others differs from the member trained alone
 by its masks (and only by them). Every cfg.checkpoint_every steps (and at cfg.snapshots) an EMA snapshot is kept and
 a resumable checkpoint written, with the state of every generator the run draws from; an interrupted run resumes from
@@ -36,8 +36,9 @@ torch.contiguous_format"), and members train together under vmap.
 
 Several processes (torchrun; distributed.init joins the group): every process draws the whole global batch from the
 same generators and keeps its rows r B/R .. (r+1) B/R; DistributedDataParallel averages the gradients, so each step
-is the one-process step on the same global batch (to float rounding), every process holds the same weights, and the
-artifact lands under the same key. Only rank 0 writes checkpoints and the artifact; every process resumes from them.
+is the one-process step on the same global batch (to float rounding; with dropout, each process draws its own
+masks), every process holds the same weights, and the artifact lands under the same key. Only rank 0 writes
+checkpoints and the artifact; every process resumes from them.
 """
 from __future__ import annotations
 
@@ -364,10 +365,13 @@ def _init_model(model_cfg: ModelConfig, shape, seed: int) -> nn.Module:
 
 def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor], shape, cfg: TrainConfig,
          seeds: tuple[int, ...], streams: tuple[int, ...], dev: torch.device, ckpt_path: Path, progress: bool,
-         callback, compile: bool = False) -> dict:
-    """The training loop, resumed from `ckpt_path` when a usable checkpoint is there. Returns the artifact payload."""
+         callback, compile: bool) -> dict:
+    """The training loop (_fit_loop) in a forked RNG whose device generator is seeded for dropout, with cuDNN
+    autotuning on CUDA; resumed from `ckpt_path` when a usable checkpoint is there. Returns the artifact payload."""
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), _cudnn_benchmark(dev.type == "cuda"):
-        torch.manual_seed(stream_seed(stream_seed(seeds[0], 0), distributed.rank()))  # dropout masks (if any)
+        if dev.type in ("cpu", "cuda"):  # dropout's masks (if any) come from the device's default generator
+            seed = stream_seed(stream_seed(seeds[0], 0), distributed.rank())  # a stream of the batch stream's seed
+            _set_rng_state(dev, torch.Generator(device=dev).manual_seed(seed).get_state())
         return _fit_loop(model_cfg, objective, sets, shape, cfg, seeds, streams, dev, ckpt_path, progress, callback,
                          compile)
 
