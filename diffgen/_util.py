@@ -122,9 +122,12 @@ def sample_normal(seeds: torch.Tensor, draw: int, dim: int, *, dtype=torch.float
 
 
 def assert_in_range(values: torch.Tensor, low, high, message: str) -> None:
-    """Fail unless low <= values <= high elementwise (low, high: numbers or tensors), without a host-device sync:
-    torch._assert_async raises a RuntimeError(message) at once on the CPU and fails the stream on a GPU."""
-    torch._assert_async(((values >= low) & (values <= high)).all(), message)
+    """Fail unless low <= values <= high elementwise (low, high: numbers or tensors), without a host-device sync
+    (torch._assert_async): a ValueError(message) at once on the CPU, a device-side assertion on a GPU."""
+    try:
+        torch._assert_async(((values >= low) & (values <= high)).all(), message)
+    except RuntimeError:  # raised at once only where the values live on the host
+        raise ValueError(message) from None
 
 
 def check_positive(**values) -> None:

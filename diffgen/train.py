@@ -17,9 +17,9 @@ member's set, with replacement); per (seed, stream), the objective's draws from 
 The generators are _util.stream_generator(seed, 0) for batches and (seed, 1 + stream) for draws, made on the training
 device: on the CPU the numbers are those of every earlier version, on CUDA they are drawn on the GPU. Dropout masks
 (models with dropout > 0) come from the device's default generator, seeded from the first member's seed (and the
-process's rank) inside a forked RNG (the caller's RNG is left alone); under vmap each member gets its own masks (randomness="different"), drawn
-together as one tensor, so with dropout a member trained together with others differs from the member trained alone
-by its masks (and only by them). Every cfg.checkpoint_every steps (and at cfg.snapshots) an EMA snapshot is kept and
+process's rank) inside a forked RNG (the caller's RNG is left alone); under vmap each member gets its own masks
+(randomness="different"), drawn together as one tensor, so with dropout a member trained together with others
+differs from the member trained alone by its masks (and only by them). Every cfg.checkpoint_every steps (and at cfg.snapshots) an EMA snapshot is kept and
 a resumable checkpoint written, with the state of every generator the run draws from; an interrupted run resumes from
 it, bit for bit on the CPU (on CUDA to rounding: cuDNN's autotuned algorithms are not bitwise reproducible). The
 finished run is one artifact under its key (cache.artifact_key: the configs, the data and the code of this module, of

@@ -234,7 +234,8 @@ def _ddpm_parameters(ch=128, mults=(1, 2, 2, 2), blocks=2, attention_levels=(1,)
     conv_in, the 2-layer time MLP on a ch-dim sinusoid, resnet blocks (GN, conv, temb dense, GN, conv, NIN shortcut
     when channels change), attention (GN, q, k, v, proj_out as NINs), conv downsample/upsample, GN + conv_out."""
     conv = lambda i, o, k=3: i * o * k * k + o  # noqa: E731
-    res = lambda i, o: 2 * i + conv(i, o) + 4 * ch * o + o + 2 * o + conv(o, o) + (conv(i, o, 1) if i != o else 0)  # noqa: E731
+    res = lambda i, o: (2 * i + conv(i, o) + 4 * ch * o + o + 2 * o + conv(o, o)  # noqa: E731
+                        + (conv(i, o, 1) if i != o else 0))
     attn = lambda c: 2 * c + 4 * conv(c, c, 1)  # noqa: E731
     total = conv(image_channels, ch) + (ch * 4 * ch + 4 * ch) + (4 * ch * 4 * ch + 4 * ch)
     hs, c = [ch], ch
@@ -249,8 +250,9 @@ def _ddpm_parameters(ch=128, mults=(1, 2, 2, 2), blocks=2, attention_levels=(1,)
     total += res(c, c) + attn(c) + res(c, c)
     for level in reversed(range(len(mults))):
         for _ in range(blocks + 1):
-            total += res(c + hs.pop(), ch * mults[level]) + (attn(ch * mults[level]) if level in attention_levels else 0)
-            c = ch * mults[level]
+            c_out = ch * mults[level]
+            total += res(c + hs.pop(), c_out) + (attn(c_out) if level in attention_levels else 0)
+            c = c_out
         if level > 0:
             total += conv(c, c)
     return total + 2 * c + conv(c, image_channels)
