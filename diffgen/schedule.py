@@ -1,4 +1,4 @@
-"""Layer 0: the noise schedule (float64) and the conversions between x_t, x0 and eps.
+"""Layer 1: the noise schedule (float64) and the conversions between x_t, x0 and eps.
 
 Index convention: t = 0..T, abar[0] = 1 (clean data), abar[t] = prod_{s<=t} (1 - beta_s).
 Forward process: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.

@@ -31,21 +31,20 @@ ATTENTION_UNET = UNetConfig(base=8, mults=(1, 2), attention=(4,), dropout=0.2)  
 
 
 class HostWatch(TorchDispatchMode):
-    """While `armed`: fails on an op that returns a CPU tensor of more than one element when `device` is not the CPU,
-    and on aten._local_scalar_dense of a tensor on `device` (a host-device sync there). Disarmed inside
-    optimizer.step, whose foreach path reads its CPU step counters by design (CPU scalars on every device; CUDA
+    """While `armed`, records (in `seen`) every op that returns a CPU tensor of more than one element when `device`
+    is not the CPU, and every aten._local_scalar_dense of a tensor on `device` (a host-device sync there). Paused
+    inside optimizer.step, whose foreach path reads its step counters, CPU scalars on every device by design (CUDA
     training uses fused AdamW, which keeps them on the GPU)."""
 
     def __init__(self, device: torch.device):
         super().__init__()
-        self.device, self.armed, self.seen = torch.device(device), False, []
-        self.hooks = []
+        self.device, self.armed, self.paused, self.seen, self.hooks = torch.device(device), False, False, [], []
 
     def __enter__(self):
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-        self.hooks = [register_optimizer_step_pre_hook(lambda *a: self._pause(True)),
-                      register_optimizer_step_post_hook(lambda *a: self._pause(False))]
+        self.hooks = [register_optimizer_step_pre_hook(lambda *a: setattr(self, "paused", True)),
+                      register_optimizer_step_post_hook(lambda *a: setattr(self, "paused", False))]
         return super().__enter__()
 
     def __exit__(self, *exc):
@@ -53,20 +52,13 @@ class HostWatch(TorchDispatchMode):
             hook.remove()
         return super().__exit__(*exc)
 
-    def _pause(self, paused: bool) -> None:
-        self.paused = paused
-
-    paused = False
-
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if self.armed and not self.paused and func is torch.ops.aten._local_scalar_dense.default:
-            if args[0].device == self.device:
-                self.seen.append(f"host sync: {func} of a {args[0].device} tensor")
-        out = func(*args, **kwargs)
-        if self.armed and not self.paused and self.device.type != "cpu":
-            outs = out if isinstance(out, (tuple, list)) else (out,)
-            for o in outs:
+        watching = self.armed and not self.paused
+        if watching and func is torch.ops.aten._local_scalar_dense.default and args[0].device == self.device:
+            self.seen.append(f"host sync: {func} of a {args[0].device} tensor")
+        out = func(*args, **(kwargs or {}))
+        if watching and self.device.type != "cpu":
+            for o in out if isinstance(out, (tuple, list)) else (out,):
                 if isinstance(o, torch.Tensor) and o.device.type == "cpu" and o.numel() > 1:
                     self.seen.append(f"{func} made a CPU tensor of shape {tuple(o.shape)}")
         return out
