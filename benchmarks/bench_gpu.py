@@ -119,6 +119,15 @@ def bf16_matmul_tflops(device, n: int = 8192, rounds: int = 10) -> float:
     return 2 * n**3 / statistics.median(timed(lambda: a @ b, device) for _ in range(rounds)) / 1e12
 
 
+def vmapped_conv_dtype(device) -> str:
+    """The dtype of a convolution of members stacked under vmap inside bf16 autocast: vmap rewrites conv2d before
+    autocast sees it, and on the CPU it then stays float32; if it does on CUDA too, the members' convolutions train
+    in float32 (TF32) rather than bf16, which caps the utilisation."""
+    w, x = torch.randn(2, 8, 8, 3, 3, device=device), torch.randn(2, 4, 8, 16, 16, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        return str(torch.vmap(lambda w, x: torch.nn.functional.conv2d(x, w))(w, x).dtype).replace("torch.", "")
+
+
 def train_images_per_second(steps: int, compile: bool) -> dict:
     """Images per second of chapter 3's paper plan in this process (all processes under torchrun), `steps` steps
     timed after WARM_STEPS."""
@@ -175,7 +184,8 @@ def main() -> int:
               "train_images_per_s": {}}
     net_cfg = paper_plan_job("cpu").model_cfg
     train = {"model": repr(net_cfg), "flops_per_image": train_flops_per_image(net_cfg),
-             "peak_tflops": bf16_matmul_tflops(device), "levers": training_levers(args.compile), "runs": {}}
+             "peak_tflops": bf16_matmul_tflops(device), "levers": training_levers(args.compile),
+             "vmapped_conv_dtype": vmapped_conv_dtype(device), "runs": {}}
     report["train"] = train
     for n in sorted({1, gpus}):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", __file__,
@@ -195,7 +205,8 @@ def main() -> int:
     print(f"  DDIM {d['steps']} steps x {d['samples']} samples with eps* of {N} images: {d['seconds']:.1f} s "
           f"(target {DDIM_TARGET_S:.0f} s for {DDIM_SAMPLES} samples)")
     print(f"  ch3 paper plan training ({train['model']}, {train['flops_per_image'] / 1e9:.1f} GFLOP per image "
-          f"forward + backward; levers {train['levers']}):")
+          f"forward + backward; levers {train['levers']}; vmapped convolutions under autocast compute in "
+          f"{train['vmapped_conv_dtype']}):")
     for n, run in train["runs"].items():
         print(f"    {n} GPU(s), {run['members']} nets together at batch {run['batch_size']}: "
               f"{run['images_per_s']:.0f} images/s, model-FLOP utilisation {run['mfu']:.1%} of the same run's bf16 "

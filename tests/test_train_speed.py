@@ -1,6 +1,6 @@
 """Training on the GPU path, checked on the CPU: the CPU's numbers are those of earlier versions (pinned), each speed
-lever (fused AdamW, torch.compile, cuDNN autotuning) trains the same nets to rounding, and
-dropout: per-member masks, resumed bit for bit, off in evaluation."""
+lever (fused AdamW, torch.compile, cuDNN autotuning) trains the same nets to rounding, and dropout: per-member masks,
+resumed bit for bit, off in evaluation."""
 from __future__ import annotations
 
 import pytest
@@ -135,8 +135,7 @@ def test_dropout_masks_differ_between_members_and_are_off_when_sampling(tmp_path
                  cfg=DROP_CFG)
     assert torch.equal(plain.losses[:, 0], plain.losses[:, 1])
     dropped = _run(tmp_path / "dropout", DROPOUT, sets=one_set, shape=(1, 8, 8), seeds=(0, 0), cfg=DROP_CFG)
-    assert not torch.equal(dropped.losses[:, 0], dropped.losses[:, 1])
-    assert torch.equal(dropped.losses[0], dropped.losses[0])
+    assert not torch.equal(dropped.losses[:, 0], dropped.losses[:, 1])  # one init, one batch, other masks
     denoise = dropped.model_at().denoiser()
     x, t = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 10, 100, 900])
     with torch.no_grad():
