@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -39,15 +40,23 @@ def set_threads(device: torch.device | str = "cpu") -> int:
 def sample_generators(seed: int, n: int, offset: int = 0) -> list[torch.Generator]:
     """One CPU generator per sample i = offset..offset+n-1, seeded from (seed, i).
 
-    Sample i then sees the same random numbers whatever the batch size or device (EDM's per-image seeding).
+    Sample i then sees the same random numbers whatever the batch size or device (EDM's per-image seeding): its
+    x_T through `randn`, and its fresh sampler noise through `sample_normal` keyed by the generator's seed.
     """
     return [torch.Generator().manual_seed(_mix(seed, offset + i)) for i in range(n)]
 
 
-def stream_generator(seed: int, stream: int) -> torch.Generator:
-    """A CPU generator for random stream `stream` >= 0 of `seed`, unrelated to every other (seed, stream) and to the
-    per-sample generators of sample_generators (training uses stream 0 for batches, 1 + k for draw stream k)."""
-    return torch.Generator().manual_seed(_mix(seed, -1 - stream))
+def stream_generator(seed: int, stream: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator on `device` for random stream `stream` >= 0 of `seed`, unrelated to every other (seed, stream)
+    and to the per-sample generators of sample_generators (training uses stream 0 for batches, 1 + k for draw
+    stream k). On the CPU its numbers are those of every earlier version; on CUDA it is torch's Philox generator with
+    the same seed (other numbers, drawn on the GPU with no host work)."""
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, stream))
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The 63-bit seed of stream_generator(seed, stream)."""
+    return _mix(seed, -1 - stream)
 
 
 def _mix(seed: int, index: int) -> int:
@@ -62,6 +71,63 @@ def randn(generators: Sequence[torch.Generator], dim: int, *, dtype=torch.float6
     """[B, dim] standard normal draws, row b from generators[b] (drawn on CPU, then moved: device independent)."""
     rows = [torch.randn(dim, generator=g, dtype=torch.float64) for g in generators]
     return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------------- counter-based per-sample normals
+# splitmix64 (Steele, Lea, Flood 2014) in int64 tensors: multiplication wraps modulo 2^64 and `_shr` is the logical
+# (unsigned) shift, so every value is the uint64 of the reference algorithm read as a signed integer.
+_GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _signed(v: int) -> int:
+    """The int64 whose bits are the uint64 v mod 2^64."""
+    v &= 0xFFFFFFFFFFFFFFFF
+    return v - (1 << 64) if v >> 63 else v
+
+
+def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def _splitmix(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's output function of the int64 state z (elementwise)."""
+    z = (z ^ _shr(z, 30)) * _signed(_M1)
+    z = (z ^ _shr(z, 27)) * _signed(_M2)
+    return z ^ _shr(z, 31)
+
+
+def sample_seeds(generators: Sequence[torch.Generator], device=None) -> torch.Tensor:
+    """[B] int64 on `device`: the seed of each per-sample generator (its initial_seed(), as int64 bits)."""
+    return torch.tensor([_signed(g.initial_seed()) for g in generators], dtype=torch.int64, device=device)
+
+
+def sample_normal(seeds: torch.Tensor, draw: int, dim: int, *, dtype=torch.float64) -> torch.Tensor:
+    """[B, dim] standard normals on seeds' device: row b is draw `draw` >= 0 of the sample with seed seeds[b].
+
+    Counter-based: row b is the splitmix64 stream seeded with splitmix(seeds[b] + (draw + 1) G), G the golden
+    gamma; its outputs 2j + 1, 2j + 2 give u1, u2 = (top 53 bits + 1/2) / 2^53 in (0, 1), and Box-Muller in float64
+    gives z[2j] = sqrt(-2 ln u1) cos(2 pi u2), z[2j + 1] = sqrt(-2 ln u1) sin(2 pi u2). Each number is a function of
+    (seed, draw, coordinate) alone: the same in any batch, on any device, with no generator state and no host work.
+    """
+    if draw < 0:
+        raise ValueError(f"draw must be >= 0; got {draw}")
+    stream = _splitmix(seeds.to(torch.int64) + _signed((draw + 1) * _GOLDEN))  # [B]
+    pairs = (dim + 1) // 2
+    counter = torch.arange(1, 2 * pairs + 1, dtype=torch.int64, device=seeds.device) * _signed(_GOLDEN)
+    bits = _splitmix(stream[:, None] + counter)  # [B, 2 pairs]: outputs 1 .. 2 pairs of each row's stream
+    u = (_shr(bits, 11).to(torch.float64) + 0.5) * 2.0**-53
+    radius, angle = (-2 * u[:, 0::2].log()).sqrt(), (2 * math.pi) * u[:, 1::2]
+    z = torch.stack([radius * angle.cos(), radius * angle.sin()], dim=2).reshape(len(seeds), 2 * pairs)
+    return z[:, :dim].to(dtype)
+
+
+def assert_in_range(values: torch.Tensor, low, high, message: str) -> None:
+    """Fail unless low <= values <= high elementwise (low, high: numbers or tensors), without a host-device sync
+    (torch._assert_async): a ValueError(message) at once on the CPU, a device-side assertion on a GPU."""
+    try:
+        torch._assert_async(((values >= low) & (values <= high)).all(), message)
+    except RuntimeError:  # raised at once only where the values live on the host
+        raise ValueError(message) from None
 
 
 def check_positive(**values) -> None:

@@ -4,8 +4,11 @@ An objective is two steps: `draw(x0, generator)` makes the random draws of one b
 dimension B), and `loss_from(model, x0, draw)` evaluates the per-sample losses, for x0 [..., B, D] and draws stacked
 to [..., B, ...]: an ensemble of M models (train.train_ensemble) evaluates [M, B, D] at once, each member with the
 draws of its seed. `loss` is both steps for one model. `train` reduces the per-sample losses and never asks which
-objective it got. All randomness comes from `generator`, a CPU torch.Generator: draws happen on the CPU and are then
-moved to x0's device, so a CPU and a GPU run see the same numbers.
+objective it got. All randomness comes from `generator`. `draw` makes every tensor on x0's device with it (train
+passes a generator there, _util.stream_generator: no host work and no copy per step; on the CPU the numbers are those
+of every earlier version); `loss` draws where its generator lives and moves the draws to x0's device once, so a CPU
+generator gives the same numbers whatever x0's device (the common random numbers of metrics.objective_samples).
+Nothing here reads a tensor back to the host: checks of drawn times run on their device (_util.assert_in_range).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from ._util import assert_in_range
 from .schedule import Schedule, add_noise
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # eps_hat(x_t [B, D], t [B]) -> [B, D]
@@ -40,7 +44,15 @@ def _check_batch(x0: torch.Tensor) -> None:
 
 
 def _normal(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    return torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+
+
+def _loss(objective, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """objective.loss: the draws made on the generator's device (x0 only lends its shape and dtype), then moved."""
+    _check_batch(x0)
+    like = torch.empty((), dtype=x0.dtype, device=generator.device).expand(x0.shape)
+    draw = {k: v.to(x0.device) for k, v in objective.draw(like, generator).items()}
+    return objective.loss_from(model, x0, draw)
 
 
 @dataclass(frozen=True)
@@ -51,9 +63,9 @@ class EpsLoss:
     sched: Schedule  # the forward process: T and abar_t
 
     def draw(self, x0: torch.Tensor, generator: torch.Generator) -> Draw:
-        """t [B] (long) first, then eps [B, D] in x0's dtype."""
+        """t [B] (long) first, then eps [B, D] in x0's dtype, both on x0's device."""
         _check_batch(x0)
-        t = torch.randint(1, self.sched.T + 1, (len(x0),), generator=generator).to(x0.device)
+        t = torch.randint(1, self.sched.T + 1, (len(x0),), generator=generator, device=x0.device)
         return {"t": t, "eps": _normal(x0, generator)}
 
     def loss_from(self, model: Model, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
@@ -62,7 +74,7 @@ class EpsLoss:
         return (model(xt, draw["t"]).to(x0.dtype) - draw["eps"]).pow(2).mean(-1)
 
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.loss_from(model, x0, self.draw(x0, generator))
+        return _loss(self, model, x0, generator)
 
 
 GAPS = ("uniform", "one", "full")  # the gap distributions of ForwardTimeLoss (a validated field, not a registry)
@@ -103,31 +115,33 @@ class ForwardDraw:
 
 def forward_draw(sched: Schedule, x0: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                  generator: torch.Generator) -> ForwardDraw:
-    """forward_states with the noises drawn from `generator`: xi [B, D] first, then eps_s [B, D] (on the CPU, then
-    moved), so that with s = 0 the draw of xi is the draw of eps in EpsLoss."""
+    """forward_states with the noises drawn from `generator`: xi [B, D] first, then eps_s [B, D] (on the generator's
+    device, then moved to x0's), so that with s = 0 the draw of xi is the draw of eps in EpsLoss."""
     _check_batch(x0)
     t, s = torch.as_tensor(t), torch.as_tensor(s)
     if t.shape != (len(x0),) or s.shape != t.shape:
         raise ValueError(f"t and s must be [B = {len(x0)}] integer tensors; got {tuple(t.shape)}, {tuple(s.shape)}")
-    xi = _normal(x0, generator)
-    return forward_states(sched, x0, t, s, xi, _normal(x0, generator))
+    _check_gap(sched, t, s)
+    noise = lambda: torch.randn(x0.shape, generator=generator, dtype=x0.dtype,  # noqa: E731
+                                device=generator.device).to(x0.device)
+    xi = noise()
+    return forward_states(sched, x0, t.to(x0.device), s.to(x0.device), xi, noise())
 
 
 def forward_states(sched: Schedule, x0: torch.Tensor, t: torch.Tensor, s: torch.Tensor, xi: torch.Tensor,
                    eps_s: torch.Tensor) -> ForwardDraw:
     """x_t = sqrt(abar_t / abar_s) x_s + sqrt(1 - abar_t / abar_s) xi, x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s) eps_s,
-    for x0, xi, eps_s [..., B, D] and t, s [..., B] with 0 <= s < t <= T. Coefficients are formed in float64."""
-    t, s = t.cpu(), s.cpu()
-    _check_gap(sched, t, s)
+    for x0, xi, eps_s [..., B, D] and t, s [..., B] on x0's device with 0 <= s < t <= T (checked there, no sync).
+    Coefficients are formed in float64."""
+    assert_in_range(t - s, 1, sched.T, "t and s must satisfy 0 <= s < t <= T")
     abar_t, abar_s = sched.alpha_bar(t)[..., None], sched.alpha_bar(s)[..., None]
     r = abar_t / abar_s
-    col = lambda v: v.to(device=x0.device, dtype=x0.dtype)  # noqa: E731
+    col = lambda v: v.to(x0.dtype)  # noqa: E731
     xs = col(abar_s.sqrt()) * x0 + col((1 - abar_s).sqrt()) * eps_s
     xt = col(r.sqrt()) * xs + col((1 - r).sqrt()) * xi
     # the same x_t written as sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
     eps = (col((r * (1 - abar_s)).sqrt()) * eps_s + col((1 - r).sqrt()) * xi) / col((1 - abar_t).sqrt())
-    return ForwardDraw(t=t.to(x0.device), s=s.to(x0.device), xs=xs, xt=xt, xi=xi, eps=eps,
-                       c=col(((1 - r) / (1 - abar_t)).sqrt()))
+    return ForwardDraw(t=t, s=s, xs=xs, xt=xt, xi=xi, eps=eps, c=col(((1 - r) / (1 - abar_t)).sqrt()))
 
 
 @dataclass(frozen=True)
@@ -171,21 +185,24 @@ class ForwardTimeLoss:
         probs = self.gap_probs(t)
         return float((probs * forward_time_coef(self.sched, t, torch.arange(t)) ** 2).sum())
 
-    def draw_times(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t [B], s [B]) on the CPU: t ~ Uniform{1..T} first, then (for "uniform" only) the gap."""
-        t = torch.randint(1, self.sched.T + 1, (batch,), generator=generator)
+    def draw_times(self, batch: int, generator: torch.Generator, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t [B], s [B]) on `device` (default: the generator's): t ~ Uniform{1..T} first, then (for "uniform" only)
+        the gap."""
+        device = generator.device if device is None else device
+        t = torch.randint(1, self.sched.T + 1, (batch,), generator=generator, device=device)
         if self.gap == "one":
             return t, t - 1
         if self.gap == "full":
             return t, torch.zeros_like(t)
         kmax = t if self.max_gap is None else t.clamp(max=self.max_gap)
-        k = 1 + (torch.rand(batch, generator=generator, dtype=torch.float64) * kmax).long().clamp(max=kmax - 1)
+        u = torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
+        k = 1 + (u * kmax).long().clamp(max=kmax - 1)
         return t, t - k
 
     def draw(self, x0: torch.Tensor, generator: torch.Generator) -> Draw:
-        """t, (the gap,) xi, eps_s in that order."""
+        """t, (the gap,) xi, eps_s in that order, on x0's device."""
         _check_batch(x0)
-        t, s = self.draw_times(len(x0), generator)
+        t, s = self.draw_times(len(x0), generator, x0.device)
         xi = _normal(x0, generator)
         return {"t": t, "s": s, "xi": xi, "eps_s": _normal(x0, generator)}
 
@@ -195,7 +212,7 @@ class ForwardTimeLoss:
         return (d.c * model(d.xt, d.t).to(x0.dtype) - d.xi).pow(2).mean(-1)
 
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.loss_from(model, x0, self.draw(x0, generator))
+        return _loss(self, model, x0, generator)
 
 
 @dataclass(frozen=True)
@@ -217,13 +234,24 @@ class WeightedEpsLoss:
         """lambda_t for t = 1..T, float64 [T]."""
         return torch.tensor([self.matching.signal_share(t) for t in range(1, self.sched.T + 1)], dtype=torch.float64)
 
+    def weights_on(self, device, dtype) -> torch.Tensor:
+        """[0, lambda_1, ..., lambda_T] (indexed by t) on `device` in `dtype`, made once per (device, dtype)."""
+        key = (torch.device(device), dtype)
+        if key not in self._tables:
+            self._tables[key] = torch.cat([torch.zeros(1, dtype=torch.float64), self.weights]).to(device, dtype)
+        return self._tables[key]
+
+    @cached_property
+    def _tables(self) -> dict:
+        return {}
+
     def draw(self, x0: torch.Tensor, generator: torch.Generator) -> Draw:
         return EpsLoss(self.sched).draw(x0, generator)
 
     def loss_from(self, model: Model, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
         """[..., B]: lambda_t times EpsLoss's per-sample loss."""
-        weight = self.weights.to(device=x0.device, dtype=x0.dtype)[draw["t"] - 1]
+        weight = self.weights_on(x0.device, x0.dtype)[draw["t"]]
         return weight * EpsLoss(self.sched).loss_from(model, x0, draw)
 
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.loss_from(model, x0, self.draw(x0, generator))
+        return _loss(self, model, x0, generator)

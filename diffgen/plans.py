@@ -21,11 +21,15 @@ from .train import EnsembleResult, ModelConfig, TrainConfig, ensemble_key, train
 MODELS = ("mlp", "unet")  # the chapters' `model` parameter
 
 
-def net_config(model: str, width: int, shape: tuple[int, ...]) -> ModelConfig:
-    """The noise predictor of `model` at `width`: an MLP of that hidden width on flattened images, or a DDPM-style
-    U-Net with `width` base channels: levels down to 4x4 (8x8 images: 8, 4), two residual blocks per level and
-    self-attention at half the resolution from 28x28 up (DDPM's CIFAR-10 layout: 32, 16 (attention), 8, 4)."""
+def net_config(model: str, width: int, shape: tuple[int, ...], dropout: float | None = None) -> ModelConfig:
+    """The noise predictor of `model` at `width`: an MLP of that hidden width on flattened images, or DDPM's U-Net
+    with `width` base channels: levels down to 4x4 (8x8 images: 8, 4), two residual blocks per level and
+    self-attention at half the resolution from 28x28 up (DDPM's CIFAR-10 layout: 32, 16 (attention), 8, 4), t embedded
+    in `width` dimensions (rounded down to even). dropout: inside every residual block of the U-Net; None picks
+    DDPM's CIFAR-10 value, 0.1, for 32x32 images at width >= 128 (DDPM's network: 35.7 M parameters), else 0."""
     if model == "mlp":
+        if dropout:
+            raise ValueError(f"dropout applies to model = 'unet' only; got dropout={dropout!r} for model = 'mlp'")
         return MLPConfig(hidden=width)
     if model != "unet":
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
@@ -37,7 +41,10 @@ def net_config(model: str, width: int, shape: tuple[int, ...]) -> ModelConfig:
         levels += 1
     mults = (1,) + (2,) * (levels - 1)
     big = side >= 28
-    return UNetConfig(base=width, mults=mults, blocks=2 if big else 1, attention=(side // 2,) if big else ())
+    if dropout is None:
+        dropout = 0.1 if side == 32 and width >= 128 else 0.0
+    return UNetConfig(base=width, mults=mults, time_dim=max(2, width - width % 2), blocks=2 if big else 1,
+                      attention=(side // 2,) if big else (), dropout=dropout)
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,12 +104,13 @@ class TrainedGapPlan:
         return [ensemble.member(m) for m in on_s], [ensemble.member(m) for m in on_s2]
 
 
-def trained_gap_plan(p: Mapping, device) -> TrainedGapPlan:
+def trained_gap_plan(p: Mapping, device, *, dataset: Dataset | None = None) -> TrainedGapPlan:
     """Chapter 3's plan from its parameters p (dataset, n_train, n_heldout, n_sizes, model, width, width_sweep,
-    n_seeds, train_steps, batch_size, seed)."""
+    n_seeds, train_steps, batch_size, seed). dataset: the data already loaded, in place of p["dataset"] (the GPU
+    benchmark passes synthetic images of CIFAR-10's shape and sizes)."""
     sched = linear_schedule()  # DDPM: T = 1000, beta linear 1e-4 .. 0.02
-    ds = load_dataset(p["dataset"], p["n_train"], p["n_heldout"], n_disjoint=p["n_train"], seed=p["seed"],
-                      device=device)
+    ds = dataset if dataset is not None else load_dataset(p["dataset"], p["n_train"], p["n_heldout"],
+                                                          n_disjoint=p["n_train"], seed=p["seed"], device=device)
     S, S2 = ds.train, ds.disjoint  # S' never overlaps S or the held-out images
     seeds = tuple(range(p["seed"], p["seed"] + p["n_seeds"]))
     net_cfg = net_config(p["model"], p["width"], ds.shape)

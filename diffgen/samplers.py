@@ -6,6 +6,12 @@ eps_hat, convert it once to x0_hat (`schedule.x0_from_eps`), step. The loop runs
 at t = 1 the empirical optimum has 1 - abar_1 = 1e-4 and float32 rounding shows). `callback(i, t, xt, x0_hat)` is
 called at every grid point, including the end (i = S, t = 0, xt = x0_hat = the sample).
 Notation: abar = abar_t, abar_next = abar_{t'} for the next (smaller) time t' on the grid.
+
+Randomness is an argument, seeded per sample: the stochastic samplers take `generators`, one per sample
+(_util.sample_generators), and step i adds noise _util.sample_normal(seed_b, i) computed on x_T's device from each
+generator's seed (counter-based: the generator's state is neither read nor advanced). Sample b's noise is then a
+function of its seed alone, whatever its batch or device. The loop reads no tensor back to the host: the grid and
+the schedule's coefficients are Python numbers from the start.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ._util import randn
+from ._util import sample_normal, sample_seeds
 from .denoisers import Denoiser
 from .schedule import Schedule, timesteps, x0_from_eps
 
@@ -61,28 +67,31 @@ def _predict(denoiser: Denoiser, sched: Schedule, x: torch.Tensor, t: int) -> tu
     return eps, x0_from_eps(sched, x, tt, eps)
 
 
-def _noise(generators, x: torch.Tensor) -> torch.Tensor:
-    return randn(generators, x.shape[1], dtype=x.dtype, device=x.device)
-
-
-Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int], torch.Tensor]
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int], torch.Tensor]
 
 
 def _reverse(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, grid: torch.Tensor, step: Step,
              callback: Callback | None, dtype: torch.dtype) -> torch.Tensor:
     """The loop every sampler shares: at each grid time t predict (eps_hat, x0_hat), report it, then
-    x <- step(x, eps_hat, x0_hat, t, t'); finally report the sample at t = 0."""
+    x <- step(x, eps_hat, x0_hat, t, t', i); finally report the sample at t = 0."""
     x = x_T.to(dtype)
-    steps = len(grid) - 1
-    for i in range(steps):
-        t, t_next = int(grid[i]), int(grid[i + 1])
+    times = grid.tolist()
+    for i, (t, t_next) in enumerate(zip(times, times[1:])):
         eps, x0 = _predict(denoiser, sched, x, t)
         if callback:
             callback(i, t, x, x0)
-        x = step(x, eps, x0, t, t_next)
+        x = step(x, eps, x0, t, t_next, i)
     if callback:
-        callback(steps, 0, x, x)
+        callback(len(times) - 1, 0, x, x)
     return x
+
+
+def _seeds(generators, x_T: torch.Tensor) -> torch.Tensor:
+    """The per-sample seeds on x_T's device; a ValueError unless there is one generator per row of x_T."""
+    if generators is None or len(generators) != len(x_T):
+        got = "none" if generators is None else len(generators)
+        raise ValueError(f"generators must hold one generator per sample ({len(x_T)}); got {got}")
+    return sample_seeds(generators, x_T.device)
 
 
 def sample_ddim(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: int, *, eta: float = 0.0,
@@ -95,12 +104,14 @@ def sample_ddim(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: i
         raise ValueError(f"eta must lie in [0, 1]; got {eta}")
     if eta > 0 and generators is None:
         raise ValueError("eta > 0 draws fresh noise at every step: pass generators (one per sample)")
+    seeds = _seeds(generators, x_T) if eta > 0 else None
+    abars = sched.abar.tolist()
 
-    def step(x, eps, x0, t, t_next):
-        abar, abar_next = float(sched.abar[t]), float(sched.abar[t_next])
+    def step(x, eps, x0, t, t_next, i):
+        abar, abar_next = abars[t], abars[t_next]
         sigma = eta * ((1 - abar_next) / (1 - abar) * (1 - abar / abar_next)) ** 0.5
         x = abar_next**0.5 * x0 + max(1 - abar_next - sigma**2, 0.0) ** 0.5 * eps
-        return x + sigma * _noise(generators, x) if sigma > 0 else x
+        return x + sigma * sample_normal(seeds, i, x.shape[1], dtype=x.dtype) if sigma > 0 else x
 
     return _reverse(denoiser, x_T, sched, grid, step, callback, dtype)
 
@@ -116,16 +127,18 @@ def sample_ddpm(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: i
     grid = _check(x_T, steps, sched)
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {', '.join(VARIANCES)}; got {variance!r}")
+    seeds = _seeds(generators, x_T)
+    abars = sched.abar.tolist()
 
-    def step(x, eps, x0, t, t_next):
-        abar, abar_next = float(sched.abar[t]), float(sched.abar[t_next])
+    def step(x, eps, x0, t, t_next, i):
+        abar, abar_next = abars[t], abars[t_next]
         alpha = abar / abar_next
         beta = 1 - alpha
         x = (abar_next**0.5 * beta * x0 + alpha**0.5 * (1 - abar_next) * x) / (1 - abar)
         if t_next == 0:
             return x
         var = beta if variance == "beta" else (1 - abar_next) / (1 - abar) * beta
-        return x + var**0.5 * _noise(generators, x)
+        return x + var**0.5 * sample_normal(seeds, i, x.shape[1], dtype=x.dtype)
 
     return _reverse(denoiser, x_T, sched, grid, step, callback, dtype)
 
@@ -136,9 +149,10 @@ def sample_ode(denoiser: Denoiser, x_T: torch.Tensor, sched: Schedule, steps: in
     sigma = sqrt((1 - abar) / abar), where dy/dsigma = eps_hat(x, t). The last step (to sigma = 0) is an Euler step;
     Euler alone is exactly DDIM with eta = 0. Uses 2 S - 1 denoiser calls."""
     grid = _check(x_T, steps, sched)
+    abars = sched.abar.tolist()
 
-    def step(x, eps, x0, t, t_next):
-        abar, abar_next = float(sched.abar[t]), float(sched.abar[t_next])
+    def step(x, eps, x0, t, t_next, i):
+        abar, abar_next = abars[t], abars[t_next]
         sig, sig_next = ((1 - abar) / abar) ** 0.5, ((1 - abar_next) / abar_next) ** 0.5
         y = x / abar**0.5
         y_next = y + (sig_next - sig) * eps

@@ -1,7 +1,9 @@
-"""Layer 0: the noise schedule (float64) and the conversions between x_t, x0 and eps.
+"""Layer 1: the noise schedule (float64) and the conversions between x_t, x0 and eps.
 
 Index convention: t = 0..T, abar[0] = 1 (clean data), abar[t] = prod_{s<=t} (1 - beta_s).
 Forward process: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
+Tensors of time steps are looked up in a copy of the table kept on their device (made once per device) and checked
+without a host-device sync (_util.assert_in_range), so a training or sampling step never waits for the GPU here.
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from ._util import assert_in_range
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,19 +29,27 @@ class Schedule:
         object.__setattr__(self, "betas", b.to(torch.float64))
         abar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - self.betas, 0)])
         object.__setattr__(self, "abar", abar)
+        object.__setattr__(self, "_tables", {abar.device: abar})  # device -> abar there (not a field: not in keys)
 
     @property
     def T(self) -> int:
         return len(self.betas)
 
     def alpha_bar(self, t: torch.Tensor | int) -> torch.Tensor:
-        """abar_t for integer t in [0, T] (any shape), float64 on t's device."""
+        """abar_t for integer t in [0, T] (any shape), float64 on t's device; t out of range is a ValueError (on a
+        GPU a device-side assertion: checking there without a sync)."""
         t = torch.as_tensor(t)
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise TypeError(f"t must be an integer tensor; got {t.dtype}")
-        if bool((t < 0).any()) or bool((t > self.T).any()):
-            raise ValueError(f"t must lie in [0, {self.T}]")
-        return self.abar.to(t.device)[t]
+        assert_in_range(t, 0, self.T, f"t must lie in [0, {self.T}]")
+        return self.table(t.device)[t]
+
+    def table(self, device: torch.device | str) -> torch.Tensor:
+        """abar [T + 1] (float64) on `device`, copied there once and kept."""
+        device = torch.device(device)
+        if device not in self._tables:
+            self._tables[device] = self.abar.to(device)
+        return self._tables[device]
 
     def sigma(self, t) -> torch.Tensor:
         """sigma_t = sqrt(1 - abar_t), the noise scale of x_t."""
@@ -66,8 +78,9 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
 
 def _coefficients(sched: Schedule, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sqrt(abar_t), sqrt(1 - abar_t)) computed in float64, then cast to broadcast against x [B, ...] of `like`.
-    (1 - abar_t in float32 would lose three digits at t = 1, where 1 - abar_1 = 1e-4.)"""
-    abar = sched.alpha_bar(torch.as_tensor(t, device=like.device))
+    (1 - abar_t in float32 would lose three digits at t = 1, where 1 - abar_1 = 1e-4.) A Python int t gives 0-dim
+    CPU coefficients, which torch passes to device kernels as scalars (no copy to the device)."""
+    abar = sched.alpha_bar(t if isinstance(t, int) else torch.as_tensor(t, device=like.device))
     coefs = []
     for c in (abar.sqrt(), (1 - abar).sqrt()):
         c = c.to(like.dtype)

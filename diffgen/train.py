@@ -14,18 +14,35 @@ together is training them apart. `train(...)` is one member: a single network.
 Optimisation: AdamW with linear warm-up (`warmup_lr`), per-member global-norm gradient clipping, an EMA of the weights
 (`ema_decay`). Each step: per seed, u ~ U[0, 1)^B from its batch generator (batch positions floor(u n_m) into each
 member's set, with replacement); per (seed, stream), the objective's draws from its draw generator (objective.draw).
-The generators are _util.stream_generator(seed, 0) for batches and (seed, 1 + stream) for draws. Every
-cfg.checkpoint_every steps (and at cfg.snapshots) an EMA snapshot is kept and a resumable checkpoint written; an
-interrupted run resumes from it, bit for bit. The finished run is one artifact under its key (cache.artifact_key: the
-configs, the data and the code of this module, of the model's and of the objective's): a second call loads it.
+The generators are _util.stream_generator(seed, 0) for batches and (seed, 1 + stream) for draws, made on the training
+device: on the CPU the numbers are those of every earlier version, on CUDA they are drawn on the GPU. Dropout masks
+(models with dropout > 0) come from the device's default generator, seeded from the first member's seed (and the
+process's rank) inside a forked RNG (the caller's RNG is left alone); under vmap each member gets its own masks
+(randomness="different"), drawn together as one tensor, so with dropout a member trained together with others
+differs from the member trained alone by its masks (and only by them). Every cfg.checkpoint_every steps (and at cfg.snapshots) an EMA snapshot is kept and
+a resumable checkpoint written, with the state of every generator the run draws from; an interrupted run resumes from
+it, bit for bit on the CPU (on CUDA to rounding: cuDNN's autotuned algorithms are not bitwise reproducible). The
+finished run is one artifact under its key (cache.artifact_key: the configs, the data and the code of this module, of
+the model's and of the objective's): a second call loads it.
+
+The step never waits for the GPU: draws, batch positions and losses stay on the device; the losses are read back when
+the progress line refreshes (every 25 steps in a notebook, every 5 s headless) and at checkpoints. Speed levers (the
+CPU keeps the numbers of the book): AdamW fused into one kernel on the device types in FUSED_ADAMW (CUDA; foreach
+elsewhere), cuDNN autotuning during training on CUDA, and, when asked (`compile=True`, off by default; not part of the
+cache key: the same math up to rounding), torch.compile of the members' batched forward (it crashed with a misaligned
+address on the U-Net at batch 512 on CUDA in torch 2.11). channels_last is not among them: GroupNorm under vmap
+refuses a channels_last input (torch 2.13: "NYI: querying is_contiguous inside of vmap for memory_format other than
+torch.contiguous_format"), and members train together under vmap.
 
 Several processes (torchrun; distributed.init joins the group): every process draws the whole global batch from the
 same generators and keeps its rows r B/R .. (r+1) B/R; DistributedDataParallel averages the gradients, so each step
-is the one-process step on the same global batch (to float rounding), every process holds the same weights, and the
-artifact lands under the same key. Only rank 0 writes checkpoints and the artifact; every process resumes from them.
+is the one-process step on the same global batch (to float rounding; with dropout, each process draws its own
+masks), every process holds the same weights, and the artifact lands under the same key. Only rank 0 writes
+checkpoints and the artifact; every process resumes from them.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -39,13 +56,15 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import distributed
-from ._util import check_non_negative, check_positive, randn, resolve_device, sample_generators, stream_generator
+from ._util import (check_non_negative, check_positive, randn, resolve_device, sample_generators, stream_generator,
+                    stream_seed)
 from .cache import artifact_key, cache_root, load_artifact, load_or_compute, save_artifact
 from .objectives import Objective
 from .progress import note, progress as show_progress
 
 StateDict = dict[str, torch.Tensor]
 ARTIFACT_FORMAT = 2  # bump when the artifact layout changes (the source hash in the key changes with it anyway)
+FUSED_ADAMW = ("cuda",)  # device types where AdamW runs fused (one kernel per step); foreach elsewhere
 
 
 class ModelConfig(Protocol):
@@ -187,7 +206,7 @@ class EnsembleResult:
 
     def _base(self) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
-            return self.model_cfg.build(self.shape).to("meta")
+            return self.model_cfg.build(self.shape).to("meta").eval()  # evaluation: dropout off
 
     def sample(self, train_step: int | None, sched, n_samples: int, *, steps: int = 50, seed: int = 0,
                eta: float = 0.0, clip: tuple[float, float] | None = None) -> torch.Tensor:
@@ -256,7 +275,8 @@ def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tu
                    cfg: TrainConfig = TrainConfig(), *, seeds: Sequence[int] | None = None,
                    streams: Sequence[int] | None = None,
                    device: str | torch.device = "auto", cache_dir: Path | None = None, progress: bool = True,
-                   callback: Callable[[int, torch.Tensor], None] | None = None) -> EnsembleResult:
+                   callback: Callable[[int, torch.Tensor], None] | None = None,
+                   compile: bool = False) -> EnsembleResult:
     """Train member m (model_cfg.build(shape), seed seeds[m]; default: cfg.seed for every member) on sets[m]
     ([n_m, D], D = prod(shape); a list, or a tensor [M, n, D]) with `objective`, or load the finished run.
 
@@ -264,8 +284,11 @@ def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tu
     share initialisation and batches but not t and noise (the reference "same run, other draws").
 
     cache_dir: folder for artifacts and checkpoints (None: cache.cache_root()); files go to <cache_dir>/train/<key>.
-    callback(step, losses [M]) runs after every step (and after that step's checkpoint); an exception raised in it
-    stops training, and the next call with the same inputs resumes from the latest checkpoint.
+    callback(step, losses [M]) runs after every step (and after that step's checkpoint), losses on the training
+    device (reading them, e.g. float(losses[0]), waits for the GPU: a callback that needs them every step costs a
+    sync per step); an exception raised in it stops training, and the next call with the same inputs resumes from
+    the latest checkpoint. compile: run the members' batched forward through torch.compile (same weights up to
+    rounding, so not part of the key).
     """
     sets = _check_sets(sets, shape)
     if not isinstance(cfg, TrainConfig):
@@ -283,7 +306,7 @@ def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tu
     def compute() -> dict:
         start = time.perf_counter()
         out = _fit(model_cfg, objective, sets, tuple(shape), cfg, seeds, streams, dev, ckpt_path,
-                   progress and distributed.is_main(), callback)
+                   progress and distributed.is_main(), callback, compile)
         what = "1 net" if len(sets) == 1 else f"{len(sets)} nets"
         where = f"{dev}" if not distributed.active() else f"{distributed.world_size()} processes ({dev} on rank 0)"
         if distributed.is_main():
@@ -342,11 +365,22 @@ def _init_model(model_cfg: ModelConfig, shape, seed: int) -> nn.Module:
 
 def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor], shape, cfg: TrainConfig,
          seeds: tuple[int, ...], streams: tuple[int, ...], dev: torch.device, ckpt_path: Path, progress: bool,
-         callback) -> dict:
-    """The training loop, resumed from `ckpt_path` when a usable checkpoint is there. Returns the artifact payload."""
+         callback, compile: bool) -> dict:
+    """The training loop (_fit_loop) in a forked RNG whose device generator is seeded for dropout, with cuDNN
+    autotuning on CUDA; resumed from `ckpt_path` when a usable checkpoint is there. Returns the artifact payload."""
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), _cudnn_benchmark(dev.type == "cuda"):
+        if dev.type in ("cpu", "cuda"):  # dropout's masks (if any) come from the device's default generator
+            seed = stream_seed(stream_seed(seeds[0], 0), distributed.rank())  # a stream of the batch stream's seed
+            _set_rng_state(dev, torch.Generator(device=dev).manual_seed(seed).get_state())
+        return _fit_loop(model_cfg, objective, sets, shape, cfg, seeds, streams, dev, ckpt_path, progress, callback,
+                         compile)
+
+
+def _fit_loop(model_cfg, objective, sets, shape, cfg, seeds, streams, dev, ckpt_path, progress, callback,
+              compile) -> dict:
     M, B = len(sets), cfg.batch_size
     members = [_init_model(model_cfg, shape, s) for s in seeds]
-    base = copy.deepcopy(members[0]).to("meta")
+    base = copy.deepcopy(members[0]).to("meta").train()
     params, buffers = stack_module_state(members)
     params = {k: v.detach().to(dev).requires_grad_(True) for k, v in params.items()}
     buffers = {k: v.to(dev) for k, v in buffers.items()}
@@ -360,14 +394,19 @@ def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor],
                                                     broadcast_buffers=False)
     else:
         model = _batched(base, params, buffers)
-    opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    if compile:
+        model = torch.compile(model)
+    fused = dev.type in FUSED_ADAMW
+    opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None,
+                            foreach=not fused)
 
+    gen_dev = dev if dev.type != "meta" else torch.device("cpu")  # meta (shapes only) has no generator of its own
     unique = sorted(set(seeds))  # members with one seed share its batches
     batch_group = torch.tensor([unique.index(s) for s in seeds], device=dev)
-    batch_gens = [stream_generator(s, 0) for s in unique]
+    batch_gens = [stream_generator(s, 0, gen_dev) for s in unique]
     pairs = sorted(set(zip(seeds, streams)))  # members with one (seed, stream) share the objective's draws
     draw_group = torch.tensor([pairs.index(p) for p in zip(seeds, streams)], device=dev)
-    draw_gens = [stream_generator(s, 1 + k) for s, k in pairs]
+    draw_gens = [stream_generator(s, 1 + k, gen_dev) for s, k in pairs]
     gens = batch_gens + draw_gens  # (their states go into checkpoints)
     n = torch.tensor([len(s) for s in sets], device=dev, dtype=torch.float64)
     data = torch.zeros(M, max(len(s) for s in sets), sets[0].shape[1], dtype=params[next(iter(params))].dtype,
@@ -390,6 +429,7 @@ def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor],
         opt.load_state_dict(ckpt["optimizer"])
         for g, state in zip(gens, ckpt["generators"]):
             g.set_state(state)
+        _set_rng_state(dev, ckpt["rng"])
         done, snapshots = int(ckpt["step"]), dict(ckpt["snapshots"])
         losses[:done] = ckpt["losses"].to(dev)
         note(f"diffgen.train: resuming at step {done} from checkpoint {ckpt_path}")
@@ -397,6 +437,7 @@ def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor],
     def state(weights: dict) -> StateDict:  # stacked parameters and buffers, on the CPU
         return {k: v.detach().cpu().clone() for k, v in {**weights, **buffers}.items()}
 
+    # read back only when the progress line refreshes (every 25 steps in a notebook, every few seconds headless)
     recent = lambda: f"loss {losses[max(0, done - 25):max(done, 1)].mean().item():.4f}"  # noqa: E731
     remaining = range(done, cfg.train_steps)
     desc = "train" if M == 1 else f"train {M} nets"
@@ -405,7 +446,7 @@ def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor],
     plist, elist = list(params.values()), list(ema.values())
     for step in steps:
         done = step + 1
-        u = torch.stack([torch.rand(B, generator=g, dtype=torch.float64) for g in batch_gens]).to(dev)
+        u = torch.stack([torch.rand(B, generator=g, dtype=torch.float64, device=dev) for g in batch_gens])
         draws = [objective.draw(template, g) for g in draw_gens]
         stacked = {k: torch.stack([d[k] for d in draws])[draw_group][:, rows] for k in draws[0]}
         idx = (u[batch_group][:, rows] * n[:, None]).long()  # floor(u n_m) < n_m: a position in member m's set
@@ -426,22 +467,48 @@ def _fit(model_cfg: ModelConfig, objective: Objective, sets: list[torch.Tensor],
             snapshots[done] = state(ema)
             if done < cfg.train_steps and done % cfg.checkpoint_every == 0 and rank == 0:
                 save_artifact(ckpt_path, {"raw": state(params), "ema": state(ema), "optimizer": opt.state_dict(),
-                                          "generators": [g.get_state() for g in gens], "step": done,
-                                          "losses": losses[:done].cpu(), "snapshots": snapshots})
+                                          "generators": [g.get_state() for g in gens], "rng": _rng_state(dev),
+                                          "step": done, "losses": losses[:done].cpu(), "snapshots": snapshots})
         if callback is not None:
             callback(done, global_loss)
     return {"raw": state(params), "snapshots": snapshots, "losses": losses.cpu()}
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool):
+    """cuDNN autotuning (torch.backends.cudnn.benchmark) inside the block when `on`; the previous setting after."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def _rng_state(dev: torch.device) -> torch.Tensor | None:
+    """The state of `dev`'s default generator (dropout's masks draw from it)."""
+    if dev.type == "cuda":
+        return torch.cuda.get_rng_state(dev)
+    return torch.get_rng_state() if dev.type == "cpu" else None
+
+
+def _set_rng_state(dev: torch.device, state: torch.Tensor | None) -> None:
+    if dev.type == "cuda":
+        torch.cuda.set_rng_state(state, dev)
+    elif dev.type == "cpu":
+        torch.set_rng_state(state)
+
+
 def _batched(base: nn.Module, params: StateDict, buffers: StateDict):
-    """model(x [M, B, D], t [M, B]) -> [M, B, D] with member m's parameters params[name][m]: vmap over the members;
-    one member is called directly (vmap would only add its overhead)."""
+    """model(x [M, B, D], t [M, B]) -> [M, B, D] with member m's parameters params[name][m]: vmap over the members,
+    each with its own random draws (dropout masks); one member is called directly (vmap would only add its
+    overhead)."""
     if len(next(iter(params.values()))) == 1:
         def single(x, t):
             state = ({k: v[0] for k, v in params.items()}, {k: v[0] for k, v in buffers.items()})
             return functional_call(base, state, (x[0], t[0]))[None]
         return single
-    forward = vmap(lambda p, b, x, t: functional_call(base, (p, b), (x, t)))
+    forward = vmap(lambda p, b, x, t: functional_call(base, (p, b), (x, t)), randomness="different")
     return lambda x, t: forward(params, buffers, x, t)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffgen._util import randn, sample_generators
-from diffgen.models import MLPConfig, MLPDenoiser, UNetConfig, UNetDenoiser, time_embedding
+from diffgen.models import MLPConfig, MLPDenoiser, UNetConfig, UNetDenoiser, parameter_count, time_embedding
 from diffgen.objectives import EpsLoss
 from diffgen.samplers import sample_ddim
 from diffgen.schedule import add_noise, eps_from_x0
@@ -204,7 +204,7 @@ def test_unet_attention_sits_at_the_named_resolutions():
     from diffgen.models import _Attention
     model = _build(UNetConfig(base=8, mults=(1, 2, 2), blocks=2, attention=(16,)), (3, 32, 32))
     where = [name for name, m in model.named_modules() if isinstance(m, _Attention)]
-    assert where == ["down.2.attn", "down.3.attn", "mid.0.attn", "up.2.attn", "up.3.attn"]
+    assert where == ["down.2.attn", "down.3.attn", "mid.0.attn", "up.3.attn", "up.4.attn", "up.5.attn"]
     assert not any(isinstance(m, _Attention) for m in _build(UNetConfig(base=8), (3, 32, 32)).modules())
     with pytest.raises(ValueError, match="attention must be"):
         UNetConfig(attention=(0,))
@@ -213,8 +213,79 @@ def test_unet_attention_sits_at_the_named_resolutions():
 
 
 def test_autocast_is_float32_on_the_cpu():
-    on = _perturb(_build(UNetConfig(base=8, autocast=True), (3, 32, 32)))
-    off = _perturb(_build(UNetConfig(base=8, autocast=False), (3, 32, 32)))
+    on = _perturb(_build(UNetConfig(base=8), (3, 32, 32)))  # the default: bf16 autocast on CUDA only
+    off = _perturb(_build(UNetConfig(base=8, autocast=()), (3, 32, 32)))
     x, t = _inputs(3 * 32 * 32)
-    out = on(x, t)
-    assert out.dtype == torch.float32 and torch.equal(out, off(x, t))
+    with torch.no_grad():
+        out = on(x, t)
+        assert out.dtype == torch.float32 and torch.equal(out, off(x, t))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast does not leak into the model
+            assert torch.equal(on(x, t), out)
+        cpu_bf16 = _perturb(_build(UNetConfig(base=8, autocast=("cpu", "cuda")), (3, 32, 32)))(x, t)
+    assert cpu_bf16.dtype == torch.float32 and not torch.equal(cpu_bf16, out)  # asked for: bf16 on the CPU too
+    torch.testing.assert_close(cpu_bf16, out, rtol=0.05, atol=0.05 * float(out.abs().max()))
+    for bad in ((True,), ("tpu",)):
+        with pytest.raises(ValueError, match="autocast must be a tuple of device types from cpu, cuda"):
+            UNetConfig(autocast=bad)
+
+
+def _ddpm_parameters(ch=128, mults=(1, 2, 2, 2), blocks=2, attention_levels=(1,), image_channels=3) -> int:
+    """DDPM's CIFAR-10 U-Net (Ho et al. 2020, diffusion_tf/models/unet.py) counted layer by layer from its source:
+    conv_in, the 2-layer time MLP on a ch-dim sinusoid, resnet blocks (GN, conv, temb dense, GN, conv, NIN shortcut
+    when channels change), attention (GN, q, k, v, proj_out as NINs), conv downsample/upsample, GN + conv_out."""
+    conv = lambda i, o, k=3: i * o * k * k + o  # noqa: E731
+    res = lambda i, o: (2 * i + conv(i, o) + 4 * ch * o + o + 2 * o + conv(o, o)  # noqa: E731
+                        + (conv(i, o, 1) if i != o else 0))
+    attn = lambda c: 2 * c + 4 * conv(c, c, 1)  # noqa: E731
+    total = conv(image_channels, ch) + (ch * 4 * ch + 4 * ch) + (4 * ch * 4 * ch + 4 * ch)
+    hs, c = [ch], ch
+    for level, m in enumerate(mults):
+        for _ in range(blocks):
+            total += res(c, ch * m) + (attn(ch * m) if level in attention_levels else 0)
+            c = ch * m
+            hs.append(c)
+        if level < len(mults) - 1:
+            total += conv(c, c)
+            hs.append(c)
+    total += res(c, c) + attn(c) + res(c, c)
+    for level in reversed(range(len(mults))):
+        for _ in range(blocks + 1):
+            c_out = ch * mults[level]
+            total += res(c + hs.pop(), c_out) + (attn(c_out) if level in attention_levels else 0)
+            c = c_out
+        if level > 0:
+            total += conv(c, c)
+    return total + 2 * c + conv(c, image_channels)
+
+
+def test_unet_is_ddpm_layer_for_layer_and_counts_its_parameters():
+    """DDPM's CIFAR-10 network has 35.7 M parameters; ours with its configuration has exactly as many, and
+    parameter_count (built on the meta device) counts the built model without touching the global RNG."""
+    ddpm = UNetConfig(base=128, mults=(1, 2, 2, 2), time_dim=128, blocks=2, attention=(16,), dropout=0.1)
+    assert _ddpm_parameters() == 35_746_307
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    assert parameter_count(ddpm, (3, 32, 32)) == 35_746_307
+    assert torch.equal(torch.get_rng_state(), before)
+    small = UNetConfig(base=8, mults=(1, 2, 2), time_dim=8, blocks=1, attention=(8,))
+    assert parameter_count(small, (1, 16, 16)) == sum(p.numel() for p in _build(small, (1, 16, 16)).parameters()) \
+        == _ddpm_parameters(8, (1, 2, 2), 1, (1,), 1)
+    assert parameter_count(MLPConfig(hidden=4, depth=1, time_dim=2), (3,)) == \
+        sum(p.numel() for p in _build(MLPConfig(hidden=4, depth=1, time_dim=2), (3,)).parameters())
+
+
+def test_dropout_sits_between_the_convolutions_and_only_acts_in_training():
+    model = _perturb(_build(UNetConfig(base=8, dropout=0.5), (1, 8, 8)))
+    assert all(isinstance(b.block.dropout, torch.nn.Dropout) and b.block.dropout.p == 0.5
+               for b in [*model.down, *model.mid, *model.up])
+    assert not any(isinstance(m, torch.nn.Dropout) for m in _build(UNetConfig(base=8), (1, 8, 8)).modules())
+    x, t = _inputs(64)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a, b = model(x, t), model(x, t)  # training mode: fresh masks
+        model.eval()
+        c, d = model(x, t), model(x, t)
+    assert not torch.equal(a, b) and torch.equal(c, d)
+    for bad in (-0.1, 1.0, True):
+        with pytest.raises(ValueError, match=r"dropout must be a probability in \[0, 1\)"):
+            UNetConfig(dropout=bad)

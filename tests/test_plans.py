@@ -10,7 +10,7 @@ import torch
 
 from diffgen.fixtures import write_cifar10
 from diffgen import chapters, cli, plans
-from diffgen.models import MLPConfig, UNetConfig
+from diffgen.models import MLPConfig, UNetConfig, parameter_count
 from diffgen.results import read_results
 
 BIN = Path(sys.executable).parent
@@ -35,6 +35,22 @@ def test_net_config_errors():
         plans.net_config("vit", 32, (1, 8, 8))
     with pytest.raises(ValueError, match="needs image data"):
         plans.net_config("unet", 32, (2,))
+
+
+def test_paper_presets_train_ddpms_cifar10_network():
+    """Chapters 3 and 4 at the paper preset: width 128, which net_config makes DDPM's CIFAR-10 U-Net (dropout 0.1,
+    35.7 M parameters); width 64 stays the cheaper option without dropout; dropout can be set explicitly."""
+    for chapter in ("ch3", "ch4"):
+        [run] = chapters.plan_run([chapter], "paper")
+        cfg = plans.net_config(run.value("model"), run.value("width"), (3, 32, 32))
+        assert cfg == UNetConfig(base=128, mults=(1, 2, 2, 2), time_dim=128, blocks=2, attention=(16,), dropout=0.1)
+        assert abs(parameter_count(cfg, (3, 32, 32)) - 35.7e6) < 0.1e6
+    assert plans.net_config("unet", 64, (3, 32, 32)).dropout == 0.0
+    assert plans.net_config("unet", 128, (1, 28, 28)).dropout == 0.0  # DDPM's value is for its CIFAR-10 network
+    assert plans.net_config("unet", 128, (3, 32, 32), dropout=0.0).dropout == 0.0
+    assert plans.net_config("unet", 32, (3, 32, 32), dropout=0.2).dropout == 0.2
+    with pytest.raises(ValueError, match="dropout applies to model = 'unet' only"):
+        plans.net_config("mlp", 128, (2,), dropout=0.1)
 
 
 def _params(preset: str, pairs=()) -> dict:

@@ -2,10 +2,13 @@
 the output distribution of stochastic samplers, per-sample seeding, callbacks and input checks."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from diffgen._util import randn, sample_generators
+from diffgen._util import randn, sample_generators, sample_normal, sample_seeds
 from diffgen.denoisers import EmpiricalOptimum, GaussianDenoiser
 from diffgen.samplers import Trajectory, sample_ddim, sample_ddpm, sample_ode
 from diffgen.schedule import timesteps
@@ -59,13 +62,6 @@ def test_single_step_ddim_returns_x0_hat(gauss, sched, gen):
 
 
 # ---------------------------------------------------------------- one step by hand
-def _clone(gens):
-    out = []
-    for g in gens:
-        c = torch.Generator()
-        c.set_state(g.get_state())
-        out.append(c)
-    return out
 
 
 def test_one_step_formulas_by_hand(gauss, sched):
@@ -77,10 +73,10 @@ def test_one_step_formulas_by_hand(gauss, sched):
     ab, ab1 = float(sched.abar[T]), float(sched.abar[t1])
     x0 = gauss.x0_hat(x_T, T)
     eps = (x_T - ab**0.5 * x0) / (1 - ab) ** 0.5
-    z = randn(_clone(gens), 3)  # the noise the sampler will draw first
+    z = sample_normal(sample_seeds(gens), 0, 3)  # the noise of step 0: a function of each sample's seed
     for kind in ("ddim0", "ddim.5", "ddpm", "ddpm-post"):
         traj = Trajectory()
-        _run(kind, gauss, x_T, sched, 5, _clone(gens), traj)
+        _run(kind, gauss, x_T, sched, 5, gens, traj)
         got = traj.xt[1]
         if kind.startswith("ddim"):
             eta = 0.0 if kind == "ddim0" else 0.5
@@ -280,3 +276,62 @@ def test_dtype_argument(gauss, sched):
     z32 = sample_ddim(gauss, x_T, sched, 10, dtype=torch.float32)
     assert z64.dtype == torch.float64 and z32.dtype == torch.float32
     torch.testing.assert_close(z32.double(), z64, rtol=0, atol=1e-3)
+
+
+# ---------------------------------------------------------------- counter-based per-sample noise
+def _reference_normal(seed: int, draw: int, j: int) -> float:
+    """_util.sample_normal's coordinate j, written with Python integers: splitmix64 (Steele et al. 2014) of the
+    stream seeded with splitmix64(seed + (draw + 1) G), outputs 2k + 1 and 2k + 2 (k = j // 2), then Box-Muller."""
+    mask, gamma = (1 << 64) - 1, 0x9E3779B97F4A7C15
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    stream = mix((seed + (draw + 1) * gamma) & mask)
+    k = j // 2
+    u1, u2 = (((mix((stream + (2 * k + n) * gamma) & mask) >> 11) + 0.5) / 2**53 for n in (1, 2))
+    radius, angle = math.sqrt(-2 * math.log(u1)), 2 * math.pi * u2
+    return radius * (math.cos(angle) if j % 2 == 0 else math.sin(angle))
+
+
+def test_sample_normal_is_splitmix64_and_box_muller():
+    seeds = [0, 1, 2**62 + 12345, -(2**63), 77]  # the int64 bits of any 64-bit seed
+    z = sample_normal(torch.tensor(seeds), 3, 5)
+    assert z.shape == (5, 5) and z.dtype == torch.float64
+    for b, seed in enumerate(seeds):
+        for j in range(5):
+            assert float(z[b, j]) == pytest.approx(_reference_normal(seed % 2**64, 3, j), rel=1e-12, abs=1e-12)
+    assert sample_normal(torch.tensor(seeds), 3, 5, dtype=torch.float32).dtype == torch.float32
+    with pytest.raises(ValueError, match="draw must be >= 0"):
+        sample_normal(torch.tensor(seeds), -1, 5)
+
+
+def test_sample_normal_depends_on_seed_draw_and_coordinate_only():
+    seeds = sample_seeds(sample_generators(4, 9))
+    full = sample_normal(seeds, 7, 11)
+    torch.testing.assert_close(sample_normal(seeds[3:6], 7, 11), full[3:6], rtol=0, atol=0)  # any batch
+    torch.testing.assert_close(sample_normal(seeds[[8, 0]], 7, 11), full[[8, 0]], rtol=0, atol=0)  # any order
+    torch.testing.assert_close(sample_normal(seeds, 7, 4), full[:, :4], rtol=0, atol=0)  # any width
+    assert sample_normal(seeds, 8, 11).sub(full).abs().min() > 0  # another draw: other numbers
+    # the seeds are those of sample_generators: sample i of seed s, whatever the offset it was made with
+    torch.testing.assert_close(sample_seeds(sample_generators(4, 3, offset=6)), seeds[6:], rtol=0, atol=0)
+
+
+def test_sample_normal_is_standard_normal_and_independent_across_samples_steps_and_coordinates():
+    from scipy import stats
+
+    seeds = sample_seeds(sample_generators(0, 2000))
+    z = sample_normal(seeds, 0, 100)  # 200 000 numbers
+    flat = z.flatten().numpy()
+    assert stats.kstest(flat, "norm").pvalue > 1e-3
+    n = flat.size
+    assert abs(flat.mean()) < 5 / n**0.5 and abs(flat.var() - 1) < 5 * (2 / n) ** 0.5
+    assert abs(stats.skew(flat)) < 5 * (6 / n) ** 0.5 and abs(stats.kurtosis(flat)) < 5 * (24 / n) ** 0.5
+    nxt = sample_normal(seeds, 1, 100)
+    pairs = {"next step": (z, nxt), "next sample": (z[:-1], z[1:]), "Box-Muller partner": (z[:, 0::2], z[:, 1::2]),
+             "partner, squared": (z[:, 0::2] ** 2, z[:, 1::2] ** 2), "next coordinate": (z[:, 1:-1:2], z[:, 2::2])}
+    for name, (a, b) in pairs.items():
+        r = np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1]
+        assert abs(r) < 5 / a.numel() ** 0.5, (name, r)

@@ -189,8 +189,10 @@ def test_alpha_bar_rejects_bad_t(sched):
         sched.alpha_bar(torch.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match="t must"):
         sched.alpha_bar(-1)
-    with pytest.raises(ValueError, match="t must"):
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1000\]"):
         sched.alpha_bar(torch.tensor([3, 1001]))
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1000\]"):  # not a silent abar[-1]
+        add_noise(sched, torch.zeros(2, 2), torch.tensor([-1, 5]), torch.zeros(2, 2))
     x = torch.zeros(2, 2, dtype=torch.float64)
     with pytest.raises(TypeError, match="t must"):
         add_noise(sched, x, 0.5, x)
