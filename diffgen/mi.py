@@ -281,97 +281,60 @@ def _within_sets(z: torch.Tensor, k: int, chunk_elems: int = 2**23) -> tuple[tor
     return torch.cat(r2), torch.cat(own)
 
 
-def _ball_candidates(x: torch.Tensor, r2: torch.Tensor, tile: int
-                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """For queries x [N, D] with squared radii r2 [N]: (query rows [B], candidate rows [W], squared distances
-    [B, W]) per tile, the candidates including every point within distance r of each query.
+def _ball_counts(z: torch.Tensor, r2: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """m_i [M, K]: the number of other samples of all sets within distance r_mk of z_mk (r2 [M, K] squared) = own
+    (the set's other samples within r, exact: _within_sets) + the samples of the other sets within r. Those are
+    counted by a k-d tree of the other sets (scipy's cKDTree) at radii r (1 -/+ 1e-9); where the two counts differ
+    (a sample within rounding of the sphere) the explicit float64 distances of _sq_dist decide, so the count is
+    exact, with no approximation."""
+    from scipy.spatial import cKDTree
 
-    Exact pruning, no approximation: a point within distance r of q has |x_0 - q_0| <= r and |x_1 - q_1| <= r. Points
-    are cut into strips along x_1 and sorted by (strip, x_0); a tile of queries then needs from each strip that
-    meets [q_1 - r, q_1 + r] one contiguous run of rows, those with x_0 in [q_0 - r, q_0 + r] (radii widened a
-    little so that rounding never drops a point; the caller tests d2 <= r2). Tiles hold queries of one strip and
-    one octave of radius, consecutive in x_0, so one wide ball does not widen the window of its neighbours."""
-    N, D = x.shape
-    rw = r2.sqrt() * (1 + 1e-9) + 1e-12 * (1 + x.abs().amax(1))  # widened radii
-    x0, x1 = x[:, 0].contiguous(), x[:, min(1, D - 1)].contiguous()
-    sorted_x0 = x0.sort().values
-    rank = torch.searchsorted(sorted_x0, x0)  # number of points with a smaller x_0: ties share a rank
-    n_strips, strip_of = _strips(x, r2, tile)
-    strip = strip_of(x1)
-    key = strip * N + rank  # sorts the points by (strip, x_0)
-    order = torch.argsort(key, stable=True)
-    key = key[order].contiguous()
-    octave = torch.log2(rw).floor().clamp(-64, 64).long() + 64  # [0, 128]
-    qorder = torch.argsort((strip * 129 + octave) * N + rank, stable=True)
-    group = (strip * 129 + octave)[qorder]
-    starts = torch.cat([torch.tensor([0]), torch.nonzero(group[1:] != group[:-1])[:, 0] + 1,
-                        torch.tensor([N])]).tolist()
-    for g0, g1 in zip(starts[:-1], starts[1:]):
-        for sl in tiles(g1 - g0, tile):
-            q = qorder[g0 + sl.start: g0 + sl.stop]
-            lo0 = torch.searchsorted(sorted_x0, (x0[q] - rw[q]).min()[None])
-            hi0 = torch.searchsorted(sorted_x0, (x0[q] + rw[q]).max()[None], right=True)
-            near = torch.arange(int(strip_of((x1[q] - rw[q]).min())), int(strip_of((x1[q] + rw[q]).max())) + 1) * N
-            runs = zip(torch.searchsorted(key, near + lo0).tolist(), torch.searchsorted(key, near + hi0).tolist())
-            cand = order[torch.cat([torch.arange(a, b) for a, b in runs])]
-            yield q, cand, _sq_dist(x[q], x[cand])
+    M, K, D = z.shape
+    points, radius = z.numpy(), r2.sqrt().numpy()
+    pad = 1e-12 * (1 + np.abs(points).max())  # radius 0 (exact duplicates) still finds its duplicates
+    out = own.clone()
+    for m in range(M):
+        others = np.concatenate([points[:m], points[m + 1:]]).reshape(-1, D)
+        tree = cKDTree(others)
+        lo = tree.query_ball_point(points[m], radius[m] * (1 - 1e-9), return_length=True)
+        hi = tree.query_ball_point(points[m], radius[m] * (1 + 1e-9) + pad, return_length=True)
+        for i in np.flatnonzero(hi != lo):
+            near = torch.from_numpy(others[tree.query_ball_point(points[m, i], radius[m, i] * (1 + 1e-9) + pad)])
+            lo[i] = int((_sq_dist(z[m, i:i + 1], near)[0] <= r2[m, i]).sum())
+        out[m] += torch.from_numpy(lo.astype(np.int64))
+    return out
 
 
-def _strips(x: torch.Tensor, r2: torch.Tensor, tile: int):
-    """Strips along x_1 about twice the median radius wide (one strip for D = 1; at most N / tile strips): their
-    number and the map from x_1 values to strip indices (monotone, so rounding never puts a point outside the
-    strips its interval meets)."""
-    N, D = x.shape
-    if D == 1:
-        return 1, lambda v: torch.zeros(v.shape, dtype=torch.long)
-    base, span = float(x[:, 1].min()), float(x[:, 1].max() - x[:, 1].min())
-    width = 2 * float(r2.sqrt().median())
-    n = 1 if span == 0 or width == 0 else int(min(math.ceil(span / width), max(1, N // tile)))
-    width = span / n if span > 0 else 1.0
-    return n, lambda v: ((v - base) / width).floor().clamp(0, n - 1).long()
-
-
-def _ball_counts(z: torch.Tensor, r2: torch.Tensor, tile: int) -> torch.Tensor:
-    """m_i [M, K]: the number of other samples of all sets within distance r_mk of z_mk (r2 [M, K] squared)."""
-    x, rs = z.reshape(-1, z.shape[2]), r2.reshape(-1)
-    every = torch.empty(len(x), dtype=torch.long)
-    for rows, _, d2 in _ball_candidates(x, rs, tile):
-        every[rows] = (d2 <= rs[rows, None]).sum(1) - 1  # minus the point itself
-    return every.reshape(r2.shape)
-
-
-def _check_knn(z: torch.Tensor, k: int, tile: int) -> None:
+def _check_knn(z: torch.Tensor, k: int) -> None:
     _check_z(z)
     if not isinstance(k, int) or not 1 <= k < z.shape[1]:
         raise ValueError(f"k must be an integer in [1, K - 1 = {z.shape[1] - 1}]; got {k!r}")
-    check_positive(tile=tile)
 
 
-def mi_knn_terms(z: torch.Tensor, k: int = 3, *, tile: int = 64) -> torch.Tensor:
+def mi_knn_terms(z: torch.Tensor, k: int = 3) -> torch.Tensor:
     """Per-set terms [M] of Ross's estimator: c_m = mean_{i in m} [psi(N) - psi(K) + psi(k_i) - psi(m_i)]."""
-    _check_knn(z, k, tile)
+    _check_knn(z, k)
     M, K, _ = z.shape
     z = z.to(torch.float64)
     r2, own = _within_sets(z, k)
-    every = _ball_counts(z, r2, tile)
+    every = _ball_counts(z, r2, own)
     psi = torch.special.digamma
     return _digamma(M * K) - _digamma(K) + (psi(own.to(torch.float64)) - psi(every.to(torch.float64))).mean(1)
 
 
-def mi_knn(z: torch.Tensor, k: int = 3, *, tile: int = 64, n_boot: int = 2000, level: float = 0.95,
-           seed: int = 0) -> Estimate:
+def mi_knn(z: torch.Tensor, k: int = 3, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Estimate:
     """k-NN estimate of I(z; m) (Ross 2014, PLoS ONE 9:e87357): I = psi(N) - <psi(N_m)> + psi(k) - <psi(m_i)>,
     N = MK samples, N_m = K per set, d_i = distance from z_i to its k-th nearest sample of its own set, m_i =
     number of samples of all sets within d_i (the point itself excluded).
 
-    Exact: float64 distances from explicit differences, tiled; candidates pruned only by the exact bounds
-    |dx_0| <= d, |dx_1| <= d. Ties (atoms, e.g. a copier's repeated training points): psi(k) uses k_i = the number
+    Exact: float64 distances from explicit differences; a k-d tree only finds candidates, and samples within
+    rounding of a ball's sphere are decided on those explicit distances (_ball_counts). Ties (atoms, e.g. a copier's repeated training points): psi(k) uses k_i = the number
     of own-set samples within d_i, which is k without ties; so a copier gives psi(N) - psi(K) = log M +
     (M - 1)/(2MK) + O(K^-2), the ceiling, and a constant generator psi(N) - psi(K) + psi(K-1) - psi(N-1) ~ -1/K.
     Bias: positive at small K and shrinking as K grows; for independent z of either sign (an estimate can be
     negative); tests/test_mi.py bounds both against exact values. Larger k: lower variance, more smoothing.
     CI: percentile bootstrap of the per-set terms (see the module note)."""
-    return _estimate(mi_knn_terms(z, k, tile=tile), n_boot, level, seed)
+    return _estimate(mi_knn_terms(z, k), n_boot, level, seed)
 
 
 def _digamma(x: float) -> float:
@@ -388,32 +351,33 @@ def _kl_entropy(kth_sq: torch.Tensor, n: int, k: int, dim: int) -> float:
     return _digamma(n) - _digamma(k) + _log_unit_ball(dim) + 0.5 * dim * _fmean(kth_sq.log())
 
 
-def _kth_pooled(z: torch.Tensor, r2: torch.Tensor, k: int, tile: int) -> torch.Tensor:
-    """Squared distance [M, K] from each z_mk to its k-th nearest other sample of the pooled set; r2 [M, K] (the
-    own-set k-th radius) bounds it, so only candidates within r2 are needed."""
-    x, rs = z.reshape(-1, z.shape[2]), r2.reshape(-1)
-    out = torch.empty(len(x), dtype=torch.float64)
-    for rows, _, d2 in _ball_candidates(x, rs, tile):
-        out[rows] = d2.topk(k + 1, dim=1, largest=False).values[:, k]
-    return out.reshape(r2.shape)
+def _kth_pooled(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Squared distance [M, K] from each z_mk to its k-th nearest other sample of the pooled set: the k + 1 nearest
+    (itself included) from a k-d tree (scipy's cKDTree, exact search), their squared distances recomputed from
+    explicit differences (_sq_dist)."""
+    from scipy.spatial import cKDTree
+
+    x = z.reshape(-1, z.shape[2])
+    _, nearest = cKDTree(x.numpy()).query(x.numpy(), k=k + 1)
+    d2 = (x[:, None, :] - x[torch.from_numpy(nearest)]).square().sum(-1)
+    return d2.sort(dim=1).values[:, k].reshape(z.shape[:2])
 
 
-def excess_risk_knn(z: torch.Tensor, log_prob: Callable[[torch.Tensor], torch.Tensor], k: int = 3, *,
-                    tile: int = 64) -> ExcessRisk:
+def excess_risk_knn(z: torch.Tensor, log_prob: Callable[[torch.Tensor], torch.Tensor], k: int = 3) -> ExcessRisk:
     """The three terms from samples when P's log density is known (e.g. GaussianMixture.log_prob):
     KL(Q || P) = -H(Q) - E_Q log p, H by Kozachenko-Leonenko; total = mean_m KL(P_{z|m} || P), marginal = KL of the
     pooled sample, mi = Ross's estimator. Here gap = (H(pooled) - mean_m H(z_m)) - mi_knn: two separate MI
     estimates, not zero by construction; it also carries the entropy estimator's bias, which differs between K
     and MK samples and grows with the curvature of the density (large on the peaked eight_gaussians, small on smooth
     1-D Gaussians; both measured in tests/test_mi.py). Needs continuous z (atoms: -inf)."""
-    _check_knn(z, k, tile)
+    _check_knn(z, k)
     M, K, D = z.shape
     z = z.to(torch.float64)
     kth, _ = _within_sets(z, k)
     cross = log_prob(z.reshape(-1, D)).reshape(M, K).to(torch.float64)  # log p(z_mk)
     total = _fmean(torch.tensor([-_kl_entropy(kth[m], K, k, D) - _fmean(cross[m]) for m in range(M)]))
-    marginal = -_kl_entropy(_kth_pooled(z, kth, k, tile), M * K, k, D) - _fmean(cross)
-    return ExcessRisk(total=total, mi=_fmean(mi_knn_terms(z, k, tile=tile)), marginal=marginal)
+    marginal = -_kl_entropy(_kth_pooled(z, k), M * K, k, D) - _fmean(cross)
+    return ExcessRisk(total=total, mi=_fmean(mi_knn_terms(z, k)), marginal=marginal)
 
 
 def grid_split_change(before: torch.Tensor, after: torch.Tensor, edges: Sequence[torch.Tensor], mass: torch.Tensor, *,
