@@ -38,11 +38,12 @@ browser-test: $(INSTALLED)
 report: $(INSTALLED)
 	$(BIN)/diffgen report $(RUN)
 
-# The sweep behind book/where_claims_hold.ipynb: chapter 3 at its default scale over n_train x train_steps, on a Dask
-# LocalCluster; points already computed by the current diffgen source are kept. The book keeps the results files only.
+# The sweep behind book/where_claims_hold.ipynb: chapter 3 at its default scale over train_steps, each run measuring
+# C4 at 5 training-set sizes, on a Dask LocalCluster; points already computed by the current diffgen source are kept.
+# The book keeps the results files only.
 SWEEP := book/sweeps/ch3
 sweep: $(INSTALLED)
-	$(BIN)/diffgen sweep ch3 -p n_train 64,500 -p train_steps 1000,3000 --out $(SWEEP)
+	$(BIN)/diffgen sweep ch3 -p train_steps 1000,2000,4000 --set n_sizes 5 --out $(SWEEP)
 	find $(SWEEP) -type f ! -name '*.json' -delete
 
 bench: $(INSTALLED)

@@ -540,18 +540,20 @@ def plot_set_samples(z, train, *, ax, title: str = "", lim: float = 3.2):
     return ax
 
 
-def plot_sweep_heatmap(values, holds_share, xs, ys, *, ax, xlabel: str, ylabel: str, title: str = ""):
+def plot_sweep_heatmap(values, holds_share, xs, ys, *, ax, xlabel: str, ylabel: str, title: str = "",
+                       labels=None):
     """A claim row over a grid: values[y][x] as colour (None: not measured, grey), each cell labelled with its value
-    and verdict ("holds", "fails", or the share of seeds where it holds)."""
+    and verdict: labels[y][x] where given (e.g. "premise not reached"), else from the share of seeds where it holds
+    ("holds", "fails", "holds 40%")."""
     v = np.array([[np.nan if x is None else x for x in row] for row in values], dtype=float)
     im = ax.imshow(np.ma.masked_invalid(v), cmap="viridis", aspect="auto", origin="lower")
     ax.set_facecolor("0.85")
     for i, row in enumerate(values):
         for j, val in enumerate(row):
-            share = holds_share[i][j]
-            verdict = "" if share is None else "holds" if share == 1 else "fails" if share == 0 else \
-                f"holds {share:.0%}"
-            text = "n/a" if val is None else f"{val:.3g}\n{verdict}"
+            share = None if holds_share is None else holds_share[i][j]
+            verdict = labels[i][j].replace(" not ", "\nnot ") if labels is not None else "" if share is None else \
+                "holds" if share == 1 else "fails" if share == 0 else f"holds {share:.0%}"
+            text = ("n/a" if val is None else f"{val:.3g}") + (f"\n{verdict}" if verdict else "")
             light = val is None or im.norm(val) > 0.6  # viridis is light at the top: dark text there
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color="k" if light else "w")
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])

@@ -460,3 +460,63 @@ def render_sweep(folder: str | Path) -> str:
     if not rows:
         raise ReportError(f"{folder}: the sweep has no finished point yet")
     return format_sweep(folder, doc, rows, sweep_heatmaps(folder, doc, rows))
+
+
+# ---------------------------------------------------------------------------------------- rows by training-set size
+@dataclass(frozen=True)
+class SizeCell:
+    """One row of a conditional claim at one grid point, at the training-set size its metric names ('n = N')."""
+
+    n: int
+    values: dict  # the point's swept parameters, the seed aside
+    value: float | None
+    verdict: str  # holds | fails | fails (quality) | premise not reached | not measurable
+    stale: bool
+
+
+def rows_by_size(doc: dict, claim: str, kind: str, current: str | None = None) -> list[SizeCell]:
+    """Every row of `claim` whose metric starts with `kind` (e.g. chapter 3's 'copy rate'), at every grid point of a
+    sweep (read_sweep), placed at the training-set size its metric names: chapter 3 measures C4 at several sizes in
+    each run, so these rows belong on a size axis, not on the swept n_train."""
+    current = current or source_hash()
+    cells = []
+    for entry in doc["points"].values():
+        results = entry["results"]
+        if not results:
+            continue
+        values = {k: v for k, v in entry["values"].items() if k != "seed"}
+        for c in results["claims"]:
+            found = re.search(r"\bn = (\d+)", c["metric"])
+            if c["id"] == claim and c["metric"].startswith(kind) and found:
+                cells.append(SizeCell(int(found.group(1)), values, c["value"],
+                                      verdict_of(c["value"], c["holds"], c.get("premise_met"), c.get("quality_ok")),
+                                      results["source_hash"] != current))
+    return sorted(cells, key=lambda c: (c.n, sorted(c.values.items())))
+
+
+def where(cells: list[SizeCell], swept: str) -> dict[str, list[str]]:
+    """verdict -> ['n = 63 after 2000 steps', ...]: where each verdict occurs (`swept`: the other axis's parameter)."""
+    out: dict[str, list[str]] = {}
+    for c in cells:
+        out.setdefault(c.verdict, []).append(f"n = {c.n}" + (f" at {swept} = {c.values[swept]}" if swept in c.values
+                                                                else ""))
+    return out
+
+
+def size_figure(cells: list[SizeCell], swept: str, title: str, *, ax):
+    """A heat map of rows_by_size cells: training-set size across, the swept parameter up, the value as colour and
+    the verdict in words."""
+    from . import plotting
+
+    if not cells:
+        ax.text(0.5, 0.5, "not measured in this sweep", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=title, xticks=[], yticks=[])
+        return ax
+    xs = sorted({c.n for c in cells})
+    ys = sorted({c.values.get(swept) for c in cells}, key=lambda y: (y is None, y))
+    at = {(c.n, c.values.get(swept)): c for c in cells}
+    values = [[at[x, y].value if (x, y) in at else None for x in xs] for y in ys]
+    labels = [[at[x, y].verdict if (x, y) in at else "" for x in xs] for y in ys]
+    return plotting.plot_sweep_heatmap(values, None, xs, ys, ax=ax, xlabel="training-set size n (as measured)",
+                                       ylabel=swept, title=title, labels=labels)
+
