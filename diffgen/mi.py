@@ -267,42 +267,58 @@ def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _within_sets(z: torch.Tensor, k: int, chunk_elems: int = 2**23) -> tuple[torch.Tensor, torch.Tensor]:
+def _within_sets(z: torch.Tensor, k: int, chunk_elems: int = 2**23, *, pad: float | None = None):
     """For each z_mk, brute force within its own set: (r2, k_i) [M, K] = the squared distance to its k-th nearest
-    other sample of the set, and the number of other samples of the set within that distance (k unless ties)."""
+    other sample of the set, and the number of other samples of the set within that distance (k unless ties).
+    With `pad` (see _ball_counts), also the set's samples (itself included) within the shell radii _shell(r2, pad)
+    and whether one lies within rounding of a shell edge, from the same explicit distances: (r2, own, inner, outer,
+    edge)."""
     M, K, _ = z.shape
     per = max(1, chunk_elems // (K * K))
-    r2, own = [], []
+    out = []
     for sl in tiles(M, per):
         d2 = _sq_dist(z[sl], z[sl])  # [m, K, K]
         kth = d2.topk(k + 1, dim=2, largest=False).values[..., k]  # [..., 0] is the point itself
-        r2.append(kth)
-        own.append((d2 <= kth[..., None]).sum(2) - 1)
-    return torch.cat(r2), torch.cat(own)
+        parts = [kth, (d2 <= kth[..., None]).sum(2) - 1]
+        if pad is not None:
+            lo, hi = (v.square()[..., None] for v in _shell(kth, pad))
+            parts += [(d2 <= lo).sum(2), (d2 <= hi).sum(2),
+                      (((d2 - lo).abs() <= 1e-12 * lo) & (lo > 0)).any(2) | ((d2 - hi).abs() <= 1e-12 * hi).any(2)]
+        out.append(parts)
+    return tuple(torch.cat(column) for column in zip(*out))
 
 
-def _ball_counts(z: torch.Tensor, r2: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """m_i [M, K]: the number of other samples of all sets within distance r_mk of z_mk (r2 [M, K] squared) = own
-    (the set's other samples within r, exact: _within_sets) + the samples of the other sets within r. Those are
-    counted by a k-d tree of the other sets (scipy's cKDTree) at radii r (1 -/+ 1e-9); where the two counts differ
-    (a sample within rounding of the sphere) the explicit float64 distances of _sq_dist decide, so the count is
-    exact, with no approximation."""
+def _shell(r2: torch.Tensor, pad: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The radii r (1 - 1e-9) and r (1 + 1e-9) + pad around r = sqrt(r2), the same values wherever computed."""
+    r = r2.sqrt()
+    return r * (1 - 1e-9), r * (1 + 1e-9) + pad
+
+
+def _ball_counts(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(r2, own, m) [M, K]: _within_sets' radius and own count of each z_mk, and m_i, the number of other samples of
+    all sets within distance r_mk, exact.
+
+    One k-d tree of all samples (scipy's cKDTree) counts them within the shell radii r (1 -/+ 1e-9); the own set's
+    share of both counts comes from its explicit float64 distances (_sq_dist), so the other sets' counts inside and
+    outside the thin shell are known. Where they differ (another set's sample within rounding of the sphere), or an
+    own-set sample lies within rounding of a shell edge (where the tree's arithmetic could decide otherwise), the
+    explicit distances of the candidates decide."""
     from scipy.spatial import cKDTree
 
     M, K, D = z.shape
-    points, radius = z.numpy(), r2.sqrt().numpy()
-    pad = 1e-12 * (1 + np.abs(points).max())  # radius 0 (exact duplicates) still finds its duplicates
-    out = own.clone()
-    for m in range(M):
-        others = np.concatenate([points[:m], points[m + 1:]]).reshape(-1, D)
-        tree = cKDTree(others)
-        lo = tree.query_ball_point(points[m], radius[m] * (1 - 1e-9), return_length=True)
-        hi = tree.query_ball_point(points[m], radius[m] * (1 + 1e-9) + pad, return_length=True)
-        for i in np.flatnonzero(hi != lo):
-            near = torch.from_numpy(others[tree.query_ball_point(points[m, i], radius[m, i] * (1 + 1e-9) + pad)])
-            lo[i] = int((_sq_dist(z[m, i:i + 1], near)[0] <= r2[m, i]).sum())
-        out[m] += torch.from_numpy(lo.astype(np.int64))
-    return out
+    x = z.reshape(-1, D)
+    pad = 1e-12 * (1 + float(x.abs().max()))  # radius 0 (exact duplicates) still finds its duplicates
+    r2, own, own_inner, own_outer, edge = _within_sets(z, k, pad=pad)
+    lo, hi = (v.reshape(-1).numpy() for v in _shell(r2, pad))
+    tree = cKDTree(x.numpy())
+    count = lambda radius: torch.from_numpy(tree.query_ball_point(x.numpy(), radius, return_length=True)  # noqa: E731
+                                            .astype(np.int64)).reshape(M, K)
+    others_inner, others_outer = count(lo) - own_inner, count(hi) - own_outer
+    every = (own + others_inner).reshape(-1)
+    for i in torch.nonzero(((others_outer != others_inner) | edge).reshape(-1)).flatten().tolist():
+        near = torch.from_numpy(np.asarray(tree.query_ball_point(x[i].numpy(), hi[i]), dtype=np.int64))
+        every[i] = int((_sq_dist(x[i:i + 1], x[near])[0] <= r2.reshape(-1)[i]).sum()) - 1
+    return r2, own, every.reshape(M, K)
 
 
 def _check_knn(z: torch.Tensor, k: int) -> None:
@@ -316,8 +332,7 @@ def mi_knn_terms(z: torch.Tensor, k: int = 3) -> torch.Tensor:
     _check_knn(z, k)
     M, K, _ = z.shape
     z = z.to(torch.float64)
-    r2, own = _within_sets(z, k)
-    every = _ball_counts(z, r2, own)
+    _, own, every = _ball_counts(z, k)
     psi = torch.special.digamma
     return _digamma(M * K) - _digamma(K) + (psi(own.to(torch.float64)) - psi(every.to(torch.float64))).mean(1)
 

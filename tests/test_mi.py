@@ -141,7 +141,8 @@ def test_ball_counts_and_radii_equal_brute_force(dim):
         assert torch.equal(r2.reshape(-1), ref_r2)
         assert torch.equal(own.reshape(-1), ((d2 <= ref_r2[:, None]) & same).sum(1) - 1)
         assert bool((own >= k).all())
-        every = mi._ball_counts(z, r2, own)
+        assert all(torch.equal(a, b) for a, b in zip(mi._ball_counts(z, k)[:2], (r2, own)))
+        every = mi._ball_counts(z, k)[2]
         assert torch.equal(every.reshape(-1), (d2 <= ref_r2[:, None]).sum(1) - 1)
         pooled = mi._kth_pooled(z, k)
         assert torch.equal(pooled.reshape(-1), d2.sort(1).values[:, k])
