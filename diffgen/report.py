@@ -17,7 +17,7 @@ from pathlib import Path
 from .chapters import chapter_defaults
 from .provenance import source_hash
 from .results import (FAILS, HOLDS, NOT_MEASURABLE, PAPER_CLAIMS, PAPER_SOURCES, PREMISE, QUALITY, SWEEP_FILE,
-                      fmt_memory, is_reconstruction, read_results, verdict_of)
+                      fmt_memory, is_reconstruction, read_results, row_verdict)
 
 NOT_RUN = "not run"
 CHECKS = "checks"  # the group of reconstruction checks (R1, R2, ...)
@@ -107,7 +107,7 @@ def rows_for(docs: list[dict]) -> list[Row]:
 
 
 def _row(chapter: str, c: dict) -> Row:
-    verdict = verdict_of(c["value"], c["holds"], c.get("premise_met"), c.get("quality_ok"))
+    verdict = row_verdict(c)
     return Row(c["id"], chapter, c["source"], c["statement"], c["metric"], c["value"],
                None if c["ci"] is None else tuple(c["ci"]), c["expected"], c.get("seeds"), verdict, _notes(c))
 
@@ -489,7 +489,7 @@ def rows_by_size(doc: dict, claim: str, kind: str, current: str | None = None) -
             found = re.search(r"\bn = (\d+)", c["metric"])
             if c["id"] == claim and c["metric"].startswith(kind) and found:
                 cells.append(SizeCell(int(found.group(1)), values, c["value"],
-                                      verdict_of(c["value"], c["holds"], c.get("premise_met"), c.get("quality_ok")),
+                                      row_verdict(c),
                                       results["source_hash"] != current))
     return sorted(cells, key=lambda c: (c.n, sorted(c.values.items())))
 

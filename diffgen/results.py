@@ -102,11 +102,13 @@ class Claim:
     quality: str | None = None  # the quality gate of a row whose holding means "memorizes little", as measured
     quality_ok: bool | None = None  # False: the generator is no closer to held-out data than the crude yardstick
     flattened: bool | None = None  # the learning curves behind the row had flattened by the end (None: not checked)
+    rule_holds: bool | None = None  # the rule alone, before premise and gate (None: as `holds`); a row whose rule
+    # fails reads "fails" even where its quality gate fails too
 
     @property
     def verdict(self) -> str:
         """not measurable | premise not reached | fails (quality) | holds | fails (results.verdict_of)."""
-        return verdict_of(self.value, self.holds, self.premise_met, self.quality_ok)
+        return verdict_of(self.value, self.holds, self.premise_met, self.quality_ok, self.rule_holds)
 
     def __post_init__(self):
         if self.id not in PAPER_CLAIMS and not is_reconstruction(self.id):
@@ -127,7 +129,7 @@ class Claim:
         if self.seeds is not None and (not isinstance(self.seeds, int) or isinstance(self.seeds, bool)
                                        or self.seeds < 1):
             raise ValueError(f"claim {self.id} seeds must be None or a positive integer; got {self.seeds!r}")
-        for name in ("premise_met", "quality_ok", "flattened"):
+        for name in ("premise_met", "quality_ok", "flattened", "rule_holds"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise ValueError(f"claim {self.id} {name} must be None or a bool; got {getattr(self, name)!r}")
         if (self.premise is None) != (self.premise_met is None) or (self.quality is None) != (self.quality_ok is None):
@@ -136,17 +138,24 @@ class Claim:
             raise ValueError(f"claim {self.id} cannot hold where its premise is not reached or its quality gate fails")
 
 
-def verdict_of(value, holds: bool, premise_met: bool | None = None, quality_ok: bool | None = None) -> str:
+def verdict_of(value, holds: bool, premise_met: bool | None = None, quality_ok: bool | None = None,
+               rule_holds: bool | None = None) -> str:
     """The verdict of one row: 'premise not reached' where a conditional claim's premise is not met (the row is not
-    evaluated there, whether or not it was measured); 'not measurable' without a value; 'fails (quality)' where the generator's samples are no
-    closer to held-out data than the crude yardstick; else 'holds' or 'fails' by the row's rule."""
+    evaluated there, whether or not it was measured); 'not measurable' without a value; 'fails (quality)' where the
+    row's rule holds but the generator's samples are no closer to held-out data than the crude yardstick; else
+    'holds' or 'fails' by the row's rule."""
     if premise_met is False:
         return PREMISE
     if value is None:
         return NOT_MEASURABLE
-    if quality_ok is False:
+    if quality_ok is False and rule_holds is not False:
         return QUALITY
     return HOLDS if holds else FAILS
+
+
+def row_verdict(c: dict) -> str:
+    """verdict_of a row of a results file (older files lack the conditions: they were unconditional)."""
+    return verdict_of(c["value"], c["holds"], c.get("premise_met"), c.get("quality_ok"), c.get("rule_holds"))
 
 
 def paper_row(claim_id: str, metric: str, value, ci, expected: str, holds, seeds: int | None = None,
@@ -156,18 +165,24 @@ def paper_row(claim_id: str, metric: str, value, ci, expected: str, holds, seeds
     rule holds, its premise is met and its quality gate passes."""
     paper = PAPER_CLAIMS[claim_id]
     return Claim(claim_id, paper.source, paper.statement, metric, value, ci, expected,
-                 _holds(holds, conditions), seeds, **conditions)
+                 _holds(holds, conditions), seeds, **_with_rule(holds, conditions))
 
 
 def ours_row(claim_id: str, statement: str, metric: str, value, ci, expected: str, holds, seeds: int | None = None,
              **conditions) -> Claim:
     """A row of ours under paper claim `claim_id` (an extension or a variant; it never decides the paper's verdict)."""
     return Claim(claim_id, "ours", statement, metric, value, ci, expected, _holds(holds, conditions), seeds,
-                 **conditions)
+                 **_with_rule(holds, conditions))
 
 
 def _holds(rule, conditions: dict) -> bool:
     return bool(rule) and conditions.get("premise_met") is not False and conditions.get("quality_ok") is not False
+
+
+def _with_rule(rule, conditions: dict) -> dict:
+    """The conditions, with the rule's own outcome recorded where a premise or a gate could overrule it."""
+    conditional = "premise_met" in conditions or "quality_ok" in conditions
+    return {**conditions, "rule_holds": bool(rule)} if conditional else conditions
 
 
 def check_row(check_id: str, metric: str, value, ci, expected: str, holds, seeds: int | None = None) -> Claim:

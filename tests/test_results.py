@@ -15,7 +15,7 @@ from diffgen.results import PAPER_CLAIMS, Claim, paper_row, read_results, result
 
 KEYS = {"chapter", "parameters", "diffgen_version", "source_hash", "claims", "memory"}
 CLAIM_KEYS = {"id", "source", "statement", "metric", "value", "ci", "expected", "holds", "seeds", "premise",
-              "premise_met", "quality", "quality_ok", "flattened"}
+              "premise_met", "quality", "quality_ok", "flattened", "rule_holds"}
 
 
 def _strict_json(text: str):
@@ -248,6 +248,8 @@ def test_verdict_states_follow_premise_quality_and_rule():
     assert row(True, **premise).verdict == PREMISE and not row(True, **premise).holds
     gate = dict(quality="energy distance 2.6 <= 0.27 of a Gaussian fit", quality_ok=False)
     assert row(True, **gate).verdict == QUALITY and not row(True, **gate).holds
+    assert row(False, **gate).verdict == FAILS  # the rule fails by itself: the gate does not decide
+    assert row(False, **gate).rule_holds is False and row(True, **gate).rule_holds is True
     assert row(True, premise="p", premise_met=True, quality="q", quality_ok=True).verdict == HOLDS
     assert Claim("C4", "abstract", "s", "m", None, None, "e", False).verdict == NOT_MEASURABLE
     with pytest.raises(ValueError, match="cannot hold"):
@@ -260,7 +262,7 @@ def test_results_files_without_the_newer_fields_still_read(tmp_path):
     path = write_results(tmp_path, "ch2", {}, _claims())
     doc = json.loads(path.read_text())
     for c in doc["claims"]:
-        for key in ("premise", "premise_met", "quality", "quality_ok", "flattened"):
+        for key in ("premise", "premise_met", "quality", "quality_ok", "flattened", "rule_holds"):
             del c[key]
     path.write_text(json.dumps(doc))
     assert [c["id"] for c in read_results(path)["claims"]] == ["C2", "C3"]
