@@ -188,6 +188,14 @@ def premise_of(approximates: Claim, n: int) -> Premise:
                    f"[{lo:.3g}, {hi:.3g}], lower end above 0.5)", approximates.holds)
 
 
+def generalizing(approximates: Claim, unseen: Claim, n: int) -> Premise:
+    """The premise of C4's third row at size n: the slight difference can be critical to generalizing only for nets
+    that approximate eps* and yet generate unseen data (both rows hold there)."""
+    return Premise(f"the nets approximate eps* and generate unseen data at n = {n} (rows 'approximates eps*': "
+                   f"{approximates.verdict}; 'generates unseen data': {unseen.verdict})",
+                   approximates.holds and unseen.holds)
+
+
 def generates_unseen(rates: list[Proportion], what: str, premise: Premise, gate: QualityGate) -> Claim:
     """C4: the trained model generates unseen data: its copy rate, one per seed, has a t interval across seeds whose
     upper end is at most 1/2 (mostly unseen data); evaluated where the nets approximate eps* (premise) and gated on
@@ -202,7 +210,7 @@ def difference_is_critical(crossing_net, crossing_blind, what: str, premise: Pre
     """C4: the slight difference decides: moving the net the share lambda of the way to eps* makes half its samples
     copies at a smaller lambda (found by bisection) than a net of the same budget that never saw S; the paired
     difference per seed (blind - net) has its t interval across seeds above 0; evaluated where the nets approximate
-    eps* (elsewhere the crossings may be None: not computed). nan crossings (never half copies): not measurable."""
+    eps* and generate unseen data (`generalizing`; elsewhere the crossings may be None: not computed). nan crossings (never half copies): not measurable."""
     diffs = [] if crossing_net is None else [b - a for a, b in zip(crossing_net, crossing_blind)]
     measurable = len(diffs) > 1 and all(math.isfinite(d) for d in diffs)
     est = across_seeds(diffs) if measurable else None

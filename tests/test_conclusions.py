@@ -96,9 +96,10 @@ def test_chapter3_conclusions_follow_premise_and_verdict_flips():
     premise = {n: verdicts.premise_of(r, n) for n, r in approximates.items()}
     unseen = {n: verdicts.generates_unseen([wilson_interval(c, 100) for c in (5, 8, 6)], f"n = {n}", premise[n],
                                            GATE_OK) for n in approximates}
-    critical = {n: verdicts.difference_is_critical([0.1, 0.12, 0.11] if premise[n].met else None,
-                                                   [0.4, 0.5, 0.45] if premise[n].met else None, f"n = {n}",
-                                                   premise[n]) for n in approximates}
+    generalizing = {n: verdicts.generalizing(approximates[n], unseen[n], n) for n in approximates}
+    critical = {n: verdicts.difference_is_critical([0.1, 0.12, 0.11] if generalizing[n].met else None,
+                                                   [0.4, 0.5, 0.45] if generalizing[n].met else None, f"n = {n}",
+                                                   generalizing[n]) for n in approximates}
     trade = verdicts.tradeoff(SimpleNamespace(per_seed=[-0.8, -0.9, -0.7], dropped=[]), "within")
     ns = dict(approximates=approximates, unseen=unseen, critical=critical,
               tradeoff={"within": trade, "widths": trade})

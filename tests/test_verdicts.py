@@ -163,6 +163,12 @@ def test_c4_critical_bisects_and_flips_for_the_yardstick_itself(sched, digits_sp
     assert verdicts.difference_is_critical([c[0] for c in cross], [c[1] for c in cross], "x", reached).holds
     row = verdicts.difference_is_critical([c[1] for c in cross], [c[1] for c in cross], "x", reached)
     assert row.verdict == "fails" and row.value == 0
+    # the premise of "critical to generalizing": nets that approximate eps* and yet generate unseen data
+    holds = verdicts.approximates_optimum([0.9, 0.95, 0.92], "x", flattened=True)
+    copies = verdicts.generates_unseen([wilson_interval(90, 100)] * 3, "x", reached, verdicts.QualityGate("e", 0, "f", 1))
+    assert not verdicts.generalizing(holds, copies, 8).met
+    moot = verdicts.difference_is_critical(None, None, "n = 8", verdicts.generalizing(holds, copies, 8))
+    assert moot.verdict == "premise not reached" and "'generates unseen data': fails" in moot.premise
 
 
 def test_c6_tradeoff_from_per_seed_correlations(sched, digits_split):
