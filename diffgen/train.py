@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,12 +219,19 @@ class EnsembleResult:
 
         model, M, K = self.model_at(train_step), self.n_members, n_samples
         D = int(np.prod(self.shape))
-        gens = sample_generators(seed, M * K)
-        x_T = randn(gens, D, device=self.device)
+        gens = sample_generators(seed, M * K) if eta > 0 else None
+        x_T = _start_noise(seed, M * K, D).to(self.device, copy=True)  # a copy: the cached noise stays as drawn
         denoiser = model.denoiser() if clip is None else ClippedX0(model.denoiser(), sched, *clip)
         with torch.no_grad():
             z = sample_ddim(denoiser, x_T, sched, steps, eta=eta, generators=gens if eta > 0 else None)
         return z.reshape(M, K, D).cpu()
+
+
+@functools.lru_cache(maxsize=8)
+def _start_noise(seed: int, n: int, dim: int) -> torch.Tensor:
+    """x_T [n, dim] of per-sample generators (seed, 0..n-1) on the CPU, kept for the next snapshot (the same
+    noise at every snapshot of a run: one draw instead of one per snapshot)."""
+    return randn(sample_generators(seed, n), dim)
 
 
 @dataclass(frozen=True, eq=False)
