@@ -27,18 +27,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def set_threads(device: torch.device | str = "cpu") -> int:
-    """On a CPU device, set torch's thread count and return it: $DIFFGEN_THREADS when set (a sweep gives each of
-    its parallel chapters a share); else every core when waiting threads yield (OMP_WAIT_POLICY=PASSIVE in the
-    environment the process started with, as diffgen's runner gives the kernels it starts); else one core fewer
-    (at least 1). Threads that spin while they wait, beside one other busy process, stall every parallel region on
-    the shared core (measured here: 18x slower with 2 threads than with 1); yielding threads lose only that core.
-    benchmarks/bench_chapters.py measures a chapter alone and beside a busy process."""
+    """On a CPU device, let torch use cpu_count - 1 threads (at least 1) and return that number. One core stays
+    free: beside one other busy process a chapter then keeps its speed, while with every core in use each parallel
+    region waits for its slowest thread (measured here: 2 threads beside a busy process trained 18x slower than 1;
+    alone they were 1.4x faster, and with OMP_WAIT_POLICY=PASSIVE slower than one). Parallel chapters are the way to
+    use every core (diffgen book runs them as separate processes). benchmarks/bench_chapters.py measures a chapter
+    alone and beside a busy process. $DIFFGEN_THREADS, when set, is the number instead (a sweep gives each of its parallel chapters a share)."""
     if torch.device(device).type == "cpu":
         given = os.environ.get("DIFFGEN_THREADS", "")
-        cores = os.cpu_count() or 1
-        passive = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
-        torch.set_num_threads(int(given) if given.isdigit() and int(given) > 0 else cores if passive else
-                              max(1, cores - 1))
+        torch.set_num_threads(int(given) if given.isdigit() and int(given) > 0 else max(1, (os.cpu_count() or 1) - 1))
     return torch.get_num_threads()
 
 
