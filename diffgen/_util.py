@@ -32,7 +32,8 @@ def set_threads(device: torch.device | str = "cpu") -> int:
     region waits for its slowest thread (measured here: 2 threads beside a busy process trained 18x slower than 1;
     alone they were 1.4x faster, and with OMP_WAIT_POLICY=PASSIVE slower than one). Parallel chapters are the way to
     use every core (diffgen book runs them as separate processes). benchmarks/bench_chapters.py measures a chapter
-    alone and beside a busy process. $DIFFGEN_THREADS, when set, is the number instead (a sweep gives each of its parallel chapters a share)."""
+    alone and beside a busy process. $DIFFGEN_THREADS, when set, is the number instead (a sweep gives each of its
+    parallel chapters a share)."""
     if torch.device(device).type == "cpu":
         given = os.environ.get("DIFFGEN_THREADS", "")
         torch.set_num_threads(int(given) if given.isdigit() and int(given) > 0 else max(1, (os.cpu_count() or 1) - 1))
