@@ -78,3 +78,13 @@ def test_notebooks_import_only_the_public_api(path):
 
 def test_package_has_no_stray_files():
     assert not list(PACKAGE_DIR.glob("*/*.py")), "the package is flat: one module per file"
+
+
+def test_no_merge_conflict_markers_in_tracked_files():
+    """A merge left half-resolved shows as <<<<<<< / >>>>>>> lines; none may reach a commit."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    marked = [name for name in files if name.endswith((".py", ".md", ".toml", ".txt", ".yml", ".ipynb", "Makefile"))
+              and re.search(r"^(<{7}|>{7}) ", (REPO / name).read_text(errors="replace"), re.M)]
+    assert not marked, f"merge conflict markers in {marked}"
