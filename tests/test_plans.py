@@ -83,7 +83,7 @@ def test_train_refuses_a_chapter_without_plan_and_unknown_runs(capsys):
     assert "--data-dir /nonexistent is not a folder" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("torchrun trains chapter 3's nets, then chapter 3 runs at the paper preset on fixture files")
 def test_paper_path_on_fixture_cifar_trained_by_torchrun_then_loaded_by_the_chapter(tmp_path):
     """The `paper` preset of chapter 3 (CIFAR-10, the U-Net) on fixture CIFAR-10 binary files with a tiny budget:
     `diffgen train` under torchrun (2 Gloo processes) trains its nets, then `diffgen run` executes the chapter, which
@@ -106,7 +106,7 @@ def test_paper_path_on_fixture_cifar_trained_by_torchrun_then_loaded_by_the_chap
     assert '"dataset": "cifar10"' in results and '"model": "unet"' in results
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("chapter 4 with the U-Net on fixture idx files")
 def test_chapter4_on_labelled_idx_files_with_the_unet(tmp_path):
     """Chapter 4 off digits: MNIST-format idx files (16x16 fixtures, so that n_train_large can exceed D as the
     Gaussian-fit yardstick needs), the U-Net, and quality features from a CNN trained on the files' labels."""
