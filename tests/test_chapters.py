@@ -109,8 +109,9 @@ def test_ch2_seed_changes_the_samples(tmp_path):
 def test_ch3_smoke_run_writes_its_claims(smoke_book):
     results = _smoke(smoke_book, "ch3")
     assert results["parameters"]["train_steps"] == 300  # the smoke preset reached the notebook
-    assert [c["id"] for c in results["claims"]] == ["C4", "C4", "C4", "C6", "C6"]
-    assert all(c["seeds"] == 2 for c in results["claims"])  # the smoke preset's seeds stand behind every row
+    assert [c["id"] for c in results["claims"]] == ["C4"] * 6 + ["C6"] * 2
+    # the smoke preset's two seeds stand behind every row measured per trained net
+    assert [c["seeds"] for c in results["claims"]] == [2, 2, 2, 2, None, None, None, None]
 
 
 @pytest.mark.notebook("reads the smoke build of the book")
@@ -131,11 +132,11 @@ def test_ch4_smoke_run_writes_its_claims(smoke_book):
     results = _smoke(smoke_book, "ch4")
     assert results["parameters"]["train_steps"] == 200  # the smoke preset reached the notebook
     claims = results["claims"]
-    assert [(c["id"], c["source"]) for c in claims] == [
-        ("C5a", "abstract"), ("C5a", "abstract"), ("C5a", "abstract"), ("C5a", "abstract"), ("C5b", "revision"),
-        ("C5b", "revision"), ("C5b", "revision"), ("C5b", "ours"), ("C5b", "ours"), ("R3", "ours"), ("R4", "ours")]
-    assert claims[9]["value"] < 1e-9 and claims[9]["holds"]  # in our reading its exact optimum is eps*
-    assert all(c["seeds"] == 2 for c in claims[:6]) and claims[6]["seeds"] == 1  # smoke: 2 seeds; the toy: one
+    assert [(c["id"], c["source"]) for c in claims] == [("C5a", "abstract")] * 4 + [("C5b", "revision")] * 4 + [
+        ("C5b", "ours")] * 3 + [("R3", "ours"), ("R4", "ours")]
+    r3 = next(c for c in claims if c["id"] == "R3")
+    assert r3["value"] < 1e-9 and r3["holds"]  # in our reading its exact optimum is eps*
+    assert all(c["seeds"] == 2 for c in claims if c["id"].startswith("C5"))  # the smoke preset's two seeds
 
 
 TINY_CH3 = ["-p", "n_train", "16", "-p", "n_heldout", "16", "-p", "width", "8", "-p", "width_sweep", "false",
@@ -158,8 +159,8 @@ def test_editing_a_plot_retrains_nothing(tmp_path):
 
     def run(out: str) -> dict[str, int]:
         proc = subprocess.run([sys.executable, "-m", "diffgen.cli", "run", "ch3", "--preset", "smoke", "--out",
-                               str(tmp_path / out), "--timeout", "300", *TINY_CH3], env=env, capture_output=True, text=True,
-                              timeout=400)
+                               str(tmp_path / out), "--timeout", "300", *TINY_CH3], env=env, capture_output=True,
+                              text=True, timeout=400)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return {str(p.relative_to(tmp_path / "cache")): p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*")
                 if p.is_file()}
