@@ -354,9 +354,9 @@ def book_parameters(root: Path, preset: str) -> dict[Path, dict]:
     notebooks = book_notebooks(root)
     parameters = {}
     for folder in dict.fromkeys(path.parent for path in notebooks):
-        chapters = {ch.id: ch for ch in discover(folder).values() if ch.path in notebooks}
-        for run in plan_run(list(chapters), preset, book=folder) if chapters else []:
-            parameters[run.chapter.path] = run.overrides
+        chapters = [ch.id for ch in discover(folder).values() if ch.path in notebooks]
+        if chapters:
+            parameters |= {run.chapter.path: run.overrides for run in plan_run(chapters, preset, book=folder)}
     return parameters
 
 
@@ -387,7 +387,9 @@ def copy_book_sources(root: Path, dest: Path, preset: str) -> None:
     for page in pages:
         shutil.copy2(page, dest / page.name)
     shutil.copy2(root / "_toc.yml", dest / "_toc.yml")
-    (dest / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    written = dest / "_config.yml.part"
+    written.write_text(yaml.safe_dump(config, sort_keys=False))
+    os.replace(written, dest / "_config.yml")
 
 
 def execute_book(root: Path, cache_dir: Path, *, timeout: int, source: str,
