@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install book lab test browser-test report bench sweep gpu-check clean
+.PHONY: install book lab test test-fast check-book browser-test report bench sweep gpu-check clean
 
 $(INSTALLED): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,24 @@ book: $(INSTALLED)
 lab: $(INSTALLED)
 	$(BIN)/jupyter lab book/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
+# The whole suite: unit tests, every chapter at the smoke preset (once, in the smoke build of the real book:
+# `diffgen book . --preset smoke --build-dir` into a temporary folder, the same _toc.yml, extension and
+# --warningiserror), the paper path on fixture files, sweeps, several processes. The default-preset book executes
+# only in `make book`; `make check-book` checks it.
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+# The inner loop: `pytest -m "not slow"`. It leaves out every test marked notebook, processes or slow (each says
+# why; pyproject.toml): no notebook executes (no chapter, no book build), no other process starts (no torchrun,
+# Dask, diffgen command, benchmark script or memory worker), nothing takes a minute.
+test-fast: $(INSTALLED)
+	$(BIN)/python -m pytest -m "not slow"
+
+# The book `make book` built, checked where it lies (tests/test_built_book.py): every page there and offline,
+# chapter 2's figures numbered and cited, the introduction's claims table against `diffgen report`, every notebook
+# executed by this code with the notebooks' own parameters. `make test` runs the same checks on its smoke build.
+check-book: $(INSTALLED)
+	DIFFGEN_BUILT_BOOK=$(CURDIR) $(BIN)/python -m pytest tests/test_built_book.py -v -p no:cacheprovider
 
 # The built book (run `make book` first) and every chapter in a real JupyterLab, in Debian's chromium
 # (/usr/bin/chromium: apt-get install -y chromium) driven by Playwright, every host but localhost blocked.

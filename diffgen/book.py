@@ -19,6 +19,9 @@ claims table, per-chapter figure numbers and pages that need no network.
 - jupyter-cache keys a notebook by its own code cells only, and Sphinx re-reads only documents whose files changed.
   When diffgen's source hash differs from the one stamped in the execution cache, this wipes the cache and marks
   every notebook outdated, so a library change re-executes every chapter.
+- A build at another preset than the default (`diffgen book --preset smoke --build-dir DIR` sets the config value
+  `diffgen_preset` in DIR's copy of _config.yml) stamps its cache with the preset's name and shows a banner on
+  every page saying so: its numbers never pass for the book's.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def _cache_dir(app) -> Path | None:
 
 def _on_builder_inited(app) -> None:
     cache_dir = _cache_dir(app)
-    stamp = book_stamp(Path(app.srcdir))
+    stamp = book_stamp(Path(app.srcdir), app.config.diffgen_preset)
     app.env.diffgen_stale = bool(cache_dir) and refresh_execution_cache(cache_dir, stamp)
     if app.env.diffgen_stale:
         logging.getLogger(__name__).info(f"diffgen {__version__} source and data {stamp}: re-executing all notebooks")
@@ -199,7 +202,15 @@ def _local_mathjax() -> Path | None:
     return Path(jupyter_server_mathjax.__file__).resolve().parent / "static"
 
 
+PRESET_BANNER = ('<span class="diffgen-preset">A build at the {preset} preset</span>: every chapter ran with the '
+                 "parameters of <code>diffgen run --preset {preset}</code>, not the book's; its numbers check that "
+                 "the book builds, not the paper's claims.")
+
+
 def _on_config_inited(app, config) -> None:
+    if config.diffgen_preset != "default":
+        config.html_theme_options = {**config.html_theme_options,
+                                     "announcement": PRESET_BANNER.format(preset=config.diffgen_preset)}
     if _local_mathjax():
         config.mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"  # the config the package ships
         config.mathjax2_config = {
@@ -237,6 +248,7 @@ def _on_build_finished(app, exception) -> None:
 
 def setup(app):
     os.environ["DIFFGEN_HEADLESS"] = "1"
+    app.add_config_value("diffgen_preset", "default", "env")  # set by `diffgen book --preset P --build-dir DIR`
     app.connect("builder-inited", _on_builder_inited, priority=900)  # after myst-nb has resolved the cache path
     app.connect("env-get-outdated", _on_env_get_outdated)
     app.connect("config-inited", _on_config_inited)

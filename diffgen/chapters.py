@@ -295,12 +295,13 @@ class Run:
 
 
 def plan_run(names: list[str], preset: str = "default", pairs: list[tuple[str, str]] | tuple = (),
-             device: str | None = None, presets: dict | None = None) -> list[Run]:
-    """Validate a whole `diffgen run` request and return what to run; UsageError on any bad input.
+             device: str | None = None, presets: dict | None = None, book: Path | None = None) -> list[Run]:
+    """Validate a whole `diffgen run` request (the chapters of `book`, default book_dir()) and return what to run;
+    UsageError on any bad input.
 
     Overrides, lowest precedence first: notebook default < preset < --device < -p.
     """
-    chapters = discover()
+    chapters = discover(book)
     selected = resolve_chapters(names, chapters)
     table = _preset_table(load_presets() if presets is None else presets, preset, chapters)
     runs = [Run(ch, read_parameters(ch.path)) for ch in selected]

@@ -2,7 +2,8 @@
 
 `diffgen run CHAPTER...` executes chapter notebooks headlessly (diffgen.runner); `diffgen chapters` lists them and
 their parameters (diffgen.chapters); `diffgen report [RUN_DIR]` prints the claims table of a run's results files
-(diffgen.report); `diffgen book` executes the chapters whose code changed, with progress, and builds the HTML;
+(diffgen.report); `diffgen book` executes the chapters whose code changed, with progress, and builds the HTML (at a
+preset, a copy of the book in a folder of its own);
 `diffgen train CHAPTER` trains a chapter's networks ahead of it (diffgen.plans), in one process or under torchrun;
 `diffgen data get NAME...` fetches data sets into the data folder, `diffgen data list` shows them (diffgen.downloads).
 """
@@ -189,19 +190,33 @@ def _list_data(root: Path) -> int:
 
 
 def _book(args: argparse.Namespace) -> int:
-    from .runner import book_stamp, execute_book
+    """Execute the chapters whose code changed (at --preset, into --build-dir's execution cache), then render."""
+    from .runner import book_parameters, book_stamp, copy_book_sources, execute_book
 
     root = args.root.resolve()
     if not (root / "_config.yml").is_file() or not (root / "_toc.yml").is_file():
         raise UsageError(f"{args.root} is not a Jupyter Book (no _config.yml and _toc.yml there)")
-    if not execute_book(root, root / "_build" / ".jupyter_cache", timeout=args.timeout, source=book_stamp(root)):
+    build = (args.build_dir or root).resolve()
+    if args.preset != "default" and build == root:
+        raise UsageError(f"--preset {args.preset} builds into a folder of its own: pass --build-dir DIR (not the "
+                         f"book's folder {args.root}), so that its HTML and execution cache never pass for the book's")
+    if build != root and build.is_file():
+        raise UsageError(f"--build-dir {args.build_dir} exists and is not a folder")
+    parameters = book_parameters(root, args.preset)  # validated before anything is copied or runs
+    if build != root:
+        copy_book_sources(root, build, args.preset)
+        parameters = {build / path.relative_to(root): values for path, values in parameters.items()}
+    if not execute_book(build, build / "_build" / ".jupyter_cache", timeout=args.timeout,
+                        source=book_stamp(build, args.preset), parameters=parameters):
         return 1
-    build = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(root), "--warningiserror",
-             "--keep-going"]
-    if subprocess.run(build).returncode != 0:
+    command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(build), "--warningiserror",
+               "--keep-going"]
+    if subprocess.run(command).returncode != 0:
         print("diffgen book: jupyter-book build failed (see above)", file=sys.stderr)
         return 1
-    print(f"The book is at file://{root / '_build' / 'html' / 'index.html'} ({show_path(root / '_build' / 'html')})")
+    html = build / "_build" / "html"
+    print(f"The book{'' if args.preset == 'default' else f' at preset {args.preset}'} is at "
+          f"file://{html / 'index.html'} ({show_path(html)})")
     return 0
 
 
@@ -304,11 +319,19 @@ def _parser() -> argparse.ArgumentParser:
                           description="Execute every chapter of the book's table of contents whose code or diffgen "
                                       "source changed since it was last executed (one progress line per cell), "
                                       "cache the executed notebooks where jupyter-book looks for them, and build "
-                                      "the HTML into ROOT/_build/html with warnings as errors.")
+                                      "the HTML into ROOT/_build/html with warnings as errors. With --preset and "
+                                      "--build-dir, the same build of a copy of the book, every chapter executed "
+                                      "with the preset's parameters, in a folder of its own.")
     book.add_argument("root", nargs="?", type=Path, default=Path("."), metavar="ROOT",
                       help="the book's folder, holding _config.yml and _toc.yml (default: .)")
     book.add_argument("--timeout", type=_positive_int, default=3600, metavar="SECONDS",
                       help="wall-clock limit per chapter, also the per-cell limit (default: %(default)s)")
+    book.add_argument("--preset", default="default",
+                      help="execute every chapter with this preset's parameters, injected as `diffgen run --preset` "
+                           "injects them (smoke, large, paper; needs --build-dir); default: the notebooks' own")
+    book.add_argument("--build-dir", type=Path, metavar="DIR",
+                      help="build a copy of the book's sources in DIR (DIR/_build/html, its own execution cache "
+                           "DIR/_build/.jupyter_cache, the chapters' results files in DIR/book/); default: ROOT")
     rep = sub.add_parser("report", help="the paper's claims against what a run measured",
                          description="Print the claims table (C1..C4, C5a, C5b, C6: what each chapter measured, its "
                                      "95%% CI and the verdict) from the <chapter>.results.json files in RUN_DIR. "

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .chapters import BookError, Run, cell_source, read_parameters
+from .chapters import BookError, Run, UsageError, cell_source, read_parameters
 from .progress import HEADLESS, Follower
 from .results import fmt_memory
 
@@ -313,16 +313,19 @@ def refresh_execution_cache(cache_dir: Path, current: str) -> bool:
     return stale
 
 
-def book_stamp(root: Path) -> str:
+def book_stamp(root: Path, preset: str = "default") -> str:
     """What the book's executed notebooks depend on beyond their own code: diffgen's source and the sweep data a
-    page reads (book/sweeps/); a change of either re-executes the book."""
+    page reads (book/sweeps/); a change of either re-executes the book. A build at another preset than the default
+    carries its name, so its execution cache never passes for the default build's."""
     from .provenance import source_hash, tree_digest
 
-    return f"{source_hash()}+{tree_digest(Path(root) / 'book' / 'sweeps')}"
+    stamp = f"{source_hash()}+{tree_digest(Path(root) / 'book' / 'sweeps')}"
+    return stamp if preset == "default" else f"{stamp}+{preset}"
 
 
-def book_notebooks(root: Path) -> list[Path]:
-    """The notebooks of the book's table of contents (`_toc.yml`: root, chapters, sections), in reading order."""
+def toc_files(root: Path) -> list[str]:
+    """The pages of the book's table of contents (`_toc.yml`: root, parts, chapters, sections), in reading order, as
+    written there (paths without suffix, relative to `root`)."""
     import yaml
 
     toc = yaml.safe_load((Path(root) / "_toc.yml").read_text())
@@ -333,12 +336,67 @@ def book_notebooks(root: Path) -> list[Path]:
             files.append(entry.get("file") or entry.get("root"))
         for key in ("parts", "chapters", "sections"):
             entries[:0] = entry.get(key, [])
-    return [Path(root) / f"{f}.ipynb" for f in files if (Path(root) / f"{f}.ipynb").is_file()]
+    return files
 
 
-def execute_book(root: Path, cache_dir: Path, *, timeout: int, source: str) -> bool:
+def book_notebooks(root: Path) -> list[Path]:
+    """The notebooks of the book's table of contents, in reading order."""
+    return [Path(root) / f"{f}.ipynb" for f in toc_files(root) if (Path(root) / f"{f}.ipynb").is_file()]
+
+
+def book_parameters(root: Path, preset: str) -> dict[Path, dict]:
+    """Notebook -> the parameters papermill injects into it in a book build at `preset`, validated as `diffgen run
+    --preset` validates them (chapters.plan_run); the default preset injects nothing. UsageError on a bad preset."""
+    if preset == "default":
+        return {}
+    from .chapters import discover, plan_run
+
+    notebooks = book_notebooks(root)
+    parameters = {}
+    for folder in dict.fromkeys(path.parent for path in notebooks):
+        chapters = [ch.id for ch in discover(folder).values() if ch.path in notebooks]
+        if chapters:
+            parameters |= {run.chapter.path: run.overrides for run in plan_run(chapters, preset, book=folder)}
+    return parameters
+
+
+def copy_book_sources(root: Path, dest: Path, preset: str) -> None:
+    """Copy the book at `root` into `dest`: its _toc.yml, its _config.yml with `diffgen_preset` set (diffgen.book
+    reads it) and the pages, folders and bibliography these name, leaving out what executing `root`'s notebooks
+    wrote beside them (results files, failed notebooks), so that a build in `dest` shows only its own numbers."""
+    import yaml
+
+    root, dest = Path(root).resolve(), Path(dest).resolve()
+    config = yaml.safe_load((root / "_config.yml").read_text()) or {}
+    config.setdefault("sphinx", {}).setdefault("config", {})["diffgen_preset"] = preset
+    named = [Path(f) for f in toc_files(root) + list(config.get("bibtex_bibfiles", []))]
+    folders = {path.parts[0] for path in named if len(path.parts) > 1}
+    pages = [page for path in named if len(path.parts) == 1 for page in root.glob(f"{path.stem}.*")]
+    written_beside = {path.parent for path in book_notebooks(root)}
+
+    def left_out(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if n in (".ipynb_checkpoints", "__pycache__") or n.endswith(".FAILED.ipynb")
+                or (Path(folder) in written_beside and n.endswith(".results.json"))]
+
+    inside = [f for f in sorted(folders) if dest.is_relative_to(root / f)]
+    if inside:
+        raise UsageError(f"--build-dir {dest} lies inside {root / inside[0]}, which the build copies")
+    dest.mkdir(parents=True, exist_ok=True)
+    for folder in sorted(folders):
+        shutil.copytree(root / folder, dest / folder, ignore=left_out, dirs_exist_ok=True)
+    for page in pages:
+        shutil.copy2(page, dest / page.name)
+    shutil.copy2(root / "_toc.yml", dest / "_toc.yml")
+    written = dest / "_config.yml.part"
+    written.write_text(yaml.safe_dump(config, sort_keys=False))
+    os.replace(written, dest / "_config.yml")
+
+
+def execute_book(root: Path, cache_dir: Path, *, timeout: int, source: str,
+                 parameters: dict[Path, dict] | None = None) -> bool:
     """Execute every notebook of the book at `root` whose code the execution cache does not hold yet (kernel in the
-    notebook's folder, as the book build runs it) and cache it; True when all succeeded."""
+    notebook's folder, as the book build runs it; `parameters[path]` injected by papermill) and cache it with the
+    notebook's own code cells; True when all succeeded."""
     import nbformat
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
@@ -359,8 +417,8 @@ def execute_book(root: Path, cache_dir: Path, *, timeout: int, source: str) -> b
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="diffgen-book-") as tmp:
             output = Path(tmp) / path.name
-            outcome = execute_notebook(path, output, cwd=path.parent, parameters={}, timeout=timeout,
-                                       label=label)
+            outcome = execute_notebook(path, output, cwd=path.parent, parameters=(parameters or {}).get(path, {}),
+                                       timeout=timeout, label=label)
             if outcome.failure:
                 kept = path.with_suffix(".FAILED.ipynb")
                 if output.exists():

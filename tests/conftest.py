@@ -1,13 +1,55 @@
-"""Shared fixtures for the diffgen unit tests (small sizes: the whole suite runs in well under a minute on CPU)."""
+"""Shared fixtures of the diffgen tests, the markers of the tests `make test-fast` leaves out, and the smoke build
+of the book.
+
+Markers (registered in pyproject.toml), each given a one-line reason, `@pytest.mark.processes("torchrun: 2 Gloo
+processes")`: `notebook` (executes notebooks in Jupyter kernels), `processes` (starts other processes) and `slow`
+(a minute or so of work in this process). The first two imply `slow`, so `pytest -m "not slow"` (`make test-fast`)
+runs no notebook and starts no process.
+"""
 from __future__ import annotations
 
+import multiprocessing.process
 import os
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from diffgen import set_threads
 from diffgen.schedule import linear_schedule
+
+set_threads("cpu")  # the chapters' share of a shared CPU (cores - 1): beside another busy process, torch with every
+# core waits in each parallel region for its slowest thread, which made training tests 10 to 40 times slower here
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ("notebook", "processes", "slow")  # the markers of tests left out of `make test-fast`
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects: `notebook` and `processes` count as `slow`
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        kinds = [mark for name in KINDS for mark in item.iter_markers(name)]
+        for mark in kinds:
+            if not (mark.args and isinstance(mark.args[0], str) and mark.args[0].strip()):
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{mark.name} needs a one-line reason, "
+                                        f'@pytest.mark.{mark.name}("why this test is not in make test-fast")')
+        if kinds and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow(f"marked {kinds[0].name}"))
+
+
+@pytest.fixture(autouse=True)
+def _no_process_unless_marked(request, monkeypatch):
+    """Tests not marked `slow` (nor `notebook`, `processes`) start no process: `make test-fast` stays the inner loop."""
+    if request.node.get_closest_marker("slow"):
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process: mark it @pytest.mark.processes(\"reason\")")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +79,16 @@ def browser():
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory) -> SimpleNamespace:
+    """The real book built as `make book` builds it (its _toc.yml, the diffgen.book extension, warnings as errors),
+    every chapter executed with the smoke preset's parameters: `diffgen book REPO --preset smoke --build-dir DIR`,
+    in a folder of its own. `root` is DIR (the copy of the sources, book/<chapter>.results.json, _build/html)."""
+    root = tmp_path_factory.mktemp("smoke-book") / "build"
+    done = subprocess.run([str(Path(sys.executable).with_name("diffgen")), "book", str(REPO), "--preset", "smoke",
+                           "--build-dir", str(root), "--timeout", "600"],
+                          capture_output=True, text=True, timeout=1800)  # a hang guard, not a timing test
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return SimpleNamespace(root=root, stdout=done.stdout, stderr=done.stderr)

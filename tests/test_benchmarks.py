@@ -19,6 +19,7 @@ def _finite_positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.processes("runs benchmarks/bench_empirical.py --quick as a script")
 def test_bench_empirical_quick_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
@@ -47,7 +48,7 @@ def test_bench_empirical_quick_writes_json(tmp_path):
         assert _finite_positive(goal["value"]) and _finite_positive(goal["target"]) and isinstance(goal["pass"], bool)
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("bench_chapters.py executes chapter 2 at the smoke preset three times")
 def test_chapter_benchmark_reports_cold_warm_and_busy_times_per_cell(tmp_path):
     out = tmp_path / "chapters.json"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_chapters.py"), "--preset", "smoke",
@@ -62,6 +63,7 @@ def test_chapter_benchmark_reports_cold_warm_and_busy_times_per_cell(tmp_path):
     assert "beside a busy process" in done.stdout
 
 
+@pytest.mark.processes("runs benchmarks/bench_gpu.py as a script without CUDA")
 def test_bench_gpu_without_a_gpu_says_so_and_exits_0():
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_gpu.py"), "--quick"],
                           capture_output=True, text=True, timeout=120, env={"CUDA_VISIBLE_DEVICES": "",
@@ -105,6 +107,7 @@ def _gpu_check():
     return module
 
 
+@pytest.mark.processes("runs benchmarks/gpu_check.py as a script without CUDA")
 def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120,
@@ -133,7 +136,7 @@ def test_gpu_check_plan_table_and_exit_code():
     assert check.exit_code([]) == 1  # nothing ran: not a pass
 
 
-@pytest.mark.slow  # two chapter kernels (seconds each)
+@pytest.mark.notebook("two fixture chapters through gpu_check.py's runner")
 def test_gpu_check_runs_its_plan_through_the_runner_and_fails_on_any_failure(tmp_path):
     """The stand-in: --device cpu on a fixture book (DIFFGEN_BOOK_DIR) of one chapter that records its results and
     one that raises; the table shows both, with the first one's peaks, and the exit code is 1."""

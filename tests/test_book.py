@@ -1,7 +1,7 @@
-"""The book: builds with no error output, and re-executes chapters when diffgen's source changes."""
+"""The book build: `diffgen book` at the smoke preset in a folder of its own, re-execution when diffgen's source
+changes, a cell error failing the build, the book's structure. What a built book shows: test_built_book.py."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from diffgen.runner import STAMP_NAME, book_notebooks, refresh_execution_cache
 
 REPO = Path(__file__).resolve().parents[1]
 JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
-DIFFGEN = Path(sys.executable).with_name("diffgen")
 
 
 def _build(root: Path, out: Path, env=None) -> subprocess.CompletedProcess:
@@ -58,7 +58,7 @@ def _printed(out: Path) -> str:
     return match.group(0)
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("three jupyter-book builds of a one-notebook book")
 def test_library_change_reexecutes_chapters(tmp_path):
     root, out = tmp_path / "book", tmp_path / "out"
     root.mkdir()
@@ -84,51 +84,85 @@ def test_library_change_reexecutes_chapters(tmp_path):
     assert printed3.split()[2] != printed1.split()[2], "a library change must re-execute the notebook"
 
 
-@pytest.mark.slow
-def test_book_builds_without_error_output():
-    """`diffgen book` (what `make book` runs) builds the real book into _build/ with warnings as errors, showing a
-    progress line per cell of each chapter it executes; no cell shows an error or stderr. It is the build `make book`
-    makes, so a CI run executes each chapter once: here, and `make book` afterwards only renders."""
-    result = subprocess.run([str(DIFFGEN), "book", str(REPO)], capture_output=True, text=True, timeout=5400)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    executed = [line for line in result.stdout.splitlines() if line.endswith("(cached)") or " executed in " in line]
-    assert len(executed) == len(book_notebooks(REPO)), result.stdout[-3000:]  # the chapters and the sweep page
-    if any(" executed in " in line for line in executed):
-        assert re.search(r"ch\d \[ ?\d+/\d+ \d+:\d\d\] ", result.stderr), "progress lines on the terminal"
-    html_dir = REPO / "_build" / "html"
-    pages = sorted((html_dir / "book").glob("*.html"))
-    assert {p.stem for p in pages} >= {"intro", "ch1_mutual_information", "ch2_empirical_optimum",
-                                       "ch3_trained_gap", "ch4_new_objective", "where_claims_hold", "references"}
-    assert (html_dir / "_static" / "mathjax" / "MathJax.js").is_file(), "MathJax must be served from the book"
-    for page in pages:
-        html = page.read_text()
-        if page.stem.startswith("ch"):  # every chapter has math (pages without any, e.g. references, load no MathJax)
-            assert "_static/mathjax/MathJax.js" in html, page
-        assert "cdn.jsdelivr.net/npm/mathjax" not in html, page
-        assert "maxcdn.bootstrapcdn.com" not in html and "require.min.js" not in html, page  # nothing from a CDN
-        assert "Traceback" not in html, page
-        assert "output stderr" not in html and "output error" not in html, page
-    # the book renders from the execution cache (myst-nb's jupyter_execute copy of a cached notebook has no outputs)
-    from jupyter_cache import get_cache
-    source = nbformat.read(REPO / "book" / "ch2_empirical_optimum.ipynb", as_version=4)
-    cached = get_cache(str(REPO / "_build" / ".jupyter_cache")).merge_match_into_notebook(source)[1]
-    images = [o for c in cached.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if "data" in o and "image/png" in o["data"]]
-    assert len(images) >= 4, "chapter 2 must show its figures"
-    ch2 = (html_dir / "book" / "ch2_empirical_optimum.html").read_text()
-    assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", ch2)) >= 4, "the page shows chapter 2's figures"
-    assert re.search(r'<span class="caption-number">Figure 2\.1 </span>', ch2), "figures are numbered per chapter"
-    assert 'href="references.html#id' in ch2 or "references.html" in ch2, "chapter 2 cites the bibliography"
-    references = (html_dir / "book" / "references.html").read_text()
-    text = references.lower()  # the bibliography style sets titles in sentence case
-    assert "on the generalization of diffusion model" in text and "denoising diffusion implicit models" in text
-    intro = (html_dir / "book" / "intro.html").read_text()
-    assert "diffgen-claims" in intro, "the introduction shows the claims table"
-    results = json.loads((REPO / "book" / "ch2.results.json").read_text())
-    assert all(c["holds"] for c in results["claims"]), results["claims"]
+@pytest.mark.notebook("builds the real book with every chapter at the smoke preset")
+def test_smoke_book_executes_each_page_once_then_renders_from_its_cache(smoke_book):
+    """`diffgen book . --preset smoke --build-dir DIR` (conftest.py) builds a copy of the real book (the same
+    _toc.yml, _config.yml plus `diffgen_preset`) with warnings as errors, showing a progress line per cell of each
+    page it executes; jupyter-book then only renders, from DIR's own execution cache. What the build shows is checked
+    by test_built_book.py."""
+    executed = [line for line in smoke_book.stdout.splitlines() if " executed in " in line]
+    assert len(executed) == len(book_notebooks(REPO)), smoke_book.stdout[-3000:]  # the chapters and the sweep page
+    assert re.search(r"ch\d \[ ?\d+/\d+ \d+:\d\d\] ", smoke_book.stderr), "progress lines on the terminal"
+    assert smoke_book.stdout.count("Using cached notebook") == len(book_notebooks(REPO))
+    assert "Executing notebook" not in smoke_book.stdout + smoke_book.stderr, "jupyter-book must not execute"
+    root = smoke_book.root
+    assert (root / "_toc.yml").read_bytes() == (REPO / "_toc.yml").read_bytes()
+    config, ours = (yaml.safe_load((path / "_config.yml").read_text()) for path in (root, REPO))
+    ours["sphinx"]["config"]["diffgen_preset"] = "smoke"
+    assert config == ours
+    assert "The book at preset smoke is at file://" in smoke_book.stdout
 
 
-@pytest.mark.slow
+def test_a_preset_build_needs_a_folder_of_its_own(tmp_path, capsys):
+    from diffgen import cli
+
+    assert cli.main(["book", str(REPO), "--preset", "smoke"]) == 2
+    assert "--preset smoke builds into a folder of its own: pass --build-dir DIR" in capsys.readouterr().err
+    assert cli.main(["book", str(REPO), "--preset", "nope", "--build-dir", str(tmp_path / "b")]) == 2
+    assert "unknown preset 'nope'; choose from default, smoke" in capsys.readouterr().err
+    assert cli.main(["book", str(REPO), "--preset", "smoke", "--build-dir", str(REPO / "book" / "b")]) == 2
+    assert f"lies inside {REPO / 'book'}, which the build copies" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (REPO / "book" / "b").exists()
+
+
+def test_a_preset_build_injects_what_diffgen_run_injects():
+    from diffgen.chapters import plan_run
+    from diffgen.runner import book_parameters
+
+    injected = book_parameters(REPO, "smoke")
+    chapters = [path for path in book_notebooks(REPO) if path.stem.startswith("ch")]
+    assert set(injected) == set(chapters) and len(chapters) == 4  # the sweep page has no parameters
+    for path in chapters:
+        [run] = plan_run([path.stem], "smoke")
+        assert injected[path] == run.overrides and run.overrides, path.name
+    assert book_parameters(REPO, "default") == {}
+
+
+def test_copied_sources_leave_out_what_a_build_of_the_book_wrote(tmp_path):
+    """The copy holds the pages, the bibliography and the sweep data the pages read, but not the chapters' results
+    files or failed notebooks beside them: the copy's claims table can only show its own build's numbers."""
+    from diffgen.runner import copy_book_sources
+
+    root = tmp_path / "root"
+    (root / "book" / "sweeps" / "ch3" / "n=8").mkdir(parents=True)
+    (root / "_config.yml").write_text("title: t\nbibtex_bibfiles: [refs/r.bib]\n")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/ch1_a\n"
+                                   "  - file: top\n")
+    for name in ("book/intro.md", "book/ch1_a.ipynb", "book/ch1.results.json", "book/ch1_a.FAILED.ipynb",
+                 "book/sweeps/ch3/n=8/ch3.results.json", "refs/r.bib", "top.md", "stray.md"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    copy_book_sources(root, tmp_path / "copy", "smoke")
+    copied = sorted(str(p.relative_to(tmp_path / "copy")) for p in (tmp_path / "copy").rglob("*") if p.is_file())
+    assert copied == ["_config.yml", "_toc.yml", "book/ch1_a.ipynb", "book/intro.md",
+                      "book/sweeps/ch3/n=8/ch3.results.json", "refs/r.bib", "top.md"]
+    assert yaml.safe_load((tmp_path / "copy" / "_config.yml").read_text()) == {
+        "title": "t", "bibtex_bibfiles": ["refs/r.bib"], "sphinx": {"config": {"diffgen_preset": "smoke"}}}
+
+
+def test_a_preset_builds_cache_never_passes_for_the_default_builds(tmp_path):
+    """A cache filled at the smoke preset is stale for the default build, which then wipes it and executes."""
+    from diffgen.runner import book_stamp
+
+    smoke, default = book_stamp(tmp_path, "smoke"), book_stamp(tmp_path)
+    assert smoke == f"{default}+smoke"
+    cache = tmp_path / ".jupyter_cache"
+    assert refresh_execution_cache(cache, smoke)
+    (cache / "executed.db").write_text("x")
+    assert refresh_execution_cache(cache, default) and not (cache / "executed.db").exists()
+
+
+@pytest.mark.notebook("a jupyter-book build of a one-notebook book")
 def test_cell_error_fails_the_build_loudly(tmp_path):
     """A chapter whose cell raises fails `jupyter-book build` (nb_execution_raise_on_error), naming the notebook and
     the error, with no HTML page for it (the same settings as the book's _config.yml)."""

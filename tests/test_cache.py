@@ -62,6 +62,7 @@ def test_key_is_sha256_hex_and_stable_across_calls_and_instances():
     assert len(k1) == 64 and int(k1, 16) >= 0
 
 
+@pytest.mark.processes("a second interpreter with another str hash seed")
 def test_key_is_stable_across_processes():
     here = config_key({"b": 2, "a": (1, 2.5, None, True)}, _tensor(), linear_schedule(), "x", 3)
     env = dict(os.environ, PYTHONHASHSEED="123")  # a different str hash seed: dict/set order must not leak in

@@ -61,29 +61,43 @@ def _run(chapter: str, out: Path, *args: str) -> dict:
     return read_results(out / f"{chapter}.results.json")
 
 
-@pytest.mark.slow
-def test_ch2_smoke_run_meets_its_claims(tmp_path):
-    results = _run("ch2", tmp_path)
+def _smoke(smoke_book, chapter: str) -> dict:
+    """What `chapter` wrote in the smoke build of the book (conftest.py), which executes it as `diffgen run --preset
+    smoke` does: the same runner, the same injected parameters."""
+    return read_results(smoke_book.root / "book" / f"{chapter}.results.json")
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+@pytest.mark.notebook("reads the smoke build of the book")
+def test_ch2_smoke_run_meets_its_claims(smoke_book):
+    results = _smoke(smoke_book, "ch2")
     assert results["chapter"] == "ch2" and results["parameters"]["n_train"] == 100  # the smoke preset reached it
     by_metric = {c["metric"]: c for c in results["claims"]}
     assert [(c["id"], c["source"]) for c in results["claims"]] == [
         ("C2", "abstract"), ("C3", "abstract"), ("C3", "abstract"), ("C3", "ours"), ("C3", "ours")]
     assert all(c["holds"] for c in results["claims"]), by_metric
-    assert (tmp_path / "ch2_empirical_optimum.ipynb").exists()
 
 
-@pytest.mark.slow
-def test_ch2_smoke_repeated_never_stalls_and_repeats_its_numbers(tmp_path):
-    """Ten headless runs in a row, each under a time limit: none may stall (widgets are never instantiated
-    headlessly), and with the same seed every run writes the same claims."""
-    first = None
-    for k in range(10):
+@pytest.mark.notebook("chapter 2 twice with `diffgen run` at the smoke preset")
+def test_ch2_smoke_repeated_never_stalls_and_repeats_its_numbers(tmp_path, smoke_book):
+    """Headless runs in a row, each under a time limit: none may stall, and with the same seed every run writes the
+    same claims. The stall (jupyter/nbclient#312) came from ipywidgets in a headless kernel, so each executed
+    notebook is checked to hold no widget view and no widget state: the cause itself, where ten runs in a row (as
+    this test ran before) could only make it likely to show. Two `diffgen run`s plus the smoke book's execution of
+    the chapter (another path through the runner) make three runs with the same numbers."""
+    first = _smoke(smoke_book, "ch2")["claims"]
+    for k in range(2):
         claims = _run("ch2", tmp_path / f"run{k}")["claims"]
-        first = first or claims
-        assert claims == first, f"run {k} differs from run 0 with the same seed"
+        assert claims == first, f"run {k} differs from the smoke book's run with the same seed"
+        executed = nbformat.read(tmp_path / f"run{k}" / "ch2_empirical_optimum.ipynb", as_version=4)
+        assert "widgets" not in executed.metadata, "a widget was created headlessly"
+        assert not any(WIDGET_VIEW in o.get("data", {}) for c in executed.cells if c.cell_type == "code"
+                       for o in c.outputs), "a widget was shown headlessly"
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("chapter 2 with `diffgen run` at the smoke preset")
 def test_ch2_seed_changes_the_samples(tmp_path):
     a = _run("ch2", tmp_path / "a", "-p", "seed", "1")
     assert a["parameters"]["seed"] == 1
@@ -91,17 +105,18 @@ def test_ch2_seed_changes_the_samples(tmp_path):
     assert "seed = 1" in text
 
 
-@pytest.mark.slow
-def test_ch3_smoke_run_writes_its_claims(tmp_path):
-    results = _run("ch3", tmp_path)
+@pytest.mark.notebook("reads the smoke build of the book")
+def test_ch3_smoke_run_writes_its_claims(smoke_book):
+    results = _smoke(smoke_book, "ch3")
     assert results["parameters"]["train_steps"] == 300  # the smoke preset reached the notebook
-    assert [c["id"] for c in results["claims"]] == ["C4", "C4", "C4", "C6", "C6"]
-    assert all(c["seeds"] == 2 for c in results["claims"])  # the smoke preset's seeds stand behind every row
+    assert [c["id"] for c in results["claims"]] == ["C4"] * 6 + ["C6"] * 2
+    # the smoke preset's two seeds stand behind every row measured per trained net
+    assert [c["seeds"] for c in results["claims"]] == [2, 2, 2, 2, None, None, None, None]
 
 
-@pytest.mark.slow
-def test_ch1_smoke_run_writes_its_claims(tmp_path):
-    results = _run("ch1", tmp_path)
+@pytest.mark.notebook("reads the smoke build of the book")
+def test_ch1_smoke_run_writes_its_claims(smoke_book):
+    results = _smoke(smoke_book, "ch1")
     assert results["parameters"]["n_sets"] == 8  # the smoke preset reached the notebook
     assert [(c["id"], c["source"]) for c in results["claims"]] == [
         ("R1", "ours"), ("R2", "ours"), ("C1", "abstract"), ("C1", "abstract"), ("C1", "abstract"),
@@ -112,22 +127,28 @@ def test_ch1_smoke_run_writes_its_claims(tmp_path):
     assert exact["holds"], exact
 
 
-@pytest.mark.slow
-def test_ch4_smoke_run_writes_its_claims(tmp_path):
-    results = _run("ch4", tmp_path)
+@pytest.mark.notebook("reads the smoke build of the book")
+def test_ch4_smoke_run_writes_its_claims(smoke_book):
+    results = _smoke(smoke_book, "ch4")
     assert results["parameters"]["train_steps"] == 200  # the smoke preset reached the notebook
     claims = results["claims"]
-    assert [(c["id"], c["source"]) for c in claims] == [
-        ("C5a", "abstract"), ("C5a", "abstract"), ("C5a", "abstract"), ("C5a", "abstract"), ("C5b", "revision"),
-        ("C5b", "revision"), ("C5b", "revision"), ("C5b", "ours"), ("C5b", "ours"), ("R3", "ours"), ("R4", "ours")]
-    assert claims[9]["value"] < 1e-9 and claims[9]["holds"]  # in our reading its exact optimum is eps*
-    assert all(c["seeds"] == 2 for c in claims[:6]) and claims[6]["seeds"] == 1  # smoke: 2 seeds; the toy: one
+    assert [(c["id"], c["source"]) for c in claims] == [("C5a", "abstract")] * 4 + [("C5b", "revision")] * 4 + [
+        ("C5b", "ours")] * 3 + [("R3", "ours"), ("R4", "ours")]
+    r3 = next(c for c in claims if c["id"] == "R3")
+    assert r3["value"] < 1e-9 and r3["holds"]  # in our reading its exact optimum is eps*
+    assert all(c["seeds"] == 2 for c in claims if c["id"].startswith("C5"))  # the smoke preset's two seeds
 
 
-@pytest.mark.slow
+TINY_CH3 = ["-p", "n_train", "16", "-p", "n_heldout", "16", "-p", "width", "8", "-p", "width_sweep", "false",
+            "-p", "train_steps", "100", "-p", "n_samples", "16", "-p", "steps", "4"]  # the least chapter 3 accepts
+
+
+@pytest.mark.notebook("chapter 3 three times with `diffgen run`, training twice")
 def test_editing_a_plot_retrains_nothing(tmp_path):
-    """A smoke chapter run twice around an edit of plotting.py (in a copy of the package that the run and its kernel
-    import) writes no new artifact: the training keys follow the code that trains, not the code that draws."""
+    """A chapter run twice around an edit of plotting.py (in a copy of the package that the run and its kernel
+    import) writes no new artifact: the training keys follow the code that trains, not the code that draws. Chapter
+    3 at the smoke preset cut to its smallest sizes (TINY_CH3: 100 steps of width-8 nets, no width sweep): what is
+    trained does not matter here, only which edits write artifacts."""
     import os
     import shutil
 
@@ -138,8 +159,8 @@ def test_editing_a_plot_retrains_nothing(tmp_path):
 
     def run(out: str) -> dict[str, int]:
         proc = subprocess.run([sys.executable, "-m", "diffgen.cli", "run", "ch3", "--preset", "smoke", "--out",
-                               str(tmp_path / out), "--timeout", "300"], env=env, capture_output=True, text=True,
-                              timeout=400)
+                               str(tmp_path / out), "--timeout", "300", *TINY_CH3], env=env, capture_output=True,
+                              text=True, timeout=400)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return {str(p.relative_to(tmp_path / "cache")): p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*")
                 if p.is_file()}

@@ -233,7 +233,7 @@ def test_chapters_lists_parameters(book, presets, capsys):
 # --- execution (a kernel per test: seconds each) ------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("runs a fixture chapter in a kernel")
 def test_run_writes_executed_notebook_and_results(book, capsys, monkeypatch):
     out = book.parent / "out"
     monkeypatch.setenv("DIFFGEN_DATA", "")  # restored after the test (`--data-dir` sets it for the kernels)
@@ -250,7 +250,7 @@ def test_run_writes_executed_notebook_and_results(book, capsys, monkeypatch):
     assert "ch1: done" in stdout and "ch1_toy.ipynb" in stdout and "ch1.results.json" in stdout
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("runs a fixture chapter in a kernel")
 def test_failing_cell_keeps_failed_notebook(book, capsys):
     out = book.parent / "out"
     assert cli.main(["run", "3", "--out", str(out)]) == 1
@@ -261,7 +261,7 @@ def test_failing_cell_keeps_failed_notebook(book, capsys):
     assert not (out / "ch3_fails.running.ipynb").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("runs a fixture chapter in a kernel")
 def test_missing_results_is_a_failure(book, capsys):
     out = book.parent / "out"
     assert cli.main(["run", "ch5", "--out", str(out)]) == 1
@@ -269,7 +269,7 @@ def test_missing_results_is_a_failure(book, capsys):
     assert (out / "ch5_silent.FAILED.ipynb").exists() and not (out / "ch5_silent.ipynb").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("runs a fixture chapter in a kernel")
 def test_kernel_death_is_a_failure(book, capsys):
     out = book.parent / "out"
     assert cli.main(["run", "ch6", "--out", str(out)]) == 1
@@ -277,7 +277,7 @@ def test_kernel_death_is_a_failure(book, capsys):
     assert (out / "ch6_dies.FAILED.ipynb").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("runs a fixture chapter in a kernel")
 def test_timeout_kills_a_stalled_chapter(book, capsys):
     out = book.parent / "out"
     start = time.monotonic()
@@ -337,7 +337,7 @@ def test_every_declared_memory_parameter_is_a_parameter_of_its_chapter():
         assert set(names) <= set(declared), cid
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("runs a fixture chapter in a kernel")
 def test_a_chapter_out_of_memory_says_what_to_lower_and_runs_print_their_peaks(tmp_path, monkeypatch, capsys):
     book = tmp_path / "book"
     book.mkdir()

@@ -55,6 +55,7 @@ def test_one_process_is_the_plain_optimum():
         ShardedOptimum(train[:0], worker.SCHED)
 
 
+@pytest.mark.processes("torchrun: two Gloo processes")
 def test_sharded_optimum_on_two_processes_matches_float64_reference(tmp_path):
     got = torchrun("optimum", tmp_path)
     assert got["world"] == 2
@@ -67,6 +68,7 @@ def test_sharded_optimum_on_two_processes_matches_float64_reference(tmp_path):
     assert float((got["mean of shard means"] - ref).abs().max()) > 0.1 * spread
 
 
+@pytest.mark.processes("torchrun: two Gloo processes, twice")
 def test_ddp_training_matches_one_process_and_resumes_bit_for_bit(tmp_path):
     model_cfg, objective, sets, shape, cfg, seeds = worker.training_case()
     single = train_ensemble(model_cfg, objective, sets, shape, cfg, seeds=seeds, device="cpu",

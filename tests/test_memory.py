@@ -1,8 +1,8 @@
 """Peak host memory of the functions the chapters call on the whole training set, at CIFAR-10's sizes (N = 50 000,
 the chapters' query counts), each in a fresh process (tests/memory_worker.py): the peak resident set above what the
 inputs hold must stay under a bound computed from the sizes, far below what one [B, N, D] or [N, N] tensor, or one
-more copy of the set, would take. The fast tests use 512 values per row (the bounds do not depend on D's size);
-the slow ones CIFAR-10's 3072 and the data loader on 60 000 fixture images."""
+more copy of the set, would take. Most cases use 512 values per row (the bounds do not depend on D's size); the
+slowest CIFAR-10's 3072 and the data loader on 60 000 fixture images. All are left out of `make test-fast`."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,8 @@ MiB = 2**20
 SLACK = 64 * MiB  # the interpreter's and allocator's own movement between two reads of the resident set
 TILE_ROWS = 4096  # rows of the set that the optimum's construction and the tiled loops convert at once
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads Linux's /proc")
+pytestmark = [pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads Linux's /proc"),
+              pytest.mark.processes("each case measures its peak in a fresh worker process (memory_worker.py)")]
 
 
 def run(*args) -> dict:
@@ -74,14 +75,14 @@ def test_median_bandwidth_and_kid_hold_tiles_of_pairs_not_all_pairs(kind, dim):
     assert got["n"] ** 2 * 8 > bound
 
 
-@pytest.mark.slow  # CIFAR-10's 50 000 x 3072 float64 rows: 20 to 60 s per case on a shared 2-core machine
+@pytest.mark.processes("CIFAR-10's 50 000 x 3072 float64 rows in a worker: 20 to 60 s per case here")
 @pytest.mark.parametrize("case", [("optimum", "float64"), ("optimum", "float32"), ("reference", "x0"),
                                   ("reference", "forward-time"), ("neighbours",)])
 def test_at_cifar10_width(case):
     {"optimum": check_optimum, "reference": check_reference, "neighbours": check_neighbours}[case[0]](3072, *case[1:])
 
 
-@pytest.mark.slow  # writes 60 000 fixture images, then loads them as float64 (about a minute here)
+@pytest.mark.processes("writes 60 000 fixture images, then a worker loads them as float64 (a minute)")
 def test_loading_cifar10_holds_the_result_and_the_uint8_images_only(tmp_path):
     from diffgen.fixtures import write_cifar10
 

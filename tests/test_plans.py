@@ -83,16 +83,18 @@ def test_train_refuses_a_chapter_without_plan_and_unknown_runs(capsys):
     assert "--data-dir /nonexistent is not a folder" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("torchrun trains chapter 3's nets, then chapter 3 runs at the paper preset on fixture files")
 def test_paper_path_on_fixture_cifar_trained_by_torchrun_then_loaded_by_the_chapter(tmp_path):
     """The `paper` preset of chapter 3 (CIFAR-10, the U-Net) on fixture CIFAR-10 binary files with a tiny budget:
     `diffgen train` under torchrun (2 Gloo processes) trains its nets, then `diffgen run` executes the chapter, which
-    finds every net in the cache instead of training it."""
+    finds every net in the cache instead of training it. The least the chapter accepts (a width-8 U-Net, two sizes,
+    100 steps, 16 samples, 2 DDIM steps): what is measured does not matter here. Most of its time is the chapter's
+    gap probe (128 probes at 16 times, per member and snapshot), which no parameter sets yet."""
     write_cifar10(tmp_path / "data", n=12)
     env = {**os.environ, "DIFFGEN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    tiny = ["--preset", "paper", "--device", "cpu", "--data-dir", str(tmp_path / "data"), "-p", "n_train", "24",
-            "-p", "n_heldout", "8", "-p", "train_steps", "100", "-p", "batch_size", "8", "-p", "n_samples", "16",
-            "-p", "steps", "4", "-p", "width", "8"]
+    tiny = ["--preset", "paper", "--device", "cpu", "--data-dir", str(tmp_path / "data"), "-p", "n_train", "16",
+            "-p", "n_sizes", "2", "-p", "n_heldout", "8", "-p", "train_steps", "100", "-p", "batch_size", "8",
+            "-p", "n_samples", "16", "-p", "steps", "2", "-p", "width", "8", "-p", "toy_n_train", "4"]
     train = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "diffgen.cli", "train",
                             "ch3", *tiny], env=env, capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
@@ -106,18 +108,21 @@ def test_paper_path_on_fixture_cifar_trained_by_torchrun_then_loaded_by_the_chap
     assert '"dataset": "cifar10"' in results and '"model": "unet"' in results
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("chapter 4 with the U-Net on fixture idx files")
 def test_chapter4_on_labelled_idx_files_with_the_unet(tmp_path):
     """Chapter 4 off digits: MNIST-format idx files (16x16 fixtures, so that n_train_large can exceed D as the
-    Gaussian-fit yardstick needs), the U-Net, and quality features from a CNN trained on the files' labels."""
+    Gaussian-fit yardstick needs), the U-Net, and quality features from a CNN trained on the files' labels. The
+    least the chapter accepts beside that (width 8, 100 steps, 16 samples, 2 DDIM steps, 50 held-out images): what
+    is measured does not matter here, only that the file data set, the U-Net and the CNN's features run through."""
     from diffgen.fixtures import write_mnist
 
     write_mnist(tmp_path / "data" / "mnist", n_train=400, n_test=80, side=16)
     env = {**os.environ, "DIFFGEN_CACHE": str(tmp_path / "cache")}
     run = subprocess.run([str(BIN / "diffgen"), "run", "ch4", "--preset", "smoke", "--device", "cpu", "--data-dir",
                           str(tmp_path / "data"), "-p", "dataset", "mnist", "-p", "model", "unet", "-p", "width", "8",
-                          "-p", "batch_size", "8", "-p", "n_train_large", "300", "-p", "n_heldout", "60",
-                          "-p", "train_steps", "100", "-p", "toy_train_steps", "100", "--out", str(tmp_path / "out"),
+                          "-p", "batch_size", "8", "-p", "n_train_large", "300", "-p", "n_heldout", "50",
+                          "-p", "n_samples", "16", "-p", "steps", "2", "-p", "train_steps", "100",
+                          "-p", "toy_train_steps", "100", "-p", "toy_samples", "20", "--out", str(tmp_path / "out"),
                           "--timeout", "900"], env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     results = read_results(tmp_path / "out" / "ch4.results.json")

@@ -226,7 +226,7 @@ def _intro_table(root: Path) -> str:
     return re.sub(r"<[^>]+>", "", table.group(0))
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("two jupyter-book builds of a two-page book")
 def test_intro_table_shows_the_numbers_the_chapters_wrote(tmp_path):
     """The table is filled after the chapters execute (the JSON does not exist when intro.md is read), and a
     rebuild in which only a chapter changed updates it."""

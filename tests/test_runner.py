@@ -104,7 +104,7 @@ def test_book_notebooks_follow_the_table_of_contents(tmp_path):
     assert runner.book_notebooks(tmp_path) == [tmp_path / "book" / "ch1_tiny.ipynb"]  # intro.md is not a notebook
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("executes a fixture notebook in a kernel")
 def test_execute_book_runs_each_notebook_once_and_shows_progress(tmp_path, capfd):
     _tiny_book(tmp_path)
     cache = tmp_path / "_build" / ".jupyter_cache"
@@ -121,7 +121,7 @@ def test_execute_book_runs_each_notebook_once_and_shows_progress(tmp_path, capfd
     assert "ch1: executed in" in capfd.readouterr().out
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("executes a fixture notebook in a kernel")
 def test_execute_book_reports_a_failing_chapter(tmp_path, capfd):
     _tiny_book(tmp_path, body="raise RuntimeError('broken chapter')")
     assert not runner.execute_book(tmp_path, tmp_path / "_build" / ".jupyter_cache", timeout=120, source="aaa")
@@ -130,7 +130,7 @@ def test_execute_book_reports_a_failing_chapter(tmp_path, capfd):
     assert (tmp_path / "book" / "ch1_tiny.FAILED.ipynb").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.notebook("executes a fixture notebook in a kernel")
 def test_diffgen_run_prints_cells_and_training_progress(tmp_path):
     book = tmp_path / "book"
     book.mkdir()

@@ -257,6 +257,7 @@ def test_input_checks(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ benchmark
 
+@pytest.mark.processes("runs benchmarks/bench_train.py --quick as a script")
 def test_bench_train_quick_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],

@@ -83,6 +83,7 @@ def test_fused_adamw_trains_the_foreach_nets(tmp_path, monkeypatch):
     torch.testing.assert_close(fused.losses, foreach.losses, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.processes("torch.compile runs the C++ compiler (about 20 s cold)")
 def test_compiled_training_matches_eager_to_rounding(tmp_path):
     """torch.compile of the batched forward (about 20 s of compilation on a 2-core CPU): the same losses and weights
     to float32 rounding; compile is not part of the cache key (the eager run is loaded afterwards)."""

@@ -1,0 +1,136 @@
+"""A built book, checked where it lies: every page built and offline, chapter 2's figures numbered and cited, the
+introduction's claims table agreeing with `diffgen report`, every executed notebook stamped with this code and its
+preset.
+
+Against the build DIFFGEN_BUILT_BOOK names (the book's folder: `.ci/run` checks the default build that `make book`
+made, with `make check-book`), else against the smoke build of the real book (`smoke_book` in conftest.py:
+`diffgen book . --preset smoke --build-dir DIR`), which `make test` makes. The checks are the same for both; only
+the parameters the results files must record and the banner differ with the preset.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from diffgen import cli, report
+from diffgen.chapters import read_parameters
+from diffgen.provenance import source_hash
+from diffgen.runner import STAMP_NAME, book_notebooks, book_parameters, book_stamp
+
+BUILT = os.environ.get("DIFFGEN_BUILT_BOOK")
+PAGES = {"intro", "ch1_mutual_information", "ch2_empirical_optimum", "ch3_trained_gap", "ch4_new_objective",
+         "where_claims_hold", "references"}
+
+pytestmark = pytest.mark.notebook("without DIFFGEN_BUILT_BOOK, builds the real book at the smoke preset (minutes)")
+
+
+@pytest.fixture(scope="module")
+def root(request) -> Path:
+    """The built book's folder: _config.yml, _toc.yml, book/ (with the results files), _build/html and the cache."""
+    if not BUILT:
+        return request.getfixturevalue("smoke_book").root
+    path = Path(BUILT).resolve()
+    assert (path / "_build" / "html" / "index.html").is_file(), f"no built book in {path}: run `make book` first"
+    return path
+
+
+@pytest.fixture(scope="module")
+def preset(root) -> str:
+    """The preset the build executed its chapters with (diffgen book --preset writes it into the copy's config)."""
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    return (config.get("sphinx") or {}).get("config", {}).get("diffgen_preset", "default")
+
+
+def _pages(root: Path) -> list[Path]:
+    return sorted((root / "_build" / "html" / "book").glob("*.html"))
+
+
+def test_every_page_is_built_and_needs_no_network(root):
+    pages = _pages(root)
+    assert {p.stem for p in pages} >= PAGES
+    assert (root / "_build" / "html" / "_static" / "mathjax" / "MathJax.js").is_file(), "MathJax served by the book"
+    for page in pages:
+        html = page.read_text()
+        if page.stem.startswith("ch"):  # every chapter has math (pages without any, e.g. references, load no MathJax)
+            assert "_static/mathjax/MathJax.js" in html, page
+        assert "cdn.jsdelivr.net/npm/mathjax" not in html, page
+        assert "maxcdn.bootstrapcdn.com" not in html and "require.min.js" not in html, page  # nothing from a CDN
+        assert "Traceback" not in html, page
+        assert "output stderr" not in html and "output error" not in html, page
+
+
+def test_chapter_2_shows_its_figures_numbered_and_cites_the_bibliography(root):
+    # the book renders from the execution cache (myst-nb's jupyter_execute copy of a cached notebook has no outputs)
+    from jupyter_cache import get_cache
+
+    source = nbformat.read(root / "book" / "ch2_empirical_optimum.ipynb", as_version=4)
+    cached = get_cache(str(root / "_build" / ".jupyter_cache")).merge_match_into_notebook(source)[1]
+    images = [o for c in cached.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "data" in o and "image/png" in o["data"]]
+    assert len(images) >= 4, "chapter 2 must show its figures"
+    html = root / "_build" / "html" / "book"
+    ch2 = (html / "ch2_empirical_optimum.html").read_text()
+    assert len(re.findall(r"<img [^>]*src=\"[^\"]+\.png\"", ch2)) >= 4, "the page shows chapter 2's figures"
+    assert re.search(r'<span class="caption-number">Figure 2\.1 </span>', ch2), "figures are numbered per chapter"
+    assert 'href="references.html#id' in ch2 or "references.html" in ch2, "chapter 2 cites the bibliography"
+    text = (html / "references.html").read_text().lower()  # the bibliography style sets titles in sentence case
+    assert "on the generalization of diffusion model" in text and "denoising diffusion implicit models" in text
+
+
+def test_the_introductions_claims_table_is_what_diffgen_report_prints(root, capsys):
+    """One table row per claim of `diffgen report` on the build's results files, each with its verdict, and the
+    same summary line under the table as in the report."""
+    runs, rows = report.load_run(root / "book")
+    assert {run.chapter for run in runs} == {"ch1", "ch2", "ch3", "ch4"}, "every chapter wrote its results file"
+    intro = (root / "_build" / "html" / "book" / "intro.html").read_text()
+    table = re.search(r'<table class="[^"]*diffgen-claims.*?</table>', intro, re.S)
+    assert table, "the introduction shows the claims table"
+    body = table.group(0).split("<tbody>", 1)[1]
+    cells = [re.sub(r"<[^>]+>", "", row) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)]
+    groups = list(report.by_claim(rows).values())
+    assert len(cells) == len(groups)
+    for text, group in zip(cells, groups):
+        heading, _ = report.group_title(group)
+        assert text.strip().startswith(heading) and text.strip().endswith(group.verdict), (heading, text[-200:])
+    assert report.summary(rows) in re.sub(r"<[^>]+>", "", intro)
+    assert cli.main(["report", str(root / "book")]) == 0
+    assert f"\n{report.summary(rows)}.\n" in capsys.readouterr().out
+
+
+def test_every_notebook_was_executed_by_this_code_at_the_builds_preset(root, preset):
+    """The execution cache is stamped with diffgen's source and the preset and holds every page's current code; each
+    chapter's results file was written by this source with the notebook's defaults, overridden by the preset's
+    parameters exactly as `diffgen run --preset` overrides them (none for the default build)."""
+    from jupyter_cache import get_cache
+
+    cache = root / "_build" / ".jupyter_cache"
+    assert (cache / STAMP_NAME).read_text().strip() == book_stamp(root, preset)
+    for path in book_notebooks(root):
+        get_cache(str(cache)).match_cache_notebook(nbformat.read(path, as_version=4))  # KeyError: not executed
+    injected = book_parameters(root, preset)
+    for path in book_notebooks(root):
+        if not path.stem.startswith("ch"):
+            continue
+        results = json.loads((path.parent / f"{path.stem.split('_')[0]}.results.json").read_text())
+        assert results["source_hash"] == source_hash(), path.name
+        expected = {name: p.default for name, p in read_parameters(path).items()} | injected.get(path, {})
+        assert {name: results["parameters"].get(name) for name in expected} == expected, path.name
+    if preset != "default":
+        assert injected, f"the {preset} preset sets the chapters' parameters"
+
+
+def test_chapter_2s_claims_hold(root):
+    results = json.loads((root / "book" / "ch2.results.json").read_text())
+    assert all(c["holds"] for c in results["claims"]), results["claims"]
+
+
+def test_a_build_at_another_preset_says_so_on_every_page(root, preset):
+    for page in _pages(root):
+        banner = re.search(r'<span class="diffgen-preset">A build at the (\w+) preset</span>', page.read_text())
+        assert (banner and banner[1]) == (preset if preset != "default" else None), page
