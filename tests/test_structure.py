@@ -82,9 +82,10 @@ def test_package_has_no_stray_files():
 
 def test_no_merge_conflict_markers_in_tracked_files():
     """A merge left half-resolved shows as <<<<<<< / >>>>>>> lines; none may reach a commit."""
-    import subprocess
-
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    marked = [name for name in files if name.endswith((".py", ".md", ".toml", ".txt", ".yml", ".ipynb", "Makefile"))
-              and re.search(r"^(<{7}|>{7}) ", (REPO / name).read_text(errors="replace"), re.M)]
+    skip = {"_build", "runs", "node_modules", "__pycache__"}  # outputs; hidden folders (.git, .venv) go too
+    files = [path for path in REPO.rglob("*") if path.is_file()
+             and not any(part in skip or part.startswith(".") for part in path.relative_to(REPO).parts[:-1])
+             and (path.suffix in {".py", ".md", ".toml", ".txt", ".yml", ".ipynb"} or path.name == "Makefile")]
+    marked = [str(path.relative_to(REPO)) for path in files
+              if re.search(r"^(<{7}|>{7}) ", path.read_text(errors="replace"), re.M)]
     assert not marked, f"merge conflict markers in {marked}"
