@@ -40,6 +40,11 @@ def set_threads(device: torch.device | str = "cpu") -> int:
     return torch.get_num_threads()
 
 
+def thread_share(parts: int) -> int:
+    """CPU threads for each of `parts` processes sharing this machine's cores: cpu_count // parts, at least 1."""
+    return max(1, (os.cpu_count() or 1) // max(1, parts))
+
+
 def sample_generators(seed: int, n: int, offset: int = 0) -> list[torch.Generator]:
     """One CPU generator per sample i = offset..offset+n-1, seeded from (seed, i).
 

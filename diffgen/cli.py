@@ -207,7 +207,7 @@ def _book(args: argparse.Namespace) -> int:
         copy_book_sources(root, build, args.preset)
         parameters = {build / path.relative_to(root): values for path, values in parameters.items()}
     if not execute_book(build, build / "_build" / ".jupyter_cache", timeout=args.timeout,
-                        source=book_stamp(build, args.preset), parameters=parameters):
+                        source=book_stamp(build, args.preset), parameters=parameters, jobs=args.jobs or _book_jobs()):
         return 1
     command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(build), "--warningiserror",
                "--keep-going"]
@@ -218,6 +218,13 @@ def _book(args: argparse.Namespace) -> int:
     print(f"The book{'' if args.preset == 'default' else f' at preset {args.preset}'} is at "
           f"file://{html / 'index.html'} ({show_path(html)})")
     return 0
+
+
+def _book_jobs() -> int:
+    """--jobs by default: one chapter per core on a CPU machine; one at a time where torch sees a GPU."""
+    import torch
+
+    return 1 if torch.cuda.is_available() else os.cpu_count() or 1
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -234,6 +241,12 @@ def _report(args: argparse.Namespace) -> int:
 
 DATA_DIR_HELP = ("folder of local data files for dataset = mnist, fashion-mnist, cifar10, celeba or folder "
                  "(default: $DIFFGEN_DATA)")
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number; got {text}")
+    return int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -332,6 +345,10 @@ def _parser() -> argparse.ArgumentParser:
     book.add_argument("--build-dir", type=Path, metavar="DIR",
                       help="build a copy of the book's sources in DIR (DIR/_build/html, its own execution cache "
                            "DIR/_build/.jupyter_cache, the chapters' results files in DIR/book/); default: ROOT")
+    book.add_argument("--jobs", type=_count, metavar="N",
+                      help="chapters executed at once, each in its own process with cores/N CPU threads, the "
+                           "longest first (default: one per core on a CPU machine, 1 where torch sees a GPU: "
+                           "each chapter's memory budget assumes the GPU is its own)")
     rep = sub.add_parser("report", help="the paper's claims against what a run measured",
                          description="Print the claims table (C1..C4, C5a, C5b, C6: what each chapter measured, its "
                                      "95%% CI and the verdict) from the <chapter>.results.json files in RUN_DIR. "

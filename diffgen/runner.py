@@ -56,14 +56,15 @@ MEMORY_MESSAGES = ("out of memory", "can't allocate memory")  # CUDA's and torch
 
 
 def execute_notebook(notebook: Path, output: Path, *, cwd: Path, parameters: dict, timeout: int,
-                     label: str, log=None) -> Outcome:
-    """Execute `notebook` into `output` (written as it runs) with the kernel in `cwd`; the Outcome. Killed after
-    `timeout` s of wall-clock time. The progress lines go to this process's terminal, or to the open file `log`."""
+                     label: str, log=None, env: dict | None = None) -> Outcome:
+    """Execute `notebook` into `output` (written as it runs) with the kernel in `cwd` (environment `env`, default
+    this process's); the Outcome. Killed after `timeout` s of wall-clock time. The progress lines go to this
+    process's terminal, or to the open file `log`."""
     with tempfile.TemporaryDirectory(prefix="diffgen-run-") as tmp:
         job, report = Path(tmp) / "job.json", Path(tmp) / "report.json"
         job.write_text(json.dumps({"input": str(notebook), "output": str(output), "cwd": str(cwd), "label": label,
                                    "parameters": parameters, "timeout": timeout, "report": str(report)}))
-        proc = subprocess.Popen([sys.executable, "-m", "diffgen.runner", str(job)], stdout=log, stderr=log)
+        proc = subprocess.Popen([sys.executable, "-m", "diffgen.runner", str(job)], stdout=log, stderr=log, env=env)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -393,47 +394,90 @@ def copy_book_sources(root: Path, dest: Path, preset: str) -> None:
 
 
 def execute_book(root: Path, cache_dir: Path, *, timeout: int, source: str,
-                 parameters: dict[Path, dict] | None = None) -> bool:
+                 parameters: dict[Path, dict] | None = None, jobs: int = 1) -> bool:
     """Execute every notebook of the book at `root` whose code the execution cache does not hold yet (kernel in the
     notebook's folder, as the book build runs it; `parameters[path]` injected by papermill) and cache it with the
-    notebook's own code cells; True when all succeeded."""
+    notebook's own code cells; True when all succeeded.
+
+    `jobs` notebooks run at once, each in its own process with its share of the CPU threads (thread_share), the
+    longest first (expected_seconds), so that the slowest chapter does not start last. Chapters that share trained
+    networks compute each once (the training cache's file locks). After a failure no further notebook starts; the
+    ones running finish and are cached."""
     import nbformat
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
+
+    from ._util import thread_share
 
     if refresh_execution_cache(cache_dir, source):
         print(f"diffgen book: execution cache {show_path(cache_dir)} is new or was filled by other code "
               f"(source {source}): every chapter executes", flush=True)
     cache = get_cache(str(cache_dir))
+    todo = []
     for path in book_notebooks(root):
         nb = nbformat.read(path, as_version=4)
-        label = path.stem.split("_", 1)[0]
         try:
             cache.match_cache_notebook(nb)
-            print(f"{label}: unchanged since it was executed (cached)", flush=True)
-            continue
+            print(f"{_label(path)}: unchanged since it was executed (cached)", flush=True)
         except KeyError:
-            pass
-        start = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="diffgen-book-") as tmp:
-            output = Path(tmp) / path.name
-            outcome = execute_notebook(path, output, cwd=path.parent, parameters=(parameters or {}).get(path, {}),
-                                       timeout=timeout, label=label)
-            if outcome.failure:
-                kept = path.with_suffix(".FAILED.ipynb")
-                if output.exists():
-                    shutil.copy(output, kept)
-                hint = _memory_hint(label, _defaults(path), outcome)
-                print(f"diffgen book: error: {label} {outcome.failure}{'; ' + hint if hint else ''}"
-                      f"{'; partial notebook kept as ' + show_path(kept) if kept.exists() else ''}",
-                      file=sys.stderr, flush=True)
-                return False
-            executed = _outputs_onto(nb, nbformat.read(output, as_version=4))
-        cache.cache_notebook_bundle(CacheBundleIn(executed, str(path), data={
-            "execution_seconds": time.monotonic() - start}), check_validity=False, overwrite=True)
-        memory = fmt_memory(_peaks(outcome, path.parent / f"{label}.results.json"))
-        print(f"{label}: executed in {time.monotonic() - start:.0f} s, peak memory {memory}", flush=True)
-    return True
+            todo.append((path, nb))
+    todo.sort(key=lambda item: -expected_seconds(item[1]))  # stable: equal estimates keep the reading order
+    jobs = max(1, min(jobs, len(todo)))
+    env = {**os.environ, "DIFFGEN_THREADS": os.environ.get("DIFFGEN_THREADS") or str(thread_share(jobs))}
+    if jobs > 1:
+        print(f"diffgen book: {len(todo)} notebook(s) to execute, {jobs} at once with "
+              f"{env['DIFFGEN_THREADS']} CPU thread(s) each", flush=True)
+
+    def execute(path: Path, tmp: str) -> tuple[Outcome, Path, float]:
+        start, output = time.monotonic(), Path(tmp) / path.name
+        outcome = execute_notebook(path, output, cwd=path.parent, parameters=(parameters or {}).get(path, {}),
+                                   timeout=timeout, label=_label(path), env=env)
+        return outcome, output, time.monotonic() - start
+
+    ok, queue = True, list(todo)
+    with tempfile.TemporaryDirectory(prefix="diffgen-book-") as tmp, ThreadPoolExecutor(jobs) as pool:
+        running = {}
+        while queue or running:
+            while ok and queue and len(running) < jobs:
+                path, nb = queue.pop(0)
+                running[pool.submit(execute, path, tmp)] = (path, nb)
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                path, nb = running.pop(future)
+                outcome, output, seconds = future.result()
+                if outcome.failure:
+                    ok = False
+                    _report_failure(path, output, outcome)
+                    continue
+                executed = _outputs_onto(nb, nbformat.read(output, as_version=4))
+                cache.cache_notebook_bundle(CacheBundleIn(executed, str(path), data={
+                    "execution_seconds": seconds}), check_validity=False, overwrite=True)
+                memory = fmt_memory(_peaks(outcome, path.parent / f"{_label(path)}.results.json"))
+                print(f"{_label(path)}: executed in {seconds:.0f} s, peak memory {memory}", flush=True)
+    return ok
+
+
+def expected_seconds(nb) -> float:
+    """The notebook's `diffgen.expected_seconds` metadata (its last measured wall time at the default preset on
+    2 CPU cores, benchmarks/bench_chapters.py): the order of a parallel book build only; 0 when absent."""
+    return float(nb.metadata.get("diffgen", {}).get("expected_seconds", 0))
+
+
+def _label(path: Path) -> str:
+    return path.stem.split("_", 1)[0]
+
+
+def _report_failure(path: Path, output: Path, outcome: Outcome) -> None:
+    """The one-line error of a failed book notebook; its partial output kept beside it as <name>.FAILED.ipynb."""
+    kept = path.with_suffix(".FAILED.ipynb")
+    if output.exists():
+        shutil.copy(output, kept)
+    hint = _memory_hint(_label(path), _defaults(path), outcome)
+    print(f"diffgen book: error: {_label(path)} {outcome.failure}{'; ' + hint if hint else ''}"
+          f"{'; partial notebook kept as ' + show_path(kept) if kept.exists() else ''}", file=sys.stderr, flush=True)
 
 
 def _outputs_onto(source, executed):

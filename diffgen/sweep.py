@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._util import atomic_write
+from ._util import atomic_write, thread_share
 from .chapters import Run, UsageError, plan_run
 from .provenance import source_hash
 from .results import SWEEP_FILE
@@ -177,8 +177,7 @@ def run_sweep(points: list[Point], folder: Path, *, timeout: int, scheduler: str
         print(f"  cluster: {len(client.scheduler_info(n_workers=-1)['workers'])} workers, dashboard "
               f"{_dashboard(client, local=cluster is not None)}", flush=True)
         # on this machine the workers share its cores: each point's chapter gets its share of threads
-        threads = max(1, (os.cpu_count() or 1) // len(client.scheduler_info(n_workers=-1)["workers"])) \
-            if cluster is not None else None
+        threads = thread_share(len(client.scheduler_info(n_workers=-1)["workers"])) if cluster is not None else None
         futures = {client.submit(run_point, p, folder, timeout, threads, key=f"point-{p.name}", pure=False,
                                  resources=resources): p for p in todo}
         done = failed = 0

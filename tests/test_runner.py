@@ -13,6 +13,7 @@ import nbformat
 import pytest
 
 from diffgen import progress, runner
+from diffgen._util import thread_share
 
 DIFFGEN = Path(sys.executable).with_name("diffgen")
 
@@ -128,6 +129,52 @@ def test_execute_book_reports_a_failing_chapter(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "diffgen book: error: ch1 failed in cell index 2" in err and "RuntimeError: broken chapter" in err
     assert (tmp_path / "book" / "ch1_tiny.FAILED.ipynb").exists()
+
+
+def _book_of(root: Path, pages: dict[str, tuple[str, int]]) -> None:
+    """A book of chapters name -> (body of its last cell, its diffgen.expected_seconds), in this reading order."""
+    _tiny_book(root)
+    (root / "book" / "ch1_tiny.ipynb").unlink()
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n"
+                                   + "".join(f"  - file: book/{name}\n" for name in pages))
+    for name, (body, seconds) in pages.items():
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"import os, time\n{body}")])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata["diffgen"] = {"expected_seconds": seconds}
+        nbformat.write(nb, root / "book" / f"{name}.ipynb")
+
+
+def _log(name: str, seconds: float = 0.0) -> str:
+    return (f"open('{name}.start', 'w').write(f'{{time.time()}} {{os.environ[\"DIFFGEN_THREADS\"]}}')\n"
+            f"time.sleep({seconds})\nopen('{name}.end', 'w').write(str(time.time()))")
+
+
+@pytest.mark.notebook("executes fixture notebooks in kernels, two at once")
+def test_execute_book_runs_notebooks_at_once_the_longest_first(tmp_path, capfd):
+    _book_of(tmp_path, {"ch3_shortest": (_log("ch3"), 0), "ch1_short": (_log("ch1", 2), 1),
+                        "ch2_long": (_log("ch2", 2), 9)})  # in reading order ch3 would start first
+    assert runner.execute_book(tmp_path, tmp_path / "_build" / ".jupyter_cache", timeout=120, source="a", jobs=2)
+    book = tmp_path / "book"
+    start = {n: float((book / f"ch{n}.start").read_text().split()[0]) for n in (1, 2, 3)}
+    end = {n: float((book / f"ch{n}.end").read_text()) for n in (1, 2, 3)}
+    assert start[2] < end[1] and start[1] < end[2]  # the two long ones ran at the same time
+    assert start[3] > min(end[1], end[2])  # the shortest waited for a free slot
+    threads = os.environ.get("DIFFGEN_THREADS") or str(thread_share(2))  # each its share of the cores
+    assert {(book / f"ch{n}.start").read_text().split()[1] for n in (1, 2, 3)} == {threads}
+    assert "3 notebook(s) to execute, 2 at once" in capfd.readouterr().out
+
+
+@pytest.mark.notebook("executes fixture notebooks in kernels, two at once")
+def test_after_a_failure_no_further_notebook_starts_and_the_running_ones_are_cached(tmp_path, capfd):
+    _book_of(tmp_path, {"ch1_ok": (_log("ch1", 3), 5), "ch2_broken": ("raise RuntimeError('broken')", 9),
+                        "ch3_later": (_log("ch3"), 1)})
+    cache = tmp_path / "_build" / ".jupyter_cache"
+    assert not runner.execute_book(tmp_path, cache, timeout=120, source="a", jobs=2)
+    assert (tmp_path / "book" / "ch1.end").exists() and not (tmp_path / "book" / "ch3.start").exists()
+    assert "diffgen book: error: ch2 failed" in capfd.readouterr().err
+    from jupyter_cache import get_cache
+
+    get_cache(str(cache)).match_cache_notebook(nbformat.read(tmp_path / "book" / "ch1_ok.ipynb", 4))  # cached
 
 
 @pytest.mark.notebook("executes a fixture notebook in a kernel")
