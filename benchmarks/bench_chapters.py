@@ -5,7 +5,12 @@ Each run is `diffgen run CHAPTER --preset PRESET` in a fresh output folder; the 
 ($DIFFGEN_CACHE), so they train every network. The busy/alone ratio is the fairness check of the project's budget:
 one other process on the CPU may slow a chapter by about 2x at most. Times come from one run each (the machine is
 shared: compare ratios within one run of this script, not absolute times across runs).
+
+With --book it times `make book`'s work instead: `diffgen book` on a fresh clone of this repository's HEAD (git clone;
+the venv is this one), cold (empty training cache and execution cache: every chapter executes, several at once) and
+warm (nothing changed: nothing executes), with each chapter's seconds as the build printed them.
 Usage: .venv/bin/python benchmarks/bench_chapters.py [--preset default] [--chapters ch2 ch3] [--busy] [--json PATH]
+       .venv/bin/python benchmarks/bench_chapters.py --book
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -20,6 +26,7 @@ import time
 from pathlib import Path
 
 DIFFGEN = Path(sys.executable).with_name("diffgen")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _spin() -> None:
@@ -42,6 +49,27 @@ def time_run(chapter: str, preset: str, out: Path, cache: Path) -> tuple[float, 
     return seconds, sorted(per_cell, reverse=True)
 
 
+def time_book(tmp: Path) -> None:
+    """`diffgen book` on a fresh clone of HEAD, cold then warm; prints each build's seconds and its chapters'."""
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout
+    if dirty:
+        print("bench_chapters: uncommitted changes are not in the clone, but the venv's diffgen has them", flush=True)
+    clone = tmp / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True).stdout
+    for name in ("cold", "warm"):
+        start = time.perf_counter()
+        done = subprocess.run([str(DIFFGEN), "book", str(clone)], env={**os.environ, "DIFFGEN_CACHE": str(tmp / "c")},
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if done.returncode:
+            sys.exit(f"bench_chapters: diffgen book failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        chapters = re.findall(r"^(\w+): executed in (\d+) s", done.stdout, re.M)
+        print(f"book at {head.strip()} {name}: {seconds:.0f} s ({seconds / 60:.1f} min); "
+              + (", ".join(f"{ch} {s} s" for ch, s in chapters) or "no chapter executed"), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="default")
@@ -49,7 +77,12 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true", help="also run each chapter cold beside a busy process")
     parser.add_argument("--cells", type=int, default=4, help="slowest cells shown per run")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--book", action="store_true", help="time diffgen book on a fresh clone, cold and warm")
     args = parser.parse_args()
+    if args.book:
+        with tempfile.TemporaryDirectory() as tmp:
+            time_book(Path(tmp))
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for chapter in args.chapters:

@@ -88,13 +88,13 @@ def test_paper_path_on_fixture_cifar_trained_by_torchrun_then_loaded_by_the_chap
     """The `paper` preset of chapter 3 (CIFAR-10, the U-Net) on fixture CIFAR-10 binary files with a tiny budget:
     `diffgen train` under torchrun (2 Gloo processes) trains its nets, then `diffgen run` executes the chapter, which
     finds every net in the cache instead of training it. The least the chapter accepts (a width-8 U-Net, two sizes,
-    100 steps, 16 samples, 2 DDIM steps): what is measured does not matter here. Most of its time is the chapter's
-    gap probe (128 probes at 16 times, per member and snapshot), which no parameter sets yet."""
+    100 steps, 16 samples, 2 DDIM steps, 4 probed points per net): what is measured does not matter here."""
     write_cifar10(tmp_path / "data", n=12)
     env = {**os.environ, "DIFFGEN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     tiny = ["--preset", "paper", "--device", "cpu", "--data-dir", str(tmp_path / "data"), "-p", "n_train", "16",
             "-p", "n_sizes", "2", "-p", "n_heldout", "8", "-p", "train_steps", "100", "-p", "batch_size", "8",
-            "-p", "n_samples", "16", "-p", "steps", "2", "-p", "width", "8", "-p", "toy_n_train", "4"]
+            "-p", "n_samples", "16", "-p", "steps", "2", "-p", "width", "8", "-p", "toy_n_train", "4",
+            "-p", "n_probe", "4"]
     train = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "diffgen.cli", "train",
                             "ch3", *tiny], env=env, capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
