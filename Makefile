@@ -24,18 +24,22 @@ book: $(INSTALLED)
 lab: $(INSTALLED)
 	$(BIN)/jupyter lab book/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
+# One pytest-xdist worker per core, each with its share of the threads; the workers share one smoke build of the
+# book (tests/conftest.py).
+PARALLEL := -n auto
+
 # The whole suite: unit tests, every chapter at the smoke preset (once, in the smoke build of the real book:
 # `diffgen book . --preset smoke --build-dir` into a temporary folder, the same _toc.yml, extension and
 # --warningiserror), the paper path on fixture files, sweeps, several processes. The default-preset book executes
 # only in `make book`; `make check-book` checks it.
 test: $(INSTALLED)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PARALLEL)
 
 # The inner loop: `pytest -m "not slow"`. It leaves out every test marked notebook, processes or slow (each says
 # why; pyproject.toml): no notebook executes (no chapter, no book build), no other process starts (no torchrun,
 # Dask, diffgen command, benchmark script or memory worker), nothing takes a minute.
 test-fast: $(INSTALLED)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" $(PARALLEL)
 
 # The book `make book` built, checked where it lies (tests/test_built_book.py): every page there and offline,
 # chapter 2's figures numbered and cited, the introduction's claims table against `diffgen report`, every notebook

@@ -60,10 +60,12 @@ def wilson_interval(count: int, total: int, level: float = 0.95) -> Proportion:
     return Proportion(p, low, high, level, count, total)
 
 
-def across_seeds(values, level: float = 0.95, *, log: bool = False) -> Estimate:
+def across_seeds(values, level: float = 0.95, *, log: bool = False,
+                 bounds: tuple[float, float] | None = None) -> Estimate:
     """Mean of one number measured on k >= 2 training seeds, with the t interval mean -/+ t_{k-1} sd / sqrt(k): the
     spread that the seed alone (initialisation, batches, noise) puts on a trained-model number. log=True (positive
-    values, e.g. ratios): the geometric mean, with the t interval of the logarithms mapped back."""
+    values, e.g. ratios): the geometric mean, with the t interval of the logarithms mapped back. bounds: the range
+    the number cannot leave (a correlation's [-1, 1], a rate's [0, 1]); the interval is cut to it."""
     from scipy.stats import t as student
 
     v = np.asarray(values, dtype=np.float64)
@@ -75,7 +77,10 @@ def across_seeds(values, level: float = 0.95, *, log: bool = False) -> Estimate:
     v = np.log(v) if log else v
     half = float(student.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
     est = (float(v.mean()), float(v.mean()) - half, float(v.mean()) + half)
-    return Estimate(*(math.exp(x) for x in est) if log else est, level)
+    value, low, high = (math.exp(x) for x in est) if log else est
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Estimate(value, low, high, level)
 
 
 def pooled_rate(rates: list[Proportion], level: float = 0.95) -> Proportion:

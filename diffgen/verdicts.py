@@ -200,7 +200,7 @@ def generates_unseen(rates: list[Proportion], what: str, premise: Premise, gate:
     """C4: the trained model generates unseen data: its copy rate, one per seed, has a t interval across seeds whose
     upper end is at most 1/2 (mostly unseen data); evaluated where the nets approximate eps* (premise) and gated on
     sample quality (a generator of noise copies nothing)."""
-    est = across_seeds([r.value for r in rates])
+    est = across_seeds([r.value for r in rates], bounds=(0.0, 1.0))
     return paper_row("C4", f"copy rate (d1/d2 < 1/3) of {what}, {rates[0].total} samples per seed", est.value,
                      _ci(est), "<= 0.5 at the upper end of the interval across seeds (mostly unseen data)",
                      est.high <= 0.5, len(rates), **_conditions(premise, gate))
@@ -226,7 +226,7 @@ def tradeoff(correlations, what: str) -> Claim:
     copy rate per seed (experiments.SeedCorrelations), its t interval across seeds below 0; groups whose copy rate
     never moved have no correlation and are named in the metric; none left: not measurable."""
     values = correlations.per_seed
-    est = across_seeds(values) if len(values) > 1 else None
+    est = across_seeds(values, bounds=(-1.0, 1.0)) if len(values) > 1 else None
     dropped = f"; left out (copy rate or gap constant): {correlations.dropped}" if correlations.dropped else ""
     return paper_row("C6", f"Spearman correlation between relative gap to eps* and copy rate, one per seed, {what}"
                      f"{dropped}", est.value if est else None, _ci(est),
@@ -270,7 +270,7 @@ def similar_quality(claim_id: str, differences, scale: float, metric: str, what:
 def standard_copies(rates: list[Proportion], n: int) -> Premise:
     """The premise of "memorizes less" at size n: the standard net memorizes there (its copy rate, one per seed, has
     a t interval across seeds above 0): there is memorization to reduce."""
-    est = across_seeds([r.value for r in rates])
+    est = across_seeds([r.value for r in rates], bounds=(0.0, 1.0))
     return Premise(f"the standard net copies at n = {n} (copy rate {est.value:.3g} [{est.low:.3g}, {est.high:.3g}], "
                    "lower end above 0)", est.low > 0)
 

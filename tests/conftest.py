@@ -8,6 +8,7 @@ runs no notebook and starts no process.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing.process
 import os
 import subprocess
@@ -19,10 +20,14 @@ import pytest
 import torch
 
 from diffgen import set_threads
+from diffgen._util import thread_share
 from diffgen.schedule import linear_schedule
 
-set_threads("cpu")  # the chapters' share of a shared CPU (cores - 1): beside another busy process, torch with every
-# core waits in each parallel region for its slowest thread, which made training tests 10 to 40 times slower here
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit():  # `make test`: one worker per core
+    os.environ.setdefault("DIFFGEN_THREADS", str(thread_share(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+set_threads("cpu")  # the chapters' share of a shared CPU (cores - 1, or a worker's share): beside another busy
+# process, torch with every core waits in each parallel region for its slowest thread, which made training tests 10
+# to 40 times slower here
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("notebook", "processes", "slow")  # the markers of tests left out of `make test-fast`
 
@@ -37,6 +42,7 @@ def pytest_collection_modifyitems(config, items):
                                         f'@pytest.mark.{mark.name}("why this test is not in make test-fast")')
         if kinds and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow(f"marked {kinds[0].name}"))
+
 
 
 @pytest.fixture(autouse=True)
@@ -85,10 +91,19 @@ def browser():
 def smoke_book(tmp_path_factory) -> SimpleNamespace:
     """The real book built as `make book` builds it (its _toc.yml, the diffgen.book extension, warnings as errors),
     every chapter executed with the smoke preset's parameters: `diffgen book REPO --preset smoke --build-dir DIR`,
-    in a folder of its own. `root` is DIR (the copy of the sources, book/<chapter>.results.json, _build/html)."""
-    root = tmp_path_factory.mktemp("smoke-book") / "build"
-    done = subprocess.run([str(Path(sys.executable).with_name("diffgen")), "book", str(REPO), "--preset", "smoke",
-                           "--build-dir", str(root), "--timeout", "600"],
-                          capture_output=True, text=True, timeout=1800)  # a hang guard, not a timing test
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return SimpleNamespace(root=root, stdout=done.stdout, stderr=done.stderr)
+    in a folder of its own. `root` is DIR (the copy of the sources, book/<chapter>.results.json, _build/html).
+    Under pytest-xdist the workers share one build: the first to ask builds it while the others wait on a file lock."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared  # the workers' common folder
+    root, log = shared / "smoke-book" / "build", shared / "smoke-book" / "log.json"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(shared / "smoke-book.lock")):
+        if not log.is_file():
+            done = subprocess.run([str(Path(sys.executable).with_name("diffgen")), "book", str(REPO), "--preset",
+                                   "smoke", "--build-dir", str(root), "--timeout", "600"],
+                                  capture_output=True, text=True, timeout=1800)  # a hang guard, not a timing test
+            assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+            log.write_text(json.dumps({"stdout": done.stdout, "stderr": done.stderr}))
+    return SimpleNamespace(root=root, **json.loads(log.read_text()))

@@ -331,6 +331,14 @@ def test_across_seeds_in_log_space_is_the_geometric_mean():
         across_seeds([1.0, -1.0], log=True)
 
 
+def test_across_seeds_interval_stays_within_the_range_of_the_statistic():
+    from diffgen.metrics import across_seeds
+
+    free = across_seeds([-1.0, -0.98, -1.0])  # a correlation near -1: the t interval alone leaves [-1, 1]
+    cut = across_seeds([-1.0, -0.98, -1.0], bounds=(-1.0, 1.0))
+    assert free.low < -1.0 and cut.low == -1.0 and cut.high == free.high and cut.value == free.value
+
+
 def test_distinct_rows_exact():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(40, 6, generator=g, dtype=torch.float64)
