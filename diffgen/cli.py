@@ -243,16 +243,13 @@ DATA_DIR_HELP = ("folder of local data files for dataset = mnist, fashion-mnist,
                  "(default: $DIFFGEN_DATA)")
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number; got {text}")
-    return int(text)
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number of seconds; got {text}")
-    return int(text)
+def _positive_int(unit: str = ""):
+    """An argparse type: a whole number >= 1 (of `unit`, named in the error)."""
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"must be a positive whole number{unit and ' of ' + unit}; got {text}")
+        return int(text)
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -273,7 +270,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fid-weights", type=Path, metavar="PATH",
                      help="the Inception-v3 weights file of FID (diffgen data get inception), or a folder holding it; "
                           "default: $DIFFGEN_FID_WEIGHTS; without it, quality is measured in a classifier's features")
-    run.add_argument("--timeout", type=_positive_int, default=1800, metavar="SECONDS",
+    run.add_argument("--timeout", type=_positive_int("seconds"), default=1800, metavar="SECONDS",
                      help="wall-clock limit per chapter, also the per-cell limit (default: %(default)s)")
     train = sub.add_parser("train", help="train a chapter's networks ahead of it (one process or torchrun)",
                            description="Train the networks a chapter trains, with its parameters (notebook defaults < "
@@ -307,7 +304,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, metavar="N",
                        help="LocalCluster workers (default: one per GPU, else one per core)")
     sweep.add_argument("--data-dir", type=Path, metavar="FOLDER", help=DATA_DIR_HELP)
-    sweep.add_argument("--timeout", type=_positive_int, default=3600, metavar="SECONDS",
+    sweep.add_argument("--timeout", type=_positive_int("seconds"), default=3600, metavar="SECONDS",
                        help="wall-clock limit per point (default: %(default)s)")
     data = sub.add_parser("data", help="fetch MNIST, Fashion-MNIST, CIFAR-10 into the data folder; list them",
                           description="The only command that downloads. `diffgen data get NAME...` fetches each "
@@ -337,7 +334,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "with the preset's parameters, in a folder of its own.")
     book.add_argument("root", nargs="?", type=Path, default=Path("."), metavar="ROOT",
                       help="the book's folder, holding _config.yml and _toc.yml (default: .)")
-    book.add_argument("--timeout", type=_positive_int, default=3600, metavar="SECONDS",
+    book.add_argument("--timeout", type=_positive_int("seconds"), default=3600, metavar="SECONDS",
                       help="wall-clock limit per chapter, also the per-cell limit (default: %(default)s)")
     book.add_argument("--preset", default="default",
                       help="execute every chapter with this preset's parameters, injected as `diffgen run --preset` "
@@ -345,10 +342,11 @@ def _parser() -> argparse.ArgumentParser:
     book.add_argument("--build-dir", type=Path, metavar="DIR",
                       help="build a copy of the book's sources in DIR (DIR/_build/html, its own execution cache "
                            "DIR/_build/.jupyter_cache, the chapters' results files in DIR/book/); default: ROOT")
-    book.add_argument("--jobs", type=_count, metavar="N",
-                      help="chapters executed at once, each in its own process with cores/N CPU threads, the "
-                           "longest first (default: one per core on a CPU machine, 1 where torch sees a GPU: "
-                           "each chapter's memory budget assumes the GPU is its own)")
+    book.add_argument("--jobs", type=_positive_int(), metavar="N",
+                      help="chapters executed at once, each in its own process with cores/N CPU threads "
+                           "($DIFFGEN_THREADS, when set), the longest first (default: one per core on a CPU "
+                           "machine, 1 where torch sees a GPU: each chapter's memory budget assumes the GPU is its "
+                           "own)")
     rep = sub.add_parser("report", help="the paper's claims against what a run measured",
                          description="Print the claims table (C1..C4, C5a, C5b, C6: what each chapter measured, its "
                                      "95%% CI and the verdict) from the <chapter>.results.json files in RUN_DIR. "

@@ -56,21 +56,25 @@ MEMORY_MESSAGES = ("out of memory", "can't allocate memory")  # CUDA's and torch
 
 
 def execute_notebook(notebook: Path, output: Path, *, cwd: Path, parameters: dict, timeout: int,
-                     label: str, log=None, env: dict | None = None) -> Outcome:
+                     label: str, log=None, env: dict | None = None, children: set | None = None) -> Outcome:
     """Execute `notebook` into `output` (written as it runs) with the kernel in `cwd` (environment `env`, default
     this process's); the Outcome. Killed after `timeout` s of wall-clock time. The progress lines go to this
-    process's terminal, or to the open file `log`."""
+    process's terminal, or to the open file `log`. `children`: a set that holds the child process while it runs
+    (for a caller that must stop it from another thread)."""
     with tempfile.TemporaryDirectory(prefix="diffgen-run-") as tmp:
         job, report = Path(tmp) / "job.json", Path(tmp) / "report.json"
         job.write_text(json.dumps({"input": str(notebook), "output": str(output), "cwd": str(cwd), "label": label,
                                    "parameters": parameters, "timeout": timeout, "report": str(report)}))
         proc = subprocess.Popen([sys.executable, "-m", "diffgen.runner", str(job)], stdout=log, stderr=log, env=env)
+        children = set() if children is None else children
+        children.add(proc)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return Outcome(f"timed out after {timeout} s (--timeout){failed_cell(output)}")
         finally:
             _stop(proc)
+            children.discard(proc)
         try:
             done = json.loads(report.read_text())
         except (OSError, ValueError):
@@ -399,10 +403,11 @@ def execute_book(root: Path, cache_dir: Path, *, timeout: int, source: str,
     notebook's folder, as the book build runs it; `parameters[path]` injected by papermill) and cache it with the
     notebook's own code cells; True when all succeeded.
 
-    `jobs` notebooks run at once, each in its own process with its share of the CPU threads (thread_share), the
-    longest first (expected_seconds), so that the slowest chapter does not start last. Chapters that share trained
-    networks compute each once (the training cache's file locks). After a failure no further notebook starts; the
-    ones running finish and are cached."""
+    `jobs` notebooks run at once, each in its own process with its share of the CPU threads (thread_share; unless
+    $DIFFGEN_THREADS is set; one notebook alone keeps set_threads' cores - 1), the longest first (expected_seconds),
+    so that the slowest chapter does not start last. Chapters that share trained networks compute each once (the
+    training cache's file locks). After a failure no further notebook starts (they are named); the ones running
+    finish and are cached. Interrupted, it stops every notebook it started."""
     import nbformat
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
     from jupyter_cache import get_cache
@@ -424,39 +429,57 @@ def execute_book(root: Path, cache_dir: Path, *, timeout: int, source: str,
             todo.append((path, nb))
     todo.sort(key=lambda item: -expected_seconds(item[1]))  # stable: equal estimates keep the reading order
     jobs = max(1, min(jobs, len(todo)))
-    env = {**os.environ, "DIFFGEN_THREADS": os.environ.get("DIFFGEN_THREADS") or str(thread_share(jobs))}
+    env = dict(os.environ)
     if jobs > 1:
+        env.setdefault("DIFFGEN_THREADS", str(thread_share(jobs)))
         print(f"diffgen book: {len(todo)} notebook(s) to execute, {jobs} at once with "
               f"{env['DIFFGEN_THREADS']} CPU thread(s) each", flush=True)
+    children: set[subprocess.Popen] = set()  # the notebooks' processes, stopped if this one is interrupted
 
-    def execute(path: Path, tmp: str) -> tuple[Outcome, Path, float]:
-        start, output = time.monotonic(), Path(tmp) / path.name
-        outcome = execute_notebook(path, output, cwd=path.parent, parameters=(parameters or {}).get(path, {}),
-                                   timeout=timeout, label=_label(path), env=env)
-        return outcome, output, time.monotonic() - start
+    def execute(path: Path, output: Path) -> tuple[Outcome, float]:
+        start = time.monotonic()
+        try:
+            outcome = execute_notebook(path, output, cwd=path.parent, parameters=(parameters or {}).get(path, {}),
+                                       timeout=timeout, label=_label(path), env=env, children=children)
+        except Exception as e:  # noqa: BLE001 - reported as this notebook's failure
+            outcome = Outcome(f"failed to start: {type(e).__name__}: {e}", type(e).__name__)
+        return outcome, time.monotonic() - start
 
-    ok, queue = True, list(todo)
+    ok, queue = True, list(enumerate(todo))
     with tempfile.TemporaryDirectory(prefix="diffgen-book-") as tmp, ThreadPoolExecutor(jobs) as pool:
         running = {}
-        while queue or running:
-            while ok and queue and len(running) < jobs:
-                path, nb = queue.pop(0)
-                running[pool.submit(execute, path, tmp)] = (path, nb)
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                path, nb = running.pop(future)
-                outcome, output, seconds = future.result()
-                if outcome.failure:
-                    ok = False
-                    _report_failure(path, output, outcome)
-                    continue
-                executed = _outputs_onto(nb, nbformat.read(output, as_version=4))
-                cache.cache_notebook_bundle(CacheBundleIn(executed, str(path), data={
-                    "execution_seconds": seconds}), check_validity=False, overwrite=True)
-                memory = fmt_memory(_peaks(outcome, path.parent / f"{_label(path)}.results.json"))
-                print(f"{_label(path)}: executed in {seconds:.0f} s, peak memory {memory}", flush=True)
+        try:
+            while queue or running:
+                while ok and queue and len(running) < jobs:
+                    k, (path, nb) = queue.pop(0)
+                    output = Path(tmp) / str(k) / path.name  # a folder each: pages may share a file name
+                    output.parent.mkdir()
+                    running[pool.submit(execute, path, output)] = (path, nb, output)
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    path, nb, output = running.pop(future)
+                    outcome, seconds = future.result()
+                    try:
+                        executed = None if outcome.failure else _outputs_onto(nb, nbformat.read(output, 4))
+                    except (OSError, ValueError) as e:
+                        outcome = Outcome(f"wrote an unreadable notebook ({type(e).__name__}: {e})")
+                    if outcome.failure:
+                        ok = False
+                        _report_failure(path, output, outcome)
+                        continue
+                    cache.cache_notebook_bundle(CacheBundleIn(executed, str(path), data={
+                        "execution_seconds": seconds}), check_validity=False, overwrite=True)
+                    memory = fmt_memory(_peaks(outcome, path.parent / f"{_label(path)}.results.json"))
+                    print(f"{_label(path)}: executed in {seconds:.0f} s, peak memory {memory}", flush=True)
+        except BaseException:  # Ctrl-C, a signal to this process alone: no notebook outlives the build
+            for proc in list(children):
+                _stop(proc)
+            raise
+    if queue:
+        print(f"diffgen book: not started after the failure: {', '.join(_label(p) for _, (p, _) in queue)}",
+              file=sys.stderr, flush=True)
     return ok
 
 

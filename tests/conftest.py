@@ -44,7 +44,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow(f"marked {kinds[0].name}"))
 
 
-
 @pytest.fixture(autouse=True)
 def _no_process_unless_marked(request, monkeypatch):
     """Tests not marked `slow` (nor `notebook`, `processes`) start no process: `make test-fast` stays the inner loop."""
@@ -100,10 +99,17 @@ def smoke_book(tmp_path_factory) -> SimpleNamespace:
     root, log = shared / "smoke-book" / "build", shared / "smoke-book" / "log.json"
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(shared / "smoke-book.lock")):
-        if not log.is_file():
-            done = subprocess.run([str(Path(sys.executable).with_name("diffgen")), "book", str(REPO), "--preset",
-                                   "smoke", "--build-dir", str(root), "--timeout", "600"],
-                                  capture_output=True, text=True, timeout=1800)  # a hang guard, not a timing test
-            assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-            log.write_text(json.dumps({"stdout": done.stdout, "stderr": done.stderr}))
-    return SimpleNamespace(root=root, **json.loads(log.read_text()))
+        if not log.is_file():  # a failed build is recorded too: the other workers report it without rebuilding
+            build = subprocess.Popen([str(Path(sys.executable).with_name("diffgen")), "book", str(REPO), "--preset",
+                                      "smoke", "--build-dir", str(root), "--timeout", "600"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+            try:
+                stdout, stderr = build.communicate(timeout=1800)  # a hang guard, not a timing test
+            except subprocess.TimeoutExpired:
+                os.killpg(build.pid, 9)  # the build and the chapters it runs
+                stdout, stderr = build.communicate()
+                stderr += "\nconftest: the smoke build ran past 1800 s and was killed"
+            log.write_text(json.dumps({"returncode": build.returncode, "stdout": stdout, "stderr": stderr}))
+    done = json.loads(log.read_text())
+    assert done["returncode"] == 0, done["stdout"][-4000:] + done["stderr"][-4000:]
+    return SimpleNamespace(root=root, stdout=done["stdout"], stderr=done["stderr"])

@@ -144,37 +144,54 @@ def _book_of(root: Path, pages: dict[str, tuple[str, int]]) -> None:
         nbformat.write(nb, root / "book" / f"{name}.ipynb")
 
 
-def _log(name: str, seconds: float = 0.0) -> str:
-    return (f"open('{name}.start', 'w').write(f'{{time.time()}} {{os.environ[\"DIFFGEN_THREADS\"]}}')\n"
-            f"time.sleep({seconds})\nopen('{name}.end', 'w').write(str(time.time()))")
+def _log(name: str, seconds: float = 0.0, after: str | None = None) -> str:
+    """A cell that writes <name>.start (time, $DIFFGEN_THREADS), waits until <after>.start exists (at most 60 s,
+    else it fails), sleeps `seconds`, then writes <name>.end."""
+    wait = "" if after is None else (f"for _ in range(600):\n    if os.path.exists('{after}.start'): break\n"
+                                     f"    time.sleep(0.1)\nelse:\n    raise TimeoutError('{after} never started')\n")
+    return (f"open('{name}.start', 'w').write(f'{{time.time()}} {{os.environ.get(\"DIFFGEN_THREADS\")}}')\n"
+            f"{wait}time.sleep({seconds})\nopen('{name}.end', 'w').write(str(time.time()))")
 
 
 @pytest.mark.notebook("executes fixture notebooks in kernels, two at once")
-def test_execute_book_runs_notebooks_at_once_the_longest_first(tmp_path, capfd):
-    _book_of(tmp_path, {"ch3_shortest": (_log("ch3"), 0), "ch1_short": (_log("ch1", 2), 1),
-                        "ch2_long": (_log("ch2", 2), 9)})  # in reading order ch3 would start first
+def test_execute_book_runs_notebooks_at_once_the_longest_first(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("DIFFGEN_THREADS", raising=False)  # (make test sets it for its workers)
+    _book_of(tmp_path, {"ch3_shortest": (_log("ch3"), 0), "ch1_short": (_log("ch1", 0.5, after="ch2"), 1),
+                        "ch2_long": (_log("ch2", 0.5, after="ch1"), 9)})  # in reading order ch3 would start first
     assert runner.execute_book(tmp_path, tmp_path / "_build" / ".jupyter_cache", timeout=120, source="a", jobs=2)
     book = tmp_path / "book"
     start = {n: float((book / f"ch{n}.start").read_text().split()[0]) for n in (1, 2, 3)}
     end = {n: float((book / f"ch{n}.end").read_text()) for n in (1, 2, 3)}
-    assert start[2] < end[1] and start[1] < end[2]  # the two long ones ran at the same time
-    assert start[3] > min(end[1], end[2])  # the shortest waited for a free slot
-    threads = os.environ.get("DIFFGEN_THREADS") or str(thread_share(2))  # each its share of the cores
-    assert {(book / f"ch{n}.start").read_text().split()[1] for n in (1, 2, 3)} == {threads}
+    assert start[3] > min(end[1], end[2])  # the shortest waited for a free slot (ch1 and ch2 met: at once)
+    shares = {(book / f"ch{n}.start").read_text().split()[1] for n in (1, 2, 3)}
+    assert shares == {str(thread_share(2))}  # each its share of the cores
     assert "3 notebook(s) to execute, 2 at once" in capfd.readouterr().out
 
 
 @pytest.mark.notebook("executes fixture notebooks in kernels, two at once")
 def test_after_a_failure_no_further_notebook_starts_and_the_running_ones_are_cached(tmp_path, capfd):
-    _book_of(tmp_path, {"ch1_ok": (_log("ch1", 3), 5), "ch2_broken": ("raise RuntimeError('broken')", 9),
+    _book_of(tmp_path, {"ch1_ok": (_log("ch1", 8, after="ch2"), 5),  # still running when ch2 fails
+                        "ch2_broken": ("open('ch2.start', 'w')\nraise RuntimeError('broken')", 9),
                         "ch3_later": (_log("ch3"), 1)})
     cache = tmp_path / "_build" / ".jupyter_cache"
     assert not runner.execute_book(tmp_path, cache, timeout=120, source="a", jobs=2)
     assert (tmp_path / "book" / "ch1.end").exists() and not (tmp_path / "book" / "ch3.start").exists()
-    assert "diffgen book: error: ch2 failed" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "diffgen book: error: ch2 failed" in err and "not started after the failure: ch3" in err
     from jupyter_cache import get_cache
 
     get_cache(str(cache)).match_cache_notebook(nbformat.read(tmp_path / "book" / "ch1_ok.ipynb", 4))  # cached
+
+
+def test_a_notebook_that_cannot_start_is_a_failure_not_a_hang(tmp_path, capfd, monkeypatch):
+    _book_of(tmp_path, {"ch1_a": ("pass", 1)})
+
+    def broken(*args, **kwargs):
+        raise OSError("no such interpreter")
+
+    monkeypatch.setattr(runner, "execute_notebook", broken)
+    assert not runner.execute_book(tmp_path, tmp_path / "_build" / ".jupyter_cache", timeout=120, source="a")
+    assert "ch1 failed to start: OSError: no such interpreter" in capfd.readouterr().err
 
 
 @pytest.mark.notebook("executes a fixture notebook in a kernel")

@@ -83,7 +83,8 @@ def test_sweep_on_a_local_cluster_then_report(book, tmp_path, capsys):
     assert all(p["status"] == "done" for p in doc["points"].values())
     assert all((out / name / "ch1.results.json").is_file() for name in doc["points"])
     captured = capsys.readouterr().out
-    assert "2 to run" in captured and "2 workers, dashboard " in captured and "[2 done, 0 running or queued, 0 failed]" in captured
+    assert "2 to run" in captured and "2 workers, dashboard " in captured
+    assert "[2 done, 0 running or queued, 0 failed]" in captured
     assert cli.main(["report", str(out)]) == 0
     text = capsys.readouterr().out
     assert "n=3, scale=0.5: 1.5 [1.4, 1.6]  holds in 1 of 1 seed(s)" in text
