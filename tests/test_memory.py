@@ -6,6 +6,7 @@ slowest CIFAR-10's 3072 and the data loader on 60 000 fixture images. All are le
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,11 @@ pytestmark = [pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), rea
 
 
 def run(*args) -> dict:
+    # glibc's dynamic mmap threshold keeps some freed blocks in the heap or not from run to run (the x0 reference at
+    # D = 3072 peaked at 306 to 507 MB over identical runs); a fixed threshold measures what the code allocates
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     done = subprocess.run([sys.executable, str(WORKER), *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
