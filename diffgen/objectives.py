@@ -3,10 +3,12 @@
 An objective is two steps: `draw(x0, generator)` makes the random draws of one batch (a dict of tensors with leading
 dimension B), and `loss_from(model, x0, draw)` evaluates the per-sample losses, for x0 [..., B, D] and draws stacked
 to [..., B, ...]: an ensemble of M models (train.train_ensemble) evaluates [M, B, D] at once, each member with the
-draws of its seed. `loss` is both steps for one model. `train` reduces the per-sample losses and never asks which
-objective it got. All randomness comes from `generator`. `draw` makes every tensor on x0's device with it (train
-passes a generator there, _util.stream_generator: no host work and no copy per step; on the CPU the numbers are those
-of every earlier version); `loss` draws where its generator lives and moves the draws to x0's device once, so a CPU
+draws of its seed. loss_from is model_inputs (what the model is called on) then loss_given (the loss of its
+prediction), so that members of several objectives share one call of the ensemble. `loss` is both steps for one
+model. `train` reduces the per-sample losses and never asks which objective it got. All randomness comes from
+`generator`. `draw` makes every tensor on x0's device with it (train passes a generator there,
+_util.stream_generator: no host work and no copy per step; on the CPU the numbers are those of every earlier
+version); `loss` draws where its generator lives and moves the draws to x0's device once, so a CPU
 generator gives the same numbers whatever x0's device (the common random numbers of metrics.objective_samples).
 Nothing here reads a tensor back to the host: checks of drawn times run on their device (_util.assert_in_range).
 """
@@ -32,7 +34,14 @@ class Objective(Protocol):
         """The random draws for the clean batch x0 [B, D] (only its shape, dtype and device are used)."""
 
     def loss_from(self, model: Model, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
-        """Per-sample loss [..., B] of `model` on x0 [..., B, D] with the draws `draw`."""
+        """Per-sample loss [..., B] of `model` on x0 [..., B, D] with the draws `draw`:
+        loss_given(model(*model_inputs(x0, draw)), x0, draw)."""
+
+    def model_inputs(self, x0: torch.Tensor, draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t [..., B, D], t [..., B]): what the model is called on."""
+
+    def loss_given(self, pred: torch.Tensor, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
+        """Per-sample loss [..., B] of the model's prediction pred = model(*model_inputs(x0, draw))."""
 
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Per-sample loss [B] of `model` on the clean batch x0 [B, D], random draws from `generator`."""
@@ -70,8 +79,13 @@ class EpsLoss:
 
     def loss_from(self, model: Model, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
         """[..., B]: mean over D of (model(x_t, t) - eps)^2."""
-        xt = add_noise(self.sched, x0, draw["t"], draw["eps"])
-        return (model(xt, draw["t"]).to(x0.dtype) - draw["eps"]).pow(2).mean(-1)
+        return self.loss_given(model(*self.model_inputs(x0, draw)), x0, draw)
+
+    def model_inputs(self, x0: torch.Tensor, draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
+        return add_noise(self.sched, x0, draw["t"], draw["eps"]), draw["t"]
+
+    def loss_given(self, pred: torch.Tensor, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
+        return (pred.to(x0.dtype) - draw["eps"]).pow(2).mean(-1)
 
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return _loss(self, model, x0, generator)
@@ -208,8 +222,15 @@ class ForwardTimeLoss:
 
     def loss_from(self, model: Model, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
         """[..., B]: mean over D of (c_{t,s} model(x_t, t) - xi_{t,s})^2."""
+        return self.loss_given(model(*self.model_inputs(x0, draw)), x0, draw)
+
+    def model_inputs(self, x0: torch.Tensor, draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
         d = forward_states(self.sched, x0, draw["t"], draw["s"], draw["xi"], draw["eps_s"])
-        return (d.c * model(d.xt, d.t).to(x0.dtype) - d.xi).pow(2).mean(-1)
+        return d.xt, d.t
+
+    def loss_given(self, pred: torch.Tensor, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
+        d = forward_states(self.sched, x0, draw["t"], draw["s"], draw["xi"], draw["eps_s"])
+        return (d.c * pred.to(x0.dtype) - d.xi).pow(2).mean(-1)
 
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return _loss(self, model, x0, generator)
@@ -250,8 +271,14 @@ class WeightedEpsLoss:
 
     def loss_from(self, model: Model, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
         """[..., B]: lambda_t times EpsLoss's per-sample loss."""
+        return self.loss_given(model(*self.model_inputs(x0, draw)), x0, draw)
+
+    def model_inputs(self, x0: torch.Tensor, draw: Draw) -> tuple[torch.Tensor, torch.Tensor]:
+        return EpsLoss(self.sched).model_inputs(x0, draw)
+
+    def loss_given(self, pred: torch.Tensor, x0: torch.Tensor, draw: Draw) -> torch.Tensor:
         weight = self.weights_on(x0.device, x0.dtype)[draw["t"]]
-        return weight * EpsLoss(self.sched).loss_from(model, x0, draw)
+        return weight * EpsLoss(self.sched).loss_given(pred, x0, draw)
 
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return _loss(self, model, x0, generator)

@@ -11,7 +11,8 @@ members with different seeds are independent runs. The loss is the sum of the
 members' mean losses, Adam(W) and the EMA act elementwise and gradient clipping is per member, so training them
 together is training them apart. `train(...)` is one member: a single network.
 
-Optimisation: AdamW with linear warm-up (`warmup_lr`), per-member global-norm gradient clipping, an EMA of the weights
+Optimisation: AdamW with linear warm-up and an optional cosine decay (`lr_at`), per-member global-norm gradient
+clipping, an EMA of the weights
 (`ema_decay`). Each step: per seed, u ~ U[0, 1)^B from its batch generator (batch positions floor(u n_m) into each
 member's set, with replacement); per (seed, stream), the objective's draws from its draw generator (objective.draw).
 The generators are _util.stream_generator(seed, 0) for batches and (seed, 1 + stream) for draws, made on the training
@@ -19,20 +20,21 @@ device: on the CPU the numbers are those of every earlier version, on CUDA they 
 (models with dropout > 0) come from the device's default generator, seeded from the first member's seed (and the
 process's rank) inside a forked RNG (the caller's RNG is left alone); under vmap each member gets its own masks
 (randomness="different"), drawn together as one tensor, so with dropout a member trained together with others
-differs from the member trained alone by its masks (and only by them). Every cfg.checkpoint_every steps (and at cfg.snapshots) an EMA snapshot is kept and
-a resumable checkpoint written, with the state of every generator the run draws from; an interrupted run resumes from
-it, bit for bit on the CPU (on CUDA to rounding: cuDNN's autotuned algorithms are not bitwise reproducible). The
-finished run is one artifact under its key (cache.artifact_key: the configs, the data and the code of this module, of
-the model's and of the objective's): a second call loads it.
+differs from the member trained alone by its masks (and only by them). Every cfg.checkpoint_every steps (and at
+cfg.snapshots) an EMA snapshot is kept and a resumable checkpoint written, with the state of every generator the run
+draws from; an interrupted run resumes from it, bit for bit on the CPU (on CUDA to rounding: cuDNN's autotuned
+algorithms are not bitwise reproducible). The finished run is one artifact under its key (cache.artifact_key: the
+configs, the data and the code of this module, of the model's and of the objective's): a second call loads it.
 
-The step never waits for the GPU: draws, batch positions and losses stay on the device; the losses are read back when
-the progress line refreshes (every 25 steps in a notebook, every 5 s headless) and at checkpoints. Speed levers (the
-CPU keeps the numbers of the book): AdamW fused into one kernel on the device types in FUSED_ADAMW (CUDA; foreach
-elsewhere), cuDNN autotuning during training on CUDA, and, when asked (`compile=True`, off by default; not part of the
-cache key: the same math up to rounding), torch.compile of the members' batched forward (it crashed with a misaligned
-address on the U-Net at batch 512 on CUDA in torch 2.11). channels_last is not among them: GroupNorm under vmap
-refuses a channels_last input (torch 2.13: "NYI: querying is_contiguous inside of vmap for memory_format other than
-torch.contiguous_format"), and members train together under vmap.
+The step never waits for the GPU: draws, batch positions and losses stay on the device; the losses are read back
+when the progress line refreshes (every 25 steps in a notebook, every 5 s headless) and at checkpoints. Speed
+levers: AdamW fused into one kernel on the device types in FUSED_ADAMW (CUDA and the CPU, where it measured 7x
+faster than foreach on a 75-member ensemble; the same nets to rounding), cuDNN autotuning during training on CUDA,
+and, when asked (`compile=True`, off by default; not part of the cache key: the same math up to rounding),
+torch.compile of the members' batched forward (it crashed with a misaligned address on the U-Net at batch 512 on
+CUDA in torch 2.11). channels_last is not among them: GroupNorm under vmap refuses a channels_last input (torch
+2.13: "NYI: querying is_contiguous inside of vmap for memory_format other than torch.contiguous_format"), and
+members train together under vmap.
 
 Several processes (torchrun; distributed.init joins the group): every process draws the whole global batch from the
 same generators and keeps its rows r B/R .. (r+1) B/R; DistributedDataParallel averages the gradients, so each step
@@ -46,6 +48,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +68,8 @@ from .progress import note, progress as show_progress
 
 StateDict = dict[str, torch.Tensor]
 ARTIFACT_FORMAT = 2  # bump when the artifact layout changes (the source hash in the key changes with it anyway)
-FUSED_ADAMW = ("cuda",)  # device types where AdamW runs fused (one kernel per step); foreach elsewhere
+DECAYS = ("none", "cosine")  # TrainConfig.decay
+FUSED_ADAMW = ("cuda", "cpu")  # device types where AdamW runs fused (one kernel per step); foreach elsewhere
 
 
 class ModelConfig(Protocol):
@@ -79,9 +83,10 @@ class TrainConfig:
 
     train_steps: int = 4000  # optimizer steps
     batch_size: int = 128  # training points per member and step, drawn uniformly with replacement
-    lr: float = 2e-3  # AdamW learning rate after warm-up (constant afterwards)
+    lr: float = 2e-3  # AdamW learning rate after warm-up (constant afterwards, or decayed: `decay`)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     warmup: int = 100  # steps of linear warm-up: lr * min(1, step / warmup); 0 disables it
+    decay: str = "none"  # after warm-up: "none" (constant lr) or "cosine" (to 0 at train_steps)
     ema_decay: float = 0.999  # EMA decay; step k uses min(ema_decay, (1 + k) / (10 + k)) so early snapshots move
     grad_clip: float | None = 1.0  # max global L2 norm of each member's gradient; None disables clipping
     checkpoint_every: int = 500  # steps between EMA snapshots and resumable checkpoints (plus one at the end)
@@ -96,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0; got {self.lr!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay!r}")
+        if self.decay not in DECAYS:
+            raise ValueError(f"decay must be one of {', '.join(DECAYS)}; got {self.decay!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1); got {self.ema_decay!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
@@ -111,10 +118,15 @@ class TrainConfig:
         return step % self.checkpoint_every == 0 or step == self.train_steps or step in self.snapshots
 
 
-def warmup_lr(lr: float, warmup: int, step: int) -> float:
-    """Learning rate of optimizer step `step` (1-based): lr min(1, step / warmup), a function of the step alone
-    (so a resumed run restores its "scheduler" from the step)."""
-    return lr * min(1.0, step / warmup) if warmup else lr
+def lr_at(cfg: "TrainConfig", step: int) -> float:
+    """Learning rate of optimizer step `step` (1-based): cfg.lr min(1, step / warmup) during warm-up; afterwards
+    cfg.lr, or with decay "cosine" cfg.lr (1 + cos(pi (step - warmup) / (train_steps - warmup))) / 2. A function of
+    the step alone (so a resumed run restores its "scheduler" from the step)."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * step / cfg.warmup
+    if cfg.decay == "none" or cfg.train_steps <= cfg.warmup:
+        return cfg.lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / (cfg.train_steps - cfg.warmup)))
 
 
 def ema_decay(decay: float, step: int) -> float:
@@ -263,6 +275,7 @@ def ensemble_key(model_cfg: ModelConfig, objective: Objective, sets: Sequence[to
                  cfg: TrainConfig, seeds: Sequence[int], streams: Sequence[int] | None = None) -> str:
     """The run's cache key: everything that determines the weights, and the code that computes them."""
     streams = tuple(0 for _ in seeds) if streams is None else tuple(streams)
+    objective = _objectives(objective, len(sets))
     return artifact_key(__name__, model_cfg, objective, list(sets), tuple(shape), cfg, tuple(seeds), streams)
 
 
@@ -272,6 +285,22 @@ def train_key(model_cfg: ModelConfig, objective: Objective, x0: torch.Tensor, sh
     return ensemble_key(model_cfg, objective, [x0], shape, cfg, (cfg.seed,))
 
 
+def _objectives(objective, n: int):
+    """One objective for every member, or a tuple of one per member (each with model_inputs and loss_given: they
+    train in one batched pass); a sequence whose entries are all one object is that object (the same cache key)."""
+    if not isinstance(objective, (list, tuple)):
+        return objective
+    objective = tuple(objective)
+    if len(objective) != n:
+        raise ValueError(f"objective must be one objective or {n}, one per set; got {len(objective)}")
+    if all(o is objective[0] for o in objective):
+        return objective[0]
+    missing = [type(o).__name__ for o in objective if not (hasattr(o, "model_inputs") and hasattr(o, "loss_given"))]
+    if missing:
+        raise ValueError(f"objectives trained together need model_inputs and loss_given; {missing[0]} has not")
+    return objective
+
+
 def _per_member(name: str, values, n: int) -> tuple[int, ...]:
     values = tuple(values)
     if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
@@ -279,14 +308,16 @@ def _per_member(name: str, values, n: int) -> tuple[int, ...]:
     return values
 
 
-def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tuple[int, ...],
+def train_ensemble(model_cfg: ModelConfig, objective: Objective | Sequence[Objective], sets, shape: tuple[int, ...],
                    cfg: TrainConfig = TrainConfig(), *, seeds: Sequence[int] | None = None,
                    streams: Sequence[int] | None = None,
                    device: str | torch.device = "auto", cache_dir: Path | None = None, progress: bool = True,
                    callback: Callable[[int, torch.Tensor], None] | None = None,
                    compile: bool = False) -> EnsembleResult:
     """Train member m (model_cfg.build(shape), seed seeds[m]; default: cfg.seed for every member) on sets[m]
-    ([n_m, D], D = prod(shape); a list, or a tensor [M, n, D]) with `objective`, or load the finished run.
+    ([n_m, D], D = prod(shape); a list, or a tensor [M, n, D]) with `objective` (or objective[m], one per member:
+    members of several objectives train in one batched pass, each exactly as it would with its objective alone),
+    or load the finished run.
 
     streams[m] (default 0): member m's stream of the objective's draws; members with one seed and different streams
     share initialisation and batches but not t and noise (the reference "same run, other draws").
@@ -306,6 +337,7 @@ def train_ensemble(model_cfg: ModelConfig, objective: Objective, sets, shape: tu
                          f"({distributed.world_size()}): each process takes an equal share of the global batch")
     seeds = _per_member("seeds", (cfg.seed,) * len(sets) if seeds is None else seeds, len(sets))
     streams = _per_member("streams", (0,) * len(sets) if streams is None else streams, len(sets))
+    objective = _objectives(objective, len(sets))
     dev = resolve_device(device)
     key = ensemble_key(model_cfg, objective, sets, shape, cfg, seeds, streams)
     folder = (Path(cache_dir) if cache_dir is not None else cache_root()) / "train"
@@ -412,9 +444,14 @@ def _fit_loop(model_cfg, objective, sets, shape, cfg, seeds, streams, dev, ckpt_
     unique = sorted(set(seeds))  # members with one seed share its batches
     batch_group = torch.tensor([unique.index(s) for s in seeds], device=dev)
     batch_gens = [stream_generator(s, 0, gen_dev) for s in unique]
-    pairs = sorted(set(zip(seeds, streams)))  # members with one (seed, stream) share the objective's draws
-    draw_group = torch.tensor([pairs.index(p) for p in zip(seeds, streams)], device=dev)
-    draw_gens = [stream_generator(s, 1 + k, gen_dev) for s, k in pairs]
+    kinds = _kinds(objective)  # the distinct objectives, and each member's
+    kind = kinds[1] if len(kinds[0]) > 1 else [0] * M
+    # members with one (seed, stream, objective) share its draws, from the generator the objective would draw from
+    # alone: a member trained beside members of other objectives is the member trained with its objective only
+    pairs = sorted(set(zip(seeds, streams, kind)))
+    draw_group = [[pairs.index(p) for p in zip(seeds, streams, kind) if p[2] == k] for k in range(len(kinds[0]))]
+    of_kind = [torch.tensor([m for m in range(M) if kind[m] == k], device=dev) for k in range(len(kinds[0]))]
+    draw_gens = [stream_generator(s, 1 + k, gen_dev) for s, k, _ in pairs]
     gens = batch_gens + draw_gens  # (their states go into checkpoints)
     n = torch.tensor([len(s) for s in sets], device=dev, dtype=torch.float64)
     data = torch.zeros(M, max(len(s) for s in sets), sets[0].shape[1], dtype=params[next(iter(params))].dtype,
@@ -455,13 +492,14 @@ def _fit_loop(model_cfg, objective, sets, shape, cfg, seeds, streams, dev, ckpt_
     for step in steps:
         done = step + 1
         u = torch.stack([torch.rand(B, generator=g, dtype=torch.float64, device=dev) for g in batch_gens])
-        draws = [objective.draw(template, g) for g in draw_gens]
-        stacked = {k: torch.stack([d[k] for d in draws])[draw_group][:, rows] for k in draws[0]}
+        draws = [kinds[0][p[2]].draw(template, g) for p, g in zip(pairs, draw_gens)]
         idx = (u[batch_group][:, rows] * n[:, None]).long()  # floor(u n_m) < n_m: a position in member m's set
         x0 = torch.gather(data, 1, idx[..., None].expand(M, idx.shape[1], data.shape[2]))
-        per_member = objective.loss_from(model, x0, stacked).mean(1)  # [M]
+        per_member = _member_losses(kinds[0], of_kind, model, x0, [
+            {key: torch.stack([draws[i][key] for i in group])[:, rows] for key in draws[group[0]]}
+            for group in draw_group]).mean(1)  # [M]
         for group_ in opt.param_groups:
-            group_["lr"] = warmup_lr(cfg.lr, cfg.warmup, done)
+            group_["lr"] = lr_at(cfg, done)
         opt.zero_grad(set_to_none=True)
         per_member.sum().backward()
         if cfg.grad_clip is not None:
@@ -480,6 +518,33 @@ def _fit_loop(model_cfg, objective, sets, shape, cfg, seeds, streams, dev, ckpt_
         if callback is not None:
             callback(done, global_loss)
     return {"raw": state(params), "snapshots": snapshots, "losses": losses.cpu()}
+
+
+def _kinds(objective) -> tuple[list, list[int]]:
+    """(the distinct objectives in order of first use, by identity; each member's index into them) of one objective
+    or a sequence of one per member."""
+    per_member = list(objective) if isinstance(objective, (list, tuple)) else [objective]
+    distinct = []
+    for o in per_member:
+        if not any(o is d for d in distinct):
+            distinct.append(o)
+    return distinct, [next(k for k, d in enumerate(distinct) if d is o) for o in per_member]
+
+
+def _member_losses(kinds: list, of_kind: list[torch.Tensor], model, x0: torch.Tensor, draws: list[dict]):
+    """Per-sample losses [M, B]: with one objective, its loss_from (the model called once); with several, each
+    objective's model inputs for its members, one call of the model on all of them, each objective's loss on its
+    members' predictions."""
+    if len(kinds) == 1:
+        return kinds[0].loss_from(model, x0, draws[0])
+    xt, t = torch.empty_like(x0), torch.empty(x0.shape[:2], dtype=torch.long, device=x0.device)
+    for objective, members, draw in zip(kinds, of_kind, draws):
+        xt[members], t[members] = objective.model_inputs(x0[members], draw)
+    pred = model(xt, t)
+    losses = torch.empty(x0.shape[:2], dtype=x0.dtype, device=x0.device)
+    for objective, members, draw in zip(kinds, of_kind, draws):
+        losses[members] = objective.loss_given(pred[members], x0[members], draw)
+    return losses
 
 
 @contextlib.contextmanager

@@ -48,6 +48,21 @@ def test_bench_empirical_quick_writes_json(tmp_path):
         assert _finite_positive(goal["value"]) and _finite_positive(goal["target"]) and isinstance(goal["pass"], bool)
 
 
+@pytest.mark.processes("runs benchmarks/bench_train.py --quick as a script")
+def test_bench_train_quick_reports_models_and_chapter_4s_ensembles(tmp_path):
+    out = tmp_path / "train.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--quick", "--json", str(out),
+                           "--device", "cpu"], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["model"] for r in report["rows"]] == ["mlp", "unet"]
+    cases = [r["case"] for r in report["ensembles"]]
+    assert len(cases) == 3 and cases[0].startswith("before") and cases[2].startswith("now")
+    assert report["ensembles"][2]["members"] == 75 and all(r["samples_per_s_per_core"] > 0
+                                                           for r in report["ensembles"])
+    assert "fused / foreach AdamW" in done.stdout and "now / before" in done.stdout
+
+
 @pytest.mark.notebook("bench_chapters.py executes chapter 2 at the smoke preset three times")
 def test_chapter_benchmark_reports_cold_warm_and_busy_times_per_cell(tmp_path):
     out = tmp_path / "chapters.json"

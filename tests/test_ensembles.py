@@ -94,6 +94,29 @@ def test_objectives_trained_with_one_seed_see_the_same_batches(sched, tmp_path):
     assert not torch.equal(runs[0].seen[0][0], runs[0].seen[0][1])  # two seeds: two batch streams
 
 
+def test_members_of_several_objectives_train_in_one_pass_as_they_would_alone(sched, tmp_path):
+    """One ensemble of the standard objective, the forward-time objective and its weighted control (with two seeds
+    and a rerun stream): each member is the member of a one-objective ensemble of its seed and stream."""
+    sets = training_sets(eight_gaussians(), n_sets=2, n_train=6, seed=0)
+    objectives = [EpsLoss(sched), ForwardTimeLoss(sched, "uniform"), WeightedEpsLoss(ForwardTimeLoss(sched, "one"))]
+    members = [(o, seed, stream) for o in range(3) for seed in (3, 4) for stream in ((0, 1) if o == 0 else (0,))]
+    mixed = train_ensemble(TINY, [objectives[o] for o, _, _ in members], [sets[s - 3] for _, s, _ in members], (2,),
+                           CFG, seeds=[s for _, s, _ in members], streams=[k for _, _, k in members], device="cpu",
+                           cache_dir=tmp_path, progress=False)
+    for m, (o, seed, stream) in enumerate(members):
+        alone = train_ensemble(TINY, objectives[o], [sets[seed - 3]], (2,), CFG, seeds=[seed], streams=[stream],
+                               device="cpu", cache_dir=tmp_path, progress=False)
+        _close(mixed.model_at().member(m), alone.model_at().member(0))
+        torch.testing.assert_close(mixed.losses[:, m], alone.losses[:, 0], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(mixed.losses[:, 0], mixed.losses[:, 2])  # seed 3: the standard objective and its rerun
+    with pytest.raises(ValueError, match="one objective or 2, one per set"):
+        train_ensemble(TINY, objectives, sets, (2,), CFG, device="cpu", cache_dir=tmp_path, progress=False)
+    same = train_ensemble(TINY, [objectives[0]] * 2, sets, (2,), CFG, device="cpu", cache_dir=tmp_path,
+                          progress=False)
+    assert same.path == train_ensemble(TINY, objectives[0], sets, (2,), CFG, device="cpu", cache_dir=tmp_path,
+                                       progress=False).path  # one objective for all: the same run, the same key
+
+
 def test_draw_streams_share_initialisation_and_batches_but_not_noise(sched, tmp_path):
     sets = training_sets(eight_gaussians(), n_sets=1, n_train=7, seed=0).expand(2, -1, -1)
     rec = Recording(EpsLoss(sched))

@@ -65,8 +65,8 @@ def test_cpu_training_numbers_are_those_of_earlier_versions(tmp_path, name):
 
 # ---------------------------------------------------------------------------------------------- speed levers
 def test_fused_adamw_trains_the_foreach_nets(tmp_path, monkeypatch):
-    """CUDA's optimizer (fused AdamW, on the CPU since torch 2.4) against the CPU's (foreach): the same nets to
-    rounding, resumed from a checkpoint of fused state as well."""
+    """Fused AdamW (CUDA's and, since it measured 7x faster there on a 75-member ensemble, the CPU's) against the
+    foreach one: the same nets to rounding, resumed from a checkpoint of fused state as well."""
     made = []
 
     class Spy(torch.optim.AdamW):
@@ -75,6 +75,7 @@ def test_fused_adamw_trains_the_foreach_nets(tmp_path, monkeypatch):
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(torch.optim, "AdamW", Spy)
+    monkeypatch.setattr(train_module, "FUSED_ADAMW", ("cuda",))
     foreach = _run(tmp_path / "foreach")
     monkeypatch.setattr(train_module, "FUSED_ADAMW", ("cuda", "cpu"))
     fused = _run(tmp_path / "fused")
