@@ -229,14 +229,17 @@ def mi_over_sizes(data: GaussianMixture, generator, sizes, *, n_sets: int, n_sam
 @dataclass(frozen=True)
 class AlongTraining:
     """An ensemble's I(z; m) (kNN, per-set terms averaged over its seeds) and copy rate (pooled over its seeds) at each
-    EMA snapshot, and how the grid split of the excess risk moves from the first snapshot to the last, per seed."""
+    EMA snapshot, and how the grid split of the excess risk moves from `start_step` (the first snapshot whose samples
+    pass the quality gate: the nets already denoise) to the last snapshot, per seed."""
 
     train_steps: tuple[int, ...]
     mi: list[Estimate]
     copy: list[Proportion]
-    mi_changes: list[float]  # per seed: grid I(z; m), last snapshot minus first
-    marginal_changes: list[float]  # per seed: grid KL(P_z || P), last snapshot minus first
+    mi_changes: list[float] | None  # per seed: grid I(z; m), last snapshot minus start (None: no start before it)
+    marginal_changes: list[float] | None  # per seed: grid KL(P_z || P), last snapshot minus start
     seeds: int
+    start_step: int | None = None  # the first snapshot that passes the quality gate (None: none before the last)
+    passes: tuple[bool, ...] = ()  # per snapshot: its samples pass the quality gate
 
     @property
     def spearman(self) -> float | None:
@@ -245,25 +248,33 @@ class AlongTraining:
 
 
 def mi_along_training(ensemble, sets: torch.Tensor, sched: Schedule, *, n_samples: int, steps: int, k: int,
-                      seed: int, edges, mass: torch.Tensor) -> AlongTraining:
+                      seed: int, edges, mass: torch.Tensor, passes=None) -> AlongTraining:
     """AlongTraining of a train.EnsembleResult whose members are the M training sets `sets` [M, n, D] repeated once
-    per seed (member r M + m: set m, seed number r)."""
+    per seed (member r M + m: set m, seed number r). passes: a function of one snapshot's samples (a list of
+    SetSamples, one per seed) that says whether they pass the quality gate (None: every snapshot does)."""
     from .mi import grid_split_change, mean_of_terms, mi_knn_terms
 
     M = len(sets)
     seeds = ensemble.n_members // M
-    mis, copies, first, last = [], [], None, None
+    mis, copies, samples, ok = [], [], [], []
     for step in ensemble.snapshot_steps:
         z = ensemble.sample(step, sched, n_samples, steps=steps, seed=seed).reshape(seeds, M, n_samples, -1)
         terms = torch.stack([mi_knn_terms(z[r], k) for r in range(seeds)]).mean(0)
         mis.append(mean_of_terms(terms, seed=seed))
-        rates = [set_copy_rate(SetSamples(z[r], sets.to(z.dtype), seed)) for r in range(seeds)]
-        copies.append(pooled_rate(rates))
-        first = z if first is None else first
-        last = z
-    changes = [grid_split_change(first[r], last[r], edges, mass, n_boot=1, seed=seed) for r in range(seeds)]
-    return AlongTraining(tuple(ensemble.snapshot_steps), mis, copies, [c[0].value for c in changes],
-                         [c[1].value for c in changes], seeds)
+        per_seed = [SetSamples(z[r], sets.to(z.dtype), seed) for r in range(seeds)]
+        copies.append(pooled_rate([set_copy_rate(s) for s in per_seed]))
+        ok.append(True if passes is None else bool(passes(per_seed)))
+        samples.append(z)
+    start = next((j for j in range(len(samples) - 1) if ok[j]), None)
+    if start is None:
+        changes = None
+    else:
+        changes = [grid_split_change(samples[start][r], samples[-1][r], edges, mass, n_boot=1, seed=seed)
+                   for r in range(seeds)]
+    steps_ = tuple(ensemble.snapshot_steps)
+    return AlongTraining(steps_, mis, copies, changes and [c[0].value for c in changes],
+                         changes and [c[1].value for c in changes], seeds,
+                         None if start is None else steps_[start], tuple(ok))
 
 
 def set_copy_rate(samples: SetSamples) -> Proportion:
@@ -428,14 +439,21 @@ class ObjectiveCurves:
         """The final copy rate of each of `members`, with its count (one Proportion per member)."""
         return [copy_rate(self.ratios[m]) for m in members]
 
+    def select(self, members) -> "ObjectiveCurves":
+        """The curves of `members` only (indices into this ensemble's members), in that order."""
+        m = list(members)
+        return ObjectiveCurves(self.train_steps, self.rate[m], None if self.kid is None else self.kid[m],
+                               self.gap[m], self.heldout_loss[m], self.samples[m], self.ratios[m], self.d1[m])
+
 
 def objective_curves(ensemble, sets: list[torch.Tensor], heldout: torch.Tensor, features, sched: Schedule,
                      probe: Probe, *, n_samples: int, steps, seed: int,
-                     clip: tuple[float, float] | None = None) -> ObjectiveCurves:
+                     clip: tuple[float, float] | None = None, n_samples_along: int | None = None) -> ObjectiveCurves:
     """ObjectiveCurves of a train.EnsembleResult whose member m was trained on sets[m] (DDIM on `steps`, a number of
     steps or a grid, x0 clamped to `clip`; KID in the space of `features`, a fid.QualityFeatures or a classifier
     (standardized unless they are Inception's); None: no KID). Two ensembles of the same members sample member
-    m from the same noise: their samples are paired."""
+    m from the same noise: their samples are paired. n_samples_along: fewer samples at the snapshots before the
+    last (the curves cost less; the last snapshot, which the rows read, keeps n_samples)."""
     from .quality import kid
 
     ref = None if features is None else features.features(heldout)
@@ -443,7 +461,8 @@ def objective_curves(ensemble, sets: list[torch.Tensor], heldout: torch.Tensor, 
     M, snaps = ensemble.n_members, ensemble.snapshot_steps
     rate, kids, gap, loss = (np.zeros((M, len(snaps))) for _ in range(4))
     for j, step in enumerate(snaps):
-        z = ensemble.sample(step, sched, n_samples, steps=steps, seed=seed, clip=clip)
+        k = n_samples if n_samples_along is None or j == len(snaps) - 1 else n_samples_along
+        z = ensemble.sample(step, sched, k, steps=steps, seed=seed, clip=clip)
         nn = [nearest_neighbors(z[m], sets[m].cpu()) for m in range(M)]
         ratios, d1 = torch.stack([x.ratio.cpu() for x in nn]), torch.stack([x.d1.cpu() for x in nn])
         rate[:, j] = [copy_rate(r).value for r in ratios]
@@ -462,12 +481,17 @@ def select_members(ensemble, members):
     return type(ensemble)(ensemble.base, {k: v[index.to(v.device)] for k, v in ensemble.state.items()})
 
 
-def similarity_ratios(model, standard, reference, probe: Probe) -> np.ndarray:
-    """[M]: mean over t of the relative difference model vs standard, divided by that of reference vs standard
-    (train.Ensemble each, member m of all three from one seed): 1 when the objective moves the net as much as
-    rerunning the standard objective with other draws of t and noise does."""
-    return relative_differences(model, probe, standard).mean(1) / relative_differences(reference, probe,
-                                                                                        standard).mean(1)
+def similarity_ratios(model, standard, reruns: list, probe: Probe) -> tuple[np.ndarray, np.ndarray]:
+    """([M] ratios, [R, M] null ratios): mean over t of the relative difference model vs standard, divided by the mean
+    of that of the R reruns (train.Ensemble each, same initialisation and batches, other draws of t and noise) vs
+    standard; 1 when the objective moves the net as much as rerunning the standard objective does. The null ratios
+    are each rerun's own ratio against the others' mean: how much that unit varies between reruns (R >= 2)."""
+    if len(reruns) < 2:
+        raise ValueError(f"similarity_ratios needs at least two reruns (their spread is the null); got {len(reruns)}")
+    unit = np.stack([relative_differences(r, probe, standard).mean(1) for r in reruns])  # [R, M]
+    own = relative_differences(model, probe, standard).mean(1)
+    null = np.stack([unit[j] / np.delete(unit, j, axis=0).mean(0) for j in range(len(reruns))])
+    return own / unit.mean(0), null
 
 
 def rates_at_matched_gap(gap_a, rate_a, gap_b, rate_b) -> tuple[float, float, float] | None:
@@ -484,14 +508,20 @@ def rates_at_matched_gap(gap_a, rate_a, gap_b, rate_b) -> tuple[float, float, fl
     return None if a is None or b is None else (g, a, b)
 
 
-def still_falling(values, tolerance: float = 0.05) -> float | None:
-    """The relative fall of the last interval, (v[-2] - v[-1]) / v[-2], when it exceeds `tolerance`; None when the
-    curve has flattened (or rises)."""
+def last_fall(values) -> float:
+    """The relative fall of a curve's last interval, (v[-2] - v[-1]) / |v[-2]| (negative where it rises; 0 for a
+    curve at 0)."""
     v = np.asarray(values, dtype=float)
     if len(v) < 2:
-        raise ValueError("still_falling needs at least two values")
-    fall = (v[-2] - v[-1]) / abs(v[-2]) if v[-2] != 0 else 0.0
-    return float(fall) if fall > tolerance else None
+        raise ValueError("last_fall needs at least two values")
+    return float((v[-2] - v[-1]) / abs(v[-2])) if v[-2] != 0 else 0.0
+
+
+def still_falling(values, tolerance: float = 0.05) -> float | None:
+    """The relative fall of the last interval (last_fall) when it exceeds `tolerance`; None when the curve has
+    flattened (or rises)."""
+    fall = last_fall(values)
+    return fall if fall > tolerance else None
 
 
 # ------------------------------------------------------------------------------- per-seed statistics and bisection
@@ -555,19 +585,6 @@ def correlations_by_seed(seeds, groups, gaps, rates) -> SeedCorrelations:
     return SeedCorrelations(per_seed, kept, [g for g in keys if g not in kept])
 
 
-def rerun_bound(null_ratios, level: float = 0.95) -> float:
-    """Upper prediction bound of one further rerun-vs-rerun ratio from k observed ones (log-normal):
-    exp(mean + t_{k-1, (1 + level)/2} sd sqrt(1 + 1/k)) of the log ratios. A model whose ratio to the standard net
-    stays below it is, at the resolution of k seeds, no farther from the standard net than a rerun."""
-    from scipy.stats import t as student
-
-    v = np.log(np.asarray(null_ratios, dtype=np.float64))
-    if v.ndim != 1 or len(v) < 2 or not np.isfinite(v).all():
-        raise ValueError(f"rerun_bound needs at least two finite positive ratios; got {null_ratios!r}")
-    k = len(v)
-    return float(np.exp(v.mean() + student.ppf((1 + level) / 2, k - 1) * v.std(ddof=1) * math.sqrt(1 + 1 / k)))
-
-
 def heldout_losses(ensemble, heldout: torch.Tensor, sched: Schedule, *, repeats: int = 2, seed: int = 0) -> np.ndarray:
     """[M]: the standard denoising loss E_{t, eps} ||eps_m(x_t, t) - eps||^2 / D of each member of a train.Ensemble
     on the held-out images, every member on the same (x0, t, eps) draws (common random numbers), t ~ U{1..T}."""
@@ -588,8 +605,72 @@ def heldout_losses(ensemble, heldout: torch.Tensor, sched: Schedule, *, repeats:
 
 def flattened(curve, tolerance: float = 0.05) -> bool:
     """Whether a learning curve (values at the snapshots, e.g. the mean over seeds of the gap to eps*) has flattened:
-    its last interval falls by at most `tolerance` of its value (experiments.still_falling)."""
+    its last interval falls by at most `tolerance` of its value (experiments.last_fall)."""
     return still_falling(curve, tolerance) is None
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Per member, how much each learning curve still moved over the last interval between snapshots: the relative
+    fall of the gap to eps*, the relative change of the held-out loss (it may rise: overfitting), the absolute change
+    of the copy rate; a member has converged where all three stay within their tolerances."""
+
+    gap_fall: np.ndarray  # [M] (g[-2] - g[-1]) / g[-2]
+    loss_change: np.ndarray  # [M] |l[-1] - l[-2]| / l[-2]
+    rate_change: np.ndarray  # [M] |r[-1] - r[-2]|
+    relative: float  # tolerance of the gap and the loss
+    absolute: float  # tolerance of the copy rate
+
+    @property
+    def converged(self) -> np.ndarray:
+        """[M] bool."""
+        return (self.gap_fall <= self.relative) & (self.loss_change <= self.relative) & \
+            (self.rate_change <= self.absolute)
+
+
+def convergence(curves: ObjectiveCurves, *, relative: float = 0.05, absolute: float = 0.05) -> Convergence:
+    """Convergence of every member of an ObjectiveCurves from its last two snapshots."""
+    g, l, r = curves.gap[:, -2:], curves.heldout_loss[:, -2:], curves.rate[:, -2:]
+    return Convergence((g[:, 0] - g[:, 1]) / np.abs(g[:, 0]), np.abs(l[:, 1] - l[:, 0]) / np.abs(l[:, 0]),
+                       np.abs(r[:, 1] - r[:, 0]), relative, absolute)
+
+
+def along_differences(a: ObjectiveCurves, b: ObjectiveCurves, members, members_b=None) -> list[float]:
+    """Copy rate of a minus b averaged over the snapshots before the last (the two trained alike, at equal steps), one
+    per member (members_b: b's, paired; default the same): how much less b copies while training."""
+    return [float((a.rate[m, :-1] - b.rate[mb, :-1]).mean()) for m, mb in zip(members, members_b or members)]
+
+
+@dataclass(frozen=True)
+class WidthSlopes:
+    """Per seed, the least-squares slope of the copy rate on log10 of the gap to eps* across model widths trained
+    for the same number of steps (C6 at equal training time); widths whose samples fail the quality gate are left
+    out. per_seed None: not measurable (`reason`)."""
+
+    widths: list[int]  # the widths that entered
+    per_seed: list[float] | None
+    dropped: list[int]  # widths left out: their samples fail the quality gate
+    reason: str = ""  # why it is not measurable ('' where it is)
+
+
+def width_slopes(widths, gaps, rates, passes) -> WidthSlopes:
+    """WidthSlopes from gaps and rates [widths, seeds] (at the same training step) and, per width, whether its
+    samples pass the quality gate. Needs 3 widths that pass and a copy rate that moves in some seed."""
+    gaps, rates = np.asarray(gaps, dtype=float), np.asarray(rates, dtype=float)
+    if gaps.shape != rates.shape or gaps.shape[0] != len(widths) or len(passes) != len(widths):
+        raise ValueError(f"need gaps and rates of shape [widths, seeds] and one gate per width; got {gaps.shape}, "
+                         f"{rates.shape}, {len(passes)} gates for {len(widths)} widths")
+    if not (gaps > 0).all():
+        raise ValueError(f"gaps must be positive (their log10 is the abscissa); got {gaps.min()}")
+    keep = [i for i, ok in enumerate(passes) if ok]
+    kept, dropped = [widths[i] for i in keep], [w for w, ok in zip(widths, passes) if not ok]
+    if len(keep) < 3:
+        return WidthSlopes(kept, None, dropped, f"{len(keep)} widths pass the quality gate, 3 needed")
+    x, y = np.log10(gaps[keep]), rates[keep]
+    if np.ptp(y, axis=0).max() == 0:
+        return WidthSlopes(kept, None, dropped, "the copy rate is the same at every width in every seed")
+    slopes = [float(np.polyfit(x[:, r], y[:, r], 1)[0]) for r in range(y.shape[1])]
+    return WidthSlopes(kept, slopes, dropped)
 
 
 # ------------------------------------------------------------------------------------ objectives, seed by seed
@@ -601,18 +682,19 @@ def member_energies(samples: torch.Tensor, members, reference: torch.Tensor) -> 
     return [energy_distance(samples[m].to(torch.float64), ref) for m in members]
 
 
-def rate_differences(a, b, members) -> list[float]:
-    """Final copy rate of ObjectiveCurves a minus b, one per member (the two sample member m from the same x_T)."""
-    return [float(a.rate[m, -1] - b.rate[m, -1]) for m in members]
+def rate_differences(a, b, members, members_b=None) -> list[float]:
+    """Final copy rate of ObjectiveCurves a minus b, one per member (members_b: b's members paired with `members`,
+    default the same; paired members sample from the same x_T)."""
+    return [float(a.rate[m, -1] - b.rate[mb, -1]) for m, mb in zip(members, members_b or members)]
 
 
-def matched_differences(a, b, members, along: str = "gap") -> list[float] | None:
+def matched_differences(a, b, members, along: str = "gap", members_b=None) -> list[float] | None:
     """Copy rate of ObjectiveCurves a minus b at the same value of `along` ('gap': the gap to eps*; 'heldout_loss':
-    the standard loss on held-out images), one per member (rates_at_matched_gap on its snapshot curves); None
-    when some member's two ranges do not overlap."""
+    the standard loss on held-out images), one per member (members_b: b's, paired; default the same) from
+    rates_at_matched_gap on its snapshot curves; None when some member's two ranges do not overlap."""
     out = []
-    for m in members:
-        matched = rates_at_matched_gap(getattr(a, along)[m], a.rate[m], getattr(b, along)[m], b.rate[m])
+    for m, mb in zip(members, members_b or members):
+        matched = rates_at_matched_gap(getattr(a, along)[m], a.rate[m], getattr(b, along)[mb], b.rate[mb])
         if matched is None:
             return None
         out.append(matched[1] - matched[2])

@@ -83,6 +83,46 @@ def across_seeds(values, level: float = 0.95, *, log: bool = False,
     return Estimate(value, low, high, level)
 
 
+def equivalence_power(margin: float, sd: float, k: int, level: float = 0.95, *, sides: int = 2) -> float:
+    """The power of an equivalence test on k seeds when the true difference is 0: the probability that the t interval
+    (`level`) of the mean of k values ~ N(0, sd^2) lies inside [-margin, margin] (sides=2), or below margin (sides=1,
+    non-inferiority). Exact for normal values: P = E_s[2 Phi((margin - c s) sqrt(k) / sd) - 1]^+ (sides=2) or
+    E_s[Phi(...)] (sides=1), c = t_{k-1,(1+level)/2} / sqrt(k), over the sample sd s = sd sqrt(q / (k-1)),
+    q ~ chi^2_{k-1}."""
+    from scipy import integrate
+    from scipy.stats import chi2, norm, t as student
+
+    if sides not in (1, 2) or k < 2 or margin <= 0 or sd < 0:
+        raise ValueError(f"need sides 1 or 2, k >= 2, margin > 0, sd >= 0; got {sides}, {k}, {margin}, {sd}")
+    if sd == 0:
+        return 1.0
+    c, df = float(student.ppf((1 + level) / 2, k - 1)) / math.sqrt(k), k - 1
+
+    def given(q: float) -> float:
+        z = (margin - c * sd * math.sqrt(q / df)) * math.sqrt(k) / sd
+        p = norm.cdf(z) if sides == 1 else max(0.0, 2 * norm.cdf(z) - 1)
+        return p * chi2.pdf(q, df)
+
+    top = df * (margin / (c * sd)) ** 2 if sides == 2 else math.inf  # beyond it the interval cannot fit
+    return float(min(1.0, integrate.quad(given, 0, top, limit=200)[0]))
+
+
+def seeds_for_power(margin: float, sd: float, target: float = 0.8, level: float = 0.95, *, sides: int = 2,
+                    most: int = 1000) -> int:
+    """The fewest seeds k >= 2 whose equivalence_power reaches `target` (`most` when none up to it does); the power
+    grows with k, so doubling then bisection finds it in a few dozen evaluations."""
+    power = lambda k: equivalence_power(margin, sd, k, level, sides=sides)  # noqa: E731
+    lo, hi = 1, 2  # power(lo) < target (k = 1 has no interval), power(hi) to be tested
+    while power(hi) < target:
+        if hi >= most:
+            return most
+        lo, hi = hi, min(2 * hi, most)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if power(mid) >= target else (mid, hi)
+    return hi
+
+
 def pooled_rate(rates: list[Proportion], level: float = 0.95) -> Proportion:
     """A proportion measured on several seeds: the pooled count with its Wilson interval, widened to hold the
     across-seeds t interval of the per-seed rates (clipped to [0, 1]) when there are two or more. It never

@@ -19,6 +19,8 @@ from .schedule import Schedule, linear_schedule
 from .train import EnsembleResult, ModelConfig, TrainConfig, ensemble_key, train_ensemble
 
 MODELS = ("mlp", "unet")  # the chapters' `model` parameter
+WIDTHS = (1 / 2, 2 / 3, 5 / 6, 1, 7 / 6)  # chapter 3's widths (shares of `width`) at the middle size: C6 at equal
+# time (measured at 3000 steps on digits: widths of a quarter to a half of 96 fail the quality gate at n = 63)
 
 
 def net_config(model: str, width: int, shape: tuple[int, ...], dropout: float | None = None) -> ModelConfig:
@@ -71,7 +73,8 @@ class TrainingJob:
 class TrainedGapPlan:
     """Chapter 3's data and training runs. Jobs: "main" = the seeds on S, then the same seeds on the disjoint S' (the
     S-blind yardstick), at n_train; "sweep" = the same pair at each smaller size n (S[:n] and S'[:n]); "width W" =
-    narrower nets on S at the middle size. `members(n)` says where size n's nets sit."""
+    narrower nets on S at the middle size (WIDTHS: with the chapter's width, five widths for the trade-off at equal
+    training time). `members(n)` says where size n's nets sit."""
 
     ds: Dataset
     sched: Schedule
@@ -79,7 +82,7 @@ class TrainedGapPlan:
     cfg: TrainConfig
     seeds: tuple[int, ...]
     sizes: list[int]  # increasing; the last is n_train
-    widths: list[int]  # increasing; the last is the chapter's width
+    widths: list[int]  # increasing; one of them is the chapter's width (its nets: the sweep's at the middle size)
     jobs: dict[str, TrainingJob]
 
     @property
@@ -118,7 +121,8 @@ def trained_gap_plan(p: Mapping, device, *, dataset: Dataset | None = None) -> T
                       checkpoint_every=max(1, p["train_steps"] // 6))
     sizes = sorted({int(round(v)) for v in np.geomspace(8, p["n_train"], p["n_sizes"])})
     w = p["width"]
-    widths = sorted({max(8, w // 4), max(8, w // 2), w}) if p["width_sweep"] else [w]
+    widths = sorted({max(8, round(w * f)) for f in WIDTHS}) if p["width_sweep"] else [w]
+    others = [v for v in widths if v != w]  # the chapter's own width is the sweep's net at the middle size
     loss = EpsLoss(sched)
     k = len(seeds)
     pairs = lambda n: [S[:n]] * k + [S2[:n]] * k  # noqa: E731  (the nets on S[:n], then their S-blind yardsticks)
@@ -127,7 +131,7 @@ def trained_gap_plan(p: Mapping, device, *, dataset: Dataset | None = None) -> T
             "sweep": TrainingJob(net_cfg, loss, [x for n in sizes[:-1] for x in pairs(n)], ds.shape, cfg,
                                  seeds * 2 * (len(sizes) - 1)),
             **{f"width {v}": TrainingJob(net_config(p["model"], v, ds.shape), loss, [S[:middle]] * k, ds.shape,
-                                         cfg, seeds) for v in widths[:-1]}}
+                                         cfg, seeds) for v in others}}
     return TrainedGapPlan(ds, sched, net_cfg, cfg, seeds, sizes, widths, jobs)
 
 

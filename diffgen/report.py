@@ -11,42 +11,58 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import rowtext
 from .chapters import chapter_defaults
+from .prose import number
 from .provenance import source_hash
-from .results import (FAILS, HOLDS, NOT_MEASURABLE, PAPER_CLAIMS, PAPER_SOURCES, PREMISE, QUALITY, SWEEP_FILE,
-                      fmt_memory, is_reconstruction, read_results, row_verdict)
+from .results import (EVERY, EXISTS, FAILS, HOLDS, NOT_MEASURABLE, PAPER_CLAIMS, PAPER_SOURCES, PREMISE, QUALITY,
+                      QUANTIFIER_WORDS, SWEEP_FILE, Claim, ReportError, claim_from_json, fmt_memory,
+                      is_reconstruction, read_results)
+from .rowtext import NOT_RUN
+from .sweepreport import read_sweep, render_sweep
 
-NOT_RUN = "not run"
 CHECKS = "checks"  # the group of reconstruction checks (R1, R2, ...)
-
-
-class ReportError(Exception):
-    """No results in the folder, or a malformed results file (exit code 2 of `diffgen report`)."""
+SWEEPS = "sweeps"  # a run folder's sweeps: <folder>/sweeps/<name>/sweep.json (diffgen.sweep)
 
 
 @dataclass(frozen=True)
 class Row:
-    """One measured row (or a 'not run' placeholder of a paper claim: metric, value, ci and expected are None)."""
+    """One measured row (its Claim), or a 'not run' placeholder of a paper claim (data None)."""
 
     claim: str  # C1..C4, C5a, C5b, C6, or R1, R2, ... for a reconstruction check
     chapter: str  # the chapter that measured it (or is planned to)
     source: str  # abstract | revision | ours
     statement: str  # what the row tests
-    metric: str | None
-    value: float | None
-    ci: tuple[float, float] | None
-    expected: str | None
-    seeds: int | None  # training seeds behind the row (None: nothing trained)
     verdict: str  # holds | fails | fails (quality) | premise not reached | not measurable | not run
-    notes: tuple[str, ...] = ()  # the premise and the quality gate as measured; "measured before its learning
-    # curves flattened" where that is so
+    data: Claim | None = None  # the row as measured
+    sweep: str | None = None  # the sweep point that measured it ("train_steps=1000"), None: the run's own chapter
 
     @property
     def is_paper(self) -> bool:
         return self.source in PAPER_SOURCES
+
+    @property
+    def regime(self) -> dict | None:
+        return None if self.data is None else self.data.regime
+
+    @property
+    def metric(self) -> str | None:
+        return None if self.data is None else self.data.metric
+
+    @property
+    def value(self) -> float | None:
+        return None if self.data is None else self.data.value
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        return None if self.data is None else self.data.ci
+
+    @property
+    def seeds(self) -> int | None:
+        return None if self.data is None else self.data.seeds
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,9 @@ def _chapter_key(chapter: str) -> tuple:
 
 
 def load_run(directory: str | Path, *, missing_ok: bool = False) -> tuple[list[ChapterRun], list[Row]]:
-    """Every `*.results.json` in `directory` -> (the chapter runs, one row per measured claim plus 'not run' rows).
+    """Every `*.results.json` in `directory` -> (the chapter runs, one row per measured claim plus 'not run' rows),
+    and the rows of the sweeps under `directory/sweeps/` measured by the current source (they widen the region of a
+    claim read as "there is a regime where"; stale points are left out).
 
     ReportError if the folder has no results file (unless `missing_ok`) or if a file is malformed.
     """
@@ -87,68 +105,134 @@ def load_run(directory: str | Path, *, missing_ok: bool = False) -> tuple[list[C
     docs.sort(key=lambda item: _chapter_key(item[1]["chapter"]))
     runs = [ChapterRun(d["chapter"], p, d["parameters"], d["diffgen_version"], d["source_hash"], d.get("memory"))
             for p, d in docs]
-    return runs, rows_for([d for _, d in docs])
+    return runs, rows_for([d for _, d in docs], sweep_rows_of(directory))
 
 
-def rows_for(docs: list[dict]) -> list[Row]:
+def sweep_rows_of(directory: Path) -> list[Row]:
+    """The rows of every sweep point under directory/sweeps/*/ whose results the current source computed."""
+    rows, current = [], source_hash()
+    for record in sorted((Path(directory) / SWEEPS).glob(f"*/{SWEEP_FILE}")):
+        doc = read_sweep(record.parent)
+        for name, entry in doc["points"].items():
+            if entry["results"] and entry["results"]["source_hash"] == current:
+                rows += [_row(doc["chapter"], c, sweep=name) for c in entry["results"]["claims"]]
+    return rows
+
+
+def rows_for(docs: list[dict], sweep: list[Row] = ()) -> list[Row]:
     """Rows grouped by paper claim (in PAPER_CLAIMS order; within a claim the paper's rows first, then ours, each in
-    chapter order), then the reconstruction checks; a claim nobody measured: one 'not run' row."""
+    chapter order), then the reconstruction checks, then the sweeps' rows; a claim nobody measured: one 'not run'
+    row."""
     rows = []
     measured = [_row(d["chapter"], c) for d in docs for c in d["claims"]]
     for cid, paper in PAPER_CLAIMS.items():
         mine = [r for r in measured if r.claim == cid]
         mine.sort(key=lambda r: not r.is_paper)
         if not any(r.is_paper for r in mine):
-            mine.insert(0, Row(cid, paper.chapter, paper.source, paper.statement, None, None, None, None, None,
-                               NOT_RUN))
+            mine.insert(0, Row(cid, paper.chapter, paper.source, paper.statement, NOT_RUN))
         rows += mine
     checks = [r for r in measured if is_reconstruction(r.claim)]
-    return rows + sorted(checks, key=lambda r: int(r.claim[1:]))
+    return rows + sorted(checks, key=lambda r: int(r.claim[1:])) + list(sweep)
 
 
-def _row(chapter: str, c: dict) -> Row:
-    verdict = row_verdict(c)
-    return Row(c["id"], chapter, c["source"], c["statement"], c["metric"], c["value"],
-               None if c["ci"] is None else tuple(c["ci"]), c["expected"], c.get("seeds"), verdict, _notes(c))
-
-
-def _notes(c: dict) -> tuple[str, ...]:
-    notes = []
-    if c.get("premise"):
-        notes.append(f"premise: {c['premise']}" + ("" if c.get("premise_met") else " (not reached)"))
-    if c.get("quality"):
-        notes.append(f"quality: {c['quality']}" + ("" if c.get("quality_ok") else " (fails)"))
-    if c.get("flattened") is False:
-        notes.append("measured before its learning curves flattened")
-    return tuple(notes)
+def _row(chapter: str, c: dict, sweep: str | None = None) -> Row:
+    claim = claim_from_json(c)
+    return Row(claim.id, chapter, claim.source, claim.statement, claim.verdict, claim, sweep)
 
 
 def claim_verdict(rows: list[Row]) -> str:
-    """The verdict on a group of rows: not run; premise not reached (every measured row is conditional on a premise
-    that was not reached); holds (every evaluated row holds); or fails (k of n evaluated rows). Rows whose premise is
-    not reached are not evaluated and do not count. For a paper claim, pass its paper rows (`by_claim` does): our
-    rows never change the paper's verdict."""
+    """The verdict on a group of rows read "in every measured case": not run; premise not reached (every measured row
+    is conditional on a premise that was not reached); not measurable (no evaluated row has a value); holds (every
+    evaluated row holds; "k of n rows evaluated" where some were not); or fails (k of n evaluated rows). Rows whose
+    premise is not reached are not evaluated and do not count. For a paper claim, pass its paper rows (`by_claim`
+    does): our rows never change the paper's verdict."""
     verdicts = [r.verdict for r in rows if r.verdict != NOT_RUN]
     if not verdicts:
         return NOT_RUN
-    evaluated = [v for v in verdicts if v != PREMISE]
+    evaluated = [v for v in verdicts if v not in (PREMISE, NOT_MEASURABLE)]
+    unmeasured = verdicts.count(NOT_MEASURABLE)
     if not evaluated:
-        return PREMISE
+        return NOT_MEASURABLE if unmeasured else PREMISE
     bad = sum(v != HOLDS for v in evaluated)
-    return HOLDS if not bad else f"{FAILS} ({bad} of {len(evaluated)})"
+    if bad:
+        return f"{FAILS} ({bad} of {len(evaluated)})"
+    return HOLDS if len(evaluated) == len(verdicts) else f"{HOLDS} ({len(evaluated)} of {len(verdicts)} rows evaluated)"
+
+
+@dataclass(frozen=True)
+class Regime:
+    """The rows of a claim read "there is a regime where" measured at one place (e.g. n = 63 after 3000 steps), with
+    the verdict of the place: holds where every part holds; fails where a part whose premise is reached fails;
+    else premise not reached, or not measurable."""
+
+    where: dict  # e.g. {"n": 63, "train_steps": 3000}
+    rows: list[Row]
+    sweep: bool  # measured by a sweep point rather than the run's own chapter
+
+    @property
+    def verdict(self) -> str:
+        verdicts = [r.verdict for r in self.rows]
+        if all(v == HOLDS for v in verdicts):
+            return HOLDS
+        if any(v in (FAILS, QUALITY) for v in verdicts):
+            return FAILS
+        return PREMISE if PREMISE in verdicts else NOT_MEASURABLE
+
+    @property
+    def failing(self) -> list[Row]:
+        return [r for r in self.rows if r.verdict in (FAILS, QUALITY)]
+
+
+def regimes(rows: list[Row]) -> list[Regime]:
+    """The places where rows measure, in order of appearance: rows with one regime (sweep or chapter) together."""
+    out: dict[tuple, Regime] = {}
+    for r in rows:
+        if r.verdict == NOT_RUN:
+            continue
+        key = (r.sweep is not None, tuple(sorted((r.regime or {}).items())))
+        out.setdefault(key, Regime(r.regime or {}, [], r.sweep is not None)).rows.append(r)
+    return list(out.values())
+
+
+def exists_verdict(places: list[Regime]) -> str:
+    """A claim read "there is a regime where": holds where some regime holds entirely; fails where its premise is
+    reached somewhere and a part fails in every such regime; else premise not reached, or not measurable."""
+    if not places:
+        return NOT_RUN
+    held = sum(p.verdict == HOLDS for p in places)
+    failed = sum(p.verdict == FAILS for p in places)
+    if held:
+        return f"{HOLDS} (in {held} of {len(places)} regimes)"
+    if failed:
+        return f"{FAILS} (in {failed} of {len(places)} regimes, none holds)"
+    return PREMISE if any(p.verdict == PREMISE for p in places) else NOT_MEASURABLE
 
 
 @dataclass(frozen=True)
 class Group:
-    """A paper claim (or the reconstruction checks) with its rows: those that decide it and ours beside it."""
+    """A paper claim (or the reconstruction checks) with its rows: those that decide it, ours beside it, and the rows
+    of sweeps (claims read "there is a regime where" count their regimes too)."""
 
     claim: str  # C1..C4, C5a, C5b, C6, or CHECKS
     paper: list[Row]  # abstract/revision rows: they decide the verdict
     ours: list[Row]  # our rows: own verdicts only
+    swept: list[Row] = field(default_factory=list)  # the paper rows of sweeps of the current source
+
+    @property
+    def quantifier(self) -> str | None:
+        return None if self.claim == CHECKS else PAPER_CLAIMS[self.claim].quantifier
+
+    @property
+    def places(self) -> list[Regime]:
+        return regimes(self.paper + self.swept)
 
     @property
     def verdict(self) -> str:
-        return claim_verdict(self.paper) if self.claim != CHECKS else claim_verdict(self.ours)
+        if self.claim == CHECKS:
+            return claim_verdict(self.ours)
+        if self.quantifier == EXISTS:
+            return exists_verdict(self.places)
+        return claim_verdict(self.paper)
 
     @property
     def rows(self) -> list[Row]:
@@ -158,12 +242,50 @@ class Group:
     def chapters(self) -> list[str]:
         return list(dict.fromkeys(r.chapter for r in self.rows))
 
+    @property
+    def headline(self) -> Row | None:
+        """The row that says most about the verdict: for a claim read "there is a regime", the first row of the
+        first regime that holds; else the first failing paper row, or the first paper row."""
+        measured = [r for r in self.paper if r.verdict != NOT_RUN]
+        if not measured:
+            return None
+        if self.quantifier == EXISTS:
+            held = [p for p in regimes(measured) if p.verdict == HOLDS]
+            return held[0].rows[0] if held else next(iter(p.failing[0] for p in regimes(measured) if p.failing),
+                                                    measured[0])
+        return next((r for r in measured if r.verdict not in (HOLDS, PREMISE)), measured[0])
+
+
+def region(group: Group) -> str:
+    """Where a claim read "there is a regime where" holds, fails or waits for its premise, computed from its regimes:
+    'holds at n = 63, 3000 steps; a part fails at n = 8, 3000 steps (generates unseen data (n = 8): fails); premise
+    not reached at n = 500, 3000 steps' (sweep points marked); '' for a claim read "in every measured case"."""
+    if group.quantifier != EXISTS:
+        return ""
+    parts = []
+    for verdict, words in ((HOLDS, "holds at"), (FAILS, "a part fails at"), (PREMISE, "premise not reached at"),
+                           (NOT_MEASURABLE, "not measurable at")):
+        places = [p for p in group.places if p.verdict == verdict]
+        if places:
+            parts.append(f"{words} " + " and ".join(_place(p) for p in places))
+    return "; ".join(parts)
+
+
+def _place(p: Regime) -> str:
+    why = ", ".join(f"{rowtext.label(r.data)}: {r.verdict}" for r in p.failing)
+    return (rowtext.regime_text(p.where) or "the chapter's run") + (" (sweep)" if p.sweep else "") + \
+        (f" ({why})" if why else "")
+
 
 def by_claim(rows: list[Row]) -> dict[str, Group]:
     """Paper claim id -> Group, in order, then CHECKS -> the reconstruction checks (when there are any)."""
     groups: dict[str, Group] = {}
     for row in rows:
         key = CHECKS if is_reconstruction(row.claim) else row.claim
+        if row.sweep is not None:
+            if row.is_paper and key in groups:
+                groups[key].swept.append(row)
+            continue
         group = groups.setdefault(key, Group(key, [], []))
         (group.paper if row.is_paper else group.ours).append(row)
     return groups
@@ -174,39 +296,35 @@ def summary(rows: list[Row]) -> str:
     as rows)."""
     groups = [g for g in by_claim(rows).values() if g.claim != CHECKS]
     verdicts = [g.verdict for g in groups]
-    hold = sum(v == HOLDS for v in verdicts)
+    hold = sum(v.startswith(HOLDS) for v in verdicts)
     fail = sum(v.startswith(FAILS) for v in verdicts)
     premise = sum(v == PREMISE for v in verdicts)
     not_run = sum(v == NOT_RUN for v in verdicts)
+    unmeasured = sum(v == NOT_MEASURABLE for v in verdicts)
     parts = [f"{hold} claim{'s' * (hold != 1)} hold{'s' * (hold == 1)}", f"{fail} fail{'s' * (fail == 1)}"]
     text = ", ".join(parts + ([f"{premise} premise not reached"] if premise else [])
+                     + ([f"{unmeasured} not measurable"] if unmeasured else [])
                      + ([f"{not_run} not run"] if not_run else []))
-    ours = [r for r in rows if not r.is_paper]
-    if ours:
-        ok = sum(r.verdict == HOLDS for r in ours)
-        premise = sum(r.verdict == PREMISE for r in ours)
-        bad = len(ours) - ok - premise
-        text += f"; our checks: {ok} hold{'s' * (ok == 1)}, {bad} fail{'s' * (bad == 1)}"
-        text += f", {premise} premise not reached" if premise else ""
-    return text
+    ours = [r for r in rows if not r.is_paper and r.sweep is None]
+    return text + (f"; our checks: {rowtext.tally(ours)}" if ours else "")
+
 
 
 def any_fails(rows: list[Row]) -> bool:
-    """True when a paper claim's row fails or is not measurable (our own checks do not count)."""
-    return any(r.is_paper and r.verdict in (FAILS, QUALITY, NOT_MEASURABLE) for r in rows)
+    """True when a paper claim fails or one of its rows is not measurable (our own checks do not count)."""
+    groups = [g for g in by_claim(rows).values() if g.claim != CHECKS]
+    return any(g.verdict.startswith(FAILS) or g.verdict == NOT_MEASURABLE for g in groups) or any(
+        r.is_paper and r.sweep is None and r.verdict == NOT_MEASURABLE and PAPER_CLAIMS[r.claim].quantifier == EVERY
+        for r in rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Formatting (one number format everywhere)
+# Formatting (one number format everywhere: diffgen.prose.number, through diffgen.rowtext)
 
 
 def fmt_number(value: float | None) -> str:
-    """Three significant digits (1.02e-10, 0.992, 1)."""
-    if value is None:
-        return "n/a"
-    if value == 0:
-        return "0"
-    return f"{value:.3g}"
+    """Three significant digits (1.02e-10, 0.992, 1); 'n/a' for None."""
+    return "n/a" if value is None else number(value)
 
 
 def fmt_ci(ci: tuple[float, float] | None) -> str:
@@ -214,11 +332,9 @@ def fmt_ci(ci: tuple[float, float] | None) -> str:
 
 
 def fmt_measurement(row: Row) -> str:
-    """'value [lo, hi] (expected ...; 3 seeds; premise: ...)' for a measured row."""
-    ci = fmt_ci(row.ci)
-    seeds = f"; {row.seeds} seed{'s' * (row.seeds != 1)}" if row.seeds else ""
-    notes = "".join(f"; {n}" for n in row.notes)
-    return f"{fmt_number(row.value)}{' ' + ci if ci else ''} (expected {row.expected}{seeds}{notes})"
+    """'value [lo, hi], 5 seeds: the relation that decides it; the conditions against it' (diffgen.rowtext)."""
+    value = "" if row.data.value is None else f"{rowtext.measured(row.data)}: "
+    return f"{value}{rowtext.decided_by(row.data)}" + "".join(f"; {n}" for n in rowtext.concerns(row.data))
 
 
 def fmt_parameters(run: ChapterRun, defaults: dict | None = None) -> str:
@@ -240,18 +356,32 @@ def group_title(group: Group) -> tuple[str, str]:
     return f"{group.claim} ({paper.source})", paper.statement
 
 
+def reading(group: Group) -> str:
+    """'read as: there is a regime where it holds (by its wording: ...)'; '' for the checks."""
+    if group.claim == CHECKS:
+        return ""
+    paper = PAPER_CLAIMS[group.claim]
+    return f"read as: {QUANTIFIER_WORDS[paper.quantifier]} ({paper.reading})"
+
+
+def row_text(r: Row) -> str:
+    """One row in words: 'label: value [ci], k seeds: the relation that decides it; conditions -- metric'."""
+    tag = "" if r.is_paper else "ours: "
+    return f"{tag}{rowtext.label(r.data)}: {fmt_measurement(r)} -- {r.metric}"
+
+
 def format_text(runs: list[ChapterRun], rows: list[Row], width: int = 110) -> str:
     lines = []
     for group in by_claim(rows).values():
         heading, statement = group_title(group)
         lines += _wrap(f"{heading:<15} {group.verdict.upper():<15} ", statement, width)
+        for extra in filter(None, [reading(group), region(group) and "region: " + region(group)]):
+            lines += _wrap(" " * 4, extra, width)
         for r in group.rows:
             if r.verdict == NOT_RUN:
                 lines.append(f"    {r.chapter}  not run (no {r.chapter}.results.json)")
                 continue
-            tag = "" if r.is_paper else f"[{r.claim}, ours] " if group.claim == CHECKS else "[ours] "
-            lines += _wrap(f"    {r.chapter}  {r.verdict:<5} ", f"{tag}{fmt_measurement(r)}: {r.metric}"
-                           + ("" if r.is_paper else f" -- {r.statement}"), width)
+            lines += _wrap(f"    {r.chapter}  {r.verdict:<5} ", row_text(r), width)
     lines += ["", summary(rows) + "."]
     for run in runs:
         stale = "" if run.source_hash == source_hash() else f", not the current source {source_hash()}"
@@ -266,36 +396,35 @@ def _wrap(head: str, text: str, width: int) -> list[str]:
                          break_on_hyphens=False) or [head]
 
 
-def _md(text: str) -> str:
-    """Escape what Markdown table cells would misread."""
-    return re.sub(r"([|*_<>`\\])", r"\\\1", text)
-
-
 def format_markdown(runs: list[ChapterRun], rows: list[Row]) -> str:
-    lines = ["| claim | source | chapter | we measured | verdict |", "|---|---|---|---|---|"]
+    md = rowtext.md
+    lines = ["| claim | source | read as | we measured | verdict |", "|---|---|---|---|---|"]
     for group in by_claim(rows).values():
         heading, statement = group_title(group)
-        measured = "<br>".join(
-            "not run" if r.verdict == NOT_RUN else
-            f"{'' if r.is_paper else '(ours: ' + _md(r.statement) + ') '}{_md(r.metric)}: "
-            f"**{_md(fmt_measurement(r))}**, {r.verdict}" for r in group.rows)
+        measured = "<br>".join("not run" if r.verdict == NOT_RUN else f"{md(row_text(r))}: **{r.verdict}**"
+                               for r in group.rows)
         sources = ", ".join(dict.fromkeys(r.source for r in group.rows))
-        lines.append(f"| {_md(heading)}: {_md(statement)} | {sources} | {', '.join(group.chapters)} | {measured} | "
-                     f"{group.verdict} |")
+        where = f"<br>{md(region(group))}" if region(group) else ""
+        lines.append(f"| {md(heading)}: {md(statement)} | {sources} | {md(reading(group))} | {measured} | "
+                     f"{group.verdict}{where} |")
     lines += ["", summary(rows) + "."]
     for run in runs:
         lines.append(f"- {run.chapter}: diffgen {run.diffgen_version} (source {run.source_hash}); peak memory "
-                     f"{fmt_memory(run.memory)}; parameters: {_md(fmt_parameters(run))}")
+                     f"{fmt_memory(run.memory)}; parameters: {md(fmt_parameters(run))}")
     return "\n".join(lines) + "\n"
 
 
 def format_json(runs: list[ChapterRun], rows: list[Row]) -> str:
+    from .results import claim_json
+
     claims = []
     for group in by_claim(rows).values():
         heading, statement = group_title(group)
+        paper = PAPER_CLAIMS.get(group.claim)
         claims.append({"id": group.claim, "statement": statement, "verdict": group.verdict,
-                       "source": None if group.claim == CHECKS else PAPER_CLAIMS[group.claim].source,
-                       "measurements": [{k: v for k, v in asdict(r).items() if k != "claim"} | {"id": r.claim}
+                       "source": paper and paper.source, "quantifier": paper and paper.quantifier,
+                       "reading": paper and paper.reading, "region": region(group) or None,
+                       "measurements": [claim_json(r.data) | {"chapter": r.chapter, "verdict": r.verdict}
                                         for r in group.rows if r.verdict != NOT_RUN],
                        "chapters": group.chapters})
     doc = {"summary": summary(rows), "claims": claims,
@@ -317,206 +446,3 @@ def render(directory: str | Path, fmt: str = "text") -> tuple[str, list[Row]]:
         return render_sweep(directory), []
     runs, rows = load_run(directory)
     return FORMATS[fmt](runs, rows), rows
-
-
-# ---------------------------------------------------------------------------------------------------- sweeps
-@dataclass(frozen=True)
-class SweepCell:
-    """One claim row at one grid point, over the seeds measured there."""
-
-    values: dict  # the swept parameters' values, the seed left out
-    value: float | None  # mean over the seeds with a value
-    ci: tuple[float, float] | None  # across seeds (t interval) with two or more, else the one seed's own interval
-    holds: int  # seeds where the row holds
-    seeds: int  # seeds with results
-    stale: bool  # computed by other diffgen code than the current
-
-
-@dataclass(frozen=True)
-class SweepRow:
-    index: int  # position of the row in the chapter's claims
-    claim: str
-    source: str
-    metric: str  # as the first point states it
-    cells: list[SweepCell]
-
-
-def read_sweep(folder: str | Path) -> dict:
-    """folder/sweep.json with each point's results (None where it has none); a corrupt file is an error naming it."""
-    path = Path(folder) / SWEEP_FILE
-    try:
-        doc = json.loads(path.read_text())
-        points = doc["points"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ReportError(f"{path}: not a readable sweep record ({e})") from e
-    for name, entry in points.items():
-        results = Path(folder) / name / f"{doc['chapter']}.results.json"
-        try:
-            entry["results"] = read_results(results) if results.is_file() else None
-        except (ValueError, KeyError) as e:
-            raise ReportError(f"{results}: {e}") from e
-    return doc
-
-
-def sweep_rows(doc: dict, current: str | None = None) -> list[SweepRow]:
-    """Per claim row of the chapter, one cell per grid point (seeds pooled: mean and interval across them)."""
-    from .metrics import across_seeds
-
-    current = current or source_hash()
-    groups: dict[tuple, list[dict]] = {}
-    for entry in doc["points"].values():
-        key = tuple((k, v) for k, v in entry["values"].items() if k != "seed")
-        groups.setdefault(key, []).append(entry)
-    measured = [e["results"] for e in doc["points"].values() if e["results"]]
-    if not measured:
-        return []
-    rows = []
-    for i, first in enumerate(measured[0]["claims"]):
-        cells = []
-        for key, entries in groups.items():
-            docs = [e["results"] for e in entries if e["results"] and len(e["results"]["claims"]) > i]
-            claims = [d["claims"][i] for d in docs]
-            values = [c["value"] for c in claims if c["value"] is not None]
-            if len(values) >= 2:
-                est = across_seeds(values)
-                value, ci = est.value, (est.low, est.high)
-            else:
-                value = values[0] if values else None
-                ci = tuple(claims[0]["ci"]) if values and claims[0]["ci"] else None
-            cells.append(SweepCell(dict(key), value, ci, sum(bool(c["holds"]) for c in claims), len(claims),
-                                   any(d["source_hash"] != current for d in docs)))
-        rows.append(SweepRow(i, first["id"], first["source"], first["metric"], cells))
-    return rows
-
-
-def format_sweep(folder: str | Path, doc: dict, rows: list[SweepRow], figures: list[Path]) -> str:
-    statuses = [e.get("status") for e in doc["points"].values()]
-    grid = " x ".join(f"{k} = {', '.join(map(str, v))}" for k, v in doc["grid"].items())
-    stale = sum(c.stale for r in rows[:1] for c in r.cells)
-    lines = [f"Sweep of {doc['chapter']} ({folder}): {grid}",
-             f"{len(statuses)} points: {statuses.count('done') + statuses.count('skipped')} done, "
-             f"{statuses.count('failed')} failed, {statuses.count('pending')} not run; {stale} grid cells stale "
-             f"(computed by other diffgen code; rerun the sweep to recompute them)", ""]
-    for row in rows:
-        lines.append(f"{row.claim} [{row.source}] row {row.index + 1}: {row.metric}")
-        for c in row.cells:
-            where = ", ".join(f"{k}={v}" for k, v in c.values.items()) or "(one point)"
-            lines.append(f"  {where}: {fmt_number(c.value)} {fmt_ci(c.ci)}  holds in {c.holds} of {c.seeds} "
-                         f"seed(s){'  STALE' if c.stale else ''}")
-        lines.append("")
-    if figures:
-        lines.append("Heat maps: " + ", ".join(str(f) for f in figures))
-    return "\n".join(lines) + "\n"
-
-
-def sweep_figure(doc: dict, row: SweepRow):
-    """The heat map of one claim row: its value over the first two swept parameters (the seed aside), each cell
-    marked with its verdict; further parameters facet the figure. Returns the matplotlib Figure."""
-    import matplotlib.pyplot as plt
-
-    from . import plotting
-
-    names = [k for k in doc["grid"] if k != "seed"]
-    x_name, y_name, facet_names = names[0], (names[1] if len(names) > 1 else None), names[2:]
-    facets = sorted({tuple(c.values[k] for k in facet_names) for c in row.cells})
-    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets) + 1, 3.6), squeeze=False)
-    for ax, facet in zip(axes[0], facets):
-        cells = {(c.values[x_name], c.values[y_name] if y_name else None): c for c in row.cells
-                 if tuple(c.values[k] for k in facet_names) == facet}
-        xs, ys = sorted({x for x, _ in cells}), sorted({y for _, y in cells}, key=lambda y: (y is None, y))
-        value = [[cells[x, y].value if (x, y) in cells else None for x in xs] for y in ys]
-        share = [[cells[x, y].holds / cells[x, y].seeds if (x, y) in cells and cells[x, y].seeds else None
-                  for x in xs] for y in ys]
-        plotting.plot_sweep_heatmap(value, share, xs, ys, ax=ax, xlabel=x_name, ylabel=y_name or "",
-                                    title=", ".join(f"{k}={v}" for k, v in zip(facet_names, facet)))
-    fig.suptitle(f"{row.claim} [{row.source}]: {textwrap.shorten(row.metric, 90)}", fontsize=9)
-    return fig
-
-
-def sweep_heatmaps(folder: str | Path, doc: dict, rows: list[SweepRow]) -> list[Path]:
-    """sweep_figure of every claim row, as PNGs under folder/report/."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not [k for k in doc["grid"] if k != "seed"]:
-        return []
-    out = Path(folder) / "report"
-    out.mkdir(exist_ok=True)
-    paths = []
-    for row in rows:
-        fig = sweep_figure(doc, row)
-        path = out / f"{doc['chapter']}-row{row.index + 1}-{row.claim}.png"
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def render_sweep(folder: str | Path) -> str:
-    doc = read_sweep(folder)
-    rows = sweep_rows(doc)
-    if not rows:
-        raise ReportError(f"{folder}: the sweep has no finished point yet")
-    return format_sweep(folder, doc, rows, sweep_heatmaps(folder, doc, rows))
-
-
-# ---------------------------------------------------------------------------------------- rows by training-set size
-@dataclass(frozen=True)
-class SizeCell:
-    """One row of a conditional claim at one grid point, at the training-set size its metric names ('n = N')."""
-
-    n: int
-    values: dict  # the point's swept parameters, the seed aside
-    value: float | None
-    verdict: str  # holds | fails | fails (quality) | premise not reached | not measurable
-    stale: bool
-
-
-def rows_by_size(doc: dict, claim: str, kind: str, current: str | None = None) -> list[SizeCell]:
-    """Every row of `claim` whose metric starts with `kind` (e.g. chapter 3's 'copy rate'), at every grid point of a
-    sweep (read_sweep), placed at the training-set size its metric names: chapter 3 measures C4 at several sizes in
-    each run, so these rows belong on a size axis, not on the swept n_train."""
-    current = current or source_hash()
-    cells = []
-    for entry in doc["points"].values():
-        results = entry["results"]
-        if not results:
-            continue
-        values = {k: v for k, v in entry["values"].items() if k != "seed"}
-        for c in results["claims"]:
-            found = re.search(r"\bn = (\d+)", c["metric"])
-            if c["id"] == claim and c["metric"].startswith(kind) and found:
-                cells.append(SizeCell(int(found.group(1)), values, c["value"],
-                                      row_verdict(c),
-                                      results["source_hash"] != current))
-    return sorted(cells, key=lambda c: (c.n, sorted(c.values.items())))
-
-
-def where(cells: list[SizeCell], swept: str) -> dict[str, list[str]]:
-    """verdict -> ['n = 63 after 2000 steps', ...]: where each verdict occurs (`swept`: the other axis's parameter)."""
-    out: dict[str, list[str]] = {}
-    for c in cells:
-        out.setdefault(c.verdict, []).append(f"n = {c.n}" + (f" at {swept} = {c.values[swept]}" if swept in c.values
-                                                                else ""))
-    return out
-
-
-def size_figure(cells: list[SizeCell], swept: str, title: str, *, ax):
-    """A heat map of rows_by_size cells: training-set size across, the swept parameter up, the value as colour and
-    the verdict in words."""
-    from . import plotting
-
-    if not cells:
-        ax.text(0.5, 0.5, "not measured in this sweep", ha="center", va="center", transform=ax.transAxes)
-        ax.set(title=title, xticks=[], yticks=[])
-        return ax
-    xs = sorted({c.n for c in cells})
-    ys = sorted({c.values.get(swept) for c in cells}, key=lambda y: (y is None, y))
-    at = {(c.n, c.values.get(swept)): c for c in cells}
-    values = [[at[x, y].value if (x, y) in at else None for x in xs] for y in ys]
-    labels = [[at[x, y].verdict if (x, y) in at else "" for x in xs] for y in ys]
-    return plotting.plot_sweep_heatmap(values, None, xs, ys, ax=ax, xlabel="training-set size n (as measured)",
-                                       ylabel=swept, title=title, labels=labels)
-

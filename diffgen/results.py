@@ -1,18 +1,27 @@
 """Layer 1: the paper's claims and the per-chapter results file `<chapter>.results.json` (one format for every chapter).
 
 {"chapter", "parameters", "diffgen_version", "source_hash",
- "claims": [{"id", "source", "statement", "metric", "value" (number, or null when not measurable),
-             "ci": [low, high] | null, "expected", "holds", "seeds": int | null,
-             "premise": str | null, "premise_met": bool | null, "quality": str | null, "quality_ok": bool | null,
-             "flattened": bool | null}],
+ "claims": [{"id", "source", "statement", "label", "metric", "value" (number, or null when not measurable),
+             "ci": [low, high] | null, "interval": how the interval was formed | null, "expected", "holds",
+             "rule": [comparison, ...], "rule_holds": bool | null, "seeds": int | null,
+             "premise": condition | null, "quality": condition | null, "flattened": bool | null,
+             "regime": {"n": 63, "train_steps": 3000} | null,
+             "equivalence": {"margin", "spread", "power", "seeds_for_80"} | null}],
  "memory": {"gpu_peak_bytes": int | null (no GPU used), "host_peak_bytes": int}}   (files of older code: no "memory")
+comparison = {"what", "value", "relation": "<" | "<=" | ">" | ">=", "threshold", "of"};
+condition = {"statement", "met", "tests": [comparison, ...], "combine": "all" | "any"}
+(files of older code: premise and quality as sentences beside "premise_met" / "quality_ok"; no rule: they still read)
 
-A row's verdict (`verdict`) has five states. A conditional claim (C4: "a sufficiently trained model approximates the
-optimum, yet ...") is evaluated only where its premise is reached: elsewhere the row reads "premise not reached",
-whatever its value. A row whose holding means "memorizes little" carries a quality gate: it holds only if the
-generator's samples are at least as close to held-out data as a stated crude yardstick, else "fails (quality)" (a
-generator of noise copies nothing). `flattened` says whether the learning curves behind a trained-model row had
-flattened by the end of training (False: measured before convergence).
+A row's verdict (`verdict`) has five states. Its rule is a list of comparisons of measured numbers with thresholds
+(all met: the rule holds), kept with their numbers so that every sentence about them can print the relation that
+holds (diffgen.rowtext). A conditional row (C4: "a sufficiently trained model approximates the optimum, yet ...") is
+evaluated only where its premise is reached: elsewhere it reads "premise not reached", whatever its value. A row
+whose holding means "memorizes little" carries a quality gate: it holds only if the generator's samples are at least
+as close to held-out data as a stated crude yardstick, else "fails (quality)" (a generator of noise copies nothing).
+`flattened` says whether the learning curves behind a trained-model row had flattened by the end of training.
+
+Each paper claim says how it is read (PaperClaim.quantifier): "in every measured case" (every evaluated row must
+hold) or "there is a regime where" (C4, by its wording: some place, the rows' `regime`, where every part holds).
 
 A row's id is a paper claim (C1..C4, C5a, C5b, C6: PAPER_CLAIMS) or a reconstruction check of ours (R1, R2, ...).
 Its source says where the statement comes from: `abstract` (the paper's v1 abstract), `revision` (the third-party
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 import sys
 from dataclasses import asdict, dataclass
@@ -38,32 +48,50 @@ PAPER_SOURCES = ("abstract", "revision")
 RECONSTRUCTION_ID = re.compile(r"R[1-9][0-9]*")
 
 
+EVERY, EXISTS = "every", "exists"  # how a paper claim is read: in every measured case, or in some regime
+QUANTIFIER_WORDS = {EVERY: "in every measured case", EXISTS: "there is a regime where"}
+
+
 @dataclass(frozen=True)
 class PaperClaim:
-    """A claim of the paper, in the words of its source (shared/paper/PAPER.md)."""
+    """A claim of the paper, in the words of its source (shared/paper/PAPER.md), and how the book reads it."""
 
     id: str
     source: str  # abstract | revision
     statement: str
     chapter: str  # the chapter that measures it
+    short: str  # a few words for the claims at a glance
+    quantifier: str  # EVERY: decided by every measured case; EXISTS: holds where some regime meets every part
+    reading: str  # why that quantifier: the claim's wording, or "ours" where the wording does not decide
 
 
 PAPER_CLAIMS = {c.id: c for c in [
     PaperClaim("C1", "abstract", "Generalization of a generative model is measured by the mutual information between "
                "the generated data and the training set; less correlation with the training set, better "
-               "generalization.", "ch1"),
+               "generalization.", "ch1", "I(z; S) measures generalization", EVERY,
+               "ours: a definition is tested on every generator we measure it on; the wording does not decide"),
     PaperClaim("C2", "abstract", "(presupposed by the abstract) The noise-prediction objective on a finite training "
-               "set has an empirical optimum.", "ch2"),
+               "set has an empirical optimum.", "ch2", "the empirical optimum in closed form", EVERY,
+               "a closed form: every check of it must agree"),
     PaperClaim("C3", "abstract", "With the empirical optimum, data generated by a deterministic sampler are all "
-               "highly related to the training set (poor generalization).", "ch2"),
+               "highly related to the training set (poor generalization).", "ch2", "the optimum with DDIM copies",
+               EVERY, "by its wording: the generated data are *all* highly related to the training set"),
     PaperClaim("C4", "abstract", "A sufficiently trained model approximates the empirical optimum, yet generates "
-               "unseen data; the slight difference between them is critical.", "ch3"),
+               "unseen data; the slight difference between them is critical.", "ch3",
+               "trained nets approximate it, yet create", EXISTS,
+               "by its wording: a model that is sufficiently trained, approximates the optimum and yet generates "
+               "unseen data exists; a regime (training-set size, training length) where all three parts hold "
+               "shows it, and regimes where its premise is not reached do not count against it"),
     PaperClaim("C5a", "abstract", "Another training objective, whose empirical optimum has no potential "
-               "generalization problem, returns a model similar to the original one.", "ch4"),
+               "generalization problem, returns a model similar to the original one.", "ch4",
+               "the new objective: a similar model", EVERY,
+               "ours: 'returns a similar model' is read at every training-set size we train"),
     PaperClaim("C5b", "revision", "The forward-time objective reduces memorization while keeping competitive sample "
-               "quality.", "ch4"),
+               "quality.", "ch4", "the new objective memorizes less", EVERY,
+               "ours: read at every training-set size where the standard objective memorizes"),
     PaperClaim("C6", "revision", "A trade-off between optimization and generalization: the closer training gets to "
-               "the empirical optimum, the more the model memorizes.", "ch3"),
+               "the empirical optimum, the more the model memorizes.", "ch3", "closer to the optimum, more copies",
+               EVERY, "by its wording, a general trade-off: every comparison at equal training time"),
 ]}
 
 
@@ -83,6 +111,63 @@ def is_reconstruction(claim_id: str) -> bool:
     return RECONSTRUCTION_ID.fullmatch(claim_id) is not None
 
 
+RELATIONS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+NEGATION = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One comparison of a measured number with a threshold, `what` `relation` `threshold` (the lower end of an
+    interval > 0.5, an energy distance <= that of a yardstick); it is met or not by its numbers, and its text
+    (diffgen.rowtext) prints the relation that holds between them."""
+
+    what: str  # e.g. "lower end", "energy distance to held-out images"
+    value: float
+    relation: str  # <, <=, > or >=: the relation the row needs
+    threshold: float
+    of: str = ""  # what the threshold is, e.g. "an isotropic Gaussian fit of S" ('' : a number of the rule)
+
+    def __post_init__(self):
+        if self.relation not in RELATIONS:
+            raise ValueError(f"comparison {self.what!r}: relation must be one of {', '.join(RELATIONS)}; got "
+                             f"{self.relation!r}")
+        for name in ("value", "threshold"):
+            if not math.isfinite(float(getattr(self, name))):
+                raise ValueError(f"comparison {self.what!r}: {name} must be finite; got {getattr(self, name)}")
+
+    @property
+    def met(self) -> bool:
+        return bool(RELATIONS[self.relation](float(self.value), float(self.threshold)))
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A premise or a quality gate as measured: a statement and the tests that decide it (all of them must be met,
+    or any one with `combine` 'any'); without tests (a condition made of other rows' verdicts) `met` says it."""
+
+    statement: str  # e.g. "the standard net copies at n = 40"
+    met: bool
+    tests: tuple[Comparison, ...] = ()
+    combine: str = "all"  # all | any
+
+    def __post_init__(self):
+        if self.combine not in ("all", "any"):
+            raise ValueError(f"condition {self.statement!r}: combine must be 'all' or 'any'; got {self.combine!r}")
+        if self.tests and self.met != (all if self.combine == "all" else any)(t.met for t in self.tests):
+            raise ValueError(f"condition {self.statement!r}: met={self.met} contradicts its tests")
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """An equivalence row's design: the margin, fixed before the measurement, and the power of its seeds to pass a
+    true difference of 0 (a ratio of 1), from the measured seed spread."""
+
+    margin: float  # the bound the interval must stay within, on the scale of the row's test (e.g. log 1.25)
+    spread: float  # the standard deviation of one seed's statistic under the null (reruns), same scale
+    power: float  # probability that k seeds pass when the true difference is 0, given `spread`
+    seeds_for_80: int  # the fewest seeds with power >= 0.8
+
+
 @dataclass(frozen=True)
 class Claim:
     """One measured row: what it tests (statement, with its source), what we computed, and whether it meets the
@@ -97,13 +182,24 @@ class Claim:
     expected: str  # the condition the value must meet, in words
     holds: bool
     seeds: int | None = None  # training seeds behind a trained-model row; None when nothing was trained
-    premise: str | None = None  # a conditional row's premise as measured, in words; None: unconditional
-    premise_met: bool | None = None  # False: the premise is not reached here, so the row is not evaluated
-    quality: str | None = None  # the quality gate of a row whose holding means "memorizes little", as measured
-    quality_ok: bool | None = None  # False: the generator is no closer to held-out data than the crude yardstick
+    premise: Condition | None = None  # a conditional row's premise as measured; None: unconditional
+    quality: Condition | None = None  # the quality gate of a row whose holding means "memorizes little"
     flattened: bool | None = None  # the learning curves behind the row had flattened by the end (None: not checked)
     rule_holds: bool | None = None  # the rule alone, before premise and gate (None: as `holds`); a row whose rule
     # fails reads "fails" even where its quality gate fails too
+    rule: tuple[Comparison, ...] = ()  # the comparisons that decide the rule (all met: it holds); () in older files
+    interval: str | None = None  # how `ci` was formed, e.g. "t interval across 5 seeds"
+    regime: dict | None = None  # where a row of a claim read as "there is a regime" measures, e.g. {"n": 63}
+    equivalence: Equivalence | None = None  # margin and power of a row that tests "similar"
+    label: str | None = None  # a short name for the row, e.g. "approximates eps* (n = 63)"
+
+    @property
+    def premise_met(self) -> bool | None:
+        return None if self.premise is None else self.premise.met
+
+    @property
+    def quality_ok(self) -> bool | None:
+        return None if self.quality is None else self.quality.met
 
     @property
     def verdict(self) -> str:
@@ -129,11 +225,15 @@ class Claim:
         if self.seeds is not None and (not isinstance(self.seeds, int) or isinstance(self.seeds, bool)
                                        or self.seeds < 1):
             raise ValueError(f"claim {self.id} seeds must be None or a positive integer; got {self.seeds!r}")
-        for name in ("premise_met", "quality_ok", "flattened", "rule_holds"):
+        for name in ("flattened", "rule_holds"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise ValueError(f"claim {self.id} {name} must be None or a bool; got {getattr(self, name)!r}")
-        if (self.premise is None) != (self.premise_met is None) or (self.quality is None) != (self.quality_ok is None):
-            raise ValueError(f"claim {self.id}: a premise (or quality gate) needs both its text and its outcome")
+        for name in ("premise", "quality"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), Condition):
+                raise ValueError(f"claim {self.id} {name} must be None or a Condition; got {getattr(self, name)!r}")
+        rule = self.holds if self.rule_holds is None else self.rule_holds
+        if self.rule and bool(rule) != all(t.met for t in self.rule):
+            raise ValueError(f"claim {self.id}: its rule {'holds' if rule else 'fails'}, but its tests say otherwise")
         if self.holds and (self.premise_met is False or self.quality_ok is False):
             raise ValueError(f"claim {self.id} cannot hold where its premise is not reached or its quality gate fails")
 
@@ -154,15 +254,15 @@ def verdict_of(value, holds: bool, premise_met: bool | None = None, quality_ok: 
 
 
 def row_verdict(c: dict) -> str:
-    """verdict_of a row of a results file (older files lack the conditions: they were unconditional)."""
-    return verdict_of(c["value"], c["holds"], c.get("premise_met"), c.get("quality_ok"), c.get("rule_holds"))
+    """verdict_of a row of a results file."""
+    return claim_from_json(c).verdict
 
 
 def paper_row(claim_id: str, metric: str, value, ci, expected: str, holds, seeds: int | None = None,
               **conditions) -> Claim:
     """A row that tests paper claim `claim_id` as its source states it (statement and source from PAPER_CLAIMS);
-    `conditions`: premise/premise_met, quality/quality_ok, flattened (Claim's fields). The row holds only if its
-    rule holds, its premise is met and its quality gate passes."""
+    `conditions`: premise, quality (Conditions), flattened, rule (Comparisons), interval, regime, equivalence (Claim's
+    fields). The row holds only if its rule holds, its premise is met and its quality gate passes."""
     paper = PAPER_CLAIMS[claim_id]
     return Claim(claim_id, paper.source, paper.statement, metric, value, ci, expected,
                  _holds(holds, conditions), seeds, **_with_rule(holds, conditions))
@@ -176,18 +276,24 @@ def ours_row(claim_id: str, statement: str, metric: str, value, ci, expected: st
 
 
 def _holds(rule, conditions: dict) -> bool:
-    return bool(rule) and conditions.get("premise_met") is not False and conditions.get("quality_ok") is not False
+    met = lambda name: conditions.get(name) is None or conditions[name].met  # noqa: E731
+    return bool(rule) and met("premise") and met("quality")
 
 
 def _with_rule(rule, conditions: dict) -> dict:
     """The conditions, with the rule's own outcome recorded where a premise or a gate could overrule it."""
-    conditional = "premise_met" in conditions or "quality_ok" in conditions
+    conditional = conditions.get("premise") is not None or conditions.get("quality") is not None
     return {**conditions, "rule_holds": bool(rule)} if conditional else conditions
 
 
-def check_row(check_id: str, metric: str, value, ci, expected: str, holds, seeds: int | None = None) -> Claim:
+def check_row(check_id: str, metric: str, value, ci, expected: str, holds, seeds: int | None = None,
+              **conditions) -> Claim:
     """A reconstruction check of ours (statement from CHECKS)."""
-    return Claim(check_id, "ours", CHECKS[check_id], metric, value, ci, expected, bool(holds), seeds)
+    return Claim(check_id, "ours", CHECKS[check_id], metric, value, ci, expected, bool(holds), seeds, **conditions)
+
+
+class ReportError(Exception):
+    """No results in a folder, or a malformed results file or sweep record (exit code 2 of `diffgen report`)."""
 
 
 def results_path(directory: str | Path, chapter: str) -> Path:
@@ -230,7 +336,7 @@ def write_results(directory: str | Path, chapter: str, parameters: dict, claims:
         "parameters": parameters,
         "diffgen_version": VERSION,
         "source_hash": source_hash(),
-        "claims": [_claim_json(c) for c in claims],
+        "claims": [claim_json(c) for c in claims],
         "memory": peak_memory(),
     }
     path = results_path(directory, chapter)
@@ -240,12 +346,47 @@ def write_results(directory: str | Path, chapter: str, parameters: dict, claims:
     return path
 
 
-def _claim_json(c: Claim) -> dict:
+def claim_json(c: Claim) -> dict:
+    """A Claim as the JSON object of a results file."""
     d = asdict(c)
     d["value"] = None if c.value is None else float(c.value)
     d["ci"] = None if c.ci is None else [float(v) for v in c.ci]
     d["holds"] = bool(c.holds)
+    d["rule"] = list(d["rule"])
+    conditions = [d[k] for k in ("premise", "quality") if d[k]]
+    for condition in conditions:
+        condition["tests"], condition["met"] = list(condition["tests"]), bool(condition["met"])
+    for test in d["rule"] + [t for condition in conditions for t in condition["tests"]]:
+        test["value"], test["threshold"] = float(test["value"]), float(test["threshold"])
+    if d["equivalence"]:
+        d["equivalence"] = {k: (int(v) if k == "seeds_for_80" else float(v)) for k, v in d["equivalence"].items()}
     return d
+
+
+def _comparison(d: dict) -> Comparison:
+    return Comparison(d["what"], d["value"], d["relation"], d["threshold"], d.get("of", ""))
+
+
+def _condition(value, met) -> Condition | None:
+    """A Condition from its JSON form; in files of older code, a sentence with its outcome beside it."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return Condition(value, bool(met))
+    return Condition(value["statement"], value["met"], tuple(_comparison(t) for t in value.get("tests", ())),
+                     value.get("combine", "all"))
+
+
+def claim_from_json(c: dict) -> Claim:
+    """The Claim of a row of a results file (validated); files of older code lack the newer fields."""
+    fields = {k: v for k, v in c.items() if k not in ("premise_met", "quality_ok")}
+    fields["ci"] = None if c["ci"] is None else tuple(c["ci"])
+    fields["premise"] = _condition(c.get("premise"), c.get("premise_met"))
+    fields["quality"] = _condition(c.get("quality"), c.get("quality_ok"))
+    fields["rule"] = tuple(_comparison(t) for t in c.get("rule", ()))
+    if c.get("equivalence"):
+        fields["equivalence"] = Equivalence(**c["equivalence"])
+    return Claim(**fields)
 
 
 def read_results(path: str | Path) -> dict:
@@ -255,7 +396,7 @@ def read_results(path: str | Path) -> dict:
     if missing:
         raise ValueError(f"{path}: missing keys {sorted(missing)}")
     for c in doc["claims"]:
-        Claim(**{**c, "ci": None if c["ci"] is None else tuple(c["ci"])})  # validates
+        claim_from_json(c)  # validates
     memory = doc.get("memory", {})
     if not isinstance(memory, dict) or set(memory) - MEMORY_KEYS or not all(
             v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) for v in memory.values()):

@@ -377,3 +377,24 @@ def test_copy_of_a_duplicated_training_point_is_a_copy(cloud):
     assert bool(nearest_neighbors(z, dup, distinct=False).ratio.isnan().any())  # the old 0/0
     with pytest.raises(ValueError, match="distinct rows"):
         nearest_neighbors(z, torch.cat([train[:1]] * 3), k=2)
+
+
+@pytest.mark.parametrize("sides", [1, 2])
+def test_equivalence_power_matches_a_simulation_and_the_seeds_it_takes(sides):
+    """The exact power of the interval-inside-the-margin test against 40 000 simulated studies of k normal seeds,
+    and seeds_for_power as the first k that reaches 80% (checked one k below)."""
+    from scipy.stats import t as student
+
+    from diffgen.metrics import equivalence_power, seeds_for_power
+
+    rng = np.random.default_rng(0)
+    for k, margin, sd in [(5, 0.2, 0.1), (8, 0.1, 0.1), (3, 0.5, 0.1)]:
+        x = rng.normal(0.0, sd, (40_000, k))
+        half = student.ppf(0.975, k - 1) * x.std(1, ddof=1) / np.sqrt(k)
+        inside = (x.mean(1) + half <= margin) & ((x.mean(1) - half >= -margin) if sides == 2 else True)
+        assert equivalence_power(margin, sd, k, sides=sides) == pytest.approx(inside.mean(), abs=0.01)
+    need = seeds_for_power(0.1, 0.1, sides=sides)
+    assert equivalence_power(0.1, 0.1, need, sides=sides) >= 0.8 > equivalence_power(0.1, 0.1, need - 1, sides=sides)
+    assert seeds_for_power(0.001, 1.0, most=50) == 50 and equivalence_power(0.1, 0.0, 2) == 1.0
+    with pytest.raises(ValueError, match="sides 1 or 2"):
+        equivalence_power(0.1, 0.1, 1)

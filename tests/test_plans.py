@@ -61,7 +61,7 @@ def _params(preset: str, pairs=()) -> dict:
 def test_chapter3_plan_from_its_smoke_parameters():
     p = _params("smoke", [("device", "cpu")])
     plan = plans.trained_gap_plan(p, "cpu")
-    assert list(plan.jobs) == ["main", "sweep", "width 8", "width 16"]
+    assert list(plan.jobs) == ["main", "sweep", "width 16", "width 21", "width 27", "width 37"]  # five widths
     main = plan.jobs["main"]
     assert main.seeds == (0, 1, 0, 1) and [len(s) for s in main.sets] == [64] * 4
     assert torch.equal(main.sets[0], plan.ds.train) and torch.equal(main.sets[2], plan.ds.disjoint)
@@ -69,8 +69,8 @@ def test_chapter3_plan_from_its_smoke_parameters():
     assert plan.sizes == [8, 64] and sweep.seeds == (0, 1, 0, 1) and [len(s) for s in sweep.sets] == [8] * 4
     assert torch.equal(sweep.sets[0], plan.ds.train[:8]) and torch.equal(sweep.sets[2], plan.ds.disjoint[:8])
     assert plan.members(8) == ("sweep", [0, 1], [2, 3]) and plan.members(64) == ("main", [0, 1], [2, 3])
-    assert plan.middle == 64 and [len(s) for s in plan.jobs["width 8"].sets] == [64, 64]
-    assert plan.jobs["width 8"].model_cfg == MLPConfig(hidden=8)
+    assert plan.middle == 64 and [len(s) for s in plan.jobs["width 16"].sets] == [64, 64] and 32 in plan.widths
+    assert plan.jobs["width 16"].model_cfg == MLPConfig(hidden=16)
     assert plans.trained_gap_plan(p, "cpu").jobs["main"].key == main.key  # the same parameters, the same key
 
 
@@ -78,7 +78,7 @@ def test_train_refuses_a_chapter_without_plan_and_unknown_runs(capsys):
     assert cli.main(["train", "ch2"]) == 2
     assert "chapter ch2 has no training plan; diffgen train knows ch3" in capsys.readouterr().err
     assert cli.main(["train", "ch3", "--preset", "smoke", "--only", "mian", "--device", "cpu"]) == 2
-    assert "--only mian: ch3's runs are main, sweep, width 8, width 16" in capsys.readouterr().err
+    assert "--only mian: ch3's runs are main, sweep, width 16, width 21, width 27, width 37" in capsys.readouterr().err
     assert cli.main(["train", "ch3", "-p", "dataset", "cifar10", "--data-dir", "/nonexistent"]) == 2
     assert "--data-dir /nonexistent is not a folder" in capsys.readouterr().err
 

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from diffgen import cli, report
-from diffgen.results import Claim, paper_row, write_results
+from diffgen.results import Claim, Comparison, Condition, paper_row, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
@@ -46,8 +46,8 @@ def test_rows_grouped_by_claim_with_not_run(run_dir):
     groups = report.by_claim(rows)
     verdicts = {cid: g.verdict for cid, g in groups.items()}
     assert verdicts == {"C1": "not run", "C2": "holds", "C3": "holds", "C4": "not run", "C5a": "not run",
-                        "C5b": "not run", "C6": "fails (1 of 1)", "checks": "fails (1 of 2)"}  # our failing C3 row: beside, not in
-    assert report.summary(rows) == "2 claims hold, 1 fails, 4 not run; our checks: 1 holds, 2 fail"
+                        "C5b": "not run", "C6": "not measurable", "checks": "fails (1 of 2)"}  # our C3 row: beside
+    assert report.summary(rows) == "2 claims hold, 0 fail, 1 not measurable, 4 not run; our checks: 1 holds, 2 fail"
     assert report.any_fails(rows)  # C6 is not measurable
 
 
@@ -64,30 +64,64 @@ def test_our_rows_never_change_a_paper_verdict(tmp_path):
 
 
 def test_rows_whose_premise_is_not_reached_do_not_count_and_quality_failures_do(tmp_path):
-    """C4 is conditional: at a size where the net does not approximate eps* its rows read 'premise not reached' and
-    leave the claim's verdict to the evaluated rows; a row whose generator fails the quality gate counts as failed."""
-    premise_no = dict(premise="normalised share 0.2 > 0.5", premise_met=False)
+    """C4 is read "there is a regime where": at a size where the net does not approximate eps* its rows read 'premise
+    not reached' and leave the claim to the regimes where it is reached; a row whose generator fails the quality
+    gate counts as failed; a claim read "in every measured case" with only such rows: premise not reached."""
+    reached = Condition("the nets approximate eps*", True, (Comparison("lower end", 0.9, ">", 0.5),))
+    missed = Condition("the nets approximate eps*", False, (Comparison("lower end", 0.2, ">", 0.5),))
+    bad_gate = Condition("samples as good as a crude fit", False, (Comparison("energy", 2.6, "<=", 0.27),))
     write_results(tmp_path, "ch3", {}, [
-        paper_row("C4", "copy rate, n = 64", 0.1, (0.0, 0.2), "<= 0.5", True, 5, premise="share 0.9 > 0.5",
-                  premise_met=True, quality="energy 0.1 <= 0.3", quality_ok=True),
-        paper_row("C4", "copy rate, n = 500", 0.0, (0.0, 0.0), "<= 0.5", True, 5, **premise_no),
-        paper_row("C5b", "copy rate difference", 0.3, (0.2, 0.4), "> 0", True, 5, quality="energy 2.6 <= 0.27",
-                  quality_ok=False),
-        paper_row("C6", "correlation", -0.9, (-1.0, -0.8), "< 0", True, 5, **premise_no)])
+        paper_row("C4", "copy rate, n = 64", 0.1, (0.0, 0.2), "<= 0.5", True, 5, premise=reached,
+                  quality=Condition("q", True), regime={"n": 64}),
+        paper_row("C4", "copy rate, n = 500", 0.0, (0.0, 0.01), "<= 0.5", True, 5, premise=missed,
+                  regime={"n": 500}),
+        paper_row("C5b", "copy rate difference", 0.3, (0.2, 0.4), "> 0", True, 5, quality=bad_gate),
+        paper_row("C6", "correlation", -0.9, (-1.0, -0.8), "< 0", True, 5, premise=missed)])
     _, rows = report.load_run(tmp_path)
     groups = report.by_claim(rows)
     assert [r.verdict for r in groups["C4"].paper] == ["holds", "premise not reached"]
-    assert groups["C4"].verdict == "holds"
+    assert groups["C4"].verdict == "holds (in 1 of 2 regimes)"
+    assert report.region(groups["C4"]) == "holds at n = 64; premise not reached at n = 500"
     assert groups["C5b"].verdict == "fails (1 of 1)" and groups["C5b"].paper[0].verdict == "fails (quality)"
     assert groups["C6"].verdict == "premise not reached"
     assert report.summary(rows).startswith("1 claim holds, 1 fails, 1 premise not reached")
     assert report.any_fails(rows)
     text = " ".join(report.format_text(*report.load_run(tmp_path)).split())
-    assert "premise: normalised share 0.2 > 0.5 (not reached)" in text and "quality: energy 2.6 <= 0.27 (fails)" in text
+    assert "premise (the nets approximate eps*): lower end 0.2 <= 0.5" in text
+    assert "quality gate (samples as good as a crude fit): energy 2.6 > 0.27" in text
+    assert "read as: there is a regime where" in text and "region: holds at n = 64" in text
+
+
+def test_a_claim_read_as_there_is_a_regime_where_counts_fresh_sweep_points(tmp_path):
+    """A C4 regime that fails in the chapter but holds in a sweep point of the current source: the claim holds,
+    and the region names both; a stale point (other source) does not count."""
+    from diffgen.provenance import source_hash
+    from diffgen.results import SWEEP_FILE
+
+    copies = Condition("the nets approximate eps*", True)
+    write_results(tmp_path, "ch3", {}, [paper_row("C4", "copy rate", 0.8, (0.7, 0.9), "<= 0.5", False, 5,
+                                                  premise=copies, regime={"n": 8, "train_steps": 3000})])
+    sweep = tmp_path / "sweeps" / "ch3"
+    points = {}
+    for name, value, code in [("train_steps=1000", 0.1, source_hash()), ("train_steps=2000", 0.1, "stale")]:
+        path = write_results(sweep / name, "ch3", {}, [paper_row(
+            "C4", "copy rate", value, (0.05, 0.2), "<= 0.5", True, 5, premise=copies,
+            regime={"n": 8, "train_steps": int(name.split("=")[1])})])
+        doc = json.loads(path.read_text())
+        path.write_text(json.dumps(doc | {"source_hash": code}))
+        points[name] = {"values": {"train_steps": int(name.split("=")[1])}, "status": "done"}
+    (sweep / SWEEP_FILE).write_text(json.dumps({"chapter": "ch3", "grid": {"train_steps": [1000, 2000]},
+                                                "points": points}))
+    _, rows = report.load_run(tmp_path)
+    group = report.by_claim(rows)["C4"]
+    assert group.verdict == "holds (in 1 of 2 regimes)" and len(group.paper) == 1
+    assert report.region(group) == ("holds at n = 8, 1000 steps (sweep); a part fails at n = 8, 3000 steps "
+                                    "(copy rate: fails)")
+    assert report.summary(rows).startswith("1 claim holds, 0 fail")
 
 
 @pytest.mark.parametrize("value, text", [(1.0186e-10, "1.02e-10"), (0.9921875, "0.992"), (1.0, "1"), (0.0, "0"),
-                                         (-0.9448, "-0.945"), (1234.5, "1.23e+03"), (None, "n/a")])
+                                         (-0.9448, "-0.945"), (1234.5, "1234"), (None, "n/a")])
 def test_number_format(value, text):
     assert report.fmt_number(value) == text
 
@@ -96,23 +130,25 @@ def test_text_report(run_dir, capsys):
     assert cli.main(["report", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^C3 \(abstract\) +HOLDS +With the empirical optimum", out, re.M), out
-    assert "ch2  holds 0.99 [0.975, 1] (expected >= 0.95): copy rate, DDIM" in out
-    assert "ch2  fails [ours] 0.4 [0.3, 0.5] (expected >= 0.95): copy rate, DDPM -- stochastic samplers copy too" in out
-    assert "ch10  not measurable n/a (expected < 0; 3 seeds): correlation" in out
+    assert "read as: in every measured case (by its wording" in out
+    assert "ch2  holds copy rate: 0.99 [0.975, 1]: expected >= 0.95 -- copy rate, DDIM" in out
+    assert "ch2  fails ours: copy rate: 0.4 [0.3, 0.5]: expected >= 0.95 -- copy rate, DDPM" in out
+    assert "ch10 not measurable correlation: no value (the row's detail says what was measured)" \
+        in " ".join(out.split())
     assert re.search(r"^R +FAILS \(1 OF 2\) +Reconstruction checks \(ours\)", out, re.M), out
     assert "ch1  not run (no ch1.results.json)" in out
-    assert "2 claims hold, 1 fails, 4 not run; our checks: 1 holds, 2 fail." in out
+    assert "2 claims hold, 0 fail, 1 not measurable, 4 not run; our checks: 1 holds, 2 fail." in out
 
 
 def test_markdown_report(run_dir, capsys):
     assert cli.main(["report", str(run_dir), "--format", "markdown"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0] == "| claim | source | chapter | we measured | verdict |"
+    assert lines[0] == "| claim | source | read as | we measured | verdict |"
     c3 = next(line for line in lines if line.startswith("| C3"))
-    assert c3.count(" | ") == 4 and "**0.99 [0.975, 1] (expected \\>= 0.95)**, holds<br>(ours: " in c3, c3
-    assert "| abstract, ours | ch2 |" in c3 and c3.endswith("| holds |")
-    assert next(line for line in lines if line.startswith("| C1")).endswith("| ch1 | not run | not run |")
+    assert "copy rate: 0.99 \\[0.975, 1\\]: expected \\>= 0.95 -- copy rate, DDIM: **holds**<br>ours: " in c3, c3
+    assert "| abstract, ours | read as: in every measured case" in c3 and c3.endswith("| holds |")
+    assert next(line for line in lines if line.startswith("| C1")).endswith("| not run | not run |")
 
 
 def test_reports_show_each_chapters_peak_memory_and_read_files_without_it(run_dir, capsys):
@@ -138,10 +174,12 @@ def test_json_report(run_dir, capsys):
     assert [c["id"] for c in doc["claims"]] == ["C1", "C2", "C3", "C4", "C5a", "C5b", "C6", "checks"]
     c3 = doc["claims"][2]
     assert c3["verdict"] == "holds" and c3["chapters"] == ["ch2"] and c3["source"] == "abstract"
-    assert c3["measurements"][0] == {"id": "C3", "chapter": "ch2", "source": "abstract", "statement": "copies",
-                                     "metric": "copy rate, DDIM", "value": 0.99, "ci": [0.975, 1.0],
-                                     "expected": ">= 0.95", "seeds": None, "verdict": "holds",
-                                         "notes": []}
+    assert c3["quantifier"] == "every" and c3["region"] is None and doc["claims"][3]["quantifier"] == "exists"
+    first = c3["measurements"][0]
+    assert {k: first[k] for k in ("id", "chapter", "source", "statement", "metric", "value", "ci", "expected",
+                                  "seeds", "verdict")} == {
+        "id": "C3", "chapter": "ch2", "source": "abstract", "statement": "copies", "metric": "copy rate, DDIM",
+        "value": 0.99, "ci": [0.975, 1.0], "expected": ">= 0.95", "seeds": None, "verdict": "holds"}
     assert c3["measurements"][1]["source"] == "ours" and c3["measurements"][1]["verdict"] == "fails"
     assert doc["claims"][0]["measurements"] == [] and doc["claims"][0]["verdict"] == "not run"
     assert doc["claims"][-1]["id"] == "checks" and [m["id"] for m in doc["claims"][-1]["measurements"]] == ["R1", "R2"]
@@ -194,13 +232,13 @@ def test_default_run_dir_is_the_book(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DIFFGEN_BOOK_DIR", str(tmp_path))
     write_results(tmp_path, "ch3", {}, [Claim("C4", "abstract", "s", "m", 0.5, (0.4, 0.6), "<= 0.5", True)])
     assert cli.main(["report"]) == 0
-    assert "ch3  holds 0.5 [0.4, 0.6]" in capsys.readouterr().out
+    assert "ch3  holds m: 0.5 [0.4, 0.6]" in capsys.readouterr().out
 
 
 # --- the introduction's table in a real (tiny) book build ----------------------------------------------------------
 
 CHAPTER_CELL = """\
-from diffgen.results import Claim, paper_row, write_results
+from diffgen.results import Claim, Comparison, Condition, paper_row, write_results
 value = {value}
 write_results(".", "ch2", {{"value": value}}, [Claim("C3", "abstract", "s", "copy rate, DDIM", value,
                                                (value - 0.01, value), ">= 0.95", value >= 0.95)])
@@ -240,7 +278,7 @@ def test_intro_table_shows_the_numbers_the_chapters_wrote(tmp_path):
                               text=True, timeout=900, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         text = _intro_table(root)
-        assert f"copy rate, DDIM: {value:.3g} [{value - 0.01:.3g}, {value:.3g}] (expected &gt;= 0.95)" in text, text
+        assert f"{value:.3g} [{value - 0.01:.3g}, {value:.3g}]" in text, text
         assert verdict in text and "C1" in text and "not run" in text
         html = (root / "_build" / "html" / "intro.html").read_text()
         assert 'href="ch2_tiny.html"' in html  # the chapter column links the chapter

@@ -11,11 +11,12 @@ import pytest
 
 from diffgen import __version__, source_hash
 from diffgen._util import atomic_write
-from diffgen.results import PAPER_CLAIMS, Claim, paper_row, read_results, results_path, write_results
+from diffgen.results import (PAPER_CLAIMS, Claim, Condition, Equivalence, Comparison, claim_from_json, paper_row,
+                             read_results, results_path, write_results)
 
 KEYS = {"chapter", "parameters", "diffgen_version", "source_hash", "claims", "memory"}
 CLAIM_KEYS = {"id", "source", "statement", "metric", "value", "ci", "expected", "holds", "seeds", "premise",
-              "premise_met", "quality", "quality_ok", "flattened", "rule_holds"}
+              "quality", "flattened", "rule_holds", "rule", "interval", "regime", "equivalence", "label"}
 
 
 def _strict_json(text: str):
@@ -95,7 +96,7 @@ def test_read_results_round_trip(tmp_path):
     doc = read_results(path)
     assert doc == json.loads(path.read_text())
     for c, d in zip(claims, doc["claims"]):
-        back = Claim(**{**d, "ci": None if d["ci"] is None else tuple(d["ci"])})
+        back = claim_from_json(d)
         assert back.id == c.id and back.statement == c.statement and back.metric == c.metric
         assert back.value == pytest.approx(float(c.value), rel=1e-15)
         assert back.holds == bool(c.holds) and back.expected == c.expected
@@ -244,25 +245,53 @@ def test_verdict_states_follow_premise_quality_and_rule():
         return paper_row("C4", "copy rate", 0.1, (0.0, 0.2), "<= 0.5", holds, 5, **conditions)
 
     assert row(True).verdict == HOLDS and row(False).verdict == FAILS
-    premise = dict(premise="normalised share 0.2 > 0.5", premise_met=False)
+    premise = dict(premise=Condition("the nets approximate eps*", False, (Comparison("lower end", 0.2, ">", 0.5),)))
     assert row(True, **premise).verdict == PREMISE and not row(True, **premise).holds
-    gate = dict(quality="energy distance 2.6 <= 0.27 of a Gaussian fit", quality_ok=False)
+    gate = dict(quality=Condition("good samples", False, (Comparison("energy distance", 2.6, "<=", 0.27, "a fit"),)))
     assert row(True, **gate).verdict == QUALITY and not row(True, **gate).holds
     assert row(False, **gate).verdict == FAILS  # the rule fails by itself: the gate does not decide
     assert row(False, **gate).rule_holds is False and row(True, **gate).rule_holds is True
-    assert row(True, premise="p", premise_met=True, quality="q", quality_ok=True).verdict == HOLDS
+    assert row(True, premise=Condition("p", True), quality=Condition("q", True)).verdict == HOLDS
     assert Claim("C4", "abstract", "s", "m", None, None, "e", False).verdict == NOT_MEASURABLE
     with pytest.raises(ValueError, match="cannot hold"):
-        Claim("C4", "abstract", "s", "m", 0.1, None, "e", True, premise="p", premise_met=False)
-    with pytest.raises(ValueError, match="both its text and its outcome"):
-        Claim("C4", "abstract", "s", "m", 0.1, None, "e", False, quality_ok=False)
+        Claim("C4", "abstract", "s", "m", 0.1, None, "e", True, premise=Condition("p", False))
+    with pytest.raises(ValueError, match="contradicts its tests"):
+        Condition("p", True, (Comparison("lower end", 0.2, ">", 0.5),))
+    with pytest.raises(ValueError, match="its tests say otherwise"):
+        Claim("C4", "abstract", "s", "m", 0.1, None, "e", True, rule=(Comparison("upper end", 0.7, "<=", 0.5),))
+    with pytest.raises(ValueError, match="relation must be one of"):
+        Comparison("x", 1.0, "=<", 2.0)
+
+
+def test_conditions_rules_and_designs_round_trip_through_the_file(tmp_path):
+    rule = (Comparison("lower end", 0.6, ">", np.float64(0.5)), Comparison("upper end", np.float32(0.9), "<=", 1.0, "a bound"))
+    claim = paper_row("C5a", "ratio", 1.02, (0.9, 1.1), "inside [0.8, 1.25]", True, 5, rule=rule,
+                      premise=Condition("sufficient training", True, (Comparison("fall", 0.01, "<=", 0.05),)),
+                      quality=Condition("q", True, (Comparison("energy", 0.1, "<=", 0.3, "a fit"),), "any"),
+                      interval="t interval across 5 seeds", regime={"n": 40, "train_steps": 2000},
+                      equivalence=Equivalence(0.223, 0.05, 0.97, 3), label="a similar model (n = 40)")
+    back = claim_from_json(read_results(write_results(tmp_path, "ch4", {}, [claim]))["claims"][0])
+    assert back == claim and back.rule[1].of == "a bound" and back.quality.combine == "any"
+    assert back.premise_met is True and back.quality_ok is True and back.equivalence.seeds_for_80 == 3
 
 
 def test_results_files_without_the_newer_fields_still_read(tmp_path):
     path = write_results(tmp_path, "ch2", {}, _claims())
     doc = json.loads(path.read_text())
     for c in doc["claims"]:
-        for key in ("premise", "premise_met", "quality", "quality_ok", "flattened", "rule_holds"):
+        for key in ("premise", "quality", "flattened", "rule_holds", "rule", "interval", "regime", "equivalence",
+                    "label"):
             del c[key]
     path.write_text(json.dumps(doc))
     assert [c["id"] for c in read_results(path)["claims"]] == ["C2", "C3"]
+
+
+def test_files_of_older_code_with_premise_sentences_still_read(tmp_path):
+    """Before premises and gates were measured tests, they were a sentence with their outcome beside it."""
+    path = write_results(tmp_path, "ch3", {}, _claims())
+    doc = json.loads(path.read_text())
+    doc["claims"][1] |= {"premise": "the nets approximate eps*", "premise_met": False, "quality": "q",
+                         "quality_ok": True, "holds": False}
+    path.write_text(json.dumps(doc))
+    row = claim_from_json(read_results(path)["claims"][1])
+    assert row.premise == Condition("the nets approximate eps*", False) and row.verdict == "premise not reached"

@@ -190,8 +190,8 @@ def test_sweep_report_pools_seeds_and_marks_stale_points(tmp_path):
     (tmp_path / "sweep.json").write_text(json.dumps({"chapter": "ch1", "grid": {"n": [1, 2, 3], "seed": [0, 1]},
                                                      "points": points}))
     text, _ = report.render(tmp_path)
-    assert "n=1: 1.05 [0.415, 1.69]  holds in 0 of 2 seed(s)\n" in text
-    assert "n=2: 2.05 [1.41, 2.69]  holds in 2 of 2 seed(s)  STALE" in text
+    assert "n=1: 1.05 [0.415, 1.69]  fails\n" in text  # the verdict of both seeds
+    assert "n=2: 2.05 [1.41, 2.69]  holds  STALE" in text
     assert "1 not run" in text and "1 grid cells stale" in text
     assert (tmp_path / "report" / "ch1-row1-C4.png").is_file()
     with pytest.raises(report.ReportError, match="sweep folder"):
@@ -214,3 +214,23 @@ def test_set_threads_takes_the_share_a_sweep_gives(monkeypatch):
         assert set_threads("cpu") == max(1, (os.cpu_count() or 1) - 1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_region_of_a_row_is_one_sentence_of_runs_of_sizes_and_lengths():
+    """Where each verdict lies over (training-set size, training length), in words: runs of consecutive sizes that
+    share the same lengths, 'n <= 63' from the smallest, 'at every training length', 'from 4000 steps on'."""
+    from diffgen.sweepreport import SizeCell, describe_region
+
+    verdicts = {8: ["holds", "holds", "fails"], 22: ["holds"] * 3, 63: ["holds"] * 3,
+                178: ["premise not reached", "premise not reached", "holds"], 500: ["premise not reached"] * 3}
+    cells = [SizeCell(n, {"train_steps": steps}, 0.5, v, False)
+             for n, row in verdicts.items() for steps, v in zip((1000, 2000, 4000), row)]
+    assert describe_region(cells, "train_steps") == (
+        "holds at n = 8 up to 2000 steps, for n from 22 to 63 at every training length and at n = 178 from 4000 "
+        "steps on; fails at n = 8 from 4000 steps on; premise not reached at n = 178 up to 2000 steps and at "
+        "n = 500 at every training length")
+    every = [SizeCell(n, {"train_steps": s}, 0.5, "holds" if n < 100 else "not measurable", False)
+             for n in (8, 22, 63, 178) for s in (1000, 2000)]
+    assert describe_region(every, "train_steps") == ("holds for n <= 63 at every training length; not measurable at "
+                                                     "n = 178 at every training length")
+    assert describe_region([], "train_steps") == "not measured in this sweep"

@@ -11,6 +11,7 @@ from diffgen import experiments, generators, mi, verdicts
 from diffgen.data import eight_gaussians, load_dataset
 from diffgen.denoisers import Blend, EmpiricalOptimum, GaussianDenoiser, SmoothedOptimum
 from diffgen.metrics import Estimate, across_seeds, copy_rate, gap_on_forward_samples, nearest_neighbors, wilson_interval
+from diffgen.results import Condition
 from diffgen.samplers import sample_ddim
 
 P = eight_gaussians()
@@ -53,9 +54,13 @@ def test_c1_learner_below_memorizer_fails_for_another_memorizer_and_for_noise(es
 
 
 def test_c1_blind_reads_zero_fails_for_a_generator_that_depends_on_s(estimates):
+    """An equivalence: the interval inside +/- 0.05 nats. Samples of P pass; a Gaussian fit of S and a copier depend
+    on S and fail; an estimate of 0 too uncertain to exclude 0.1 nats fails too (no power, no verdict of 0)."""
     assert verdicts.blind_reads_zero(estimates["P itself"], "samples of P").holds
     assert not verdicts.blind_reads_zero(estimates["gaussian fit"], "a Gaussian fit").holds
     assert not verdicts.blind_reads_zero(estimates["copier"], "a copier").holds
+    vague = verdicts.blind_reads_zero(Estimate(0.0, -0.1, 0.1), "an estimate too wide to tell")
+    assert vague.verdict == "fails" and [t.met for t in vague.rule] == [False, False]
 
 
 def test_r1_r2_estimator_checks_fail_for_a_wrong_estimate():
@@ -70,14 +75,17 @@ def test_r1_r2_estimator_checks_fail_for_a_wrong_estimate():
     assert not verdicts.estimator_recovers_densities(bad, 0.5).holds
 
 
-def test_c6_along_training_needs_both_directions():
-    def along(mi_changes, kl_changes):
-        return experiments.AlongTraining((10, 100), [], [], mi_changes, kl_changes, 3)
+def test_c6_along_training_needs_both_directions_and_is_ours():
+    def along(mi_changes, kl_changes, start=100):
+        return experiments.AlongTraining((10, 100, 1000), [], [], mi_changes, kl_changes, 3, start)
 
     rises, falls = [0.5, 0.4, 0.6], [-2.0, -1.8, -2.2]
-    assert verdicts.tradeoff_along_training(along(rises, falls)).holds
+    row = verdicts.tradeoff_along_training(along(rises, falls))
+    assert row.holds and row.source == "ours" and "from step 100" in row.metric and "time" in row.statement
     assert not verdicts.tradeoff_along_training(along([0.1, -0.1, 0.0], falls)).holds  # I flat: no trade-off
     assert not verdicts.tradeoff_along_training(along(rises, [0.5, 0.3, 0.7])).holds  # KL rises too
+    never = verdicts.tradeoff_along_training(along(None, None, None))  # no snapshot passed the gate before the last
+    assert never.verdict == "not measurable" and never.value is None
 
 
 def test_c2_and_c3_rows(sched):
@@ -102,15 +110,17 @@ def test_c4_approximation_fails_for_s_blind_denoisers_and_holds_for_eps_star(sch
     shares = [experiments.shares_by_band({"eps*": opt, "blind optimum": blind_opt, "fit": fit}, opt, S, sched,
                                          repeats=1, seed=s) for s in (0, 1)]
     norm = experiments.normalized_shares(shares, "eps*", yardstick="fit")[(1, sched.T)]
-    assert verdicts.approximates_optimum(norm, "eps* itself", flattened=True).holds  # share 1: normalised 1
+    flat, falling = 0.01, 0.2  # relative fall of the gap over the last interval
+    assert verdicts.approximates_optimum(norm, "eps* itself", fall=flat, n=60).holds  # share 1: normalised 1
     blind = experiments.normalized_shares(shares, "blind optimum", yardstick="fit")[(1, sched.T)]
-    assert verdicts.approximates_optimum(blind, "the optimum of S'", flattened=True).verdict == "fails"
+    assert verdicts.approximates_optimum(blind, "the optimum of S'", fall=flat, n=60).verdict == "fails"
     itself = experiments.normalized_shares(shares, "fit", yardstick="fit")[(1, sched.T)]
-    assert not verdicts.approximates_optimum(itself, "the yardstick itself", flattened=True).holds  # normalised 0
-    early = verdicts.approximates_optimum(norm, "eps* itself", flattened=False)
+    assert not verdicts.approximates_optimum(itself, "the yardstick itself", fall=flat, n=60).holds  # normalised 0
+    early = verdicts.approximates_optimum(norm, "eps* itself", fall=falling, n=60)
     assert early.verdict == "holds"  # already there: more training cannot undo it
-    unfinished = verdicts.approximates_optimum(blind, "the optimum of S'", flattened=False)
+    unfinished = verdicts.approximates_optimum(blind, "the optimum of S'", fall=falling, n=60, steps=300)
     assert unfinished.verdict == "premise not reached" and not unfinished.holds
+    assert unfinished.regime == {"n": 60, "train_steps": 300} and early.regime == {"n": 60}
     assert verdicts.premise_of(unfinished, 60).met is False and verdicts.premise_of(early, 60).met
 
 
@@ -127,17 +137,22 @@ def test_c4_unseen_holds_for_new_images_and_fails_for_copies_for_noise_and_witho
     """Real generators: held-out digits are unseen and look like digits; the empirical optimum with DDIM copies; pure
     noise copies nothing but is no closer to digits than an isotropic Gaussian fit, so it fails for quality."""
     S, held = digits_split.train, digits_split.heldout
-    reached = verdicts.Premise("the nets approximate eps*", True)
+    reached = Condition("the nets approximate eps*", True)
     candidates = {"holds": held[:240].reshape(3, 80, -1), "fails": _per_seed(generators.OptimumSampler(sched, 20), S),
                   "fails (quality)": _per_seed(generators.PureNoise(), S)}
     for verdict, z in candidates.items():
         rates = experiments.member_copy_rates(z, [S] * 3)
-        row = verdicts.generates_unseen(rates, "x", reached, verdicts.image_gate(z, S, held))
+        row = verdicts.generates_unseen(rates, "x", reached, verdicts.image_gate(z, S, held), len(S))
         assert row.verdict == verdict and row.seeds == 3
     z = candidates["holds"]
     row = verdicts.generates_unseen(experiments.member_copy_rates(z, [S] * 3), "x",
-                                    verdicts.Premise("the nets approximate eps*", False), verdicts.image_gate(z, S, held))
+                                    Condition("the nets approximate eps*", False), verdicts.image_gate(z, S, held),
+                                    len(S))
     assert row.verdict == "premise not reached" and row.value is not None  # measured, not evaluated
+    # held-out digits copy nothing in every seed: the interval is the pooled Wilson one, never [0, 0]
+    fresh = verdicts.generates_unseen(experiments.member_copy_rates(candidates["holds"], [S] * 3), "x", reached,
+                                      verdicts.image_gate(candidates["holds"], S, held), len(S))
+    assert fresh.value == 0 and fresh.ci[1] > 0 and "pooled" in fresh.interval
 
 
 def _stacked(denoisers, K):
@@ -154,39 +169,38 @@ def test_c4_critical_bisects_and_flips_for_the_yardstick_itself(sched, digits_sp
     opt = EmpiricalOptimum(S, sched, dtype=torch.float64)
     near = SmoothedOptimum(S, sched, 0.3, dtype=torch.float64)
     far = GaussianDenoiser(S2.mean(0), torch.cov(S2.T) + 1e-3 * torch.eye(64, dtype=S2.dtype), sched)
-    K, reached = 48, verdicts.Premise("the nets approximate eps*", True)
+    K, reached = 48, Condition("the nets approximate eps*", True)
     cross = [experiments.blend_crossings(_stacked([near, far], K), 2, opt,
                                          torch.randn(K, 64, generator=torch.Generator().manual_seed(s),
                                                      dtype=torch.float64), S, sched, 20, iterations=6)
              for s in range(3)]
     assert all(0 <= c[0] < c[1] <= 1 for c in cross)
-    assert verdicts.difference_is_critical([c[0] for c in cross], [c[1] for c in cross], "x", reached).holds
-    row = verdicts.difference_is_critical([c[1] for c in cross], [c[1] for c in cross], "x", reached)
-    assert row.verdict == "fails" and row.value == 0
+    assert verdicts.difference_is_critical([c[0] for c in cross], [c[1] for c in cross], "x", reached, 60).holds
+    row = verdicts.difference_is_critical([c[1] for c in cross], [c[1] for c in cross], "x", reached, 60)
+    assert row.verdict == "fails" and row.value == 0 and row.ci is None  # the same 0 in every seed: no interval
+    assert "the same value in all 3 seeds" in row.interval
     # the premise of "critical to generalizing": nets that approximate eps* and yet generate unseen data. Real
     # generators: held-out digits (unseen) meet it; the empirical optimum with DDIM (it copies) and pure noise (it
     # copies nothing but fails the quality gate) do not, and the row then reads "premise not reached"
-    held, holds = digits_split.heldout, verdicts.approximates_optimum([0.9, 0.95, 0.92], "x", flattened=True)
+    held, holds = digits_split.heldout, verdicts.approximates_optimum([0.9, 0.95, 0.92], "x", fall=0.0, n=60)
     generated = {True: held[:240].reshape(3, 80, -1), False: _per_seed(generators.OptimumSampler(sched, 20), S),
                  None: _per_seed(generators.PureNoise(), S)}  # met: True, False, False (quality)
     unseen = {key: verdicts.generates_unseen(experiments.member_copy_rates(z, [S] * 3), "x", reached,
-                                             verdicts.image_gate(z, S, held)) for key, z in generated.items()}
+                                             verdicts.image_gate(z, S, held), len(S)) for key, z in generated.items()}
     for key, row in unseen.items():
         premise = verdicts.generalizing(holds, row, len(S))
         assert premise.met is bool(key), row.verdict
-        moot = verdicts.difference_is_critical(None, None, "x", premise)
-        assert key or (moot.verdict == "premise not reached"
-                       and f"'generates unseen data': {row.verdict}" in moot.premise)
-    blind = verdicts.approximates_optimum([0.1, 0.2, 0.15], "an S-blind net", flattened=True)  # it fails
+        moot = verdicts.difference_is_critical(None, None, "x", premise, len(S))
+        assert key or (moot.verdict == "premise not reached" and not all(t.met for t in moot.premise.tests))
+    blind = verdicts.approximates_optimum([0.1, 0.2, 0.15], "an S-blind net", fall=0.0, n=60)  # it fails
     assert not verdicts.generalizing(blind, unseen[True], len(S)).met
 
 
-def test_c6_tradeoff_from_per_seed_correlations(sched, digits_split):
-    """Snapshots of denoisers moved towards eps* (more weight: smaller gap, more copies) trade; S-blind denoisers of
-    varying smoothing never copy, so their groups are dropped and named, and the row is not measurable."""
+@pytest.fixture(scope="module")
+def blend_points(sched, digits_split):
+    """(gap to eps*, copy rate) of denoisers of a family, one per (value, seed): point(family, values, seeds)."""
     S, S2 = digits_split.train, digits_split.disjoint
     opt = EmpiricalOptimum(S, sched, dtype=torch.float64)
-    far = GaussianDenoiser(S2.mean(0), torch.cov(S2.T) + 1e-3 * torch.eye(64, dtype=S2.dtype), sched)
     g = torch.Generator().manual_seed(0)
     x0 = S[torch.randint(len(S), (32,), generator=g)]
 
@@ -195,49 +209,112 @@ def test_c6_tradeoff_from_per_seed_correlations(sched, digits_split):
         rate = copy_rate(nearest_neighbors(sample_ddim(denoiser, x_T, sched, 20), S).ratio).value
         return float(gap_on_forward_samples(denoiser, opt, x0, sched, (10, 100), g).mean()), rate
 
-    def correlations(family, values):
-        points = [(r, point(family(v), r)) for r in range(3) for v in values]
-        return experiments.correlations_by_seed([r for r, _ in points], [len(S)] * len(points),
-                                                [p[0] for _, p in points], [p[1] for _, p in points])
+    def points(family, values, seeds=(0, 1, 2)):
+        """gaps and rates as [values, seeds] arrays."""
+        measured = [[point(family(v), r) for r in seeds] for v in values]
+        return [[p[0] for p in row] for row in measured], [[p[1] for p in row] for row in measured]
 
-    c = correlations(lambda w: Blend(far, opt, w), (0.2, 0.6, 0.9, 1.0))
+    far = GaussianDenoiser(S2.mean(0), torch.cov(S2.T) + 1e-3 * torch.eye(64, dtype=S2.dtype), sched)
+    blind = lambda h: GaussianDenoiser(S2.mean(0), torch.cov(S2.T) + h * torch.eye(64, dtype=S2.dtype),  # noqa: E731
+                                       sched)
+    return {"blends": points(lambda w: Blend(far, opt, w), (0.2, 0.5, 0.8, 0.9, 0.97)),
+            "blind": points(blind, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1))}
+
+
+def test_c6_along_training_from_per_seed_correlations(blend_points):
+    """Snapshots of denoisers moved towards eps* (more weight: smaller gap, more copies) trade; S-blind denoisers of
+    varying smoothing never copy, so their groups are dropped and named, and the row is not measurable. The row is
+    ours: time moves gap and copy rate alike."""
+    def correlations(gaps, rates):
+        flat = [(r, g, v) for gs, vs in zip(gaps, rates) for r, (g, v) in enumerate(zip(gs, vs))]
+        return experiments.correlations_by_seed([r for r, _, _ in flat], [60] * len(flat), [g for _, g, _ in flat],
+                                                [v for _, _, v in flat])
+
+    c = correlations(*blend_points["blends"])
     assert len(c.per_seed) == 3 and not c.dropped
-    assert verdicts.tradeoff(c, "blends").holds
-    c = correlations(lambda h: GaussianDenoiser(S2.mean(0), torch.cov(S2.T) + h * torch.eye(64, dtype=S2.dtype),
-                                                sched), (1e-3, 1e-2, 1e-1))
-    assert c.per_seed == [] and c.dropped == [len(S)]
-    row = verdicts.tradeoff(c, "S-blind denoisers")
-    assert row.verdict == "not measurable" and f"left out (copy rate or gap constant): [{len(S)}]" in row.metric
+    row = verdicts.tradeoff_along(c, "blends")
+    assert row.holds and row.source == "ours" and "time confound" in row.statement
+    c = correlations(*blend_points["blind"])
+    assert c.per_seed == [] and c.dropped == [60]
+    row = verdicts.tradeoff_along(c, "S-blind denoisers")
+    assert row.verdict == "not measurable" and "left out (copy rate or gap constant): [60]" in row.metric
 
+
+def test_c6_at_equal_time_from_per_seed_slopes_across_widths(blend_points):
+    """Five members of one family at the same 'training time': blends nearer and nearer to eps* copy more, so the
+    slope of copy rate on log gap is negative in every seed: holds. The same numbers with the pairing reversed
+    (closer members copying less): fails. Members that fail the quality gate are left out, and with fewer than 3
+    left the row is not measurable; S-blind denoisers never copy: not measurable."""
+    gaps, rates = blend_points["blends"]
+    widths, every = [8, 16, 32, 64, 128], [True] * 5
+    row = verdicts.tradeoff_at_equal_time(experiments.width_slopes(widths, gaps, rates, every), "blends")
+    assert row.holds and row.source == "revision" and row.seeds == 3 and row.value < 0
+    flipped = verdicts.tradeoff_at_equal_time(experiments.width_slopes(widths, gaps, rates[::-1], every), "reversed")
+    assert flipped.verdict == "fails" and flipped.value > 0
+    gated = experiments.width_slopes(widths, gaps, rates, [True, False, False, False, True])
+    assert gated.dropped == [16, 32, 64] and gated.per_seed is None
+    row = verdicts.tradeoff_at_equal_time(gated, "mostly noise")
+    assert row.verdict == "not measurable" and "widths [16, 32, 64]" in row.metric and "3 needed" in row.metric
+    row = verdicts.tradeoff_at_equal_time(experiments.width_slopes(widths, *blend_points["blind"], every), "blind")
+    assert row.verdict == "not measurable" and "the copy rate is the same at every width" in row.metric
 
 
 # --------------------------------------------------------------------------------------------------- chapter 4
-def test_c5a_similar_model_reads_the_interval_against_the_rerun_bound():
-    """(On trained nets, a third rerun against a net on other data: tests/test_experiments.py.)"""
-    bound = experiments.rerun_bound([1.1, 0.9, 1.3, 1.0, 0.8])
-    assert verdicts.similar_model([1.2, 1.0, 1.1, 0.9, 1.05], bound, "reruns").holds
-    assert not verdicts.similar_model([30.0, 58.0, 48.0, 40.0, 35.0], bound, "a net on S'").holds
-    wide = verdicts.similar_model([0.5, 3.0], bound, "two scattered seeds")  # point below, interval above: fails
-    assert wide.value < bound < wide.ci[1] and not wide.holds
-    variant = verdicts.similar_model([1.0, 1.1], bound, "a variant", ours="our variant is similar")
+TRAINED = Condition("sufficient training", True)
+
+
+def test_c5a_similar_model_is_an_equivalence_with_a_fixed_margin_and_its_power():
+    """(On trained nets, a third rerun against a net on other data: tests/test_experiments.py.) Ratios near 1 with a
+    tight rerun spread pass, with high power; a net on S' (40 times as far) fails; reruns that scatter widely leave
+    the interval outside the margin, and the row says how little power its seeds had and how many would do."""
+    null = [1.03, 0.97, 1.05, 0.96, 1.01, 0.99, 1.02, 0.98]
+    near = verdicts.similar_model([1.02, 0.98, 1.05, 0.97, 1.01], null, "reruns", absolute=(0.011, 0.010),
+                                  premise=TRAINED, n=40)
+    assert near.holds and near.equivalence.power > 0.95 and near.equivalence.seeds_for_80 <= 5
+    assert near.rule[0].threshold == pytest.approx(0.8) and near.rule[1].threshold == 1.25
+    far = verdicts.similar_model([30.0, 58.0, 48.0, 40.0, 35.0], null, "a net on S'", absolute=(0.4, 0.01),
+                                 premise=TRAINED, n=40)
+    assert far.verdict == "fails" and not far.rule[1].met
+    scatter = [0.6, 1.6, 0.8, 1.4, 1.0]
+    wide = verdicts.similar_model(scatter, scatter + [1.3, 0.7], "scattered seeds", absolute=(0.01, 0.01),
+                                  premise=verdicts.converged(0.01), n=40)
+    assert wide.ci[1] > 1.25 and wide.equivalence.power < 0.5 and wide.equivalence.seeds_for_80 > 5
+    assert wide.verdict == "premise not reached"  # too few seeds to have passed even a true 1: no evidence
+    assert "power of 5 seeds" in wide.premise.tests[-1].what
+    early = verdicts.similar_model([30.0, 58.0, 48.0, 40.0, 35.0], null, "x", absolute=(0.4, 0.01),
+                                   premise=verdicts.converged(0.2), n=40)
+    assert early.verdict == "premise not reached"  # measured before convergence: not a failure of the claim
+    variant = verdicts.similar_model([1.0, 1.1], null, "a variant", ours="our variant is similar",
+                                     absolute=(0.01, 0.01), premise=TRAINED, n=40)
     assert variant.source == "ours" and variant.statement == "our variant is similar"
 
 
-def test_c5_quality_holds_for_other_real_digits_and_fails_for_an_isotropic_gaussian():
+def test_c5_quality_is_an_equivalence_with_an_absolute_margin():
+    """Other real digits are as good as real digits (holds, two-sided and one-sided); an isotropic Gaussian is
+    not (fails); a 'new' objective far better than the standard one is competitive (one-sided) but not similar
+    (two-sided). The margin is absolute: the same rule at any n."""
     from diffgen.quality import energy_distance
 
-    digits = load_dataset("digits", 1200, 300, seed=0)
-    real = [digits.train[k * 200:(k + 1) * 200] for k in range(6)]  # three "seeds" on each side
-    crude = [generators.GaussianFit(std=float(digits.train.std()))(digits.train, 200, torch.Generator().manual_seed(k))
-             for k in range(3)]
-    scale = energy_distance(crude[0], digits.heldout) - energy_distance(real[0], digits.heldout)
-    diffs = lambda new, std: [energy_distance(a, digits.heldout) - energy_distance(b, digits.heldout)  # noqa: E731
-                              for a, b in zip(new, std)]
-    assert verdicts.similar_quality("C5a", diffs(real[3:], real[:3]), scale, "energy", "other digits").holds
-    assert not verdicts.similar_quality("C5a", diffs(crude, real[:3]), scale, "energy", "isotropic").holds
-    assert not verdicts.similar_quality("C5b", diffs(real[3:], real[:3]), -scale, "energy", "no scale").holds
+    digits = load_dataset("digits", 1500, 297, seed=0)
+    g = torch.Generator().manual_seed(0)
+    real = [digits.train[torch.randint(1500, (300,), generator=g)] for _ in range(15)]  # "seeds": std, new, rerun
+    crude = [generators.GaussianFit(std=float(digits.train.std()))(digits.train, 300, torch.Generator().manual_seed(k))
+             for k in range(5)]
+    energy = lambda z: energy_distance(z, digits.heldout)  # noqa: E731
+    margin = verdicts.QUALITY_MARGIN * energy(crude[0])
+    diffs = lambda new, std: [energy(a) - energy(b) for a, b in zip(new, std)]  # noqa: E731
+    null = diffs(real[10:], real[:5])
+    row = lambda claim, new, std, two: verdicts.quality_within(claim, diffs(new, std), null, margin,  # noqa: E731
+                                                               "energy distance", "x", features="f",
+                                                               premise=TRAINED, n=40, two_sided=two)
+    assert row("C5a", real[5:10], real[:5], True).holds and row("C5b", real[5:10], real[:5], False).holds
+    assert row("C5a", crude, real[:5], True).verdict == "fails" and row("C5b", crude, real[:5], False).verdict == "fails"
+    better = row("C5b", real[:5], crude, False)  # the standard side is the Gaussian: the new one is far better
+    assert better.holds and row("C5a", real[:5], crude, True).verdict == "fails"
+    assert better.equivalence.margin == margin and better.equivalence.power > 0.8
     with pytest.raises(ValueError, match="C5a or C5b"):
-        verdicts.similar_quality("C5", diffs(real[3:], real[:3]), scale, "energy", "x")
+        verdicts.quality_within("C5", [0.0, 0.1], null, margin, "e", "x", features="f", premise=TRAINED, n=40,
+                                two_sided=True)
 
 
 def test_c5b_memorization_rows_flip_for_copies_for_noise_and_where_the_standard_net_does_not_copy(sched,
@@ -249,10 +326,11 @@ def test_c5b_memorization_rows_flip_for_copies_for_noise_and_where_the_standard_
     unseen, noise = held[:240].reshape(3, 80, -1), _per_seed(generators.PureNoise(), S)
     rates = lambda z: experiments.member_copy_rates(z, [S] * 3)  # noqa: E731
     differ = lambda a, b: [ra.value - rb.value for ra, rb in zip(rates(a), rates(b))]  # noqa: E731
-    copies = verdicts.standard_copies(rates(optimum), len(S))
+    copies = verdicts.standard_copies(rates(optimum), len(S), TRAINED)
     assert copies.met and not verdicts.standard_copies(rates(unseen), len(S)).met
+    assert not verdicts.standard_copies(rates(optimum), len(S), verdicts.converged(0.3)).met  # still learning
     row = lambda std, new, premise: verdicts.memorizes_less(differ(std, new), "x", premise,  # noqa: E731
-                                                            verdicts.image_gate(new, S, held))
+                                                            verdicts.image_gate(new, S, held), len(S))
     assert row(optimum, unseen, copies).verdict == "holds"
     assert row(optimum, noise, copies).verdict == "fails (quality)"
     assert row(unseen, optimum, copies).verdict == "fails"
