@@ -1,38 +1,21 @@
 """Layer 8: figures and tables from arrays. Each plot takes `ax=`, draws, returns it, and computes nothing of
 substance; each table returns Markdown. Style is an explicit call (`use_style()`), never an import side effect.
-Sizes are chosen for the book's page: figures at most about 10 inches wide (cells tagged `full-width` use the
-margin too), fonts of 11 points at 110 dpi, so text stays legible where the page scales a figure down."""
+Sizes are chosen for the book's page (diffgen.style: at most TEXT_WIDTH inches wide, WIDE_WIDTH in cells tagged
+`full-width`), so the page shows a figure at its natural size and its tick labels stay at 9 points or more."""
 from __future__ import annotations
 
 import math
 
-import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-STYLE = {
-    "figure.dpi": 110,
-    "savefig.dpi": 150,
-    "figure.figsize": (6.4, 4.0),
-    "font.size": 11,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.25,
-    "axes.titlesize": 12,
-    "axes.labelsize": 11,
-    "xtick.labelsize": 10,
-    "ytick.labelsize": 10,
-    "legend.fontsize": 10,
-    "legend.frameon": False,
-    "image.cmap": "gray",
-}
-
 
 def use_style() -> None:
-    """Apply the book's matplotlib style (call it once, in a chapter's setup cell)."""
-    mpl.rcParams.update(STYLE)
+    """Apply the book's matplotlib style (diffgen.style; call it once, in a chapter's setup cell)."""
+    from . import style
+
+    style.use()
 
 
 def _np(x) -> np.ndarray:
@@ -227,6 +210,30 @@ def plot_memorization_sweep(rows, heldout_d1, axes):
     axes[3].set_xticks(range(1, len(sizes) + 2), [f"n = {n}" for n in sizes] + ["held-out"])
     axes[3].set(yscale="log", ylabel="$d_1/\\sqrt{D}$, end of training")
     return axes
+
+
+def plot_width_tradeoff(widths, gaps, rates, passes, ax1, ax2):
+    """C6 at equal training time (experiments.width_slopes' inputs): each seed's copy rate against its gap to eps*
+    across the widths, one line per seed, widths that fail the quality gate hollow (ax1); the gap and the copy rate
+    against the width, mean over seeds (ax2, the rate on a twin axis)."""
+    gaps, rates = np.asarray(gaps, dtype=float), np.asarray(rates, dtype=float)
+    for r in range(gaps.shape[1]):
+        line, = ax1.plot(gaps[:, r], rates[:, r], "-", lw=1, alpha=0.7)
+        for w, g, v, ok in zip(widths, gaps[:, r], rates[:, r], passes):
+            ax1.plot([g], [v], "o", ms=5, color=line.get_color(), mfc=line.get_color() if ok else "white")
+    for w, g, v in zip(widths, gaps.mean(1), rates.mean(1)):
+        ax1.annotate(f"{w}", (g, v), xytext=(3, 3), textcoords="offset points", fontsize=9)
+    ax1.set(xscale="log", xlabel="relative gap to $\\epsilon^*$ (labels: width)", ylabel="copy rate, same step")
+    ax2.plot(widths, gaps.mean(1), "o-", color="tab:blue", label="gap to $\\epsilon^*$")
+    ax2.set(xscale="log", yscale="log", xlabel="width", ylabel="relative gap to $\\epsilon^*$")
+    ax2.set_xticks(widths, [str(w) for w in widths])
+    twin = ax2.twinx()
+    twin.plot(widths, rates.mean(1), "s--", color="tab:orange", label="copy rate")
+    twin.set(ylabel="copy rate")
+    twin.grid(False)
+    ax2.legend(loc="upper left")
+    twin.legend(loc="upper right")
+    return ax1, ax2
 
 
 def plot_band_shares(shares: list[dict], ax1, ax2, model: str = "net", yardstick: str = "net on S'"):
@@ -455,35 +462,17 @@ def plot_noisy_points(rows, toy_s, toy_mi: dict, toy_bound: dict, ceiling: float
     return ax1, ax2
 
 
-def claims_table(claims) -> str:
-    """Markdown table of a chapter's claim rows (results.Claim): the same rows its results file holds."""
-    rows = [[c.id, c.source, c.metric, _measured(c), c.expected, c.verdict, _conditions(c)] for c in claims]
-    return markdown_table(["claim", "source", "measured", "value [95% CI]", "condition", "verdict", "premise, gate"],
-                          rows)
-
-
-def _conditions(c) -> str:
-    parts = ([f"premise: {c.premise}"] if c.premise else []) + ([f"quality: {c.quality}"] if c.quality else [])
-    if c.flattened is False:
-        parts.append("measured before its learning curves flattened")
-    return "; ".join(parts)
-
-
-def _measured(c) -> str:
-    if c.value is None:
-        return "not measurable"
-    return f"{c.value:.3g}" + ("" if c.ci is None else f" [{c.ci[0]:.3g}, {c.ci[1]:.3g}]")
-
-
 def plot_objective_curves(curves: dict, members, axes):
-    """experiments.ObjectiveCurves per objective along training, for the member indices `members` (the seeds of one
-    training-set size): copy rate, KID (an axis left empty without it), relative gap to eps* and the standard loss on
-    held-out images (mean over the seeds, band: their range)."""
+    """experiments.ObjectiveCurves per objective along training, for the member indices `members` (one list for every
+    objective, or {objective: its members}, e.g. the seeds of one training-set size): copy rate, KID (an axis left
+    empty without it), relative gap to eps* and, with a fourth axis, the standard loss on held-out images (mean over
+    the seeds, band: their range)."""
     for name, c in curves.items():
+        mine = members[name] if isinstance(members, dict) else members
         for ax, values in zip(axes, (c.rate, c.kid, c.gap, c.heldout_loss)):
             if values is None:
                 continue
-            v = values[members]
+            v = values[mine]
             line, = ax.plot(c.train_steps, v.mean(0), "o-", ms=3, label=name)
             ax.fill_between(c.train_steps, v.min(0), v.max(0), alpha=0.15, color=line.get_color())
     axes[0].set(xlabel="train step", ylabel="copy rate ($d_1/d_2 < 1/3$)", ylim=(-0.02, 1.02))
@@ -498,11 +487,17 @@ def plot_objective_curves(curves: dict, members, axes):
 AXIS_LABELS = {"gap": "relative gap to $\\epsilon^*$ (mean over t)", "heldout_loss": "standard loss on held-out images"}
 
 
-def plot_rate_against_gap(curves: dict, members, *, ax, along: str = "gap"):
-    """Copy rate against the relative gap to eps* (or another ObjectiveCurves field, `along`) along training, mean
-    over the seeds `members`, per objective: curves that overlap mean equal memorization at equal closeness."""
-    for name, c in curves.items():
-        ax.plot(getattr(c, along)[members].mean(0), c.rate[members].mean(0), "o-", ms=4, label=name)
+def plot_rate_against_gap(curves, members: dict, *, ax, along: str = "gap"):
+    """Copy rate against the relative gap to eps* (or another ObjectiveCurves field, `along`) along training, per
+    objective: members = {objective: member indices of curves (one ObjectiveCurves, or {objective: curves})}; one thin
+    line per member (seed), the mean over them thick. Curves that lie on each other mean equal memorization at equal
+    closeness."""
+    for name, mine in members.items():
+        c = curves[name] if isinstance(curves, dict) else curves
+        x, y = getattr(c, along)[mine], c.rate[mine]
+        line, = ax.plot(x.mean(0), y.mean(0), "o-", ms=4, lw=2, label=name)
+        for xm, ym in zip(x, y):
+            ax.plot(xm, ym, "-", lw=0.7, alpha=0.45, color=line.get_color())
     ax.set(xscale="log", xlabel=AXIS_LABELS.get(along, along), ylabel="copy rate", ylim=(-0.02, 1.02))
     ax.invert_xaxis()
     ax.legend()
@@ -537,27 +532,4 @@ def plot_set_samples(z, train, *, ax, title: str = "", lim: float = 3.2):
         ax.scatter(train[s, :, 0], train[s, :, 1], s=40, marker="x", color=c, lw=1.5)
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=title)
     ax.set_aspect("equal")
-    return ax
-
-
-def plot_sweep_heatmap(values, holds_share, xs, ys, *, ax, xlabel: str, ylabel: str, title: str = "",
-                       labels=None):
-    """A claim row over a grid: values[y][x] as colour (None: not measured, grey), each cell labelled with its value
-    and verdict: labels[y][x] where given (e.g. "premise not reached"), else from the share of seeds where it holds
-    ("holds", "fails", "holds 40%")."""
-    v = np.array([[np.nan if x is None else x for x in row] for row in values], dtype=float)
-    im = ax.imshow(np.ma.masked_invalid(v), cmap="viridis", aspect="auto", origin="lower")
-    ax.set_facecolor("0.85")
-    for i, row in enumerate(values):
-        for j, val in enumerate(row):
-            share = None if holds_share is None else holds_share[i][j]
-            verdict = labels[i][j].replace(" not ", "\nnot ") if labels is not None else "" if share is None else \
-                "holds" if share == 1 else "fails" if share == 0 else f"holds {share:.0%}"
-            text = ("n/a" if val is None else f"{val:.3g}") + (f"\n{verdict}" if verdict else "")
-            light = val is None or im.norm(val) > 0.6  # viridis is light at the top: dark text there
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="k" if light else "w")
-    ax.set_xticks(range(len(xs)), [str(x) for x in xs])
-    ax.set_yticks(range(len(ys)), ["" if y is None else str(y) for y in ys])
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.figure.colorbar(im, ax=ax, shrink=0.8)
     return ax

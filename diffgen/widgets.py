@@ -77,7 +77,7 @@ def frame_slider(panel, sweep: str, interval: int = 700) -> str:
         raise ValueError(f"sweep must name a control of the panel ({', '.join(values)}); got {sweep!r}")
     control = next((c for c in panel.controls if c.name == sweep), None)
     options = control.options if control is not None else (values[sweep],)
-    fig = plt.figure(figsize=panel.figsize, dpi=80)
+    fig = plt.figure(figsize=panel.figsize)  # saved at the book's dpi (diffgen.style), like every figure
 
     def frame(k):
         fig.clf()

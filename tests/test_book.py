@@ -84,6 +84,29 @@ def test_library_change_reexecutes_chapters(tmp_path):
     assert printed3.split()[2] != printed1.split()[2], "a library change must re-execute the notebook"
 
 
+@pytest.mark.notebook("two diffgen book builds of a one-notebook book")
+def test_a_page_that_diffgen_book_re_executes_is_rendered_anew(tmp_path):
+    """`diffgen book` executes into the cache before Sphinx runs; the notebook's file did not change, yet its page
+    must show the new execution, not the previous build's."""
+    root = tmp_path / "book"
+    root.mkdir()
+    _tiny_book(root)
+    pkg = tmp_path / "pkg"
+    shutil.copytree(REPO / "diffgen", pkg / "diffgen", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(pkg)}
+    build = lambda: subprocess.run([str(JUPYTER_BOOK.with_name("diffgen")), "book", str(root)],  # noqa: E731
+                                   capture_output=True, text=True, timeout=1200, env=env)
+    first = build()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    printed1 = _printed(root)
+    with open(pkg / "diffgen" / "schedule.py", "a") as f:
+        f.write("\n# a library change\n")
+    second = build()
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "nb: executed in" in second.stdout
+    assert _printed(root).split()[2] != printed1.split()[2], "the page must show the new execution"
+
+
 @pytest.mark.notebook("builds the real book with every chapter at the smoke preset")
 def test_smoke_book_executes_each_page_once_then_renders_from_its_cache(smoke_book):
     """`diffgen book . --preset smoke --build-dir DIR` (conftest.py) builds a copy of the real book (the same
@@ -199,13 +222,24 @@ def _toc_chapters() -> list[Path]:
 
 @pytest.mark.parametrize("path", _toc_chapters(), ids=lambda p: p.stem)
 def test_chapter_opens_with_the_claims_and_closes_with_the_measurements(path):
-    """The book's structure: the paper's claims in an admonition first (marked as the paper's, with our
-    reconstruction labelled), a 'What we measured' section last, and citations resolved by references.bib."""
+    """The book's structure: a summary box first (the question, the rows' verdicts filled in when the book is built,
+    the key figure), the paper's claims in an admonition (marked as the paper's, with our reconstruction labelled),
+    a 'Verdict' section last, each paper claim the chapter measures at a labelled section, and citations resolved by
+    references.bib."""
+    from diffgen.book import SUMMARY_CLASS, SUMMARY_PLACEHOLDER
+    from diffgen.results import PAPER_CLAIMS
+
     nb = nbformat.read(path, as_version=4)
     markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
-    assert ":::{admonition} What the paper claims" in markdown[0], "open with the paper's claims"
+    summary = markdown[0].split(":::{admonition} What the paper claims")[0]
+    assert f":class: {SUMMARY_CLASS}" in summary and "**The question.**" in summary, "open with the summary"
+    assert SUMMARY_PLACEHOLDER in summary and "{numref}`fig-" in summary, "its verdicts and its key figure"
+    assert ":::{admonition} What the paper claims" in markdown[0], "then the paper's claims"
     assert "reconstruction" in markdown[0], "say which parts are our reconstruction"
-    assert markdown[-1].lstrip().startswith("## What we measured"), "close with what we measured"
+    assert markdown[-1].lstrip().startswith("## Verdict"), "close with the verdict"
+    chapter = path.stem.split("_")[0]
+    for claim in (c for c in PAPER_CLAIMS.values() if c.chapter == chapter):
+        assert any(f"(claim-{claim.id.lower()})=" in m for m in markdown), f"no section labelled claim-{claim.id}"
     bib = (REPO / "book" / "references.bib").read_text()
     keys = set(re.findall(r"@\w+\{([^,]+),", bib))
     cited = {k.strip() for c in nb.cells for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", c.source)

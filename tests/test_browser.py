@@ -1,9 +1,15 @@
-"""The built book in a real browser: Debian's chromium driven by Playwright, against `_build/html` served on localhost
-with every other host blocked (the book must work offline).
+"""The built book in a real browser: Debian's chromium driven by Playwright, against the built HTML served on
+localhost with every other host blocked (the book must work offline), at 1280 px wide: every page loads, types its
+math, moves its sliders, stays within HEIGHT pixels, keeps its tables inside their column with no cell narrower
+than 100 px, shows its figures at 90% of their size or more on an opaque background; the claims at a glance sit in
+the first screens of the introduction, say what `diffgen report` says and link to anchors that exist; a dropdown
+opens on a row's full detail.
 
-Runs only when DIFFGEN_BROWSER_HTML names a built book (`make browser-test` sets it to _build/html after `make book`);
-`make test` skips it. Never runs `playwright install`: the browser is the system's chromium ($DIFFGEN_CHROMIUM,
-default /usr/bin/chromium). Screenshots of every page go to <html>/../screenshots/ (CI keeps them as artifacts).
+Against the build DIFFGEN_BROWSER_HTML names (`make browser-test` sets it to _build/html after `make book`), else
+against the smoke build of the real book that `make test` makes (conftest.smoke_book: the layout is the same). Never
+runs `playwright install`: the browser is the system's chromium ($DIFFGEN_CHROMIUM, default /usr/bin/chromium;
+without it `make test` skips these tests outside CI and fails in CI). Screenshots of every page go to
+<html>/../screenshots/ (CI keeps them as artifacts).
 """
 from __future__ import annotations
 
@@ -24,7 +30,10 @@ HTML = os.environ.get("DIFFGEN_BROWSER_HTML")
 WIDGET_REPR = re.compile(r"\b(VBox|HBox|interactive|IntSlider|FloatSlider|SelectionSlider|Dropdown|Output)\("
                          r"|Loading widget|Error displaying widget")
 
-pytestmark = pytest.mark.skipif(not HTML, reason="set DIFFGEN_BROWSER_HTML=_build/html (make browser-test)")
+HEIGHT = 12_000  # px: the tallest page a reader scrolls through, at 1280 px wide
+WIDTH = 1280
+pytestmark = [pytest.mark.notebook("without DIFFGEN_BROWSER_HTML, the smoke build of the real book (minutes)"),
+              pytest.mark.processes("a headless chromium")]
 
 
 def toc_pages() -> list[str]:
@@ -39,8 +48,8 @@ PAGES = toc_pages()
 
 
 @pytest.fixture(scope="module")
-def html_dir() -> Path:
-    path = Path(HTML).resolve()
+def html_dir(request) -> Path:
+    path = Path(HTML).resolve() if HTML else request.getfixturevalue("smoke_book").root / "_build" / "html"
     assert (path / "index.html").is_file(), f"no built book at {path}: run `make book` first"
     return path
 
@@ -72,7 +81,7 @@ class Visit:
     """A page opened with every non-localhost request aborted and recorded, and every browser error recorded."""
 
     def __init__(self, browser, url: str):
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
+        self.context = browser.new_context(viewport={"width": WIDTH, "height": 800}, service_workers="block")
         self.external, self.errors, self.failed = [], [], []
         self.context.route("**/*", self._route)
         self.page = self.context.new_page()
@@ -184,6 +193,45 @@ def test_page(visit, screenshots, path):
     assert not v.errors, f"{path}: browser errors: {v.errors}"
     assert not v.failed, f"{path}: requests that failed: {v.failed}"
     assert not v.external, f"{path}: requests to the network (the book must work offline): {v.external}"
+    _check_layout(page, path)
+
+
+LAYOUT = """() => {
+  const main = document.querySelector('main');
+  const tables = Array.from(main.querySelectorAll('table')).map(t => {
+    const box = t.closest('.pst-scrollable-table-container') || t.parentElement;
+    const cells = Array.from(t.querySelectorAll('td, th')).map(c => c.getBoundingClientRect().width);
+    return {over: t.scrollWidth - box.clientWidth, narrowest: Math.min(...cells),
+            head: (t.querySelector('tr') || t).innerText.slice(0, 60)};
+  });
+  const images = Array.from(main.querySelectorAll('img')).filter(i => i.naturalWidth > 0 && i.offsetParent)
+    .map(i => {
+      const c = document.createElement('canvas');
+      c.width = i.naturalWidth; c.height = i.naturalHeight;
+      const g = c.getContext('2d');
+      g.drawImage(i, 0, 0);
+      const corners = [[0, 0], [c.width - 1, 0], [0, c.height - 1], [c.width - 1, c.height - 1]]
+        .map(([x, y]) => g.getImageData(x, y, 1, 1).data[3]);
+      return {src: (i.getAttribute('src') || '').slice(0, 60), scale: i.getBoundingClientRect().width / i.naturalWidth,
+              opaque: Math.min(...corners)};
+    });
+  return {height: document.documentElement.scrollHeight, tables, images};
+}"""
+
+
+def _check_layout(page, path: str) -> None:
+    """A page a reader reads to the end: at most HEIGHT px tall at 1280 px wide; no table wider than its column,
+    no cell narrower than 100 px; every figure shown at 80% of its size or more (a 10-point tick label at the book's
+    110 dpi is 15.3 px: it keeps 12 px, 9 points) on an opaque background (no black text on the dark theme's
+    background)."""
+    layout = page.evaluate(LAYOUT)
+    assert layout["height"] <= HEIGHT, f"{path}: {layout['height']} px tall at {WIDTH} px wide (at most {HEIGHT})"
+    for t in layout["tables"]:
+        assert t["over"] <= 1, f"{path}: a table {t['over']} px wider than its column: {t['head']!r}"
+        assert t["narrowest"] >= 100, f"{path}: a cell {t['narrowest']:.0f} px wide (at least 100): {t['head']!r}"
+    for image in layout["images"]:
+        assert image["scale"] >= 0.8, f"{path}: a figure shown at {image['scale']:.0%} of its size: {image['src']}"
+        assert image["opaque"] == 255, f"{path}: a figure with a transparent background: {image['src']}"
 
 
 def test_navigation_reaches_every_chapter(visit, server):
@@ -204,21 +252,45 @@ def test_navigation_reaches_every_chapter(visit, server):
     assert not v.external, v.external
 
 
-def test_intro_shows_the_claims_table(visit):
+def test_the_claims_at_a_glance_say_what_diffgen_report_says_above_the_fold(visit, html_dir):
+    """One line per claim, the last within the first 1.5 screens (1280 x 800) of the introduction, each verdict the
+    one `diffgen report` gives on the build's results files, each link landing on an anchor that exists."""
+    from diffgen import report
+
     page = visit(PAGES[0]).page
-    rows = page.locator("table.diffgen-claims tbody tr")
+    rows = page.locator("table.diffgen-glance tbody tr")
     claims = ["C1", "C2", "C3", "C4", "C5a", "C5b", "C6"]
-    assert rows.count() == len(claims) + 1, "one row per paper claim, then the reconstruction checks"
-    headings = [rows.nth(k).locator("td").first.locator("strong").inner_text()
-                for k in range(rows.count())]
-    assert [h.split()[0] for h in headings] == claims + ["R"], headings
-    chapters_in_toc = {Path(p).stem.split("_")[0] for p in PAGES if Path(p).stem.startswith("ch")}
-    for k in range(len(claims)):
+    assert rows.count() == len(claims) + 1, "one line per paper claim, then the reconstruction checks"
+    last = rows.nth(rows.count() - 1).bounding_box()
+    assert last["y"] + last["height"] <= 1.5 * 800, f"the last line ends at {last['y'] + last['height']:.0f} px"
+    groups = list(report.by_claim(report.load_run(html_dir.parents[1] / "book")[1]).values())
+    for k, group in enumerate(groups):
         cells = rows.nth(k).locator("td")
-        chapter = cells.nth(1).inner_text().strip()
-        if chapter in chapters_in_toc:  # a chapter in the book has run, so its claims show numbers
-            assert "not run" not in cells.nth(3).inner_text(), f"row {k + 1}: {chapter} is in the book but not run"
-            assert re.search(r"\d", cells.nth(2).inner_text()), f"row {k + 1}: no number"
+        assert cells.nth(0).inner_text().split()[0] == (group.claim if group.claim != "checks" else "R1-R4")
+        assert group.verdict in cells.nth(1).inner_text(), (group.claim, cells.nth(1).inner_text())
+    hrefs = page.eval_on_selector_all("table.diffgen-glance a[href]", "as => as.map(a => a.href)")
+    assert len(hrefs) >= 15
+    for href in hrefs:
+        target = page.context.new_page()
+        target.goto(href, wait_until="load")
+        anchor = urlparse(href).fragment
+        assert anchor and target.evaluate(f"() => !!document.getElementById({anchor!r})"), href
+        target.close()
+
+
+def test_a_dropdown_opens_on_the_full_detail_of_a_row(visit):
+    """On the claims in detail, a row opens to its interval, rule, seeds and source; in a chapter, the verdict
+    section's dropdown opens to every row's detail."""
+    page = visit("book/claims_in_detail.html").page
+    row = page.locator("details.diffgen-row").first
+    detail = row.locator("dl.diffgen-detail")
+    assert not detail.is_visible()
+    row.locator("summary").click()
+    assert detail.is_visible() and all(k in detail.inner_text() for k in ("source", "decided by", "verdict"))
+    chapter = visit("book/ch2_empirical_optimum.html").page
+    dropdown = chapter.locator("details.sd-dropdown").last
+    dropdown.locator("summary").click()
+    assert "decided by" in dropdown.inner_text() and "source" in dropdown.inner_text()
 
 
 def test_the_book_has_sliders(visit):

@@ -25,7 +25,7 @@ from diffgen.runner import STAMP_NAME, book_notebooks, book_parameters, book_sta
 
 BUILT = os.environ.get("DIFFGEN_BUILT_BOOK")
 PAGES = {"intro", "ch1_mutual_information", "ch2_empirical_optimum", "ch3_trained_gap", "ch4_new_objective",
-         "where_claims_hold", "references"}
+         "intermediate_states", "where_claims_hold", "claims_in_detail", "references"}
 
 pytestmark = pytest.mark.notebook("without DIFFGEN_BUILT_BOOK, builds the real book at the smoke preset (minutes)")
 
@@ -83,24 +83,76 @@ def test_chapter_2_shows_its_figures_numbered_and_cites_the_bibliography(root):
     assert "on the generalization of diffusion model" in text and "denoising diffusion implicit models" in text
 
 
+def _text(html: str) -> str:
+    import html as html_lib
+
+    return html_lib.unescape(re.sub(r"<[^>]+>", " ", html))
+
+
 def test_the_introductions_claims_table_is_what_diffgen_report_prints(root, capsys):
-    """One table row per claim of `diffgen report` on the build's results files, each with its verdict, and the
-    same summary line under the table as in the report."""
+    """One line per claim of `diffgen report` on the build's results files, each with its verdict (colour class
+    included), and the same summary line under the table as in the report."""
+    from diffgen.rowtext import CSS, kind
+
     runs, rows = report.load_run(root / "book")
     assert {run.chapter for run in runs} == {"ch1", "ch2", "ch3", "ch4"}, "every chapter wrote its results file"
     intro = (root / "_build" / "html" / "book" / "intro.html").read_text()
-    table = re.search(r'<table class="[^"]*diffgen-claims.*?</table>', intro, re.S)
-    assert table, "the introduction shows the claims table"
+    table = re.search(r'<table class="[^"]*diffgen-glance.*?</table>', intro, re.S)
+    assert table, "the introduction shows the claims at a glance"
     body = table.group(0).split("<tbody>", 1)[1]
-    cells = [re.sub(r"<[^>]+>", "", row) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)]
+    lines = re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)
     groups = list(report.by_claim(rows).values())
-    assert len(cells) == len(groups)
-    for text, group in zip(cells, groups):
-        heading, _ = report.group_title(group)
-        assert text.strip().startswith(heading) and text.strip().endswith(group.verdict), (heading, text[-200:])
-    assert report.summary(rows) in re.sub(r"<[^>]+>", "", intro)
+    assert len(lines) == len(groups)
+    for html, group in zip(lines, groups):
+        text = " ".join(_text(html).split())
+        name = group.claim if group.claim != report.CHECKS else "R1-R"
+        assert text.startswith(name) and group.verdict in text, (name, text)
+        assert f"diffgen-{CSS[kind(group.verdict)]}" in html, (name, "its verdict's colour")
+    assert report.summary(rows) in " ".join(_text(intro).split())
+    assert 'src="data:image/png;base64,' in intro, "the figure of every row against its threshold"
     assert cli.main(["report", str(root / "book")]) == 0
     assert f"\n{report.summary(rows)}.\n" in capsys.readouterr().out
+
+
+def test_every_link_of_the_claims_table_lands_on_an_anchor(root):
+    """The chapter section that measures each claim (labels claim-cN) and each claim's detail."""
+    html = root / "_build" / "html" / "book"
+    intro = (html / "intro.html").read_text()
+    table = re.search(r'<table class="[^"]*diffgen-glance.*?</table>', intro, re.S).group(0)
+    links = re.findall(r'href="([^"#]+)#([^"]+)"', table)
+    assert len(links) >= 8 + 7, links  # every claim's detail, every paper claim's section
+    for page, anchor in links:
+        assert f'id="{anchor}"' in (html / page).read_text(), f"{page}#{anchor}: no such anchor"
+
+
+def test_each_chapter_opens_with_its_verdicts_and_the_detail_page_holds_every_row(root):
+    from diffgen.book import SUMMARY_PLACEHOLDER
+
+    html = root / "_build" / "html" / "book"
+    for page in html.glob("ch*_*.html"):
+        text = page.read_text()
+        box = re.search(r'<div class="[^"]*diffgen-summary[^"]*">.*?</div>', text, re.S)
+        assert box and "diffgen-summary-rows" in box.group(0), f"{page.name}: no summary of its verdicts"
+        assert SUMMARY_PLACEHOLDER not in box.group(0), page.name
+        chapter = page.stem.split("_")[0]
+        claims = json.loads((root / "book" / f"{chapter}.results.json").read_text())["claims"]
+        paper = {c["id"] for c in claims if c["source"] != "ours"}  # a line per paper claim, one for our rows
+        assert box.group(0).count("<li>") == len(paper) + any(c["source"] == "ours" for c in claims), page.name
+        for claim in paper:
+            assert f"{claim} · " in _text(box.group(0)), f"{page.name}: {claim} missing from its summary"
+    detail = (html / "claims_in_detail.html").read_text()
+    _, rows = report.load_run(root / "book")
+    assert detail.count('<details class="diffgen-row">') == sum(r.data is not None for r in rows
+                                                                if r.sweep is None)
+
+
+def test_no_rendered_page_prints_a_relation_its_numbers_contradict(root):
+    """Every 'a <= b' between two printed numbers on every page of the book is true of them."""
+    from test_rowtext import false_relations
+
+    for page in _pages(root):
+        bad = false_relations(" ".join(_text(page.read_text()).split()))
+        assert not bad, f"{page.name}: {bad}"
 
 
 def test_every_notebook_was_executed_by_this_code_at_the_builds_preset(root, preset):

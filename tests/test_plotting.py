@@ -12,7 +12,6 @@ from diffgen import plotting
 from diffgen.experiments import AlongTraining, NoisyPointRow, Snapshot, TweedieSlope
 from diffgen.metrics import Estimate, copy_summaries, wilson_interval
 from diffgen.mi import ExcessRisk
-from diffgen.results import Claim
 
 matplotlib.use("Agg")
 
@@ -31,7 +30,9 @@ def test_style_is_an_explicit_call_and_sets_legible_fonts():
     importlib.reload(plotting)
     assert matplotlib.rcParams["font.size"] == 10.0  # importing changes nothing
     plotting.use_style()
-    assert matplotlib.rcParams["font.size"] >= 11 and matplotlib.rcParams["axes.titlesize"] >= 12
+    assert matplotlib.rcParams["font.size"] >= 11 and matplotlib.rcParams["axes.titlesize"] >= 11
+    assert min(matplotlib.rcParams[k] for k in ("xtick.labelsize", "ytick.labelsize", "legend.fontsize")) >= 9
+    assert matplotlib.rcParams["savefig.facecolor"] == "white" and not matplotlib.rcParams["savefig.transparent"]
     matplotlib.rcdefaults()
 
 
@@ -45,12 +46,6 @@ def test_tables_have_one_row_per_entry():
     assert len(table) == 4 and "(4/4)" in table[2] and table[2].endswith("| copier |") and table[3].endswith("| - |")
     risk = plotting.excess_risk_table({"g": ExcessRisk(1.0, 0.25, 0.5)}).splitlines()
     assert len(risk) == 3 and "+0.250" in risk[2]
-    rows = plotting.claims_table([Claim("C5a", "abstract", "s", "ratio", 1.5, (1.0, 2.5), "<= 2", True, 3),
-                                  Claim("C5b", "ours", "s", "matched", None, None, "> 0", False, 3),
-                                  Claim("C4", "abstract", "s", "rate", 0.1, None, "<= 0.5", False, 3, premise="p",
-                                        premise_met=False, flattened=False)]).splitlines()
-    assert len(rows) == 5 and rows[2].endswith("| 1.5 [1, 2.5] | <= 2 | holds |  |") and "not measurable" in rows[3]
-    assert rows[4].endswith("| premise not reached | premise: p; measured before its learning curves flattened |")
 
 
 def test_curves_bars_and_bands_draw_what_they_are_given(ax):
@@ -135,8 +130,12 @@ def test_objective_curves_and_rate_against_gap_draw_every_objective():
         ax.clear()
     plotting.plot_objective_curves({"no KID": curve(1, None)}, [0, 1], axes)
     assert [len(ax.lines) for ax in axes] == [1, 0, 1, 1]  # without a classifier the KID axis stays empty
-    plotting.plot_rate_against_gap(curves, [0, 1], ax=axes[1], along="heldout_loss")
+    plotting.plot_rate_against_gap(curves, {"standard": [0, 1], "new": [0, 1]}, ax=axes[1], along="heldout_loss")
     assert axes[1].xaxis_inverted() and axes[1].get_xlabel() == "standard loss on held-out images"
+    assert len(axes[1].lines) == 2 + 2 * 2  # per objective its mean and a thin line per seed
+    axes[0].clear()
+    plotting.plot_objective_curves(curves, {"standard": [0], "new": [1]}, axes[:3])  # members per objective
+    assert len(axes[0].lines) == 2
     plt.close(fig)
 
 
