@@ -371,9 +371,9 @@ def _detail_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
 
 
 def _summary_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
-    """A chapter's verdicts, from its results file (the chapter wrote it when it executed): one line per paper claim
-    it measures (the claim's verdict on this chapter's rows, read as the claim is worded, and its headline row), then
-    one line that counts our rows; every row is under the chapter's "Verdict"."""
+    """A chapter's verdicts, from its results file (the chapter wrote it when it executed): per paper claim it
+    measures, the claim's verdict on this chapter's rows as the claim is worded, then each of those rows in one line
+    (verdict, name, value and interval); our own rows counted in one line (each is under the chapter's "Verdict")."""
     from . import report, rowtext
     from .results import read_results, results_path
 
@@ -389,13 +389,16 @@ def _summary_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
         if not group.paper:
             continue
         para = nodes.paragraph()
-        para += [_verdict_node(group.verdict)[0],
-                 nodes.Text(f" {group.claim} · {report.PAPER_CLAIMS[group.claim].short} "
+        para += [_verdict_node(group.verdict)[0], nodes.Text(" "), nodes.strong(text=group.claim),
+                 nodes.Text(f" {report.PAPER_CLAIMS[group.claim].short} "
                             f"({report.QUANTIFIER_WORDS[group.quantifier]})")]
-        headline = group.headline
-        if headline is not None and headline.data is not None:
-            para += nodes.Text(f": {rowtext.label(headline.data)}, {rowtext.measured(headline.data)}")
-        items += nodes.list_item("", para)
+        lines = nodes.bullet_list()
+        for r in group.paper:
+            line = nodes.paragraph()
+            line += [_verdict_node(r.verdict)[0],
+                     nodes.Text(f" {rowtext.label(r.data)}: {rowtext.measured(r.data, seeds=False)}")]
+            lines += nodes.list_item("", line)
+        items += nodes.list_item("", para, lines)
     if ours:
         para = nodes.paragraph()
         para += nodes.Text(f"Our own rows ({len(ours)}): {rowtext.tally(ours)}.")

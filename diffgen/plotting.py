@@ -265,10 +265,10 @@ def plot_band_shares(shares: list[dict], ax1, ax2, model: str = "net", yardstick
 
 
 def band_share_table(shares: list[dict]) -> str:
-    """Markdown table: each denoiser's share per band, mean over the seeds (min..max)."""
+    """Markdown table: each denoiser's share per band, mean over the seeds (min to max: a cell that can wrap)."""
     bands = list(shares[0])
     names = list(shares[0][bands[0]])
-    cell = lambda v: f"{np.mean(v):.3f} ({min(v):.3f}..{max(v):.3f})" if len(v) > 1 else f"{v[0]:.3f}"  # noqa: E731
+    cell = lambda v: f"{np.mean(v):.3g} ({min(v):.3g} to {max(v):.3g})" if len(v) > 1 else f"{v[0]:.3g}"  # noqa: E731
     rows = [[name, *(cell([sh[b][name] for sh in shares]) for b in bands)] for name in names]
     return markdown_table(["denoiser", *(f"t in {lo}..{hi}" for lo, hi in bands)], rows)
 

@@ -179,6 +179,7 @@ def test_page(visit, screenshots, path):
     # the precomputed frame sliders (matplotlib to_jshtml) change the displayed frame when moved
     for k in range(page.locator(".animation input[type=range]").count()):
         animation = page.locator(".animation").nth(k)
+        animation.evaluate("el => { const d = el.closest('details'); if (d) d.open = true; }")  # a folded panel
         slider, frame = animation.locator("input[type=range]"), animation.locator("img").first
         before = frame.get_attribute("src")
         slider.scroll_into_view_if_needed()
@@ -189,6 +190,7 @@ def test_page(visit, screenshots, path):
         page.keyboard.press("Home")
         assert frame.get_attribute("src") == before, f"{path}: slider {k} back at 0 shows another frame"
 
+    page.evaluate("() => document.querySelectorAll('details').forEach(d => { d.open = false; })")  # as it loads
     page.screenshot(path=str(screenshots / (path.replace("/", "__").removesuffix(".html") + ".png")), full_page=True)
     assert not v.errors, f"{path}: browser errors: {v.errors}"
     assert not v.failed, f"{path}: requests that failed: {v.failed}"
@@ -220,12 +222,14 @@ LAYOUT = """() => {
 
 
 def _check_layout(page, path: str) -> None:
-    """A page a reader reads to the end: at most HEIGHT px tall at 1280 px wide; no table wider than its column,
-    no cell narrower than 100 px; every figure shown at 80% of its size or more (a 10-point tick label at the book's
+    """A page a reader reads to the end: at most HEIGHT px tall at 1280 px wide with its dropdowns folded; with
+    them open, no table wider than its column, no cell narrower than 100 px; every figure shown at 80% of its size or more (a 10-point tick label at the book's
     110 dpi is 15.3 px: it keeps 12 px, 9 points) on an opaque background (no black text on the dark theme's
     background)."""
-    layout = page.evaluate(LAYOUT)
-    assert layout["height"] <= HEIGHT, f"{path}: {layout['height']} px tall at {WIDTH} px wide (at most {HEIGHT})"
+    height = page.evaluate(LAYOUT)["height"]  # as a reader meets the page: every dropdown folded
+    assert height <= HEIGHT, f"{path}: {height} px tall at {WIDTH} px wide (at most {HEIGHT})"
+    page.evaluate("() => document.querySelectorAll('details').forEach(d => { d.open = true; })")
+    layout = page.evaluate(LAYOUT)  # and as one who opens every dropdown
     for t in layout["tables"]:
         assert t["over"] <= 1, f"{path}: a table {t['over']} px wider than its column: {t['head']!r}"
         assert t["narrowest"] >= 100, f"{path}: a cell {t['narrowest']:.0f} px wide (at least 100): {t['head']!r}"
