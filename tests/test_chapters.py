@@ -120,7 +120,7 @@ def test_ch1_smoke_run_writes_its_claims(smoke_book):
     assert results["parameters"]["n_sets"] == 8  # the smoke preset reached the notebook
     assert [(c["id"], c["source"]) for c in results["claims"]] == [
         ("R1", "ours"), ("R2", "ours"), ("C1", "abstract"), ("C1", "abstract"), ("C1", "abstract"),
-        ("C6", "revision")]
+        ("C6", "ours")]  # C6 along training is our extension; chapter 3 measures the revision's wording
     optimum = next(c for c in results["claims"] if "empirical optimum" in c["metric"])
     assert optimum["holds"] and optimum["value"] <= math.log(8) + 0.05  # at, never above, the ceiling log M
     exact = next(c for c in results["claims"] if "exact score" in c["metric"])
@@ -132,8 +132,8 @@ def test_ch4_smoke_run_writes_its_claims(smoke_book):
     results = _smoke(smoke_book, "ch4")
     assert results["parameters"]["train_steps"] == 200  # the smoke preset reached the notebook
     claims = results["claims"]
-    assert [(c["id"], c["source"]) for c in claims] == [("C5a", "abstract")] * 4 + [("C5b", "revision")] * 4 + [
-        ("C5b", "ours")] * 3 + [("R3", "ours"), ("R4", "ours")]
+    assert [(c["id"], c["source"]) for c in claims] == [("C5a", "abstract")] * 4 + [("C5b", "revision")] * 6 + [
+        ("C5b", "ours")] * 5 + [("R3", "ours"), ("R4", "ours")]
     r3 = next(c for c in claims if c["id"] == "R3")
     assert r3["value"] < 1e-9 and r3["holds"]  # in our reading its exact optimum is eps*
     assert all(c["seeds"] == 2 for c in claims if c["id"].startswith("C5"))  # the smoke preset's two seeds
