@@ -1,4 +1,4 @@
-"""Benchmark of the exact empirical optimum eps*(x_t, t) (diffgen.denoisers.EmpiricalOptimum), on the CPU.
+"""Benchmark of the exact empirical optimum eps*(x_t, t) (diffgen.diffusion.optimum.EmpiricalOptimum), on the CPU.
 
 What it measures, for D in {64, 784, 3072} on synthetic data (N training points ~ N(0, I), B queries x_t drawn by
 the forward process from fresh points at random t), all in float32 (EmpiricalOptimum's default):
@@ -44,8 +44,8 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from diffgen.denoisers import EmpiricalOptimum
-from diffgen.schedule import Schedule, add_noise, linear_schedule
+from diffgen.diffusion.optimum import EmpiricalOptimum
+from diffgen.diffusion.schedule import Schedule, add_noise, linear_schedule
 
 SHAPES = [(64, 512, 4096), (784, 512, 2048), (3072, 256, 1024)]  # (D, B, N): ~5-25 ms per eps* call
 SMALL_CASE = (64, 64, 512)  # (D, B, N) of the correctness check

@@ -8,8 +8,8 @@ What it measures, in one run (synthetic data of CIFAR-10's shape, 3 x 32 x 32, D
 2. DDIM, 100 steps x 1000 samples, with eps* of the 50 000 images: wall-clock seconds in float32 (target: 1.5 s on
    one H100/H200-class GPU) and in float64 (chapter 2's dtype).
 3. Training images per second of chapter 3's paper plan as the chapter trains it: the "main" job of
-   diffgen.plans.trained_gap_plan at the paper preset (its U-Nets, 2 seeds on S and on S', trained together at the
-   preset's batch size), on synthetic images of CIFAR-10's shape and sizes, on 1 GPU and, when there are several, on
+   diffgen.chapters.plans.trained_gap_plan at the paper preset (its U-Nets, 2 seeds on S and on S', trained together at
+   the preset's batch size), on synthetic images of CIFAR-10's shape and sizes, on 1 GPU and, when there are several, on
    all of them under torchrun (DistributedDataParallel splits the chapter's global batch). Model-FLOP utilisation =
    images/s x F / P, F = the U-Net's forward + backward FLOPs per image (torch.utils.flop_counter on the meta device
    at batch 1: convolutions, matmuls and attention), P = the same run's bf16 matmul rate (8192^3, median of 10);
@@ -54,8 +54,8 @@ def timed(fn, device) -> float:
 def optimum_vs_matmul(device, rounds: int, B: int = 1024, n: int = N, dim: int = D) -> list[dict]:
     """One row per (dtype, fused) of PATHS: the path that ran, eps* over same-run matmul throughput, TFLOP/s (n
     training points of dim values: N and D but in the CPU test of this script)."""
-    from diffgen.denoisers import EmpiricalOptimum, exact_matmuls
-    from diffgen.schedule import linear_schedule
+    from diffgen.diffusion.optimum import EmpiricalOptimum, exact_matmuls
+    from diffgen.diffusion.schedule import linear_schedule
 
     rows = []
     for dtype, fused in PATHS:
@@ -94,9 +94,9 @@ def optimum_vs_matmul(device, rounds: int, B: int = 1024, n: int = N, dim: int =
 def ddim_with_optimum(device, samples: int, n: int = N, dim: int = D, steps: int = DDIM_STEPS) -> dict:
     """Seconds of DDIM (`steps` steps, `samples` samples) under eps* of n images, per dtype of the optimum."""
     from diffgen import randn, sample_generators
-    from diffgen.denoisers import EmpiricalOptimum
-    from diffgen.samplers import sample_ddim
-    from diffgen.schedule import linear_schedule
+    from diffgen.diffusion.optimum import EmpiricalOptimum
+    from diffgen.diffusion.samplers import sample_ddim
+    from diffgen.diffusion.schedule import linear_schedule
 
     sched = linear_schedule()
     train = torch.rand(n, dim, device=device, generator=torch.Generator(device=device).manual_seed(1)) * 2 - 1
@@ -134,11 +134,11 @@ def optimum_report(optimum: list[dict], ddim: dict) -> list[str]:
 
 def paper_plan_job(device):
     """Chapter 3's "main" training job at the paper preset, on synthetic images of CIFAR-10's shape and sizes."""
-    from diffgen import chapters
-    from diffgen.data import Dataset
-    from diffgen.plans import trained_gap_plan
+    from diffgen.chapters import registry
+    from diffgen.chapters.plans import trained_gap_plan
+    from diffgen.data.datasets import Dataset
 
-    [run] = chapters.plan_run(["ch3"], "paper")
+    [run] = registry.plan_run(["ch3"], "paper")
     p = {name: run.value(name) for name in run.parameters}
     g = torch.Generator().manual_seed(2)
     images = lambda n: torch.rand(n, D, generator=g) * 2 - 1  # noqa: E731
@@ -177,8 +177,8 @@ def vmapped_conv_dtype(device) -> str:
 def train_images_per_second(steps: int, compile: bool) -> dict:
     """Images per second of chapter 3's paper plan in this process (all processes under torchrun), `steps` steps
     timed after WARM_STEPS."""
-    from diffgen import distributed
-    from diffgen.train import train_ensemble
+    from diffgen.base import distributed
+    from diffgen.diffusion.train import train_ensemble
 
     device = distributed.init("cuda")
     job = paper_plan_job(device)
@@ -199,7 +199,7 @@ def train_images_per_second(steps: int, compile: bool) -> dict:
 
 
 def training_levers(compile: bool) -> str:
-    from diffgen.train import FUSED_ADAMW
+    from diffgen.diffusion.fit import FUSED_ADAMW
 
     on = ["members together (vmap)", "bf16 autocast (attention float32)", "cudnn.benchmark",
           "fused AdamW" if "cuda" in FUSED_ADAMW else "foreach AdamW"] + (["torch.compile"] if compile else [])

@@ -1,10 +1,10 @@
-"""Benchmark of diffgen.train.train: training throughput of the default models and of chapter 4's ensembles, measured
-in one run.
+"""Benchmark of diffgen.diffusion.train.train: training throughput of the default models and of chapter 4's
+ensembles, measured in one run.
 
 What it measures: samples per second (batch_size x optimizer steps per second) of the full training loop of
-`diffgen.train.train` -- batch draw, EpsLoss forward, backward, gradient clipping, AdamW, EMA update, checkpoints --
-for MLPConfig() on digits (D = 64) and UNetConfig() on digits as images (1, 8, 8), batch 128. The clock runs
-between the callbacks of step `warmup` and step `warmup + steps` (the first steps pay for lazy initialisation and
+`diffgen.diffusion.train.train` -- batch draw, EpsLoss forward, backward, gradient clipping, AdamW, EMA update,
+checkpoints -- for MLPConfig() on digits (D = 64) and UNetConfig() on digits as images (1, 8, 8), batch 128. The clock
+runs between the callbacks of step `warmup` and step `warmup + steps` (the first steps pay for lazy initialisation and
 are left out). Training goes to a temporary cache folder that is deleted afterwards, so nothing is reused.
 The two models are timed alternately in rounds (median over rounds), so load from other processes hits both alike.
 
@@ -28,12 +28,13 @@ import time
 import torch
 
 from diffgen import resolve_device
-from diffgen.data import load_dataset
-from diffgen.models import MLPConfig, UNetConfig
-from diffgen import train as train_module
-from diffgen.objectives import EpsLoss, ForwardTimeLoss, WeightedEpsLoss
-from diffgen.schedule import linear_schedule
-from diffgen.train import TrainConfig, train, train_ensemble
+from diffgen.data.datasets import load_dataset
+from diffgen.diffusion import fit
+from diffgen.diffusion.fit import TrainConfig
+from diffgen.diffusion.models import MLPConfig, UNetConfig
+from diffgen.diffusion.objectives import EpsLoss, ForwardTimeLoss, WeightedEpsLoss
+from diffgen.diffusion.schedule import linear_schedule
+from diffgen.diffusion.train import train, train_ensemble
 
 MODELS = {"mlp": MLPConfig(), "unet": UNetConfig()}  # name -> config, both on digits (1, 8, 8) / D = 64
 BATCH = 128
@@ -65,15 +66,15 @@ def time_ensemble(objectives, sets, shape, batch: int, steps: int, warmup: int, 
         if step in (warmup, warmup + steps):
             stamps[step] = time.perf_counter()
 
-    before = train_module.FUSED_ADAMW
-    train_module.FUSED_ADAMW = (device.type,) if fused else ()
+    before = fit.FUSED_ADAMW
+    fit.FUSED_ADAMW = (device.type,) if fused else ()
     try:
         cfg = TrainConfig(train_steps=warmup + steps, batch_size=batch, checkpoint_every=warmup + steps)
         with tempfile.TemporaryDirectory() as folder:
             train_ensemble(MLPConfig(hidden=96), objectives, sets, shape, cfg, seeds=[m % 5 for m in range(len(sets))],
                            device=device, cache_dir=folder, progress=False, callback=clock)
     finally:
-        train_module.FUSED_ADAMW = before
+        fit.FUSED_ADAMW = before
     return (stamps[warmup + steps] - stamps[warmup]) / steps
 
 

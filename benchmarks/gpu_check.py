@@ -1,12 +1,12 @@
 """`make gpu-check`: every chapter on one CUDA GPU, then the GPU benchmark, with one summary table.
 
-On CIFAR-10-shaped files that diffgen's own fixture writer makes (diffgen.fixtures.write_cifar10: 50 000 training and
-10 000 test images, smooth synthetic colour images) it runs, each as `diffgen run --device cuda` would:
+On CIFAR-10-shaped files that diffgen's own fixture writer makes (diffgen.data.fixtures.write_cifar10: 50 000 training
+and 10 000 test images, smooth synthetic colour images) it runs, each as `diffgen run --device cuda` would:
 - every chapter at the smoke preset,
 - every chapter at the paper preset, its training cut to a few hundred steps (PLAN),
 then benchmarks/bench_gpu.py, and prints one table: chapter, preset, status, seconds, peak GPU and host memory (as
-each chapter recorded them, diffgen.results.peak_memory). Exit code 1 when anything failed. On a machine without a
-CUDA GPU it says so and exits 0.
+each chapter recorded them, diffgen.claims.results.peak_memory). Exit code 1 when anything failed. On a machine without
+a CUDA GPU it says so and exits 0.
 
 Usage (from the repository's root):
     make gpu-check                                   # with the project installed in .venv (README: GPU)
@@ -77,8 +77,8 @@ def select(only: list[str]) -> list[tuple[str, str, dict]]:
 
 
 def run_chapters(plan, out: Path, device: str, timeout: int) -> list[Row]:
-    from diffgen.chapters import UsageError, plan_run
-    from diffgen.runner import run_chapter
+    from diffgen.chapters.registry import UsageError, plan_run
+    from diffgen.commands.runner import run_chapter
 
     rows = []
     for chapter, preset, extra in plan:
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU on this machine (torch.cuda.is_available() is False); nothing to check.")
         return 0
-    from diffgen.fixtures import write_cifar10
+    from diffgen.data.fixtures import write_cifar10
 
     out = args.out.resolve()
     start = time.monotonic()

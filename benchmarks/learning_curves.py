@@ -17,12 +17,13 @@ import time
 
 import torch
 
-from diffgen import experiments
-from diffgen.data import load_dataset
-from diffgen.models import MLPConfig
-from diffgen.objectives import EpsLoss, ForwardTimeLoss
-from diffgen.schedule import linear_schedule
-from diffgen.train import DECAYS, TrainConfig, train_ensemble
+from diffgen.chapters.curves import member_probe, objective_curves
+from diffgen.data.datasets import load_dataset
+from diffgen.diffusion.fit import DECAYS, TrainConfig
+from diffgen.diffusion.models import MLPConfig
+from diffgen.diffusion.objectives import EpsLoss, ForwardTimeLoss
+from diffgen.diffusion.schedule import linear_schedule
+from diffgen.diffusion.train import train_ensemble
 
 SIZES, SEEDS = (20, 40, 400), (0, 1, 2)
 
@@ -41,8 +42,8 @@ def curves(objective: str, lr: float, batch: int, steps: int, decay: str, width:
                              device="cpu", cache_dir=folder, progress=False)
         trained = time.perf_counter()
         times = torch.unique(torch.logspace(0, 3, 16).round().long()).tolist()
-        probe = experiments.member_probe(sets, sched, times, n_probe=128, seed=0)
-        c = experiments.objective_curves(run, sets, ds.heldout, None, sched, probe, n_samples=256, steps=50, seed=0,
+        probe = member_probe(sets, sched, times, n_probe=128, seed=0)
+        c = objective_curves(run, sets, ds.heldout, None, sched, probe, n_samples=256, steps=50, seed=0,
                                          clip=(-1.0, 1.0))
     out = {"train_s": trained - start, "eval_s": time.perf_counter() - trained, "train_steps": list(c.train_steps)}
     for n in SIZES:

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from diffgen import set_threads
-from diffgen._util import thread_share
-from diffgen.schedule import linear_schedule
+from diffgen.base.util import thread_share
+from diffgen.diffusion.schedule import linear_schedule
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit():  # `make test`: one worker per core
     os.environ.setdefault("DIFFGEN_THREADS", str(thread_share(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
@@ -91,7 +91,7 @@ def browser():
 
 @pytest.fixture(scope="session")
 def smoke_book(tmp_path_factory) -> SimpleNamespace:
-    """The real book built as `make book` builds it (its _toc.yml, the diffgen.book extension, warnings as errors),
+    """The real book built as `make book` builds it (its _toc.yml, the diffgen.commands.book extension, warnings as errors),
     every chapter executed with the smoke preset's parameters: `diffgen book REPO --preset smoke --build-dir DIR`,
     in a folder of its own. `root` is DIR (the copy of the sources, book/<chapter>.results.json, _build/html).
     Under pytest-xdist the workers share one build: the first to ask builds it while the others wait on a file lock."""

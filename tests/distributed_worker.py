@@ -5,12 +5,13 @@ from pathlib import Path
 
 import torch
 
-from diffgen import distributed
-from diffgen.denoisers import EmpiricalOptimum, ShardedOptimum
-from diffgen.models import MLPConfig
-from diffgen.objectives import EpsLoss
-from diffgen.schedule import linear_schedule
-from diffgen.train import TrainConfig, train_ensemble
+from diffgen.base import distributed
+from diffgen.diffusion.fit import TrainConfig
+from diffgen.diffusion.models import MLPConfig
+from diffgen.diffusion.objectives import EpsLoss
+from diffgen.diffusion.optimum import EmpiricalOptimum, ShardedOptimum
+from diffgen.diffusion.schedule import linear_schedule
+from diffgen.diffusion.train import train_ensemble
 
 SCHED = linear_schedule()
 

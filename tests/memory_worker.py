@@ -34,8 +34,8 @@ def cifar_sized(dim: int, dtype=torch.float64, n: int = N) -> torch.Tensor:
 
 def optimum(dim: int, dtype_name: str) -> dict:
     """EmpiricalOptimum of 50 000 images (float64 data, as the chapters load it) in `dtype`, 8 queries at t = 10."""
-    from diffgen.denoisers import EmpiricalOptimum
-    from diffgen.schedule import linear_schedule
+    from diffgen.diffusion.optimum import EmpiricalOptimum
+    from diffgen.diffusion.schedule import linear_schedule
 
     train, sched, dtype = cifar_sized(dim), linear_schedule(), getattr(torch, dtype_name)
     x = train[:8] + 0.01
@@ -47,9 +47,10 @@ def optimum(dim: int, dtype_name: str) -> dict:
 def reference(dim: int, kind: str) -> dict:
     """The float64 brute-force references on 50 000 images: x0_star_reference for 8 queries, forward_time_minimiser
     for 4 (B N D float64 differences: 9.8 and 4.9 GB at D = 3072)."""
-    from diffgen.denoisers import CHUNK, forward_time_minimiser, x0_star_reference
-    from diffgen.objectives import ForwardTimeLoss
-    from diffgen.schedule import linear_schedule
+    from diffgen.diffusion.denoisers import forward_time_minimiser
+    from diffgen.diffusion.objectives import ForwardTimeLoss
+    from diffgen.diffusion.optimum import CHUNK, x0_star_reference
+    from diffgen.diffusion.schedule import linear_schedule
 
     train, sched = cifar_sized(dim), linear_schedule()
     if kind == "x0":
@@ -63,7 +64,7 @@ def reference(dim: int, kind: str) -> dict:
 
 def neighbours(dim: int) -> dict:
     """nearest_neighbors of 64 samples among 50 000 float32 images (a float64 copy of the set: 1.2 GB at D = 3072)."""
-    from diffgen.metrics import nearest_neighbors
+    from diffgen.measures.metrics import nearest_neighbors
 
     train = cifar_sized(dim, torch.float32)
     z = train[:64] + 1e-3
@@ -73,7 +74,7 @@ def neighbours(dim: int) -> dict:
 def pairwise(dim: int, kind: str) -> dict:
     """median_bandwidth of 12 000 rows or KID of 12 000 + 12 000 rows (feature rows: dim 64): an [N, N] float64
     matrix would be 1.15 GB; tiles of quality.PAIRS pairs stay at 128 MiB."""
-    from diffgen import quality
+    from diffgen.measures import quality
 
     n = 12_000
     if kind == "median":
@@ -87,7 +88,7 @@ def pairwise(dim: int, kind: str) -> dict:
 
 def loader(dim: int, folder: str) -> dict:
     """load_dataset('cifar10', 50 000, 10 000) from fixture files: the float64 result is 1.47 GB."""
-    from diffgen.data import load_dataset
+    from diffgen.data.datasets import load_dataset
 
     out = {}
     extra = measure(lambda: out.setdefault("ds", load_dataset("cifar10", N, 10_000, data_dir=folder)))

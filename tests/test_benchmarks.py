@@ -159,7 +159,7 @@ def test_gpu_check_runs_its_plan_through_the_runner_and_fails_on_any_failure(tmp
 
     book = tmp_path / "book"
     book.mkdir()
-    cells = {"ch1_fine": ("from diffgen.results import Claim, write_results\n"
+    cells = {"ch1_fine": ("from diffgen.claims.results import Claim, write_results\n"
                           "write_results('.', 'ch1', {}, [Claim('C1', 'abstract', 's', 'm', 1.0, None, '> 0', True)])"),
              "ch2_broken": "raise ValueError('broken on purpose')"}
     for stem, body in cells.items():

@@ -13,7 +13,8 @@ import nbformat
 import pytest
 import yaml
 
-from diffgen.runner import STAMP_NAME, book_notebooks, refresh_execution_cache
+from diffgen.commands.bookrun import book_notebooks, refresh_execution_cache
+from diffgen.commands.runner import STAMP_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
@@ -40,7 +41,7 @@ def _tiny_book(root: Path) -> None:
     (root / "_config.yml").write_text(
         "title: tiny\nonly_build_toc_files: true\nexclude_patterns: [pkg, _build]\n"
         "execute:\n  execute_notebooks: cache\n  timeout: 120\n"
-        "sphinx:\n  extra_extensions: [diffgen.book]\n  config:\n    nb_execution_raise_on_error: true\n")
+        "sphinx:\n  extra_extensions: [diffgen.commands.book]\n  config:\n    nb_execution_raise_on_error: true\n")
     (root / "_toc.yml").write_text("format: jb-book\nroot: nb\n")
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_markdown_cell("# Tiny"),
@@ -127,7 +128,7 @@ def test_smoke_book_executes_each_page_once_then_renders_from_its_cache(smoke_bo
 
 
 def test_a_preset_build_needs_a_folder_of_its_own(tmp_path, capsys):
-    from diffgen import cli
+    from diffgen.commands import cli
 
     assert cli.main(["book", str(REPO), "--preset", "smoke"]) == 2
     assert "--preset smoke builds into a folder of its own: pass --build-dir DIR" in capsys.readouterr().err
@@ -139,8 +140,8 @@ def test_a_preset_build_needs_a_folder_of_its_own(tmp_path, capsys):
 
 
 def test_a_preset_build_injects_what_diffgen_run_injects():
-    from diffgen.chapters import plan_run
-    from diffgen.runner import book_parameters
+    from diffgen.chapters.registry import plan_run
+    from diffgen.commands.bookrun import book_parameters
 
     injected = book_parameters(REPO, "smoke")
     chapters = [path for path in book_notebooks(REPO) if path.stem.startswith("ch")]
@@ -154,7 +155,7 @@ def test_a_preset_build_injects_what_diffgen_run_injects():
 def test_copied_sources_leave_out_what_a_build_of_the_book_wrote(tmp_path):
     """The copy holds the pages, the bibliography and the sweep data the pages read, but not the chapters' results
     files or failed notebooks beside them: the copy's claims table can only show its own build's numbers."""
-    from diffgen.runner import copy_book_sources
+    from diffgen.commands.bookrun import copy_book_sources
 
     root = tmp_path / "root"
     (root / "book" / "sweeps" / "ch3" / "n=8").mkdir(parents=True)
@@ -175,7 +176,7 @@ def test_copied_sources_leave_out_what_a_build_of_the_book_wrote(tmp_path):
 
 def test_a_preset_builds_cache_never_passes_for_the_default_builds(tmp_path):
     """A cache filled at the smoke preset is stale for the default build, which then wipes it and executes."""
-    from diffgen.runner import book_stamp
+    from diffgen.commands.bookrun import book_stamp
 
     smoke, default = book_stamp(tmp_path, "smoke"), book_stamp(tmp_path)
     assert smoke == f"{default}+smoke"
@@ -226,8 +227,8 @@ def test_chapter_opens_with_the_claims_and_closes_with_the_measurements(path):
     the key figure), the paper's claims in an admonition (marked as the paper's, with our reconstruction labelled),
     a 'Verdict' section last, each paper claim the chapter measures at a labelled section, and citations resolved by
     references.bib."""
-    from diffgen.book import SUMMARY_CLASS, SUMMARY_PLACEHOLDER
-    from diffgen.results import PAPER_CLAIMS
+    from diffgen.claims.results import PAPER_CLAIMS
+    from diffgen.commands.book import SUMMARY_CLASS, SUMMARY_PLACEHOLDER
 
     nb = nbformat.read(path, as_version=4)
     markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
@@ -251,7 +252,7 @@ def test_chapter_opens_with_the_claims_and_closes_with_the_measurements(path):
 def test_figures_numbered_per_chapter():
     from types import SimpleNamespace
 
-    from diffgen.book import _on_env_get_updated
+    from diffgen.commands.book import _on_env_get_updated
 
     env = SimpleNamespace(toc_fignumbers={
         "book/ch3_trained_gap": {"figure": {"fig-b": (7,), "fig-a": (5,), "fig-c": (9,)}},
@@ -266,7 +267,7 @@ def test_figures_numbered_per_chapter():
 def test_frame_slider_cdn_stylesheet_is_dropped():
     from docutils import nodes
 
-    from diffgen.book import _FONT_AWESOME_CDN
+    from diffgen.commands.book import _FONT_AWESOME_CDN
 
     html = ('<link rel="stylesheet"\nhref="https://maxcdn.bootstrapcdn.com/font-awesome/4.4.0/css/font-awesome.min.css">'
             '\n<script language="javascript">/* anim */</script>')
@@ -276,8 +277,8 @@ def test_frame_slider_cdn_stylesheet_is_dropped():
 
 def test_book_stamp_follows_the_sweep_data_a_page_reads(tmp_path):
     """A page that reads book/sweeps/ (where_claims_hold) re-executes when that data changes, not only the code."""
-    from diffgen.provenance import source_hash
-    from diffgen.runner import book_stamp
+    from diffgen.base.provenance import source_hash
+    from diffgen.commands.bookrun import book_stamp
 
     assert book_stamp(tmp_path) == f"{source_hash()}+"
     data = tmp_path / "book" / "sweeps" / "ch3" / "n=8"

@@ -259,7 +259,7 @@ def test_navigation_reaches_every_chapter(visit, server):
 def test_the_claims_at_a_glance_say_what_diffgen_report_says_above_the_fold(visit, html_dir):
     """One line per claim, the last within the first 1.5 screens (1280 x 800) of the introduction, each verdict the
     one `diffgen report` gives on the build's results files, each link landing on an anchor that exists."""
-    from diffgen import report
+    from diffgen.commands import report
 
     page = visit(PAGES[0]).page
     rows = page.locator("table.diffgen-glance tbody tr")

@@ -18,10 +18,11 @@ import nbformat
 import pytest
 import yaml
 
-from diffgen import cli, report
-from diffgen.chapters import read_parameters
-from diffgen.provenance import source_hash
-from diffgen.runner import STAMP_NAME, book_notebooks, book_parameters, book_stamp
+from diffgen.base.provenance import source_hash
+from diffgen.chapters.registry import read_parameters
+from diffgen.commands import cli, report
+from diffgen.commands.bookrun import book_notebooks, book_parameters, book_stamp
+from diffgen.commands.runner import STAMP_NAME
 
 BUILT = os.environ.get("DIFFGEN_BUILT_BOOK")
 PAGES = {"intro", "ch1_mutual_information", "ch2_empirical_optimum", "ch3_trained_gap", "ch4_new_objective",
@@ -92,7 +93,7 @@ def _text(html: str) -> str:
 def test_the_introductions_claims_table_is_what_diffgen_report_prints(root, capsys):
     """One line per claim of `diffgen report` on the build's results files, each with its verdict (colour class
     included), and the same summary line under the table as in the report."""
-    from diffgen.rowtext import CSS, kind
+    from diffgen.claims.rowtext import CSS, kind
 
     runs, rows = report.load_run(root / "book")
     assert {run.chapter for run in runs} == {"ch1", "ch2", "ch3", "ch4"}, "every chapter wrote its results file"
@@ -126,7 +127,7 @@ def test_every_link_of_the_claims_table_lands_on_an_anchor(root):
 
 
 def test_each_chapter_opens_with_its_verdicts_and_the_detail_page_holds_every_row(root):
-    from diffgen.book import SUMMARY_PLACEHOLDER
+    from diffgen.commands.book import SUMMARY_PLACEHOLDER
 
     html = root / "_build" / "html" / "book"
     for page in html.glob("ch*_*.html"):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import diffgen.cache as cache
+import diffgen.base.cache as cache
 from diffgen import source_hash
-from diffgen.cache import MAGIC, cache_root, config_key, load_artifact, save_artifact
-from diffgen.schedule import cosine_schedule, linear_schedule
+from diffgen.base.cache import MAGIC, cache_root, config_key, load_artifact, save_artifact
+from diffgen.diffusion.schedule import cosine_schedule, linear_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,8 +46,8 @@ def _tensor():
 
 KEY_SCRIPT = """
 import torch
-from diffgen.cache import config_key
-from diffgen.schedule import linear_schedule
+from diffgen.base.cache import config_key
+from diffgen.diffusion.schedule import linear_schedule
 print(config_key({"b": 2, "a": (1, 2.5, None, True)}, torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7,
                  linear_schedule(), "x", 3))
 """
@@ -114,7 +114,7 @@ def package_copy(tmp_path, monkeypatch):
     """A copy of diffgen's source that provenance reads instead of the installed one (edit it freely)."""
     import shutil
 
-    from diffgen import provenance
+    from diffgen.base import provenance
 
     pkg = tmp_path / "diffgen"
     shutil.copytree(provenance.PACKAGE_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
@@ -128,22 +128,26 @@ def _edit(pkg: Path, name: str) -> None:
 
 
 def _train_key() -> str:
-    from diffgen.models import MLPConfig
-    from diffgen.objectives import EpsLoss
-    from diffgen.train import TrainConfig, train_key
+    from diffgen.diffusion.fit import TrainConfig
+    from diffgen.diffusion.models import MLPConfig
+    from diffgen.diffusion.objectives import EpsLoss
+    from diffgen.diffusion.train import train_key
 
     return train_key(MLPConfig(hidden=8), EpsLoss(linear_schedule()), _tensor(), (4,), TrainConfig(train_steps=5))
 
 
-@pytest.mark.parametrize("name", ["plotting.py", "widgets.py", "report.py", "mi.py", "cli.py", "book.py",
-                                  "presets.toml"])
+@pytest.mark.parametrize("name", ["chapters/figures.py", "chapters/widgets.py", "commands/report.py", "measures/mi.py",
+                                  "commands/cli.py", "commands/book.py", "chapters/presets.toml",
+                                  "claims/verdicts.py"])
 def test_editing_what_does_not_train_keeps_the_training_key(package_copy, name):
     before = _train_key()
     _edit(package_copy, name)
     assert _train_key() == before
 
 
-@pytest.mark.parametrize("name", ["objectives.py", "models.py", "train.py", "schedule.py", "cache.py"])
+@pytest.mark.parametrize("name", ["diffusion/objectives.py", "diffusion/models.py", "diffusion/train.py",
+                                  "diffusion/fit.py", "diffusion/ensemble.py", "diffusion/schedule.py",
+                                  "base/cache.py"])
 def test_editing_what_trains_changes_the_training_key(package_copy, name):
     before = _train_key()
     _edit(package_copy, name)
@@ -152,30 +156,32 @@ def test_editing_what_trains_changes_the_training_key(package_copy, name):
 
 def test_artifact_key_includes_the_modules_of_its_configs(package_copy):
     """A config class's module is part of the code: the objective's module counts for a key made elsewhere."""
-    from diffgen.objectives import EpsLoss
+    from diffgen.diffusion.objectives import EpsLoss
 
-    key = lambda: cache.artifact_key("diffgen.quality", EpsLoss(linear_schedule()))  # noqa: E731
-    before, plain = key(), cache.artifact_key("diffgen.quality", 1)
-    _edit(package_copy, "objectives.py")
+    key = lambda: cache.artifact_key("diffgen.measures.quality", EpsLoss(linear_schedule()))  # noqa: E731
+    before, plain = key(), cache.artifact_key("diffgen.measures.quality", 1)
+    _edit(package_copy, "diffusion/objectives.py")
     assert key() != before
-    assert cache.artifact_key("diffgen.quality", 1) == plain  # quality itself does not import objectives
+    assert cache.artifact_key("diffgen.measures.quality", 1) == plain  # quality itself does not import objectives
 
 
 def test_module_closure_is_read_from_the_imports():
-    from diffgen.provenance import module_closure
+    from diffgen.base.provenance import module_closure
 
-    closure = module_closure(["diffgen.train"])
-    assert {"diffgen.train", "diffgen.cache", "diffgen.objectives", "diffgen.schedule", "diffgen._util"} <= set(closure)
-    assert not {"diffgen.plotting", "diffgen.widgets", "diffgen.report", "diffgen.mi"} & set(closure)
+    closure = module_closure(["diffgen.diffusion.train"])
+    assert {"diffgen.diffusion.train", "diffgen.diffusion.fit", "diffgen.base.cache", "diffgen.diffusion.objectives",
+            "diffgen.diffusion.schedule", "diffgen.base.util"} <= set(closure)
+    assert not {"diffgen.chapters.figures", "diffgen.chapters.widgets", "diffgen.commands.report",
+                "diffgen.measures.mi"} & set(closure)
     with pytest.raises(ValueError, match="not a module"):
         module_closure(["diffgen.nope"])
 
 
 def test_source_hash_covers_every_module(package_copy):
-    from diffgen import provenance
+    from diffgen.base import provenance
 
     assert provenance.hash_sources() == source_hash()
-    _edit(package_copy, "report.py")  # the book's re-execution stamp follows the whole package
+    _edit(package_copy, "commands/report.py")  # the book's re-execution stamp follows the whole package
     assert provenance.hash_sources() != source_hash()
     assert len(source_hash()) == 16
 

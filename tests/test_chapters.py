@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from diffgen.results import read_results
+from diffgen.claims.results import read_results
 
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((REPO / "book").glob("ch*_*.ipynb"))
@@ -23,9 +23,9 @@ def test_committed_notebook_is_stripped_and_parametrized(path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
     assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks with outputs stripped"
-    assert "DIFFGEN_HEADLESS" not in "".join(c.source for c in code), "use diffgen.widgets.live_widgets()"
+    assert "DIFFGEN_HEADLESS" not in "".join(c.source for c in code), "use diffgen.chapters.widgets.live_widgets()"
     assert not any("ipywidgets" in c.source or "live_panel(" in c.source for c in code), \
-        "panels go through diffgen.widgets.show (a frame slider headlessly, live controls with a kernel)"
+        "panels go through diffgen.chapters.widgets.show (a frame slider headlessly, live controls with a kernel)"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
@@ -43,7 +43,7 @@ def test_numbers_reach_the_text_in_both_renderers(path):
     """Prose with numbers is computed (prose.say) in cells whose input is hidden in the book (remove-input) and in
     JupyterLab (source_hidden), so it reads right in both; myst-nb's glue placeholders would stay raw in JupyterLab."""
     nb = nbformat.read(path, as_version=4)
-    assert not any("glue" in c.source for c in nb.cells), "use diffgen.prose.say for numbers in the text"
+    assert not any("glue" in c.source for c in nb.cells), "use diffgen.claims.prose.say for numbers in the text"
     for cell in nb.cells:
         if cell.cell_type == "code" and cell.source.lstrip().startswith(("say(", "say(f")) or \
                 cell.cell_type == "code" and "\nsay(" in cell.source:
@@ -158,7 +158,7 @@ def test_editing_a_plot_retrains_nothing(tmp_path):
            "DIFFGEN_BOOK_DIR": str(REPO / "book")}
 
     def run(out: str) -> dict[str, int]:
-        proc = subprocess.run([sys.executable, "-m", "diffgen.cli", "run", "ch3", "--preset", "smoke", "--out",
+        proc = subprocess.run([sys.executable, "-m", "diffgen.commands.cli", "run", "ch3", "--preset", "smoke", "--out",
                                str(tmp_path / out), "--timeout", "300", *TINY_CH3], env=env, capture_output=True,
                               text=True, timeout=400)
         assert proc.returncode == 0, proc.stderr[-3000:]

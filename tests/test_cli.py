@@ -1,4 +1,4 @@
-"""diffgen.chapters and diffgen.cli: parameters-cell parsing, validation of `diffgen run` (exit 2, nothing written), and end-to-end
+"""diffgen.chapters.registry and diffgen.commands.cli: parameters-cell parsing, validation of `diffgen run` (exit 2, nothing written), and end-to-end
 execution of tiny fixture chapters in a temporary book folder (DIFFGEN_BOOK_DIR)."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import tomllib
 import nbformat
 import pytest
 
-from diffgen import chapters, cli
+from diffgen.chapters import registry
+from diffgen.commands import cli
 
 CH1_PARAMS = """\
 n = 3  # how many items; int in [1, 10]
@@ -86,7 +87,7 @@ def presets(tmp_path, monkeypatch):
 
 
 def test_parameters_cell_parsed(book):
-    params = chapters.read_parameters(book / "ch1_toy.ipynb")
+    params = registry.read_parameters(book / "ch1_toy.ipynb")
     assert list(params) == ["n", "scale", "mode", "flag", "device", "seed"]
     n, scale, mode, flag = (params[k] for k in ("n", "scale", "mode", "flag"))
     assert (n.default, n.spec.kind, n.spec.low, n.spec.high, n.description) == (3, "int", 1, 10, "how many items")
@@ -99,20 +100,20 @@ def test_parameters_cell_parsed(book):
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("int in [2, 1797]", chapters.Spec("int", 2, 1797)),
-    (" float in [-1.5,2] ", chapters.Spec("float", -1.5, 2)),
-    ("one of: gmm, moons, circle", chapters.Spec("choice", choices=("gmm", "moons", "circle"))),
-    ("bool", chapters.Spec("bool")),
+    ("int in [2, 1797]", registry.Spec("int", 2, 1797)),
+    (" float in [-1.5,2] ", registry.Spec("float", -1.5, 2)),
+    ("one of: gmm, moons, circle", registry.Spec("choice", choices=("gmm", "moons", "circle"))),
+    ("bool", registry.Spec("bool")),
 ])
 def test_parse_spec(spec, expected):
-    assert chapters.parse_spec(spec) == expected
+    assert registry.parse_spec(spec) == expected
 
 
 @pytest.mark.parametrize("spec", ["int in [1.5, 3]", "int in [5, 1]", "integer", "one of:", "float in [a, 1]",
                                   "int in (1, 3)", "int in [1, 2**4]"])
 def test_parse_spec_rejects(spec):
     with pytest.raises(ValueError):
-        chapters.parse_spec(spec)
+        registry.parse_spec(spec)
 
 
 @pytest.mark.parametrize("source, line, says", [
@@ -125,26 +126,26 @@ def test_parse_spec_rejects(spec):
     ("seed = 0  # seed; int in [0, 9]\nx = 's # t'  # x; int in [0, 9]\n", 2, "default 's # t' of x"),
 ])
 def test_bad_parameters_cell_names_notebook_and_line(source, line, says):
-    with pytest.raises(chapters.BookError, match=f"nb.ipynb, parameters cell line {line}: .*{says}"):
-        chapters.parse_parameters(source, where="nb.ipynb")
+    with pytest.raises(registry.BookError, match=f"nb.ipynb, parameters cell line {line}: .*{says}"):
+        registry.parse_parameters(source, where="nb.ipynb")
 
 
 def test_device_and_seed_required():
-    with pytest.raises(chapters.BookError, match="no 'device' parameter"):
-        chapters.parse_parameters("seed = 0  # seed; int in [0, 9]\n", where="nb.ipynb")
+    with pytest.raises(registry.BookError, match="no 'device' parameter"):
+        registry.parse_parameters("seed = 0  # seed; int in [0, 9]\n", where="nb.ipynb")
 
 
 def test_first_code_cell_must_be_tagged(book):
     nb = nbformat.read(book / "ch5_silent.ipynb", as_version=4)
     nb.cells[1].metadata["tags"] = []
     nbformat.write(nb, book / "ch5_silent.ipynb")
-    with pytest.raises(chapters.BookError, match="ch5_silent.ipynb: the first code cell must be tagged 'parameters'"):
-        chapters.read_parameters(book / "ch5_silent.ipynb")
+    with pytest.raises(registry.BookError, match="ch5_silent.ipynb: the first code cell must be tagged 'parameters'"):
+        registry.read_parameters(book / "ch5_silent.ipynb")
 
 
 @pytest.mark.parametrize("name", ["ch2", "2", "ch2_empirical_optimum", "book/ch2_empirical_optimum.ipynb"])
 def test_chapter_names(book, name):
-    assert [ch.id for ch in chapters.resolve_chapters([name, "ch1", "1"], chapters.discover())] == ["ch2", "ch1"]
+    assert [ch.id for ch in registry.resolve_chapters([name, "ch1", "1"], registry.discover())] == ["ch2", "ch1"]
 
 
 # --- validation: exit 2, one stderr line naming the culprit, nothing written -------------------------------------
@@ -176,7 +177,7 @@ def test_chapter_names(book, name):
     (["ch2", "--data-dir", "nowhere"], "--data-dir nowhere is not a folder"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(book, presets, capsys, monkeypatch, args, says):
-    monkeypatch.setattr(chapters, "_cuda_available", lambda: False)
+    monkeypatch.setattr(registry, "_cuda_available", lambda: False)
     monkeypatch.setenv("DIFFGEN_DATA", "")  # restored after the test (`--data-dir` sets it)
     out = book.parent / "out"
     assert cli.main(["run", *args, "--out", str(out)]) == 2
@@ -193,12 +194,12 @@ def test_argparse_errors_exit_2(book, capsys):
 
 
 def test_precedence_default_preset_device_p(book, presets, monkeypatch):
-    monkeypatch.setattr(chapters, "_cuda_available", lambda: True)
-    [run] = chapters.plan_run(["1"], "smoke", [("mode", "a"), ("flag", "1"), ("scale", "1")], device="cuda")
+    monkeypatch.setattr(registry, "_cuda_available", lambda: True)
+    [run] = registry.plan_run(["1"], "smoke", [("mode", "a"), ("flag", "1"), ("scale", "1")], device="cuda")
     assert run.overrides == {"n": 2, "mode": "a", "device": "cuda", "flag": True, "scale": 1.0}
-    [run] = chapters.plan_run(["1"], "smoke", [("device", "cpu")], device="cuda")
+    [run] = registry.plan_run(["1"], "smoke", [("device", "cpu")], device="cuda")
     assert run.overrides["device"] == "cpu"
-    [run] = chapters.plan_run(["1"])
+    [run] = registry.plan_run(["1"])
     assert run.overrides == {}
 
 
@@ -206,20 +207,20 @@ def test_precedence_default_preset_device_p(book, presets, monkeypatch):
 def test_shipped_presets_validate_against_ch2(book, preset):
     """The digits presets against the fixture book's digits-only ch2 (`paper`, on CIFAR-10, against the real book:
     test_shipped_presets_validate_against_the_book)."""
-    presets = chapters.load_presets()
+    presets = registry.load_presets()
     assert "default" not in presets and set(presets) >= {"smoke", "large", "paper"}
-    [run] = chapters.plan_run(["ch2"], preset, presets=presets)
-    assert run.overrides == tomllib.loads(chapters.presets_path().read_text())[preset]["ch2"]
+    [run] = registry.plan_run(["ch2"], preset, presets=presets)
+    assert run.overrides == tomllib.loads(registry.presets_path().read_text())[preset]["ch2"]
     assert run.overrides.get("n_train", 500) + run.overrides.get("n_heldout", 300) <= 1797  # digits' size
 
 
 def test_shipped_presets_validate_against_the_book():
     """The real book's chapters (those that exist yet) accept every shipped preset."""
-    known = chapters.discover()
-    for preset, table in chapters.load_presets().items():
+    known = registry.discover()
+    for preset, table in registry.load_presets().items():
         names = [cid for cid in table if cid in known]
         if names:
-            chapters.plan_run(names, preset)
+            registry.plan_run(names, preset)
 
 
 def test_chapters_lists_parameters(book, presets, capsys):
@@ -306,34 +307,34 @@ raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 73.00 GiB (G
 
 WRITE_REAL_RESULTS = """\
 import numpy as np
-from diffgen.results import Claim, write_results
+from diffgen.claims.results import Claim, write_results
 ballast = np.ones(40 * 2**20 // 8)  # 40 MiB more resident
 write_results(".", "ch2", {}, [Claim("C2", "abstract", "closed form", "max error", 1e-12, None, "< 1e-9", True)])
 """
 
 
 def test_out_of_memory_names_the_chapters_memory_parameters_with_their_values():
-    from diffgen.runner import Outcome, _memory_hint
+    from diffgen.commands.runner import Outcome, oom_hint
 
     values = {"batch_size": 512, "n_samples": 1000, "n_seeds": 2, "n_train": 5000, "seed": 0}
     oom = Outcome("failed in cell index 4 (`runs = ...`): OutOfMemoryError: CUDA out of memory.", "OutOfMemoryError")
-    assert oom.out_of_memory and _memory_hint("ch3", values, oom) == (
+    assert oom.out_of_memory and oom_hint("ch3", values, oom) == (
         "out of memory: lower batch_size (now 512), n_samples (now 1000), n_seeds (now 2), n_train (now 5000) "
         "with -p NAME VALUE")
     cpu = Outcome("failed: RuntimeError: [enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory",
                   "RuntimeError")
-    assert cpu.out_of_memory and "lower batch_size (now 512)" in _memory_hint("ch3", values, cpu)
+    assert cpu.out_of_memory and "lower batch_size (now 512)" in oom_hint("ch3", values, cpu)
     died = Outcome("failed in cell index 4: the kernel died (Kernel died)", "DeadKernelError")
-    assert not died.out_of_memory and _memory_hint("ch3", values, died).startswith("if it ran out of host memory, lower batch_size")
-    assert _memory_hint("ch3", values, Outcome("failed: ValueError: boom", "ValueError")) is None
-    assert "lower the chapter's sizes" in _memory_hint("ch9", values, oom)  # no declared list
+    assert not died.out_of_memory and oom_hint("ch3", values, died).startswith("if it ran out of host memory, lower batch_size")
+    assert oom_hint("ch3", values, Outcome("failed: ValueError: boom", "ValueError")) is None
+    assert "lower the chapter's sizes" in oom_hint("ch9", values, oom)  # no declared list
 
 
 def test_every_declared_memory_parameter_is_a_parameter_of_its_chapter():
-    found = chapters.discover(chapters.PACKAGE_DIR.parent / "book")
-    assert set(chapters.MEMORY_PARAMETERS) <= set(found)
-    for cid, names in chapters.MEMORY_PARAMETERS.items():
-        declared = chapters.read_parameters(found[cid].path)
+    found = registry.discover(registry.PACKAGE_DIR.parent / "book")
+    assert set(registry.MEMORY_PARAMETERS) <= set(found)
+    for cid, names in registry.MEMORY_PARAMETERS.items():
+        declared = registry.read_parameters(found[cid].path)
         assert set(names) <= set(declared), cid
 
 

@@ -10,15 +10,15 @@ import nbformat
 import numpy as np
 import pytest
 
-from diffgen import conclusions, verdicts
-from diffgen.metrics import Estimate, wilson_interval
-from diffgen.results import Comparison, Condition
+from diffgen.claims import conclusions, gates, verdicts
+from diffgen.claims.results import Comparison, Condition
+from diffgen.measures.metrics import Estimate, wilson_interval
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def conclusion_cell(stem: str) -> str:
-    """The source of the chapter's cell that writes its conclusions (the one calling diffgen.conclusions)."""
+    """The source of the chapter's cell that writes its conclusions (the one calling diffgen.claims.conclusions)."""
     nb = nbformat.read(REPO / "book" / f"{stem}.ipynb", as_version=4)
     [cell] = [c for c in nb.cells if c.cell_type == "code" and "say(conclusions." in c.source]
     return cell.source
@@ -38,13 +38,13 @@ def flipped(row, **changes):
 
 def line(text: str, label: str) -> str:
     """The verdict table's line of the row named `label` ('C4 · generates unseen data (n = 500)')."""
-    from diffgen.rowtext import md
+    from diffgen.claims.rowtext import md
 
     [found] = [row for row in text.splitlines() if row.startswith(f"| {md(label)} |")]
     return found
 
 
-GATE_OK = verdicts.QualityGate("energy distance", 0.05, "a crude fit", 0.3)
+GATE_OK = gates.QualityGate("energy distance", 0.05, "a crude fit", 0.3)
 REACHED = Condition("the nets approximate eps*", True)
 TRAINED = Condition("sufficient training", True)
 
@@ -65,12 +65,12 @@ def test_chapter1_conclusions_follow_a_flipped_row():
 
 
 def _r1():
-    from diffgen.results import check_row
+    from diffgen.claims.results import check_row
     return check_row("R1", "sizes covered", 5.0, None, ">= 4 of 5", True)
 
 
 def _r2():
-    from diffgen.results import check_row
+    from diffgen.claims.results import check_row
     return check_row("R2", "difference", 0.01, (-0.1, 0.1), "overlap", True)
 
 
@@ -149,7 +149,7 @@ def _r3():
 def test_a_condition_shared_by_several_rows_is_said_once():
     unreached = Condition("the nets approximate eps* at n = 9", False)
     rows = [verdicts.generates_unseen([wilson_interval(c, 100) for c in (5, 8, 6)], "x", REACHED,
-                                      verdicts.QualityGate("e", 2.0, "fit", 0.3), 9),
+                                      gates.QualityGate("e", 2.0, "fit", 0.3), 9),
             verdicts.difference_is_critical(None, None, "x", unreached, 9),
             flipped(verdicts.similar_model([1.0, 1.1, 0.9], [1.0, 1.05, 0.95], "n = 40", absolute=(0.01, 0.01),
                                            premise=TRAINED, n=40), flattened=False),
@@ -173,11 +173,12 @@ def trajectories(sched):
     'apart' ends farther from it (it stays less memorizing)."""
     import torch
 
-    from diffgen.data import load_dataset
-    from diffgen.denoisers import Blend, EmpiricalOptimum, GaussianDenoiser
-    from diffgen.experiments import ObjectiveCurves
-    from diffgen.metrics import copy_rate, gap_on_forward_samples, nearest_neighbors
-    from diffgen.samplers import sample_ddim
+    from diffgen.chapters.curves import ObjectiveCurves
+    from diffgen.data.datasets import load_dataset
+    from diffgen.diffusion.denoisers import Blend, GaussianDenoiser
+    from diffgen.diffusion.optimum import EmpiricalOptimum
+    from diffgen.diffusion.samplers import sample_ddim
+    from diffgen.measures.metrics import copy_rate, gap_on_forward_samples, nearest_neighbors
 
     digits = load_dataset("digits", 60, 0, n_disjoint=60, seed=0)
     S, S2 = digits.train, digits.disjoint
@@ -209,18 +210,18 @@ def test_chapter4_reading_follows_real_trajectories(trajectories):
     """A new objective that only trains slower (same path, same end): 'memorizes less' at convergence fails and the
     reading names training speed; one that ends farther from the optimum: it holds at convergence. Nets that did not
     converge: not decided, and the reading says what the curves show."""
-    from diffgen import experiments
+    from diffgen.chapters import new_objective
 
     members = list(range(5))
-    gate = verdicts.QualityGate("e", 0.1, "fit", 0.3)
+    gate = gates.QualityGate("e", 0.1, "fit", 0.3)
 
     def rows(new: str, converged: bool):
         fast, other = trajectories["fast"], trajectories[new]
         copies = Condition("the standard net copies and every net converged", converged,
                            (Comparison("nets whose curves flattened", 10 if converged else 6, ">=", 10),))
-        at_end = verdicts.memorizes_less(experiments.rate_differences(fast, other, members), "x", copies, gate, 40)
-        along = verdicts.less_along_training(experiments.along_differences(fast, other, members), "x", gate, 40)
-        matched = verdicts.less_at_matched(experiments.matched_differences(fast, other, members), "gap to eps*",
+        at_end = verdicts.memorizes_less(new_objective.rate_differences(fast, other, members), "x", copies, gate, 40)
+        along = verdicts.less_along_training(new_objective.along_differences(fast, other, members), "x", gate, 40)
+        matched = verdicts.less_at_matched(new_objective.matched_differences(fast, other, members), "gap to eps*",
                                            "x", gate)
         return at_end, along, matched
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffgen.data import DATASETS, DIGITS_SIZE, GaussianMixture, eight_gaussians, load_dataset
+from diffgen.data.datasets import DATASETS, DIGITS_SIZE, GaussianMixture, eight_gaussians, load_dataset
 
 
 def _raw_digits() -> np.ndarray:

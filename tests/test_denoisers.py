@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from diffgen.denoisers import EmpiricalOptimum, GaussianDenoiser, x0_star_reference
-from diffgen.schedule import add_noise
+from diffgen.diffusion.denoisers import GaussianDenoiser
+from diffgen.diffusion.optimum import EmpiricalOptimum, x0_star_reference
+from diffgen.diffusion.schedule import add_noise
 
 TIMES = [1, 10, 100, 500, 1000]
 N, D = 37, 4  # N is not a multiple of any tile size used below
@@ -361,7 +362,7 @@ def test_cuda_matches_cpu_reference(train, sched, dtype, fused):
 
 
 def test_time_switch_uses_inside_only_within_its_window():
-    from diffgen.denoisers import TimeSwitch
+    from diffgen.diffusion.denoisers import TimeSwitch
 
     inside = lambda x, t: torch.ones_like(x)  # noqa: E731
     outside = lambda x, t: -torch.ones_like(x)  # noqa: E731
@@ -375,8 +376,8 @@ def test_time_switch_uses_inside_only_within_its_window():
 
 
 def test_smoothed_optimum_is_the_exact_score_of_the_kernel_density():
-    from diffgen.denoisers import SmoothedOptimum
-    from diffgen.schedule import linear_schedule
+    from diffgen.diffusion.optimum import SmoothedOptimum
+    from diffgen.diffusion.schedule import linear_schedule
 
     sched = linear_schedule()
     g = torch.Generator().manual_seed(4)
@@ -401,8 +402,9 @@ def test_smoothed_optimum_is_the_exact_score_of_the_kernel_density():
 
 
 def test_smoothed_optimum_of_one_point_is_the_gaussian_denoiser():
-    from diffgen.denoisers import GaussianDenoiser, SmoothedOptimum
-    from diffgen.schedule import linear_schedule
+    from diffgen.diffusion.denoisers import GaussianDenoiser
+    from diffgen.diffusion.optimum import SmoothedOptimum
+    from diffgen.diffusion.schedule import linear_schedule
 
     sched = linear_schedule()
     point = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
@@ -415,7 +417,7 @@ def test_smoothed_optimum_of_one_point_is_the_gaussian_denoiser():
 
 
 def test_reference_errors_and_max_error(sched):
-    from diffgen.denoisers import max_error, reference_errors
+    from diffgen.diffusion.optimum import max_error, reference_errors
 
     train = torch.randn(30, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     variants = {"64": EmpiricalOptimum(train, sched, dtype=torch.float64, fused=False),
@@ -428,7 +430,7 @@ def test_reference_errors_and_max_error(sched):
 
 
 def test_weights_are_the_softmax_of_the_closed_form(sched):
-    from diffgen.denoisers import SmoothedOptimum
+    from diffgen.diffusion.optimum import SmoothedOptimum
 
     train = torch.randn(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     xt = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -443,7 +445,7 @@ def test_weights_are_the_softmax_of_the_closed_form(sched):
 
 
 def test_blend_interpolates_two_denoisers(sched):
-    from diffgen.denoisers import Blend
+    from diffgen.diffusion.denoisers import Blend
 
     a = lambda x, t: torch.ones_like(x)  # noqa: E731
     b = lambda x, t: 3 * torch.ones_like(x)  # noqa: E731
@@ -455,8 +457,8 @@ def test_blend_interpolates_two_denoisers(sched):
 
 
 def test_clipped_x0_leaves_the_optimum_alone_and_keeps_any_prediction_in_range(sched):
-    from diffgen.denoisers import ClippedX0
-    from diffgen.schedule import x0_from_eps
+    from diffgen.diffusion.denoisers import ClippedX0
+    from diffgen.diffusion.schedule import x0_from_eps
 
     g = torch.Generator().manual_seed(0)
     train = torch.rand(20, 6, generator=g, dtype=torch.float64) * 2 - 1  # inside [-1, 1]
@@ -475,8 +477,8 @@ def test_clipped_x0_leaves_the_optimum_alone_and_keeps_any_prediction_in_range(s
 def test_cpu_picks_the_tiled_loop_above_the_fused_kernels_width(monkeypatch):
     """On the CPU the fused kernel runs up to CPU_FUSED_MAX_DIM and the tiled loop above it (the faster path per
     width, benchmarks/bench_empirical.py); both give the same x0*."""
-    from diffgen.denoisers import EmpiricalOptimum
-    from diffgen.schedule import linear_schedule
+    from diffgen.diffusion.optimum import EmpiricalOptimum
+    from diffgen.diffusion.schedule import linear_schedule
 
     sched, g = linear_schedule(), torch.Generator().manual_seed(0)
     calls = []
@@ -567,7 +569,7 @@ def test_float32_logits_stay_float32_under_bf16_autocast_and_reduced_matmul_prec
     """A caller's torch.autocast(bfloat16) and set_float32_matmul_precision('medium') (bf16 matmuls in oneDNN on the
     CPU, TF32 on CUDA) must not reach the optimum's logits: the result matches the float64 brute force at float32
     accuracy, and the caller's settings are unchanged afterwards. Without the guard the same call is off by ~1e-2."""
-    from diffgen import denoisers
+    from diffgen.diffusion import optimum
 
     g = torch.Generator().manual_seed(2)
     train = torch.randn(40, 24, generator=g, dtype=torch.float64)
@@ -580,12 +582,12 @@ def test_float32_logits_stay_float32_under_bf16_autocast_and_reduced_matmul_prec
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = opt.x0_star(x, 200)
             assert torch.is_autocast_enabled("cpu")  # the caller's autocast is still on
-            unguarded = denoisers.exact_matmuls
-            denoisers.exact_matmuls = lambda device_type: contextlib.nullcontext()
+            unguarded = optimum.exact_matmuls
+            optimum.exact_matmuls = lambda device_type: contextlib.nullcontext()
             try:
                 careless = opt.x0_star(x, 200)
             finally:
-                denoisers.exact_matmuls = unguarded
+                optimum.exact_matmuls = unguarded
         assert torch.get_float32_matmul_precision() == "medium"
         assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
     finally:
@@ -614,8 +616,8 @@ def _untiled_forward_time_minimiser(train, sched, xt, t, gap_probs):
 @pytest.mark.parametrize("chunk", [1, 30, 10 ** 9])  # one training point per tile, a few, all at once
 def test_tiled_references_equal_the_untiled_brute_force(train, sched, chunk):
     """chunk = 1: one training point per tile; memory at the paper's sizes: tests/test_memory.py."""
-    from diffgen.denoisers import forward_time_minimiser
-    from diffgen.objectives import ForwardTimeLoss
+    from diffgen.diffusion.denoisers import forward_time_minimiser
+    from diffgen.diffusion.objectives import ForwardTimeLoss
 
     x = queries(train, 50, sched)  # [33, D]
     for t in (1, 50, 700):

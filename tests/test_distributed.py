@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffgen import distributed
-from diffgen.denoisers import EmpiricalOptimum, ShardedOptimum, x0_star_reference
-from diffgen.train import train_ensemble
+from diffgen.base import distributed
+from diffgen.diffusion.optimum import EmpiricalOptimum, ShardedOptimum, x0_star_reference
+from diffgen.diffusion.train import train_ensemble
 
 sys.path.insert(0, str(Path(__file__).parent))
 import distributed_worker as worker  # noqa: E402

@@ -1,4 +1,4 @@
-"""diffgen.downloads and `diffgen data`: fixture archives in the official formats (gzipped idx files, a tar.gz of
+"""diffgen.data.downloads and `diffgen data`: fixture archives in the official formats (gzipped idx files, a tar.gz of
 cifar-10-batches-bin/), their checksums computed here and put into copies of the registry's entries, served by an
 HTTP server on 127.0.0.1 (with Range requests, HTML pages and cut connections on demand). Every other host is
 blocked: a test that tries to reach one fails."""
@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffgen import cli, data, downloads
-from diffgen.downloads import ITEMS, MANIFEST, DownloadError, Item, get, untar, verify
-from diffgen.fixtures import IDX_NAMES, write_cifar10, write_mnist
+from diffgen.commands import cli
+from diffgen.data import datasets, downloads
+from diffgen.data.downloads import ITEMS, MANIFEST, DownloadError, Item, get, untar, verify
+from diffgen.data.fixtures import IDX_NAMES, write_cifar10, write_mnist
 
 LOCAL = ("127.0.0.1", "localhost")
 
@@ -166,10 +167,10 @@ def test_registry_entries_are_complete_and_match_the_loaders_layout():
             assert r.urls and all(u.startswith(("http://", "https://")) and u.endswith("/" + r.name) for u in r.urls)
             assert len(r.checksum) == 2 * hashlib.new(r.algorithm).digest_size and int(r.checksum, 16) >= 0
             assert r.checksum == r.checksum.lower()
-    # the data sets `data get` fetches are the ones data.py's message offers it for, into the folder read first
-    assert set(data.FETCHABLE) <= set(ITEMS)
-    for name in data.FETCHABLE:
-        assert data._LAYOUT[name][0][0] == ITEMS[name].folder
+    # the data sets `data get` fetches are the ones datasets.py's message offers it for, into the folder read first
+    assert set(datasets.FETCHABLE) <= set(ITEMS)
+    for name in datasets.FETCHABLE:
+        assert datasets._LAYOUT[name][0][0] == ITEMS[name].folder
     assert [r.name for r in ITEMS["mnist"].files] == [f"{n}.gz" for n in IDX_NAMES]
 
 
@@ -187,7 +188,7 @@ def test_idx_data_sets_are_fetched_and_read_by_load_dataset(tmp_path, server, na
     assert all((root / name / f).read_bytes() == raw for f, raw in files.items())  # kept as published
     assert verify(root / name) is None
     assert leftovers(root) == sorted([name, *(f"{name}/{f}" for f in [*files, MANIFEST])])  # no .downloads
-    ds = data.load_dataset(name, 30, 20, data_dir=root)
+    ds = datasets.load_dataset(name, 30, 20, data_dir=root)
     expected_train = np.sort(arrays["train_x"][:, 0, 0]) / 127.5 - 1  # image k is filled with one value
     assert np.array_equal(np.sort(ds.train[:, 0].numpy()), expected_train)
     assert np.array_equal(np.sort(ds.heldout[:, 0].numpy()), np.sort(arrays["test_x"][:, 0, 0]) / 127.5 - 1)
@@ -196,8 +197,8 @@ def test_idx_data_sets_are_fetched_and_read_by_load_dataset(tmp_path, server, na
 
 
 def test_inception_weights_are_fetched_where_fid_looks_for_them(tmp_path, server):
-    """`data get inception` writes DATA/inception/<the file diffgen.fid reads>, checked by its sha256."""
-    from diffgen import fid
+    """`data get inception` writes DATA/inception/<the file diffgen.measures.fid reads>, checked by its sha256."""
+    from diffgen.measures import fid
 
     raw = b"weights" * 1000
     item = ITEMS["inception"]
@@ -222,7 +223,7 @@ def test_cifar10_is_fetched_unpacked_and_read_by_load_dataset(tmp_path, server):
         assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == sha
     assert leftovers(root) == sorted(["cifar-10-batches-bin", *(f"cifar-10-batches-bin/{f}" for f in
                                                                 [*manifest["sha256"], MANIFEST])])
-    ds = data.labelled_splits("cifar10", data_dir=root)
+    ds = datasets.labelled_splits("cifar10", data_dir=root)
     train = np.concatenate([batches[f"data_batch_{k}"][0] for k in range(1, 6)])
     assert ds.x_fit.shape == (20, 3072) and ds.x_test.shape == (4, 3072)
     assert np.allclose(np.sort(ds.x_fit.numpy(), axis=0), np.sort(train / 127.5 - 1, axis=0), atol=1e-6)
@@ -248,7 +249,7 @@ def test_a_cut_connection_keeps_the_partial_file_and_the_next_run_resumes_it(tmp
     assert get(item, root) is True
     assert server.log == [(path, None, 5000), (path, "bytes=5000-", len(archive) - 5000)]  # the rest, not the whole
     assert verify(root / "cifar-10-batches-bin") is None and not (root / downloads.DOWNLOADS).exists()
-    assert data.load_dataset("cifar10", 200, 40, data_dir=root).train.shape == (200, 3072)
+    assert datasets.load_dataset("cifar10", 200, 40, data_dir=root).train.shape == (200, 3072)
 
 
 def test_a_partial_file_that_is_already_whole_is_verified_not_downloaded_again(tmp_path, server):
@@ -292,7 +293,7 @@ def test_a_wrong_checksum_is_an_error_and_the_download_is_deleted(tmp_path, serv
         get(bad, root)
     assert leftovers(root) == []
     with pytest.raises(ValueError, match="no mnist files under"):
-        data.load_dataset("mnist", 4, data_dir=root)
+        datasets.load_dataset("mnist", 4, data_dir=root)
 
 
 def test_an_html_page_instead_of_the_archive_is_refused(tmp_path, server):
@@ -523,13 +524,13 @@ def test_data_get_errors(tmp_path, local_items, server, capsys, monkeypatch):
 
 def test_a_chapter_run_without_the_files_names_the_data_get_command(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFGEN_DATA", str(tmp_path))
-    for name in data.FETCHABLE:
+    for name in datasets.FETCHABLE:
         with pytest.raises(cli.UsageError, match=rf"no {name} files under .*; `diffgen data get {name} --data-dir "
                                                  rf"{tmp_path}` downloads and verifies it$"):
             cli._check_data_files({name})
     monkeypatch.setenv("DIFFGEN_DATA", "")
     with pytest.raises(ValueError, match=r"`diffgen data get cifar10 --data-dir FOLDER` downloads and verifies it$"):
-        data.data_folder("cifar10")
+        datasets.data_folder("cifar10")
     with pytest.raises(ValueError) as e:
-        data.data_folder("celeba", tmp_path)
+        datasets.data_folder("celeba", tmp_path)
     assert "diffgen data get" not in str(e.value)  # CelebA is not fetched

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field, replace
 import pytest
 import torch
 
-from diffgen.data import eight_gaussians, load_dataset
-from diffgen.generators import training_sets
-from diffgen.models import MLPConfig, PlainMLPConfig, UNetConfig
-from diffgen.objectives import EpsLoss, ForwardTimeLoss, WeightedEpsLoss
-from diffgen.train import Ensemble, TrainConfig, train, train_ensemble
+from diffgen.chapters.generators import training_sets
+from diffgen.data.datasets import eight_gaussians, load_dataset
+from diffgen.diffusion.ensemble import Ensemble
+from diffgen.diffusion.fit import TrainConfig
+from diffgen.diffusion.models import MLPConfig, PlainMLPConfig, UNetConfig
+from diffgen.diffusion.objectives import EpsLoss, ForwardTimeLoss, WeightedEpsLoss
+from diffgen.diffusion.train import train, train_ensemble
 
 TINY = PlainMLPConfig(hidden=16, depth=2, time_dim=8)
 CFG = TrainConfig(train_steps=40, batch_size=16, warmup=5, checkpoint_every=20)

@@ -1,4 +1,4 @@
-"""The chapters' measurements (diffgen.experiments) on cases whose answer is known: the optimum scored against itself,
+"""The chapters' measurements (diffgen.chapters.mutual_information) on cases whose answer is known: the optimum scored against itself,
 S-blind denoisers, copiers, closed forms."""
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from diffgen import experiments, verdicts
-from diffgen.data import eight_gaussians, load_dataset
-from diffgen.denoisers import EmpiricalOptimum, GaussianDenoiser
-from diffgen.metrics import across_seeds, nearest_neighbors
-from diffgen.models import PlainMLPConfig
-from diffgen.train import TrainConfig, train_ensemble
-from diffgen.generators import training_sets
-from diffgen.objectives import EpsLoss, ForwardTimeLoss
-from diffgen.results import Condition
+from diffgen.chapters import curves, mutual_information, new_objective, trained_gap
+from diffgen.chapters.generators import training_sets
+from diffgen.claims import verdicts
+from diffgen.claims.results import Condition
+from diffgen.data.datasets import eight_gaussians, load_dataset
+from diffgen.diffusion.denoisers import GaussianDenoiser
+from diffgen.diffusion.fit import TrainConfig
+from diffgen.diffusion.models import PlainMLPConfig
+from diffgen.diffusion.objectives import EpsLoss, ForwardTimeLoss
+from diffgen.diffusion.optimum import EmpiricalOptimum
+from diffgen.diffusion.train import train_ensemble
+from diffgen.measures.metrics import across_seeds, nearest_neighbors
 
 
 @pytest.fixture(scope="module")
@@ -40,33 +43,33 @@ def blind(train: torch.Tensor, sched):
 
 
 def test_spearman_is_none_when_undefined_and_signed_otherwise():
-    assert experiments.spearman([1, 2], [3, 4]) is None
-    assert experiments.spearman([1, 2, 3], [5, 5, 5]) is None
-    assert experiments.spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)
-    assert experiments.spearman([1, 2, 3, 4], [3, 2, 1, 0]) == pytest.approx(-1.0)
+    assert trained_gap.spearman([1, 2], [3, 4]) is None
+    assert trained_gap.spearman([1, 2, 3], [5, 5, 5]) is None
+    assert trained_gap.spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)
+    assert trained_gap.spearman([1, 2, 3, 4], [3, 2, 1, 0]) == pytest.approx(-1.0)
 
 
 def test_loss_share_is_one_for_the_optimum_and_zero_for_the_zero_predictor(sched, digits):
     opt = EmpiricalOptimum(digits.train, sched, dtype=torch.float64)
-    same = experiments.loss_share(EpsLoss(sched), opt, opt, digits.train, repeats=2, seed=0, n_boot=50)
+    same = trained_gap.loss_share(EpsLoss(sched), opt, opt, digits.train, repeats=2, seed=0, n_boot=50)
     assert same.value == pytest.approx(1.0)
-    zero = experiments.loss_share(EpsLoss(sched), lambda x, t: torch.zeros_like(x), opt, digits.train, repeats=2,
+    zero = trained_gap.loss_share(EpsLoss(sched), lambda x, t: torch.zeros_like(x), opt, digits.train, repeats=2,
                                   seed=0, n_boot=50)
     assert zero.value == pytest.approx(0.0, abs=1e-12)
     other = load_dataset("digits", 40, 0, seed=1).train  # a denoiser that never saw S lands in between
-    part = experiments.loss_share(EpsLoss(sched), blind(other, sched), opt, digits.train, repeats=2, seed=0, n_boot=50)
+    part = trained_gap.loss_share(EpsLoss(sched), blind(other, sched), opt, digits.train, repeats=2, seed=0, n_boot=50)
     assert 0.3 < part.value < 1.0
 
 
 def test_shares_by_band_and_their_normalisation(sched, digits):
     opt = EmpiricalOptimum(digits.train, sched, dtype=torch.float64)
     fit = blind(load_dataset("digits", 40, 0, seed=1).train, sched)
-    shares = experiments.shares_by_band({"eps*": opt, "fit": fit}, opt, digits.train, sched, repeats=1, seed=0)
-    assert list(shares) == [*experiments.BANDS, (1, 1000)]
+    shares = trained_gap.shares_by_band({"eps*": opt, "fit": fit}, opt, digits.train, sched, repeats=1, seed=0)
+    assert list(shares) == [*trained_gap.BANDS, (1, 1000)]
     assert all(band["eps*"] == pytest.approx(1.0) for band in shares.values())
     assert shares[(101, 1000)]["fit"] > shares[(1, 10)]["fit"]  # every denoiser is good at high noise
-    assert experiments.normalized_share(1.0, 0.8) == 1.0 and experiments.normalized_share(0.8, 0.8) == 0.0
-    norm = experiments.normalized_shares([shares, shares], "eps*", "fit")
+    assert trained_gap.normalized_share(1.0, 0.8) == 1.0 and trained_gap.normalized_share(0.8, 0.8) == 0.0
+    norm = trained_gap.normalized_shares([shares, shares], "eps*", "fit")
     assert norm[(1, 1000)] == [pytest.approx(1.0)] * 2
 
 
@@ -74,28 +77,28 @@ def test_blend_curve_and_prefix_switch_move_from_the_net_to_the_optimum(sched, d
     x_T = torch.randn(32, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     opt = EmpiricalOptimum(digits.train, sched, dtype=torch.float64)
     net = blind(load_dataset("digits", 40, 0, seed=1).train, sched)
-    rates = experiments.blend_curve(net, opt, [0.0, 0.5, 1.0], x_T, digits.train, sched, 20)
+    rates = trained_gap.blend_curve(net, opt, [0.0, 0.5, 1.0], x_T, digits.train, sched, 20)
     assert rates[0].value < 0.5 and rates[-1].value == 1.0
-    assert experiments.crossing([0.0, 0.5, 1.0], rates) is not None
-    prefix = experiments.prefix_switch(net, opt, [1000, 1], x_T, digits.train, sched, 20)
+    assert trained_gap.crossing([0.0, 0.5, 1.0], rates) is not None
+    prefix = trained_gap.prefix_switch(net, opt, [1000, 1], x_T, digits.train, sched, 20)
     assert prefix[0].value < 0.5 and prefix[1].value == 1.0  # the optimum until t = 1: a copy
 
 
 def test_crossing_interpolates_the_first_passage():
-    assert experiments.crossing([0.0, 1.0], [0.0, 1.0]) == pytest.approx(0.5)
-    assert experiments.crossing([0.0, 0.5, 1.0], [0.6, 0.9, 1.0]) == 0.0  # already above at the first point
-    assert experiments.crossing([0.0, 0.5, 1.0], [0.0, 0.1, 0.2]) is None
-    assert experiments.crossing([1000, 100, 10], [0.0, 0.2, 0.8]) == pytest.approx(100 - 90 * 0.5)
+    assert trained_gap.crossing([0.0, 1.0], [0.0, 1.0]) == pytest.approx(0.5)
+    assert trained_gap.crossing([0.0, 0.5, 1.0], [0.6, 0.9, 1.0]) == 0.0  # already above at the first point
+    assert trained_gap.crossing([0.0, 0.5, 1.0], [0.0, 0.1, 0.2]) is None
+    assert trained_gap.crossing([1000, 100, 10], [0.0, 0.2, 0.8]) == pytest.approx(100 - 90 * 0.5)
 
 
 def test_noisy_copier_check_agrees_with_exact_densities():
-    check = experiments.noisy_copier_check(eight_gaussians(), 0.5, n_sets=12, n_train=6, n_samples=300, k=3, seed=0)
+    check = mutual_information.noisy_copier_check(eight_gaussians(), 0.5, n_sets=12, n_train=6, n_samples=300, k=3, seed=0)
     assert 0.2 < check.exact.value < math.log(12) - 0.2  # an intermediate value
     assert abs(check.knn.value - check.exact.value) < 0.15
 
 
 def test_estimator_check_recovers_the_closed_form_and_the_extremes():
-    check = experiments.estimator_check([1, 4], n_sets=40, n_samples=200, k=3, seed=0, jackknife_sets=8)
+    check = mutual_information.estimator_check([1, 4], n_sets=40, n_samples=200, k=3, seed=0, jackknife_sets=8)
     boot, jack = check.jackknife
     assert boot.low <= boot.value <= boot.high and jack.low <= jack.value <= jack.high
     np.testing.assert_allclose(check.exact, [0.5 * math.log(2), 0.5 * math.log(1.25)])
@@ -105,7 +108,7 @@ def test_estimator_check_recovers_the_closed_form_and_the_extremes():
 
 
 def test_mi_along_training_and_set_samples_of_an_ensemble(sched, tmp_path):
-    from diffgen import mi
+    from diffgen.measures import mi
 
     P = eight_gaussians()
     sets = training_sets(P, n_sets=4, n_train=3, seed=0)
@@ -113,7 +116,7 @@ def test_mi_along_training_and_set_samples_of_an_ensemble(sched, tmp_path):
                          TrainConfig(train_steps=30, batch_size=8, warmup=5, checkpoint_every=30, snapshots=(10, 20)),
                          seeds=(0,) * 4 + (1,) * 4, device="cpu", cache_dir=tmp_path, progress=False)
     edges = mi.uniform_edges(-3, 3, 4, dim=2)
-    along = experiments.mi_along_training(run, sets, sched, n_samples=30, steps=5, k=3, seed=0, edges=edges,
+    along = mutual_information.mi_along_training(run, sets, sched, n_samples=30, steps=5, k=3, seed=0, edges=edges,
                                           mass=mi.grid_mass(P, edges))
     assert along.train_steps == (10, 20, 30) and len(along.mi) == len(along.copy) == 3 and along.seeds == 2
     assert all(c.total == 2 * 4 * 30 for c in along.copy)  # pooled over the seeds
@@ -123,18 +126,18 @@ def test_mi_along_training_and_set_samples_of_an_ensemble(sched, tmp_path):
         change = mi.grid_split_change(first[r], last[r], edges, mi.grid_mass(P, edges), n_boot=1)
         assert along.mi_changes[r] == pytest.approx(change[0].value) and along.marginal_changes[r] == pytest.approx(
             change[1].value)
-    second = experiments.set_samples(run, sets, sched, n_samples=30, steps=5, seed=0, seed_number=1)
+    second = mutual_information.set_samples(run, sets, sched, n_samples=30, steps=5, seed=0, seed_number=1)
     assert second.z.shape == (4, 30, 2) and torch.equal(second.z, run.sample(None, sched, 30, steps=5, seed=0)[4:])
-    values, per_seed = experiments.mi_over_seeds(run, sets, sched, n_samples=30, steps=5, k=3, seed=0)
+    values, per_seed = mutual_information.mi_over_seeds(run, sets, sched, n_samples=30, steps=5, k=3, seed=0)
     assert len(per_seed) == 2 and torch.equal(per_seed[1].z, second.z)
     assert values == pytest.approx([float(mi.mi_knn_terms(s.z, 3).mean()) for s in per_seed], abs=1e-12)
 
 
 def test_forward_time_minimiser_is_eps_star_and_tweedie_slopes_are_c(sched, digits):
     g = torch.Generator().manual_seed(0)
-    assert experiments.forward_time_minimiser_error(ForwardTimeLoss(sched, "uniform"), digits.train[:10], sched,
+    assert new_objective.forward_time_minimiser_error(ForwardTimeLoss(sched, "uniform"), digits.train[:10], sched,
                                                     (10, 300), n_probe=4, generator=g) < 1e-10
-    slopes = experiments.tweedie_slopes(digits.train, sched, [(50, 0), (50, 49), (600, 300)], n_mc=2048, generator=g,
+    slopes = new_objective.tweedie_slopes(digits.train, sched, [(50, 0), (50, 49), (600, 300)], n_mc=2048, generator=g,
                                         seed=0)
     assert [(w.t, w.s) for w in slopes] == [(50, 0), (50, 49), (600, 300)] and slopes[0].c == pytest.approx(1.0)
     assert all(abs(w.slope.value - w.c) < 0.05 for w in slopes)
@@ -142,7 +145,7 @@ def test_forward_time_minimiser_is_eps_star_and_tweedie_slopes_are_c(sched, digi
 
 def test_noisy_point_rows_move_away_from_the_training_set_as_s_grows(sched, digits):
     x_T = torch.randn(24, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    rows = experiments.noisy_point_rows(digits.train, sched, [1, 300], x_T, 10, seed=0)
+    rows = new_objective.noisy_point_rows(digits.train, sched, [1, 300], x_T, 10, seed=0)
     assert [r.s for r in rows] == [1, 300]
     assert rows[0].h == pytest.approx(((1 - float(sched.abar[1])) / float(sched.abar[1])) ** 0.5)
     assert rows[0].rate.value == 1.0 and rows[0].d1 < rows[1].d1
@@ -170,7 +173,7 @@ def objective_runs(sched, tmp_path_factory):
 
 def test_probe_gaps_are_zero_for_eps_star_and_differences_zero_for_the_model_itself(sched, objective_runs):
     sets, runs = objective_runs
-    probe = experiments.member_probe(sets, sched, (1, 10, 100, 1000), n_probe=32, seed=0)
+    probe = curves.member_probe(sets, sched, (1, 10, 100, 1000), n_probe=32, seed=0)
     assert probe.xt.shape == (3, 4, 32, 2) and torch.equal(probe.xt[0], probe.xt[1])  # one set, one probe
 
     class Optimum:  # eps* of each member's set, as an ensemble
@@ -180,10 +183,10 @@ def test_probe_gaps_are_zero_for_eps_star_and_differences_zero_for_the_model_its
             return torch.stack([EmpiricalOptimum(s, sched, dtype=torch.float64)(x[m].double(), t[m])
                                 for m, s in enumerate(sets)])
 
-    assert np.abs(experiments.relative_differences(Optimum(), probe)).max() < 1e-10
+    assert np.abs(curves.relative_differences(Optimum(), probe)).max() < 1e-10
     model = runs["standard"].model_at()
-    assert np.all(experiments.relative_differences(model, probe, model) == 0)
-    gaps = experiments.relative_differences(model, probe)
+    assert np.all(curves.relative_differences(model, probe, model) == 0)
+    gaps = curves.relative_differences(model, probe)
     assert gaps.shape == (3, 4) and np.all(gaps > 0)
 
 
@@ -192,11 +195,11 @@ def test_similarity_ratio_is_near_one_for_a_rerun_and_large_for_a_net_on_other_d
     near 1 in it, a net trained on other data far above; the C5a row flips between them (3 members stand for
     seeds)."""
     sets, runs = objective_runs
-    probe = experiments.member_probe(sets, sched, (10, 100, 500), n_probe=64, seed=0)
+    probe = curves.member_probe(sets, sched, (10, 100, 500), n_probe=64, seed=0)
     at = lambda name: runs[name].model_at()  # noqa: E731
     reruns = [at("rerun"), at("rerun 2")]
-    rerun, null = experiments.similarity_ratios(at("rerun 3"), at("standard"), reruns, probe)
-    other, _ = experiments.similarity_ratios(at("disjoint"), at("standard"), reruns, probe)
+    rerun, null = new_objective.similarity_ratios(at("rerun 3"), at("standard"), reruns, probe)
+    other, _ = new_objective.similarity_ratios(at("disjoint"), at("standard"), reruns, probe)
     assert null.shape == (2, 3) and np.allclose(np.log(null[0]), -np.log(null[1]))  # with two reruns: x and 1/x
     assert np.all(rerun < 3) and np.all(other > 3 * rerun)
     row = lambda ratios, what: verdicts.similar_model(ratios, null.ravel(), what, absolute=(0.1, 0.1),  # noqa: E731
@@ -205,11 +208,11 @@ def test_similarity_ratio_is_near_one_for_a_rerun_and_large_for_a_net_on_other_d
     assert row(other, "a net on disjoint sets").verdict in ("fails", "premise not reached")
     assert not row(other, "a net on disjoint sets").holds
     with pytest.raises(ValueError, match="at least two reruns"):
-        experiments.similarity_ratios(at("rerun 3"), at("standard"), reruns[:1], probe)
+        new_objective.similarity_ratios(at("rerun 3"), at("standard"), reruns[:1], probe)
 
 
 def test_objective_curves_measure_every_member_at_every_snapshot(sched, objective_runs, tmp_path):
-    from diffgen.quality import ClassifierConfig, digits_classifier
+    from diffgen.measures.quality import ClassifierConfig, digits_classifier
 
     sets, runs = objective_runs
     digits = load_dataset("digits", 40, 40, seed=0)
@@ -218,22 +221,22 @@ def test_objective_curves_measure_every_member_at_every_snapshot(sched, objectiv
     run = train_ensemble(PlainMLPConfig(hidden=16, depth=1, time_dim=8), EpsLoss(sched), sets64, (64,),
                          TrainConfig(train_steps=40, batch_size=16, checkpoint_every=20), seeds=(0, 1, 0),
                          device="cpu", cache_dir=tmp_path, progress=False)
-    probe = experiments.member_probe(sets64, sched, (10, 500), n_probe=16, seed=0)
-    c = experiments.objective_curves(run, sets64, digits.heldout, clf, sched, probe, n_samples=20, steps=5, seed=0)
+    probe = curves.member_probe(sets64, sched, (10, 500), n_probe=16, seed=0)
+    c = curves.objective_curves(run, sets64, digits.heldout, clf, sched, probe, n_samples=20, steps=5, seed=0)
     assert c.train_steps == (20, 40) and c.rate.shape == c.kid.shape == c.gap.shape == c.heldout_loss.shape == (3, 2)
     assert c.samples.shape == (3, 20, 64) and c.ratios.shape == (3, 20)
     assert np.all((0 <= c.rate) & (c.rate <= 1)) and np.all(c.gap > 0)
     last = run.model_at(40)
-    assert np.allclose(c.heldout_loss[:, 1], experiments.heldout_losses(last, digits.heldout, sched, seed=0))
+    assert np.allclose(c.heldout_loss[:, 1], curves.heldout_losses(last, digits.heldout, sched, seed=0))
     assert [r.value for r in c.rates(range(3))] == pytest.approx(c.rate[:, 1].tolist())
-    blind = experiments.objective_curves(run, sets64, digits.heldout, None, sched, probe, n_samples=20, steps=5, seed=0)
+    blind = curves.objective_curves(run, sets64, digits.heldout, None, sched, probe, n_samples=20, steps=5, seed=0)
     assert blind.kid is None and np.array_equal(blind.rate, c.rate)  # no classifier: the same, without KID
-    rows = experiments.snapshot_rows(c, {0: (12, 0), 2: (18, 0)})
+    rows = trained_gap.snapshot_rows(c, {0: (12, 0), 2: (18, 0)})
     assert [(r.n, r.train_step) for r in rows] == [(12, 20), (12, 40), (18, 20), (18, 40)]
     assert rows[1].rate.total == 20 and rows[1].rate.value == pytest.approx(c.rate[0, 1])
     assert rows[3].gap == c.gap[2, 1] and rows[3].d1.shape == (20,) and rows[2].d1.shape == (0,)
     assert np.allclose(rows[3].d1, nearest_neighbors(c.samples[2], sets64[2]).d1.numpy() / 8)
-    first = experiments.select_members(last, [2, 0])
+    first = curves.select_members(last, [2, 0])
     assert first.n_members == 2 and all(torch.equal(v[0], last.state[k][2]) for k, v in first.state.items())
 
 
@@ -248,24 +251,24 @@ def test_heldout_losses_use_common_draws_and_rank_the_optimum_first(sched, digit
             opt = EmpiricalOptimum(digits.heldout, sched, dtype=torch.float64)
             return torch.stack([opt(x[0].double(), t[0]).float(), torch.zeros_like(x[1])])
 
-    losses = experiments.heldout_losses(Members(), digits.heldout, sched, repeats=2, seed=0)
+    losses = curves.heldout_losses(Members(), digits.heldout, sched, repeats=2, seed=0)
     assert losses[1] == pytest.approx(1.0, abs=0.1) and losses[0] < 0.5 * losses[1]
-    assert np.array_equal(losses, experiments.heldout_losses(Members(), digits.heldout, sched, repeats=2, seed=0))
+    assert np.array_equal(losses, curves.heldout_losses(Members(), digits.heldout, sched, repeats=2, seed=0))
 
 
 def test_rates_at_matched_gap_interpolate_in_log_gap_and_refuse_to_extrapolate():
     gap_a, rate_a = [1.0, 0.1, 0.01], [0.0, 0.5, 1.0]  # the standard run: closer, and copying more
     gap_b, rate_b = [1.0, 0.3, 0.1], [0.0, 0.1, 0.2]
-    g, a, b = experiments.rates_at_matched_gap(gap_a, rate_a, gap_b, rate_b)
+    g, a, b = new_objective.rates_at_matched_gap(gap_a, rate_a, gap_b, rate_b)
     assert g == pytest.approx(0.1) and a == pytest.approx(0.5) and b == pytest.approx(0.2)
-    _, a, _ = experiments.rates_at_matched_gap(gap_a, rate_a, [1.0, 10 ** -0.5], [0.0, 0.1])
+    _, a, _ = new_objective.rates_at_matched_gap(gap_a, rate_a, [1.0, 10 ** -0.5], [0.0, 0.1])
     assert a == pytest.approx(0.25)  # halfway between 1 and 0.1 in log gap
-    assert experiments.rates_at_matched_gap([0.05, 0.01], [0.9, 1.0], gap_b, rate_b) is None  # a starts below g
+    assert new_objective.rates_at_matched_gap([0.05, 0.01], [0.9, 1.0], gap_b, rate_b) is None  # a starts below g
 
 
 def test_still_falling():
-    assert experiments.still_falling([1.0, 0.5, 0.4]) == pytest.approx(0.2)
-    assert experiments.still_falling([1.0, 0.5, 0.49]) is None
-    assert experiments.still_falling([1.0, 0.5, 0.7]) is None
+    assert curves.still_falling([1.0, 0.5, 0.4]) == pytest.approx(0.2)
+    assert curves.still_falling([1.0, 0.5, 0.49]) is None
+    assert curves.still_falling([1.0, 0.5, 0.7]) is None
     with pytest.raises(ValueError, match="at least two"):
-        experiments.still_falling([1.0])
+        curves.still_falling([1.0])

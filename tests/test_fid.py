@@ -1,4 +1,4 @@
-"""diffgen.fid: the Inception plumbing on torch-fidelity's architecture at random initialisation (input conversion,
+"""diffgen.measures.fid: the Inception plumbing on torch-fidelity's architecture at random initialisation (input conversion,
 resizing, dtype, device, batching, grey images), the weights file's checksum, the classifier fallback, and FID/KID
 against closed forms and independent references. Inception runs at 299 x 299 on the CPU: few images per test."""
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from diffgen import cli, fid
-from diffgen.quality import Classifier, ClassifierConfig, _FeatureNet, kid
+from diffgen.commands import cli
+from diffgen.measures import fid
+from diffgen.measures.quality import Classifier, ClassifierConfig, _FeatureNet, kid
 
 
 def _images(n: int, shape, seed: int) -> torch.Tensor:

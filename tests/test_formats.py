@@ -1,4 +1,4 @@
-"""Readers of the published data set formats (diffgen.formats) and the data sets built on them (diffgen.data), on
+"""Readers of the published data set formats (diffgen.data.formats) and the data sets built on them (diffgen.data.datasets), on
 fixture files the tests write in each format."""
 from __future__ import annotations
 
@@ -9,12 +9,20 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from diffgen.fixtures import (IDX_NAMES, cifar_batch, cifar_bin_bytes, cifar_pickle_bytes, idx_bytes, write_cifar10,
-                        write_images, write_mnist)
 
-from diffgen import formats
-from diffgen.data import load_dataset
-from diffgen.formats import DataFormatError
+from diffgen.data import formats
+from diffgen.data.datasets import load_dataset
+from diffgen.data.fixtures import (
+    IDX_NAMES,
+    cifar_batch,
+    cifar_bin_bytes,
+    cifar_pickle_bytes,
+    idx_bytes,
+    write_cifar10,
+    write_images,
+    write_mnist,
+)
+from diffgen.data.formats import DataFormatError
 
 
 # ---------------------------------------------------------------- idx (MNIST, Fashion-MNIST)

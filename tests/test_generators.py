@@ -1,4 +1,4 @@
-"""Generators built on a training set (diffgen.generators): per-set seeding, the Gaussian fit, copiers, the optimum
+"""Generators built on a training set (diffgen.chapters.generators): per-set seeding, the Gaussian fit, copiers, the optimum
 and the true score driven by DDIM, the noisy-point optimum and trained networks as generators."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffgen import generators
-from diffgen.data import eight_gaussians, gaussian
-from diffgen.models import MLPConfig
-from diffgen.objectives import EpsLoss
+from diffgen.chapters import generators
+from diffgen.data.datasets import eight_gaussians, gaussian
+from diffgen.diffusion.models import MLPConfig
+from diffgen.diffusion.objectives import EpsLoss
 
 P1 = gaussian(1)  # N(0, 1)
 MEAN_GEN = generators.GaussianFit(std=1.0)  # z ~ N(mean(S), 1)
@@ -78,7 +78,7 @@ def test_true_score_sampler_ignores_the_training_set_and_samples_p(sched):
 def test_noisy_point_sampler_returns_noisy_training_points(sched):
     """DDIM under the optimum of the noisy points u_j = x_j + h_s e_j (drawn first from the generator) ends on the
     u_j, at about h_s sqrt(D) from the clean training points: noisy copies."""
-    from diffgen.denoisers import NoisyPointOptimum
+    from diffgen.diffusion.denoisers import NoisyPointOptimum
 
     train = eight_gaussians().sample(6, torch.Generator().manual_seed(0))
     for s in (5, 150):
@@ -92,7 +92,7 @@ def test_noisy_point_sampler_returns_noisy_training_points(sched):
 
 
 def test_trained_sampler_trains_through_the_cache_and_samples(sched, tmp_path, monkeypatch):
-    from diffgen.train import TrainConfig
+    from diffgen.diffusion.fit import TrainConfig
 
     monkeypatch.setenv("DIFFGEN_CACHE", str(tmp_path))
     gen = generators.TrainedSampler(MLPConfig(hidden=32, depth=1), EpsLoss(sched),

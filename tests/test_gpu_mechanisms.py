@@ -20,11 +20,12 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from diffgen._util import sample_generators
-from diffgen.models import MLPConfig, PlainMLPConfig, UNetConfig
-from diffgen.objectives import EpsLoss, ForwardTimeLoss, WeightedEpsLoss
-from diffgen.samplers import sample_ddim, sample_ddpm, sample_ode
-from diffgen.train import TrainConfig, train_ensemble
+from diffgen.base.util import sample_generators
+from diffgen.diffusion.fit import TrainConfig
+from diffgen.diffusion.models import MLPConfig, PlainMLPConfig, UNetConfig
+from diffgen.diffusion.objectives import EpsLoss, ForwardTimeLoss, WeightedEpsLoss
+from diffgen.diffusion.samplers import sample_ddim, sample_ddpm, sample_ode
+from diffgen.diffusion.train import train_ensemble
 
 META = torch.device("meta")
 ATTENTION_UNET = UNetConfig(base=8, mults=(1, 2), attention=(4,), dropout=0.2)  # attention at 4x4 of 8x8 images

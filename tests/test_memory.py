@@ -88,7 +88,7 @@ def test_at_cifar10_width(case):
 
 @pytest.mark.processes("writes 60 000 fixture images, then a worker loads them as float64 (a minute)")
 def test_loading_cifar10_holds_the_result_and_the_uint8_images_only(tmp_path):
-    from diffgen.fixtures import write_cifar10
+    from diffgen.data.fixtures import write_cifar10
 
     write_cifar10(tmp_path, n=10_000, smooth=True)
     got = run("loader", 3072, tmp_path)

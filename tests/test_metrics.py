@@ -7,11 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from diffgen.data import load_dataset
-from diffgen.denoisers import EmpiricalOptimum
-from diffgen.metrics import (COPY_THRESHOLD, Estimate, bootstrap_ci, copy_rate, copy_rate_curve, distinct_rows,
-                             nearest_neighbors)
-from diffgen.samplers import sample_ddim
+from diffgen.data.datasets import load_dataset
+from diffgen.diffusion.optimum import EmpiricalOptimum
+from diffgen.diffusion.samplers import sample_ddim
+from diffgen.measures.metrics import (
+    COPY_THRESHOLD,
+    Estimate,
+    bootstrap_ci,
+    copy_rate,
+    copy_rate_curve,
+    distinct_rows,
+    nearest_neighbors,
+)
 
 
 def brute_knn(z: torch.Tensor, train: torch.Tensor, k: int):
@@ -167,7 +174,7 @@ def test_copy_rate_is_share_below_threshold():
 def test_wilson_interval_matches_scipy_and_covers(count, total):
     from scipy.stats import binomtest
 
-    from diffgen.metrics import wilson_interval
+    from diffgen.measures.metrics import wilson_interval
 
     ours = wilson_interval(count, total)
     ref = binomtest(count, total).proportion_ci(confidence_level=0.95, method="wilson")
@@ -178,7 +185,7 @@ def test_wilson_interval_matches_scipy_and_covers(count, total):
 
 
 def test_wilson_interval_coverage_is_near_nominal():
-    from diffgen.metrics import wilson_interval
+    from diffgen.measures.metrics import wilson_interval
 
     rng = np.random.default_rng(0)
     p, n = 0.05, 200
@@ -187,7 +194,7 @@ def test_wilson_interval_coverage_is_near_nominal():
 
 
 def test_wilson_interval_rejects_bad_counts():
-    from diffgen.metrics import wilson_interval
+    from diffgen.measures.metrics import wilson_interval
 
     for count, total in [(-1, 5), (6, 5), (0, 0), (1.5, 5)]:
         with pytest.raises(ValueError, match="count"):
@@ -206,10 +213,10 @@ def test_copy_rate_curve_monotone_and_brute_force():
 
 
 def test_objective_samples_use_common_random_numbers_and_the_loss_share_is_exact():
-    from diffgen.denoisers import EmpiricalOptimum
-    from diffgen.metrics import loss_reduction_share, objective_samples
-    from diffgen.objectives import EpsLoss
-    from diffgen.schedule import linear_schedule
+    from diffgen.diffusion.objectives import EpsLoss
+    from diffgen.diffusion.optimum import EmpiricalOptimum
+    from diffgen.diffusion.schedule import linear_schedule
+    from diffgen.measures.metrics import loss_reduction_share, objective_samples
 
     sched = linear_schedule()
     x0 = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -228,10 +235,10 @@ def test_objective_samples_use_common_random_numbers_and_the_loss_share_is_exact
 
 
 def test_relative_gap_profiles_match_a_direct_computation():
-    from diffgen.denoisers import EmpiricalOptimum
-    from diffgen.metrics import gap_along_path, gap_on_forward_samples, relative_gap
-    from diffgen.samplers import Trajectory, sample_ddim
-    from diffgen.schedule import add_noise, linear_schedule
+    from diffgen.diffusion.optimum import EmpiricalOptimum
+    from diffgen.diffusion.samplers import Trajectory, sample_ddim
+    from diffgen.diffusion.schedule import add_noise, linear_schedule
+    from diffgen.measures.metrics import gap_along_path, gap_on_forward_samples, relative_gap
 
     sched = linear_schedule()
     x0 = torch.randn(32, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -254,7 +261,7 @@ def test_relative_gap_profiles_match_a_direct_computation():
 
 # ---------------------------------------------------------------- summaries used by the chapters
 def test_copy_summaries_against_brute_force():
-    from diffgen.metrics import copy_summaries
+    from diffgen.measures.metrics import copy_summaries
 
     g = torch.Generator().manual_seed(0)
     train = torch.randn(20, 3, generator=g, dtype=torch.float64)
@@ -269,8 +276,8 @@ def test_copy_summaries_against_brute_force():
 
 
 def test_weight_collapse_on_paths_that_sit_on_training_points(sched):
-    from diffgen.denoisers import EmpiricalOptimum
-    from diffgen.metrics import weight_collapse
+    from diffgen.diffusion.optimum import EmpiricalOptimum
+    from diffgen.measures.metrics import weight_collapse
 
     train = torch.tensor([[0.0, 0.0], [5.0, 5.0]], dtype=torch.float64)
     opt = EmpiricalOptimum(train, sched, dtype=torch.float64)
@@ -285,9 +292,9 @@ def test_weight_collapse_on_paths_that_sit_on_training_points(sched):
 
 def test_weight_recorder_during_sampling_equals_weight_collapse_of_the_recorded_paths(sched):
     """The recorder keeps [S, B] numbers while the sampler runs; weight_collapse gets the same from the full paths."""
-    from diffgen.denoisers import EmpiricalOptimum
-    from diffgen.metrics import WeightRecorder, weight_collapse
-    from diffgen.samplers import Trajectory, sample_ddim
+    from diffgen.diffusion.optimum import EmpiricalOptimum
+    from diffgen.diffusion.samplers import Trajectory, sample_ddim
+    from diffgen.measures.metrics import WeightRecorder, weight_collapse
 
     g = torch.Generator().manual_seed(0)
     train = torch.randn(12, 3, generator=g, dtype=torch.float64)
@@ -305,7 +312,7 @@ def test_weight_recorder_during_sampling_equals_weight_collapse_of_the_recorded_
 
 
 def test_hierarchical_bootstrap_spans_the_seeds_and_the_samples():
-    from diffgen.metrics import hierarchical_bootstrap
+    from diffgen.measures.metrics import hierarchical_bootstrap
 
     rng = np.random.default_rng(0)
     groups = [rng.normal(mu, 1.0, 200) for mu in (0.0, 1.0, 2.0)]  # three seeds with different means
@@ -323,7 +330,7 @@ def test_hierarchical_bootstrap_spans_the_seeds_and_the_samples():
 
 
 def test_across_seeds_in_log_space_is_the_geometric_mean():
-    from diffgen.metrics import across_seeds
+    from diffgen.measures.metrics import across_seeds
 
     est = across_seeds([1.0, 4.0], log=True)
     assert est.value == pytest.approx(2.0) and est.low * est.high == pytest.approx(4.0)  # symmetric in log
@@ -332,7 +339,7 @@ def test_across_seeds_in_log_space_is_the_geometric_mean():
 
 
 def test_across_seeds_interval_stays_within_the_range_of_the_statistic():
-    from diffgen.metrics import across_seeds
+    from diffgen.measures.metrics import across_seeds
 
     free = across_seeds([-1.0, -0.98, -1.0])  # a correlation near -1: the t interval alone leaves [-1, 1]
     cut = across_seeds([-1.0, -0.98, -1.0], bounds=(-1.0, 1.0))
@@ -355,7 +362,7 @@ def test_distinct_rows_exact():
 
 def test_distinct_rows_confirms_every_hash_match(monkeypatch):
     """Rows are compared, not only hashed: with every row hashing alike the answer is the same."""
-    from diffgen import metrics
+    from diffgen.measures import metrics
 
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [5.0, 6.0], [3.0, 4.0]])
     monkeypatch.setattr(metrics, "hash", lambda raw: 0, raising=False)
@@ -385,7 +392,7 @@ def test_equivalence_power_matches_a_simulation_and_the_seeds_it_takes(sides):
     and seeds_for_power as the first k that reaches 80% (checked one k below)."""
     from scipy.stats import t as student
 
-    from diffgen.metrics import equivalence_power, seeds_for_power
+    from diffgen.measures.metrics import equivalence_power, seeds_for_power
 
     rng = np.random.default_rng(0)
     for k, margin, sd in [(5, 0.2, 0.1), (8, 0.1, 0.1), (3, 0.5, 0.1)]:

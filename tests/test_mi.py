@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffgen import generators, mi
-from diffgen.data import eight_gaussians, gaussian
-from diffgen.metrics import Estimate
+from diffgen.chapters import generators
+from diffgen.data.datasets import eight_gaussians, gaussian
+from diffgen.measures import mi
+from diffgen.measures.metrics import Estimate
 
 P1 = gaussian(1)  # N(0, 1): the closed-form case
 MEAN_GEN = generators.GaussianFit(std=1.0)  # z ~ N(mean(S), 1)

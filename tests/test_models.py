@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffgen._util import randn, sample_generators
-from diffgen.models import MLPConfig, MLPDenoiser, UNetConfig, UNetDenoiser, parameter_count, time_embedding
-from diffgen.objectives import EpsLoss
-from diffgen.samplers import sample_ddim
-from diffgen.schedule import add_noise, eps_from_x0
+from diffgen.base.util import randn, sample_generators
+from diffgen.diffusion.models import MLPConfig, MLPDenoiser, UNetConfig, UNetDenoiser, parameter_count, time_embedding
+from diffgen.diffusion.objectives import EpsLoss
+from diffgen.diffusion.samplers import sample_ddim
+from diffgen.diffusion.schedule import add_noise, eps_from_x0
 
 CASES = [(MLPConfig(hidden=32, depth=2, time_dim=16), (2,)),
          (MLPConfig(hidden=32, depth=1), (1, 8, 8)),
@@ -201,7 +201,7 @@ def test_eps_loss_same_generator_state_same_loss_and_checks_shape(sched):
 
 def test_unet_attention_sits_at_the_named_resolutions():
     """DDPM's CIFAR-10 layout: attention after every block at 16x16 (level 1 of 32 -> 16 -> 8) and in the middle."""
-    from diffgen.models import _Attention
+    from diffgen.diffusion.models import _Attention
     model = _build(UNetConfig(base=8, mults=(1, 2, 2), blocks=2, attention=(16,)), (3, 32, 32))
     where = [name for name, m in model.named_modules() if isinstance(m, _Attention)]
     assert where == ["down.2.attn", "down.3.attn", "mid.0.attn", "up.3.attn", "up.4.attn", "up.5.attn"]

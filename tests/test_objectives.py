@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from diffgen.cache import config_key
-from diffgen.data import load_dataset
-from diffgen.denoisers import EmpiricalOptimum, NoisyPointOptimum, forward_time_minimiser
-from diffgen.metrics import nearest_neighbors, objective_samples, regression_slope
-from diffgen.mi import gaussian_channel_mi
-from diffgen.mi import mi_mean_generator
-from diffgen.models import MLPConfig
-from diffgen.objectives import EpsLoss, ForwardTimeLoss, WeightedEpsLoss, forward_draw, forward_time_coef
-from diffgen.samplers import sample_ddim
-from diffgen.schedule import add_noise, linear_schedule
-from diffgen.train import TrainConfig, train
+from diffgen.base.cache import config_key
+from diffgen.data.datasets import load_dataset
+from diffgen.diffusion.denoisers import NoisyPointOptimum, forward_time_minimiser
+from diffgen.diffusion.fit import TrainConfig
+from diffgen.diffusion.models import MLPConfig
+from diffgen.diffusion.objectives import EpsLoss, ForwardTimeLoss, WeightedEpsLoss, forward_draw, forward_time_coef
+from diffgen.diffusion.optimum import EmpiricalOptimum
+from diffgen.diffusion.samplers import sample_ddim
+from diffgen.diffusion.schedule import add_noise, linear_schedule
+from diffgen.diffusion.train import train
+from diffgen.measures.metrics import nearest_neighbors, objective_samples, regression_slope
+from diffgen.measures.mi import gaussian_channel_mi, mi_mean_generator
 
 GAP_CONFIGS = [("uniform", None), ("uniform", 3), ("one", None), ("full", None)]
 

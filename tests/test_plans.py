@@ -1,4 +1,4 @@
-"""What chapters train (diffgen.plans), `diffgen train` in one process and under torchrun, and the image paths of
+"""What chapters train (diffgen.chapters.plans), `diffgen train` in one process and under torchrun, and the image paths of
 chapters 3 and 4 (file data sets, the U-Net) end to end on fixture files with a tiny budget."""
 import os
 import subprocess
@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffgen.fixtures import write_cifar10
-from diffgen import chapters, cli, plans
-from diffgen.models import MLPConfig, UNetConfig, parameter_count
-from diffgen.results import read_results
+from diffgen.chapters import plans, registry
+from diffgen.claims.results import read_results
+from diffgen.commands import cli
+from diffgen.data.fixtures import write_cifar10
+from diffgen.diffusion.models import MLPConfig, UNetConfig, parameter_count
 
 BIN = Path(sys.executable).parent
 
@@ -41,7 +42,7 @@ def test_paper_presets_train_ddpms_cifar10_network():
     """Chapters 3 and 4 at the paper preset: width 128, which net_config makes DDPM's CIFAR-10 U-Net (dropout 0.1,
     35.7 M parameters); width 64 stays the cheaper option without dropout; dropout can be set explicitly."""
     for chapter in ("ch3", "ch4"):
-        [run] = chapters.plan_run([chapter], "paper")
+        [run] = registry.plan_run([chapter], "paper")
         cfg = plans.net_config(run.value("model"), run.value("width"), (3, 32, 32))
         assert cfg == UNetConfig(base=128, mults=(1, 2, 2, 2), time_dim=128, blocks=2, attention=(16,), dropout=0.1)
         assert abs(parameter_count(cfg, (3, 32, 32)) - 35.7e6) < 0.1e6
@@ -54,7 +55,7 @@ def test_paper_presets_train_ddpms_cifar10_network():
 
 
 def _params(preset: str, pairs=()) -> dict:
-    [run] = chapters.plan_run(["ch3"], preset, list(pairs))
+    [run] = registry.plan_run(["ch3"], preset, list(pairs))
     return {name: run.value(name) for name in run.parameters}
 
 
@@ -95,7 +96,7 @@ def test_paper_path_on_fixture_cifar_trained_by_torchrun_then_loaded_by_the_chap
             "-p", "n_sizes", "2", "-p", "n_heldout", "8", "-p", "train_steps", "100", "-p", "batch_size", "8",
             "-p", "n_samples", "16", "-p", "steps", "2", "-p", "width", "8", "-p", "toy_n_train", "4",
             "-p", "n_probe", "4"]
-    train = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "diffgen.cli", "train",
+    train = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "diffgen.commands.cli", "train",
                             "ch3", *tiny], env=env, capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     assert "2 run(s) on 2 process(es)" in train.stdout and train.stdout.count(" trained -> ") == 2
@@ -103,7 +104,7 @@ def test_paper_path_on_fixture_cifar_trained_by_torchrun_then_loaded_by_the_chap
                           "600"], env=env, capture_output=True, text=True, timeout=900)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
-    assert log.count("diffgen.train: loaded from cache") >= 2 and "trained 4 nets" not in log
+    assert log.count("diffgen.diffusion.train: loaded from cache") >= 2 and "trained 4 nets" not in log
     results = (tmp_path / "out" / "ch3.results.json").read_text()
     assert '"dataset": "cifar10"' in results and '"model": "unet"' in results
 
@@ -114,7 +115,7 @@ def test_chapter4_on_labelled_idx_files_with_the_unet(tmp_path):
     Gaussian-fit yardstick needs), the U-Net, and quality features from a CNN trained on the files' labels. The
     least the chapter accepts beside that (width 8, 100 steps, 16 samples, 2 DDIM steps, 50 held-out images): what
     is measured does not matter here, only that the file data set, the U-Net and the CNN's features run through."""
-    from diffgen.fixtures import write_mnist
+    from diffgen.data.fixtures import write_mnist
 
     write_mnist(tmp_path / "data" / "mnist", n_train=400, n_test=80, side=16)
     env = {**os.environ, "DIFFGEN_CACHE": str(tmp_path / "cache")}

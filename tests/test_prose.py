@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffgen import prose
+from diffgen.claims import prose
 
 
 def test_direction_and_trend_follow_the_numbers():

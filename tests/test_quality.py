@@ -10,8 +10,15 @@ import scipy.linalg
 import scipy.stats
 import torch
 
-from diffgen.quality import (ClassifierConfig, digits_classifier, energy_distance, frechet_distance,
-                             gaussian_frechet, median_bandwidth, mmd2)
+from diffgen.measures.quality import (
+    ClassifierConfig,
+    digits_classifier,
+    energy_distance,
+    frechet_distance,
+    gaussian_frechet,
+    median_bandwidth,
+    mmd2,
+)
 
 
 def _randn(*shape, seed=0):
@@ -115,7 +122,7 @@ def test_digits_classifier_trains_caches_and_reloads(tmp_path):
 
 def test_kid_standardized_is_invariant_to_the_feature_scale():
     """A classifier's features come at any scale; standardized by the reference's spread, KID does not see it."""
-    from diffgen.quality import kid
+    from diffgen.measures.quality import kid
 
     g = torch.Generator().manual_seed(6)
     x, y = torch.randn(30, 4, generator=g, dtype=torch.float64) + 0.5, torch.randn(40, 4, generator=g, dtype=torch.float64)
@@ -124,7 +131,7 @@ def test_kid_standardized_is_invariant_to_the_feature_scale():
 
 
 def test_kid_equals_a_brute_force_double_loop():
-    from diffgen.quality import kid
+    from diffgen.measures.quality import kid
 
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64) + 1
@@ -136,7 +143,7 @@ def test_kid_equals_a_brute_force_double_loop():
 
 
 def test_kid_is_unbiased_for_equal_distributions_and_grows_with_a_shift():
-    from diffgen.quality import kid
+    from diffgen.measures.quality import kid
 
     g = torch.Generator().manual_seed(4)
     same = [kid(torch.randn(20, 4, generator=g), torch.randn(30, 4, generator=g)) for _ in range(400)]
@@ -148,9 +155,9 @@ def test_kid_is_unbiased_for_equal_distributions_and_grows_with_a_shift():
 def test_image_classifier_on_fixture_cifar_files(tmp_path):
     """The CNN feature network of file data sets: labels from the official files, the test split for the accuracy,
     the cache keyed on config and data."""
-    from diffgen.fixtures import write_cifar10
-    from diffgen.data import labelled_splits
-    from diffgen.quality import IMAGE_CLASSIFIER, image_classifier
+    from diffgen.data.datasets import labelled_splits
+    from diffgen.data.fixtures import write_cifar10
+    from diffgen.measures.quality import IMAGE_CLASSIFIER, image_classifier
 
     batches = write_cifar10(tmp_path / "data", n=10)
     data = labelled_splits("cifar10", data_dir=tmp_path / "data")
@@ -192,8 +199,8 @@ def test_median_bandwidth_is_the_exact_median_in_any_number_of_passes(cap, bins)
 
 
 def test_pairwise_means_are_the_same_in_tiles_of_a_few_pairs(monkeypatch):
-    from diffgen import quality
-    from diffgen.quality import kid
+    from diffgen.measures import quality
+    from diffgen.measures.quality import kid
 
     x, y = _randn(23, 5, seed=1), _randn(31, 5, seed=2) + 0.2
     whole = (energy_distance(x, y), mmd2(x, y, 1.3), kid(x, y), median_bandwidth(x, y))

@@ -1,4 +1,4 @@
-"""diffgen.report and `diffgen report`: claims grouped C1..C6, 'not run' for missing chapters, the three formats,
+"""diffgen.commands.report and `diffgen report`: claims grouped C1..C6, 'not run' for missing chapters, the three formats,
 exit codes; and a book build whose introduction table shows the numbers the chapters wrote while executing."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from diffgen import cli, report
-from diffgen.results import Claim, Comparison, Condition, paper_row, write_results
+from diffgen.claims.results import Claim, Comparison, Condition, paper_row, write_results
+from diffgen.commands import cli, report
 
 REPO = Path(__file__).resolve().parents[1]
 JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
@@ -95,8 +95,8 @@ def test_rows_whose_premise_is_not_reached_do_not_count_and_quality_failures_do(
 def test_a_claim_read_as_there_is_a_regime_where_counts_fresh_sweep_points(tmp_path):
     """A C4 regime that fails in the chapter but holds in a sweep point of the current source: the claim holds,
     and the region names both; a stale point (other source) does not count."""
-    from diffgen.provenance import source_hash
-    from diffgen.results import SWEEP_FILE
+    from diffgen.base.provenance import source_hash
+    from diffgen.claims.results import SWEEP_FILE
 
     copies = Condition("the nets approximate eps*", True)
     write_results(tmp_path, "ch3", {}, [paper_row("C4", "copy rate", 0.8, (0.7, 0.9), "<= 0.5", False, 5,
@@ -238,7 +238,7 @@ def test_default_run_dir_is_the_book(tmp_path, monkeypatch, capsys):
 # --- the introduction's table in a real (tiny) book build ----------------------------------------------------------
 
 CHAPTER_CELL = """\
-from diffgen.results import Claim, Comparison, Condition, paper_row, write_results
+from diffgen.claims.results import Claim, Comparison, Condition, paper_row, write_results
 value = {value}
 write_results(".", "ch2", {{"value": value}}, [Claim("C3", "abstract", "s", "copy rate, DDIM", value,
                                                (value - 0.01, value), ">= 0.95", value >= 0.95)])
@@ -249,7 +249,7 @@ def _claims_book(root: Path, value: float) -> None:
     (root / "_config.yml").write_text(
         "title: tiny\nonly_build_toc_files: true\nexclude_patterns: [_build]\n"
         "execute:\n  execute_notebooks: cache\n  timeout: 120\n  run_in_temp: false\n"
-        "sphinx:\n  extra_extensions: [diffgen.book]\n  config:\n    nb_execution_raise_on_error: true\n")
+        "sphinx:\n  extra_extensions: [diffgen.commands.book]\n  config:\n    nb_execution_raise_on_error: true\n")
     (root / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: ch2_tiny\n")
     (root / "intro.md").write_text("# Intro\n\n```{diffgen-claims}\n```\n")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Chapter 2"),

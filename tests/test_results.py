@@ -10,9 +10,19 @@ import numpy as np
 import pytest
 
 from diffgen import __version__, source_hash
-from diffgen._util import atomic_write
-from diffgen.results import (PAPER_CLAIMS, Claim, Condition, Equivalence, Comparison, claim_from_json, paper_row,
-                             read_results, results_path, write_results)
+from diffgen.base.util import atomic_write
+from diffgen.claims.results import (
+    PAPER_CLAIMS,
+    Claim,
+    Comparison,
+    Condition,
+    Equivalence,
+    claim_from_json,
+    paper_row,
+    read_results,
+    results_path,
+    write_results,
+)
 
 KEYS = {"chapter", "parameters", "diffgen_version", "source_hash", "claims", "memory"}
 CLAIM_KEYS = {"id", "source", "statement", "metric", "value", "ci", "expected", "holds", "seeds", "premise",
@@ -65,7 +75,7 @@ def peak_now() -> int:
 def test_the_gpu_peak_is_torchs_largest_over_the_gpus_it_used(monkeypatch):
     import torch
 
-    from diffgen.results import fmt_memory, peak_memory
+    from diffgen.claims.results import fmt_memory, peak_memory
 
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -239,7 +249,7 @@ def test_unmeasurable_value_is_null_and_cannot_hold(tmp_path):
 def test_verdict_states_follow_premise_quality_and_rule():
     """Five states: a conditional row whose premise is not reached is not evaluated, a memorization row whose
     generator fails the quality gate fails for that reason, else the rule decides."""
-    from diffgen.results import FAILS, HOLDS, NOT_MEASURABLE, PREMISE, QUALITY
+    from diffgen.claims.results import FAILS, HOLDS, NOT_MEASURABLE, PREMISE, QUALITY
 
     def row(holds, **conditions):
         return paper_row("C4", "copy rate", 0.1, (0.0, 0.2), "<= 0.5", holds, 5, **conditions)

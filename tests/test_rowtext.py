@@ -1,4 +1,4 @@
-"""One rendering of a claim row (diffgen.rowtext): every relation it prints is true of the numbers it prints, in
+"""One rendering of a claim row (diffgen.claims.rowtext): every relation it prints is true of the numbers it prints, in
 every form the book and `diffgen report` use; a flipped row changes its words, its colour and its point."""
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import re
 
 import pytest
 
-from diffgen import claimplots, conclusions, report, rowtext, style, verdicts
-from diffgen.metrics import wilson_interval
-from diffgen.results import Comparison, Condition, paper_row, write_results
+from diffgen.base import style
+from diffgen.claims import claimplots, conclusions, gates, rowtext, verdicts
+from diffgen.claims.results import Comparison, Condition, paper_row, write_results
+from diffgen.commands import report
+from diffgen.measures.metrics import wilson_interval
 
 NUMBER = r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?"
 RELATION = re.compile(rf"(?<![\w./\\-])({NUMBER})\s*(\\?<=|\\?>=|\\?<|\\?>|≤|≥)\s*({NUMBER})(?![\w./])")
@@ -41,7 +43,7 @@ def test_a_quality_value_moved_across_its_threshold_flips_the_printed_relation_a
     premise = Condition("the nets approximate eps*", True)
     rates = [wilson_interval(c, 100) for c in (5, 8, 6)]
     for value, relation, verdict in [(0.48, "<=", "holds"), (0.49, ">", "fails (quality)")]:
-        gate = verdicts.QualityGate("energy distance to held-out images", value, "a crude fit", 0.488)
+        gate = gates.QualityGate("energy distance to held-out images", value, "a crude fit", 0.488)
         row = verdicts.generates_unseen(rates, "x", premise, gate, 40)
         text = rowtext.quality_text(row)
         assert f"{value:g} {relation} 0.488" in text and row.verdict == verdict and not false_relations(text)
@@ -51,7 +53,7 @@ def test_a_quality_value_moved_across_its_threshold_flips_the_printed_relation_a
 def _rows():
     """Rows of every kind the chapters write: conditional, gated, equivalence, constant across seeds, unmeasured."""
     reached = Condition("the nets approximate eps*", True, (Comparison("lower end", 0.87, ">", 0.5),))
-    gate = verdicts.QualityGate("energy distance to held-out images", 0.561, "a crude fit", 0.488)
+    gate = gates.QualityGate("energy distance to held-out images", 0.561, "a crude fit", 0.488)
     trained = verdicts.converged(0.02)
     return [verdicts.approximates_optimum([0.173, 0.165, 0.18], "x", fall=0.01, n=500),
             verdicts.generates_unseen([wilson_interval(0, 256)] * 5, "x", verdicts.premise_of(
@@ -95,7 +97,7 @@ def test_a_flipped_row_changes_its_verdict_its_colour_and_its_point():
     premise = Condition("the nets approximate eps*", True)
     colors = {}
     for value in (0.2, 0.9):
-        row = verdicts.generates_unseen(rates, "x", premise, verdicts.QualityGate("e", value, "fit", 0.5), 40)
+        row = verdicts.generates_unseen(rates, "x", premise, gates.QualityGate("e", value, "fit", 0.5), 40)
         fig = claimplots.claims_figure([("C4 · unseen", row, row.verdict)])
         marker = [line for line in fig.axes[0].lines if line.get_marker() == "o"][0]
         colors[row.verdict] = matplotlib.colors.to_hex(marker.get_color())
@@ -129,7 +131,7 @@ def test_a_row_held_back_by_its_premise_is_decided_by_the_failing_test_and_its_d
     for statement, shown in (("the nets approximate eps*", True), (long, False)):
         premise = Condition(statement, False, (Comparison("nets whose curves flattened", 3, ">=", 10),
                                                Comparison("power", 0.9, ">=", 0.8)))
-        row = verdicts.memorizes_less([0.1, 0.2, 0.15], "new", premise, verdicts.QualityGate("energy", 0.1, "a crude fit", 1.0), 8)
+        row = verdicts.memorizes_less([0.1, 0.2, 0.15], "new", premise, gates.QualityGate("energy", 0.1, "a crude fit", 1.0), 8)
         assert row.verdict == "premise not reached"
         said = rowtext.decided_by(row)
         assert "nets whose curves flattened 3 < 10" in said and "power" not in said  # the test that fails it only

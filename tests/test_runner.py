@@ -1,4 +1,4 @@
-"""Headless execution with progress on the terminal (diffgen.progress, diffgen.runner) and the book's execution cache
+"""Headless execution with progress on the terminal (diffgen.base.progress, diffgen.commands.runner) and the book's execution cache
 filled by the same runner (`diffgen book`)."""
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from diffgen import progress, runner
-from diffgen._util import thread_share
+from diffgen.base import progress
+from diffgen.base.util import thread_share
+from diffgen.commands import bookrun, runner
 
 DIFFGEN = Path(sys.executable).with_name("diffgen")
 
@@ -79,13 +80,13 @@ def test_outputs_are_copied_onto_the_source_notebook():
     ran.cells[1].outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
     ran.cells[1].execution_count = 1
     ran.cells[1].metadata["papermill"] = {"duration": 0.1}
-    out = runner._outputs_onto(source, ran)
+    out = bookrun._outputs_onto(source, ran)
     assert out.cells[1].outputs == ran.cells[1].outputs and out.cells[1].execution_count == 1
     assert out.cells[1].metadata == {"tags": ["parameters"]}  # the source's metadata: the cache hashes it
     assert not source.cells[1].outputs
     ran.cells.append(nbformat.v4.new_code_cell("x"))
     with pytest.raises(ValueError, match="code cells"):
-        runner._outputs_onto(source, ran)
+        bookrun._outputs_onto(source, ran)
 
 
 def _tiny_book(root: Path, body: str = "print('ran at', time.time_ns())") -> None:
@@ -94,7 +95,7 @@ def _tiny_book(root: Path, body: str = "print('ran at', time.time_ns())") -> Non
     (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/ch1_tiny\n")
     (root / "book" / "intro.md").write_text("# Intro\n")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Tiny"),
-                                         nbformat.v4.new_code_cell("import time\nfrom diffgen.progress import note"),
+                                         nbformat.v4.new_code_cell("import time\nfrom diffgen.base.progress import note"),
                                          nbformat.v4.new_code_cell(f"note('hello from the kernel')\n{body}")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, root / "book" / "ch1_tiny.ipynb")
@@ -102,30 +103,30 @@ def _tiny_book(root: Path, body: str = "print('ran at', time.time_ns())") -> Non
 
 def test_book_notebooks_follow_the_table_of_contents(tmp_path):
     _tiny_book(tmp_path)
-    assert runner.book_notebooks(tmp_path) == [tmp_path / "book" / "ch1_tiny.ipynb"]  # intro.md is not a notebook
+    assert bookrun.book_notebooks(tmp_path) == [tmp_path / "book" / "ch1_tiny.ipynb"]  # intro.md is not a notebook
 
 
 @pytest.mark.notebook("executes a fixture notebook in a kernel")
 def test_execute_book_runs_each_notebook_once_and_shows_progress(tmp_path, capfd):
     _tiny_book(tmp_path)
     cache = tmp_path / "_build" / ".jupyter_cache"
-    assert runner.execute_book(tmp_path, cache, timeout=120, source="aaa")
+    assert bookrun.execute_book(tmp_path, cache, timeout=120, source="aaa")
     out = capfd.readouterr()
     assert "ch1 [ 2/2" in out.err and "hello from the kernel" in out.err and "ch1: executed in" in out.out
     from jupyter_cache import get_cache
 
     record = get_cache(str(cache)).match_cache_notebook(nbformat.read(tmp_path / "book" / "ch1_tiny.ipynb", 4))
     assert record.uri.endswith("ch1_tiny.ipynb")
-    assert runner.execute_book(tmp_path, cache, timeout=120, source="aaa")
+    assert bookrun.execute_book(tmp_path, cache, timeout=120, source="aaa")
     assert "unchanged since it was executed" in capfd.readouterr().out
-    assert runner.execute_book(tmp_path, cache, timeout=120, source="bbb")  # other code: the cache is wiped
+    assert bookrun.execute_book(tmp_path, cache, timeout=120, source="bbb")  # other code: the cache is wiped
     assert "ch1: executed in" in capfd.readouterr().out
 
 
 @pytest.mark.notebook("executes a fixture notebook in a kernel")
 def test_execute_book_reports_a_failing_chapter(tmp_path, capfd):
     _tiny_book(tmp_path, body="raise RuntimeError('broken chapter')")
-    assert not runner.execute_book(tmp_path, tmp_path / "_build" / ".jupyter_cache", timeout=120, source="aaa")
+    assert not bookrun.execute_book(tmp_path, tmp_path / "_build" / ".jupyter_cache", timeout=120, source="aaa")
     err = capfd.readouterr().err
     assert "diffgen book: error: ch1 failed in cell index 2" in err and "RuntimeError: broken chapter" in err
     assert (tmp_path / "book" / "ch1_tiny.FAILED.ipynb").exists()
@@ -158,7 +159,7 @@ def test_execute_book_runs_notebooks_at_once_the_longest_first(tmp_path, capfd, 
     monkeypatch.delenv("DIFFGEN_THREADS", raising=False)  # (make test sets it for its workers)
     _book_of(tmp_path, {"ch3_shortest": (_log("ch3"), 0), "ch1_short": (_log("ch1", 0.5, after="ch2"), 1),
                         "ch2_long": (_log("ch2", 0.5, after="ch1"), 9)})  # in reading order ch3 would start first
-    assert runner.execute_book(tmp_path, tmp_path / "_build" / ".jupyter_cache", timeout=120, source="a", jobs=2)
+    assert bookrun.execute_book(tmp_path, tmp_path / "_build" / ".jupyter_cache", timeout=120, source="a", jobs=2)
     book = tmp_path / "book"
     start = {n: float((book / f"ch{n}.start").read_text().split()[0]) for n in (1, 2, 3)}
     end = {n: float((book / f"ch{n}.end").read_text()) for n in (1, 2, 3)}
@@ -174,7 +175,7 @@ def test_after_a_failure_no_further_notebook_starts_and_the_running_ones_are_cac
                         "ch2_broken": ("open('ch2.start', 'w')\nraise RuntimeError('broken')", 9),
                         "ch3_later": (_log("ch3"), 1)})
     cache = tmp_path / "_build" / ".jupyter_cache"
-    assert not runner.execute_book(tmp_path, cache, timeout=120, source="a", jobs=2)
+    assert not bookrun.execute_book(tmp_path, cache, timeout=120, source="a", jobs=2)
     assert (tmp_path / "book" / "ch1.end").exists() and not (tmp_path / "book" / "ch3.start").exists()
     err = capfd.readouterr().err
     assert "diffgen book: error: ch2 failed" in err and "not started after the failure: ch3" in err
@@ -189,8 +190,8 @@ def test_a_notebook_that_cannot_start_is_a_failure_not_a_hang(tmp_path, capfd, m
     def broken(*args, **kwargs):
         raise OSError("no such interpreter")
 
-    monkeypatch.setattr(runner, "execute_notebook", broken)
-    assert not runner.execute_book(tmp_path, tmp_path / "_build" / ".jupyter_cache", timeout=120, source="a")
+    monkeypatch.setattr(bookrun, "execute_notebook", broken)
+    assert not bookrun.execute_book(tmp_path, tmp_path / "_build" / ".jupyter_cache", timeout=120, source="a")
     assert "ch1 failed to start: OSError: no such interpreter" in capfd.readouterr().err
 
 
@@ -200,7 +201,7 @@ def test_diffgen_run_prints_cells_and_training_progress(tmp_path):
     book.mkdir()
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell('device = "auto"  # d; one of: auto, cpu, cuda\nseed = 0  # s; int in [0, 9]'),
-        nbformat.v4.new_code_cell("import json, time\nfrom diffgen.progress import progress\n"
+        nbformat.v4.new_code_cell("import json, time\nfrom diffgen.base.progress import progress\n"
                                   "for _ in progress(range(8), desc='train', every=0.1):\n    time.sleep(0.05)\n"
                                   "json.dump({}, open('ch1.results.json', 'w'))")])
     nb.cells[0].metadata["tags"] = ["parameters"]

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from diffgen._util import randn, sample_generators, sample_normal, sample_seeds
-from diffgen.denoisers import EmpiricalOptimum, GaussianDenoiser
-from diffgen.samplers import Trajectory, sample_ddim, sample_ddpm, sample_ode
-from diffgen.schedule import timesteps
+from diffgen.base.util import randn, sample_generators, sample_normal, sample_seeds
+from diffgen.diffusion.denoisers import GaussianDenoiser
+from diffgen.diffusion.optimum import EmpiricalOptimum
+from diffgen.diffusion.samplers import Trajectory, sample_ddim, sample_ddpm, sample_ode
+from diffgen.diffusion.schedule import timesteps
 
 MEAN = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
 _A = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.5, 0.0], [-0.3, 0.2, 0.15]], dtype=torch.float64)

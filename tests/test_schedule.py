@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from diffgen.schedule import (Schedule, add_noise, cosine_schedule, eps_from_x0, linear_schedule, timesteps,
-                              x0_from_eps)
+from diffgen.diffusion.schedule import (
+    Schedule,
+    add_noise,
+    cosine_schedule,
+    eps_from_x0,
+    linear_schedule,
+    timesteps,
+    x0_from_eps,
+)
 
 
 # ---------------------------------------------------------------- linear schedule

@@ -14,9 +14,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from diffgen import cli, report
-from diffgen.sweep import parse_grid
-from diffgen.chapters import UsageError
+from diffgen.chapters.registry import UsageError
+from diffgen.commands import cli, report
+from diffgen.commands.sweep import parse_grid
 
 DIFFGEN = Path(sys.executable).with_name("diffgen")
 
@@ -31,7 +31,7 @@ device = "auto"  # where to run; one of: auto, cpu, cuda
 
 BODY = """\
 import time
-from diffgen.results import Claim, write_results
+from diffgen.claims.results import Claim, write_results
 parameters = {k: v for k, v in dict(globals()).items() if k[0] != "_" and isinstance(v, (bool, int, float, str))}
 time.sleep(pause)
 if n == fail_at:
@@ -140,7 +140,7 @@ def test_failing_point_is_recorded_and_the_others_finish(book, tmp_path, capsys)
 
 
 def _ask(path: str, counter: str, barrier, answer: str) -> None:
-    from diffgen.cache import load_or_compute
+    from diffgen.base.cache import load_or_compute
 
     def compute():
         with open(counter, "a") as f:
@@ -172,7 +172,7 @@ def test_two_processes_asking_for_one_artifact_compute_it_once(tmp_path):
 def test_sweep_report_pools_seeds_and_marks_stale_points(tmp_path):
     """A sweep folder written by hand: two seeds per cell give a t interval across seeds; a point computed by other
     code than the current package is marked stale; a missing point reads 'not run'."""
-    from diffgen.provenance import source_hash
+    from diffgen.base.provenance import source_hash
 
     points = {}
     for n in (1, 2):
@@ -219,7 +219,7 @@ def test_set_threads_takes_the_share_a_sweep_gives(monkeypatch):
 def test_the_region_of_a_row_is_one_sentence_of_runs_of_sizes_and_lengths():
     """Where each verdict lies over (training-set size, training length), in words: runs of consecutive sizes that
     share the same lengths, 'n <= 63' from the smallest, 'at every training length', 'from 4000 steps on'."""
-    from diffgen.sweepreport import SizeCell, describe_region
+    from diffgen.commands.sweepreport import SizeCell, describe_region
 
     verdicts = {8: ["holds", "holds", "fails"], 22: ["holds"] * 3, 63: ["holds"] * 3,
                 178: ["premise not reached", "premise not reached", "holds"], 500: ["premise not reached"] * 3}

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffgen.data import load_dataset
-from diffgen.denoisers import EmpiricalOptimum
-from diffgen.metrics import gap_on_forward_samples
-from diffgen.models import MLPConfig, UNetConfig
-from diffgen.objectives import EpsLoss
-from diffgen.schedule import linear_schedule
-from diffgen.train import TrainConfig, TrainResult, train, train_key
+from diffgen.data.datasets import load_dataset
+from diffgen.diffusion.fit import TrainConfig
+from diffgen.diffusion.models import MLPConfig, UNetConfig
+from diffgen.diffusion.objectives import EpsLoss
+from diffgen.diffusion.optimum import EmpiricalOptimum
+from diffgen.diffusion.schedule import linear_schedule
+from diffgen.diffusion.train import TrainResult, train, train_key
+from diffgen.measures.metrics import gap_on_forward_samples
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
 TINY = MLPConfig(hidden=16, depth=1, time_dim=8)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffgen import train as train_module
-from diffgen.models import PlainMLPConfig, UNetConfig
-from diffgen.objectives import EpsLoss, ForwardTimeLoss, WeightedEpsLoss
-from diffgen.schedule import linear_schedule
-from diffgen.train import TrainConfig, train_ensemble
+from diffgen.diffusion import fit
+from diffgen.diffusion.fit import TrainConfig
+from diffgen.diffusion.models import PlainMLPConfig, UNetConfig
+from diffgen.diffusion.objectives import EpsLoss, ForwardTimeLoss, WeightedEpsLoss
+from diffgen.diffusion.schedule import linear_schedule
+from diffgen.diffusion.train import train_ensemble
 
 SCHED = linear_schedule()
 TINY = PlainMLPConfig(hidden=16, depth=2, time_dim=8)
@@ -75,9 +76,9 @@ def test_fused_adamw_trains_the_foreach_nets(tmp_path, monkeypatch):
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(torch.optim, "AdamW", Spy)
-    monkeypatch.setattr(train_module, "FUSED_ADAMW", ("cuda",))
+    monkeypatch.setattr(fit, "FUSED_ADAMW", ("cuda",))
     foreach = _run(tmp_path / "foreach")
-    monkeypatch.setattr(train_module, "FUSED_ADAMW", ("cuda", "cpu"))
+    monkeypatch.setattr(fit, "FUSED_ADAMW", ("cuda", "cpu"))
     fused = _run(tmp_path / "fused")
     assert [(k["fused"], k["foreach"]) for k in made] == [(None, True), (True, False)]
     assert _max_diff(fused, foreach) < 1e-5
@@ -99,7 +100,7 @@ def test_compiled_training_matches_eager_to_rounding(tmp_path):
 def test_cudnn_autotuning_is_on_while_training_on_cuda_and_restored_after():
     before = torch.backends.cudnn.benchmark
     for on in (True, False):
-        with train_module._cudnn_benchmark(on):
+        with fit._cudnn_benchmark(on):
             assert torch.backends.cudnn.benchmark == (before or on)
         assert torch.backends.cudnn.benchmark == before
 

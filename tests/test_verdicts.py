@@ -7,12 +7,22 @@ import math
 import pytest
 import torch
 
-from diffgen import experiments, generators, mi, verdicts
-from diffgen.data import eight_gaussians, load_dataset
-from diffgen.denoisers import Blend, EmpiricalOptimum, GaussianDenoiser, SmoothedOptimum
-from diffgen.metrics import Estimate, across_seeds, copy_rate, gap_on_forward_samples, nearest_neighbors, wilson_interval
-from diffgen.results import Condition
-from diffgen.samplers import sample_ddim
+from diffgen.chapters import generators, mutual_information, new_objective, trained_gap
+from diffgen.claims import gates, verdicts
+from diffgen.claims.results import Condition
+from diffgen.data.datasets import eight_gaussians, load_dataset
+from diffgen.diffusion.denoisers import Blend, GaussianDenoiser
+from diffgen.diffusion.optimum import EmpiricalOptimum, SmoothedOptimum
+from diffgen.diffusion.samplers import sample_ddim
+from diffgen.measures import mi
+from diffgen.measures.metrics import (
+    Estimate,
+    across_seeds,
+    copy_rate,
+    gap_on_forward_samples,
+    nearest_neighbors,
+    wilson_interval,
+)
 
 P = eight_gaussians()
 
@@ -49,7 +59,7 @@ def test_c1_learner_below_memorizer_fails_for_another_memorizer_and_for_noise(es
     for gen, verdict in [(generators.GaussianFit(), "holds"), (generators.Copier(), "fails"),
                          (generators.PureNoise(), "fails (quality)")]:
         values, samples = per_seed(gen)
-        row = verdicts.learner_below_memorizer(values, estimates["optimum"], "x", verdicts.toy_gate(samples, P))
+        row = verdicts.learner_below_memorizer(values, estimates["optimum"], "x", gates.toy_gate(samples, P))
         assert row.verdict == verdict and row.seeds == 3 and row.source == "abstract"
 
 
@@ -64,20 +74,20 @@ def test_c1_blind_reads_zero_fails_for_a_generator_that_depends_on_s(estimates):
 
 
 def test_r1_r2_estimator_checks_fail_for_a_wrong_estimate():
-    check = experiments.estimator_check([1, 4], n_sets=30, n_samples=150, k=3, seed=0, jackknife_sets=6)
+    check = mutual_information.estimator_check([1, 4], n_sets=30, n_samples=150, k=3, seed=0, jackknife_sets=6)
     assert verdicts.estimator_recovers_closed_form(check).id == "R1"
-    shifted = experiments.EstimatorCheck(check.sizes, check.exact + 1.0, check.knn, check.grid, check.copier,
+    shifted = mutual_information.EstimatorCheck(check.sizes, check.exact + 1.0, check.knn, check.grid, check.copier,
                                          check.independent, check.n_sets, check.jackknife)
     assert not verdicts.estimator_recovers_closed_form(shifted).holds  # an estimator 1 nat off is not validated
-    good = experiments.DensityCheck(Estimate(1.0, 0.9, 1.1), Estimate(1.05, 1.0, 1.1))
-    bad = experiments.DensityCheck(Estimate(1.5, 1.4, 1.6), Estimate(1.05, 1.0, 1.1))
+    good = mutual_information.DensityCheck(Estimate(1.0, 0.9, 1.1), Estimate(1.05, 1.0, 1.1))
+    bad = mutual_information.DensityCheck(Estimate(1.5, 1.4, 1.6), Estimate(1.05, 1.0, 1.1))
     assert verdicts.estimator_recovers_densities(good, 0.5).holds
     assert not verdicts.estimator_recovers_densities(bad, 0.5).holds
 
 
 def test_c6_along_training_needs_both_directions_and_is_ours():
     def along(mi_changes, kl_changes, start=100):
-        return experiments.AlongTraining((10, 100, 1000), [], [], mi_changes, kl_changes, 3, start)
+        return mutual_information.AlongTraining((10, 100, 1000), [], [], mi_changes, kl_changes, 3, start)
 
     rises, falls = [0.5, 0.4, 0.6], [-2.0, -1.8, -2.2]
     row = verdicts.tradeoff_along_training(along(rises, falls))
@@ -107,14 +117,14 @@ def test_c4_approximation_fails_for_s_blind_denoisers_and_holds_for_eps_star(sch
     opt = EmpiricalOptimum(S, sched, dtype=torch.float64)
     blind_opt = EmpiricalOptimum(S2, sched, dtype=torch.float64)
     fit = GaussianDenoiser(S2.mean(0), torch.cov(S2.T) + 1e-3 * torch.eye(64, dtype=S2.dtype), sched)
-    shares = [experiments.shares_by_band({"eps*": opt, "blind optimum": blind_opt, "fit": fit}, opt, S, sched,
+    shares = [trained_gap.shares_by_band({"eps*": opt, "blind optimum": blind_opt, "fit": fit}, opt, S, sched,
                                          repeats=1, seed=s) for s in (0, 1)]
-    norm = experiments.normalized_shares(shares, "eps*", yardstick="fit")[(1, sched.T)]
+    norm = trained_gap.normalized_shares(shares, "eps*", yardstick="fit")[(1, sched.T)]
     flat, falling = 0.01, 0.2  # relative fall of the gap over the last interval
     assert verdicts.approximates_optimum(norm, "eps* itself", fall=flat, n=60).holds  # share 1: normalised 1
-    blind = experiments.normalized_shares(shares, "blind optimum", yardstick="fit")[(1, sched.T)]
+    blind = trained_gap.normalized_shares(shares, "blind optimum", yardstick="fit")[(1, sched.T)]
     assert verdicts.approximates_optimum(blind, "the optimum of S'", fall=flat, n=60).verdict == "fails"
-    itself = experiments.normalized_shares(shares, "fit", yardstick="fit")[(1, sched.T)]
+    itself = trained_gap.normalized_shares(shares, "fit", yardstick="fit")[(1, sched.T)]
     assert not verdicts.approximates_optimum(itself, "the yardstick itself", fall=flat, n=60).holds  # normalised 0
     early = verdicts.approximates_optimum(norm, "eps* itself", fall=falling, n=60)
     assert early.verdict == "holds"  # already there: more training cannot undo it
@@ -141,17 +151,17 @@ def test_c4_unseen_holds_for_new_images_and_fails_for_copies_for_noise_and_witho
     candidates = {"holds": held[:240].reshape(3, 80, -1), "fails": _per_seed(generators.OptimumSampler(sched, 20), S),
                   "fails (quality)": _per_seed(generators.PureNoise(), S)}
     for verdict, z in candidates.items():
-        rates = experiments.member_copy_rates(z, [S] * 3)
-        row = verdicts.generates_unseen(rates, "x", reached, verdicts.image_gate(z, S, held), len(S))
+        rates = trained_gap.member_copy_rates(z, [S] * 3)
+        row = verdicts.generates_unseen(rates, "x", reached, gates.image_gate(z, S, held), len(S))
         assert row.verdict == verdict and row.seeds == 3
     z = candidates["holds"]
-    row = verdicts.generates_unseen(experiments.member_copy_rates(z, [S] * 3), "x",
-                                    Condition("the nets approximate eps*", False), verdicts.image_gate(z, S, held),
+    row = verdicts.generates_unseen(trained_gap.member_copy_rates(z, [S] * 3), "x",
+                                    Condition("the nets approximate eps*", False), gates.image_gate(z, S, held),
                                     len(S))
     assert row.verdict == "premise not reached" and row.value is not None  # measured, not evaluated
     # held-out digits copy nothing in every seed: the interval is the pooled Wilson one, never [0, 0]
-    fresh = verdicts.generates_unseen(experiments.member_copy_rates(candidates["holds"], [S] * 3), "x", reached,
-                                      verdicts.image_gate(candidates["holds"], S, held), len(S))
+    fresh = verdicts.generates_unseen(trained_gap.member_copy_rates(candidates["holds"], [S] * 3), "x", reached,
+                                      gates.image_gate(candidates["holds"], S, held), len(S))
     assert fresh.value == 0 and fresh.ci[1] > 0 and "pooled" in fresh.interval
 
 
@@ -170,7 +180,7 @@ def test_c4_critical_bisects_and_flips_for_the_yardstick_itself(sched, digits_sp
     near = SmoothedOptimum(S, sched, 0.3, dtype=torch.float64)
     far = GaussianDenoiser(S2.mean(0), torch.cov(S2.T) + 1e-3 * torch.eye(64, dtype=S2.dtype), sched)
     K, reached = 48, Condition("the nets approximate eps*", True)
-    cross = [experiments.blend_crossings(_stacked([near, far], K), 2, opt,
+    cross = [trained_gap.blend_crossings(_stacked([near, far], K), 2, opt,
                                          torch.randn(K, 64, generator=torch.Generator().manual_seed(s),
                                                      dtype=torch.float64), S, sched, 20, iterations=6)
              for s in range(3)]
@@ -185,8 +195,8 @@ def test_c4_critical_bisects_and_flips_for_the_yardstick_itself(sched, digits_sp
     held, holds = digits_split.heldout, verdicts.approximates_optimum([0.9, 0.95, 0.92], "x", fall=0.0, n=60)
     generated = {True: held[:240].reshape(3, 80, -1), False: _per_seed(generators.OptimumSampler(sched, 20), S),
                  None: _per_seed(generators.PureNoise(), S)}  # met: True, False, False (quality)
-    unseen = {key: verdicts.generates_unseen(experiments.member_copy_rates(z, [S] * 3), "x", reached,
-                                             verdicts.image_gate(z, S, held), len(S)) for key, z in generated.items()}
+    unseen = {key: verdicts.generates_unseen(trained_gap.member_copy_rates(z, [S] * 3), "x", reached,
+                                             gates.image_gate(z, S, held), len(S)) for key, z in generated.items()}
     for key, row in unseen.items():
         premise = verdicts.generalizing(holds, row, len(S))
         assert premise.met is bool(key), row.verdict
@@ -227,7 +237,7 @@ def test_c6_along_training_from_per_seed_correlations(blend_points):
     ours: time moves gap and copy rate alike."""
     def correlations(gaps, rates):
         flat = [(r, g, v) for gs, vs in zip(gaps, rates) for r, (g, v) in enumerate(zip(gs, vs))]
-        return experiments.correlations_by_seed([r for r, _, _ in flat], [60] * len(flat), [g for _, g, _ in flat],
+        return trained_gap.correlations_by_seed([r for r, _, _ in flat], [60] * len(flat), [g for _, g, _ in flat],
                                                 [v for _, _, v in flat])
 
     c = correlations(*blend_points["blends"])
@@ -247,15 +257,15 @@ def test_c6_at_equal_time_from_per_seed_slopes_across_widths(blend_points):
     left the row is not measurable; S-blind denoisers never copy: not measurable."""
     gaps, rates = blend_points["blends"]
     widths, every = [8, 16, 32, 64, 128], [True] * 5
-    row = verdicts.tradeoff_at_equal_time(experiments.width_slopes(widths, gaps, rates, every), "blends")
+    row = verdicts.tradeoff_at_equal_time(trained_gap.width_slopes(widths, gaps, rates, every), "blends")
     assert row.holds and row.source == "revision" and row.seeds == 3 and row.value < 0
-    flipped = verdicts.tradeoff_at_equal_time(experiments.width_slopes(widths, gaps, rates[::-1], every), "reversed")
+    flipped = verdicts.tradeoff_at_equal_time(trained_gap.width_slopes(widths, gaps, rates[::-1], every), "reversed")
     assert flipped.verdict == "fails" and flipped.value > 0
-    gated = experiments.width_slopes(widths, gaps, rates, [True, False, False, False, True])
+    gated = trained_gap.width_slopes(widths, gaps, rates, [True, False, False, False, True])
     assert gated.dropped == [16, 32, 64] and gated.per_seed is None
     row = verdicts.tradeoff_at_equal_time(gated, "mostly noise")
     assert row.verdict == "not measurable" and "widths [16, 32, 64]" in row.metric and "3 needed" in row.metric
-    row = verdicts.tradeoff_at_equal_time(experiments.width_slopes(widths, *blend_points["blind"], every), "blind")
+    row = verdicts.tradeoff_at_equal_time(trained_gap.width_slopes(widths, *blend_points["blind"], every), "blind")
     assert row.verdict == "not measurable" and "the copy rate is the same at every width" in row.metric
 
 
@@ -293,7 +303,7 @@ def test_c5_quality_is_an_equivalence_with_an_absolute_margin():
     """Other real digits are as good as real digits (holds, two-sided and one-sided); an isotropic Gaussian is
     not (fails); a 'new' objective far better than the standard one is competitive (one-sided) but not similar
     (two-sided). The margin is absolute: the same rule at any n."""
-    from diffgen.quality import energy_distance
+    from diffgen.measures.quality import energy_distance
 
     digits = load_dataset("digits", 1500, 297, seed=0)
     g = torch.Generator().manual_seed(0)
@@ -324,32 +334,32 @@ def test_c5b_memorization_rows_flip_for_copies_for_noise_and_where_the_standard_
     S, held = digits_split.train, digits_split.heldout
     optimum = _per_seed(generators.OptimumSampler(sched, 20), S)
     unseen, noise = held[:240].reshape(3, 80, -1), _per_seed(generators.PureNoise(), S)
-    rates = lambda z: experiments.member_copy_rates(z, [S] * 3)  # noqa: E731
+    rates = lambda z: trained_gap.member_copy_rates(z, [S] * 3)  # noqa: E731
     differ = lambda a, b: [ra.value - rb.value for ra, rb in zip(rates(a), rates(b))]  # noqa: E731
     copies = verdicts.standard_copies(rates(optimum), len(S), TRAINED)
     assert copies.met and not verdicts.standard_copies(rates(unseen), len(S)).met
     assert not verdicts.standard_copies(rates(optimum), len(S), verdicts.converged(0.3)).met  # still learning
     row = lambda std, new, premise: verdicts.memorizes_less(differ(std, new), "x", premise,  # noqa: E731
-                                                            verdicts.image_gate(new, S, held), len(S))
+                                                            gates.image_gate(new, S, held), len(S))
     assert row(optimum, unseen, copies).verdict == "holds"
     assert row(optimum, noise, copies).verdict == "fails (quality)"
     assert row(unseen, optimum, copies).verdict == "fails"
     assert row(unseen, unseen, verdicts.standard_copies(rates(unseen), len(S))).verdict == "premise not reached"
-    control = verdicts.beyond_weighting(differ(optimum, unseen), "x", verdicts.image_gate(unseen, S, held))
+    control = verdicts.beyond_weighting(differ(optimum, unseen), "x", gates.image_gate(unseen, S, held))
     assert control.holds and control.source == "ours"
     assert verdicts.beyond_weighting(differ(optimum, noise), "x",
-                                     verdicts.image_gate(noise, S, held)).verdict == "fails (quality)"
+                                     gates.image_gate(noise, S, held)).verdict == "fails (quality)"
 
 
 def test_c5b_matched_comparisons_flip_between_a_copier_and_an_equal_curve(digits_split):
     """Curves along training (relative gap or held-out loss, copy rate) per seed: a standard run that copies more at
     the same gap holds; the same curve against itself fails; ranges that do not overlap are not measurable."""
     S, held = digits_split.train, digits_split.heldout
-    gate = verdicts.image_gate(held[:240].reshape(3, 80, -1), S, held)
+    gate = gates.image_gate(held[:240].reshape(3, 80, -1), S, held)
     standard = [([1.0, 0.1, 0.01], [0.0, 0.5 + 0.05 * k, 1.0]) for k in range(3)]
     slower = [([1.0, 0.3, 0.1], [0.0, 0.05, 0.1 + 0.02 * k]) for k in range(3)]
     diff = lambda a, b: [ra - rb for _, ra, rb in  # noqa: E731
-                         (experiments.rates_at_matched_gap(*x, *y) for x, y in zip(a, b))]
+                         (new_objective.rates_at_matched_gap(*x, *y) for x, y in zip(a, b))]
     assert verdicts.less_at_matched(diff(standard, slower), "gap to eps*", "a copier", gate).holds
     jitter = [-0.02, 0.01, -0.005]  # the same curve up to noise: mean difference > 0, interval across 0
     same = diff(slower, [(g, [r + e for r in rates]) for e, (g, rates) in zip(jitter, slower)])
@@ -359,13 +369,13 @@ def test_c5b_matched_comparisons_flip_between_a_copier_and_an_equal_curve(digits
 
 
 def test_r3_fails_for_another_reading_and_r4_for_a_wrong_coefficient(sched):
-    from diffgen.denoisers import NoisyPointOptimum
-    from diffgen.objectives import ForwardTimeLoss
-    from diffgen.schedule import add_noise
+    from diffgen.diffusion.denoisers import NoisyPointOptimum
+    from diffgen.diffusion.objectives import ForwardTimeLoss
+    from diffgen.diffusion.schedule import add_noise
 
     train = load_dataset("digits", 10, seed=0).train
     g = torch.Generator().manual_seed(0)
-    ours = experiments.forward_time_minimiser_error(ForwardTimeLoss(sched, "one"), train, sched, (10, 300),
+    ours = new_objective.forward_time_minimiser_error(ForwardTimeLoss(sched, "one"), train, sched, (10, 300),
                                                     n_probe=4, generator=g)
     assert verdicts.candidate_minimiser_is_eps_star(ours).holds
     # the noisy-point reading: the optimum over one finite set of intermediate states, which is not eps*
@@ -374,10 +384,10 @@ def test_r3_fails_for_another_reading_and_r4_for_a_wrong_coefficient(sched):
     xt = add_noise(sched, train[:4], 100, torch.randn(4, 64, generator=g, dtype=torch.float64))
     other = float((noisy(xt, 100) - optimum(xt, 100)).norm() / optimum(xt, 100).norm())
     assert not verdicts.candidate_minimiser_is_eps_star(other).holds
-    slopes = experiments.tweedie_slopes(train, sched, [(50, 49), (200, 199), (600, 300)], n_mc=2048, generator=g,
+    slopes = new_objective.tweedie_slopes(train, sched, [(50, 49), (200, 199), (600, 300)], n_mc=2048, generator=g,
                                         seed=0)
     assert verdicts.tweedie_holds(slopes).holds
-    standard = [experiments.TweedieSlope(w.t, w.s, 1.0, w.slope) for w in slopes]  # the standard loss's c = 1
+    standard = [new_objective.TweedieSlope(w.t, w.s, 1.0, w.slope) for w in slopes]  # the standard loss's c = 1
     row = verdicts.tweedie_holds(standard)
     assert not row.holds and row.value == 0
 
@@ -393,7 +403,7 @@ def test_c5b_less_information_holds_for_p_against_the_optimum_and_fails_for_nois
         ("noise", generators.PureNoise())]}
     info = {name: [mi.mi_knn(d.z, 3, n_boot=10).value for d in draws] for name, draws in runs.items()}
     row = lambda std, new: verdicts.less_information([a - b for a, b in zip(info[std], info[new])], "x",  # noqa: E731
-                                                     verdicts.toy_gate(runs[new], P))
+                                                     gates.toy_gate(runs[new], P))
     assert row("optimum", "P").verdict == "holds" and row("optimum", "P").source == "revision"
     assert row("optimum", "noise").verdict == "fails (quality)"
     assert row("P", "optimum").verdict == "fails" and row("optimum", "optimum").verdict == "fails"

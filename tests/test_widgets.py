@@ -10,11 +10,12 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from diffgen import generators, widgets
-from diffgen.data import eight_gaussians, load_dataset
-from diffgen.models import MLPConfig
-from diffgen.objectives import EpsLoss
-from diffgen.train import TrainConfig, train
+from diffgen.chapters import generators, widgets
+from diffgen.data.datasets import eight_gaussians, load_dataset
+from diffgen.diffusion.fit import TrainConfig
+from diffgen.diffusion.models import MLPConfig
+from diffgen.diffusion.objectives import EpsLoss
+from diffgen.diffusion.train import train
 
 matplotlib.use("Agg")
 

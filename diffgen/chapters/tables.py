@@ -1,0 +1,61 @@
+"""Markdown tables of the chapters (errors, copy rates, band shares, excess risks, quality), for
+`display(Markdown(...))`."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def markdown_table(headers, rows) -> str:
+    """A Markdown table from a header list and rows of already formatted cells."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def error_table(errors: dict) -> str:
+    """Markdown table of optimum.reference_errors: one row per (t, query kind), one column per denoiser."""
+    names = list(next(iter(errors.values())))
+    rows = [[t, kind, *(f"{row[name]:.1e}" for name in names)] for (t, kind), row in errors.items()]
+    return markdown_table(["t", "queries", *names], rows)
+
+
+def copy_table(summaries: dict, extra: dict | None = None) -> str:
+    """Markdown table of metrics.CopySummary per generator: copy rate [95% Wilson interval] (count), median
+    d1 / sqrt(D); `extra` adds columns {header: {generator: cell}} (a missing cell reads as a dash)."""
+    extra = extra or {}
+    rows = [[name, f"{s.rate:.3f}", f"{s.median_d1:.2g}", *(col.get(name, "-") for col in extra.values())]
+            for name, s in summaries.items()]
+    return markdown_table(["generator", "copy rate [95% CI] (copies)", "median $d_1/\\sqrt{D}$", *extra], rows)
+
+
+def band_share_table(shares: list[dict]) -> str:
+    """Markdown table: each denoiser's share per band, mean over the seeds (min to max: a cell that can wrap)."""
+    bands = list(shares[0])
+    names = list(shares[0][bands[0]])
+    cell = lambda v: f"{np.mean(v):.3g} ({min(v):.3g} to {max(v):.3g})" if len(v) > 1 else f"{v[0]:.3g}"  # noqa: E731
+    rows = [[name, *(cell([sh[b][name] for sh in shares]) for b in bands)] for name in names]
+    return markdown_table(["denoiser", *(f"t in {lo}..{hi}" for lo, hi in bands)], rows)
+
+
+def excess_risk_table(risks: dict) -> str:
+    """Markdown table of mi.ExcessRisk terms per row name: total, I(z; m), KL(P_z || P) and their gap."""
+    rows = [[name, f"{r.total:.3f}", f"{r.mi:.3f}", f"{r.marginal:.3f}", f"{r.gap:+.3f}"] for name, r in risks.items()]
+    return markdown_table(["generator", "E_S KL(P_z|S \\|\\| P)", "I(z; m)", "KL(P_z \\|\\| P)", "gap"], rows)
+
+
+def quality_rows(energy: dict, difference: dict, features: dict, gates: dict, fid_name: str) -> str:
+    """Markdown table per (objective, n): energy distance to held-out images (mean over seeds), the difference to the
+    standard objective (seed by seed, t interval), the quality gate, and the Fréchet distance and KID across seeds
+    (fid.SampleQuality)."""
+    from ..measures.metrics import across_seeds
+
+    rows = []
+    for (name, n), e in energy.items():
+        diff = "" if name == "standard" else f"{across_seeds(difference[name, n]):.4f}"
+        q = features[name, n]
+        kid = "" if q.kid is None else f"{q.kid:.4f}"
+        gate = "passes" if gates[name, n].passes else "fails"
+        rows.append([name, str(n), f"{np.mean(e):.4f}", diff, f"{gates[name, n].yardstick_value:.4f} ({gate})",
+                     f"{q.fid_across_seeds:.3f}", kid])
+    return markdown_table(["objective", "n", "energy distance", "minus standard [95% CI]",
+                           "crude Gaussian (gate)", f"{fid_name} [95% CI]", "KID"], rows)

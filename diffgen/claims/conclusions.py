@@ -1,0 +1,130 @@
+"""The chapters' conclusions, written from their claim rows. A chapter's "Verdict" section is one call
+here: every sentence that states a verdict, a direction or a cause is derived from the rows it summarises, so a rerun
+whose numbers move cannot contradict its own text (tests/test_conclusions.py flips rows and reads the words).
+"""
+from __future__ import annotations
+
+from .results import FAILS, HOLDS, PREMISE, QUALITY
+from .rowtext import rows_markdown
+
+
+def tally(rows: list) -> str:
+    """'Of the paper's rows, 4 hold, 2 fail (C4, C6), 1 is not evaluated (premise not reached: C4); of ours, ...'"""
+    def part(group) -> str:
+        held = sum(r.verdict == HOLDS for r in group)
+        bad = [r for r in group if r.verdict in (FAILS, QUALITY)]
+        waiting = [r for r in group if r.verdict == PREMISE]
+        other = len(group) - held - len(bad) - len(waiting)
+        ids = lambda rs: ", ".join(dict.fromkeys(r.id for r in rs))  # noqa: E731
+        text = f"{held} hold{'s' if held == 1 else ''}, {len(bad)} fail{'s' if len(bad) == 1 else ''}"
+        text += f" ({ids(bad)})" if bad else ""
+        text += f", {len(waiting)} not evaluated (premise not reached: {ids(waiting)})" if waiting else ""
+        return text + (f", {other} not measurable" if other else "")
+
+    paper = [r for r in rows if r.source != "ours" and not r.id.startswith("R")]
+    ours = [r for r in rows if r.source == "ours" or r.id.startswith("R")]
+    return f"Of the paper's rows, {part(paper)}" + (f"; of ours, {part(ours)}" if ours else "") + "."
+
+
+def unflattened(rows: list) -> str:
+    """A sentence naming the rows measured before their learning curves flattened, or '' when there are none."""
+    early = [r for r in rows if r.flattened is False]
+    if not early:
+        return ""
+    return (f"{len(early)} of these rows were measured before their learning curves flattened: they speak for our "
+            "training budget, and a longer run (the `large` preset) may move them.")
+
+
+def failed_paper_rows(rows: list, claim_ids) -> list:
+    """The paper's rows of the given claims that fail (by their rule or for quality)."""
+    return [r for r in rows if r.id in claim_ids and r.source != "ours" and r.verdict in (FAILS, QUALITY)]
+
+
+# ------------------------------------------------------------------------------------------------------ chapters
+def trained_gap(approximates: dict, unseen: dict, critical: dict, tradeoff: dict) -> str:
+    """Chapter 3: the rows of C4 per training-set size n (approximates, generates unseen data, the difference is
+    critical) and of C6 (at equal time across widths; along training, ours), each with its verdict, and where C4's
+    premise is reached."""
+    rows = [r for n in approximates for r in (approximates[n], unseen[n], critical[n])] + list(tradeoff.values())
+    reached = [n for n, r in approximates.items() if r.holds]
+    scope = (f"C4's premise, nets that approximate eps*, is reached at n = {', '.join(map(str, reached))}."
+             if reached else "C4's premise, nets that approximate eps*, is reached at no size.")
+    return written(rows, scope, chapter="ch3")
+
+
+def written(rows: list, *paragraphs: str, chapter: str) -> str:
+    """A chapter's verdict section: the tally of its rows, the rows themselves (diffgen.claims.rowtext.rows_markdown:
+    one line each, conditions shared by several rows said once, every detail in a dropdown), the rows measured before
+    their curves flattened, any further computed paragraphs, and where the numbers are written."""
+    return "\n\n".join(filter(None, [tally(rows), rows_markdown(rows), unflattened(rows), *paragraphs,
+                                       f"The numbers are also written to `{chapter}.results.json` beside the "
+                                       "executed notebook."]))
+
+
+def speed_or_memorization(converged: list, along, matched) -> str:
+    """Chapter 4's reading of C5b, computed from its rows: 'memorizes less' at convergence (`converged`, the sizes
+    where the standard net copies), at equal steps while training (`along`) and at matched gap to eps* (`matched`).
+    Decided on the converged nets where they converged; else what the training curves say: slower training, or
+    less memorization beyond it."""
+    if not converged:
+        return ""
+    reached = [r for r in converged if r.verdict != PREMISE]
+    while_training = (f"While training, at equal steps, the new objective copies {_direction(along)} "
+                      f"({along.verdict}: {_value(along)})")
+    at_gap = f"at matched gap to eps* it copies {_direction(matched)} ({matched.verdict}: {_value(matched)})"
+    if len(reached) == len(converged):
+        if all(r.verdict == HOLDS for r in converged):
+            return ("On converged nets the new objective still memorizes less (C5b's 'memorizes less' holds at "
+                    f"every size where the standard net copies). {while_training}; {at_gap}.")
+        return ("On converged nets the new objective no longer memorizes less (C5b's 'memorizes less' "
+                f"{', '.join(r.verdict for r in converged)} at convergence): what it shows while training is one of "
+                f"training speed, our reading of the revision's 'optimization bias acts as a regularizer'. "
+                f"{while_training}; {at_gap}.")
+    flattened = [t for r in converged if r.premise for t in r.premise.tests if t.what == "nets whose curves flattened"]
+    counts = "; ".join(f"{int(t.value)} of {int(t.threshold)} nets' curves flattened" for t in flattened)
+    reading = ("the data support slower training, not less memorization" if along.verdict == HOLDS and
+               matched.verdict != HOLDS else "even at matched gap it copies less: a difference beyond training speed"
+               if matched.verdict == HOLDS else "neither shows less memorization")
+    return (f"The nets had not converged by the end of training ({counts or 'the premise says why'}), so C5b's "
+            f"'memorizes less' at convergence is not decided here. {while_training}; {at_gap}: {reading}.")
+
+
+def _direction(row) -> str:
+    if row.value is None:
+        return "(not measurable)"
+    return "less" if row.verdict == HOLDS else "more" if row.ci and row.ci[1] < 0 else "about as much"
+
+
+def _value(row) -> str:
+    from .rowtext import measured
+
+    return measured(row, seeds=False)
+
+
+def new_objective(rows: dict, name_new: str) -> str:
+    """Chapter 4: the rows of C5a and C5b (rows = {group: [Claim, ...]} as the chapter builds them) with their
+    verdicts; where a paper row of C5 fails, the causes of ours that come before the paper, each as measured."""
+    flat_rows = [r for group in rows.values() for r in group]
+    failed = failed_paper_rows(flat_rows, ("C5a", "C5b"))
+    causes = ""
+    if failed:
+        exact = next((r for r in flat_rows if r.id == "R3"), None)
+        listed = [f"our reading of the objective, whose exact optimum is eps* (R3 {exact.verdict})" if exact else
+                  "our reading of the objective",
+                  "the estimator of E[xi_{t,t-1} | x_t] we chose (randomized gaps converted by Tweedie's formula), "
+                  "which the summary names but does not specify"]
+        converged = [r for r in failed if r.premise and any(t.what == "nets whose curves flattened"
+                                                            for t in r.premise.tests)]
+        unchecked = len(failed) - len(converged)
+        listed.append("the training budget: " + (f"the nets behind {len(converged)} of them had converged by our "
+                                                 "criterion" if converged else "no failing row rests on nets whose "
+                                                 "convergence was checked")
+                      + (f"; {unchecked} rest{'s' * (unchecked == 1)} on nets whose convergence is not checked (the "
+                         "2-D toy, trained as chapter 1 trains it)" if unchecked else ""))
+        causes = (f"{len(failed)} of the paper's C5 rows fail here. Before they count against the paper, these causes "
+                  "of ours come first: " + "; ".join(listed) + ".")
+    copies = [r for r in rows.get("memorizes less", []) if r.premise and any(
+        t.what == "lower end of the standard net's copy rate" and t.met for t in r.premise.tests)]
+    reading = speed_or_memorization(copies, rows["along"][0], rows["matched"][0]) \
+        if rows.get("along") and rows.get("matched") else ""
+    return written(flat_rows, f"The headline objective is {name_new}.", reading, causes, chapter="ch4")
