@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from diffgen.chapters.curves import member_probe, objective_curves
+from diffgen.chapters.training_curves import member_probe, objective_curves
 from diffgen.data.datasets import load_dataset
 from diffgen.diffusion.fit import DECAYS, TrainConfig
 from diffgen.diffusion.models import MLPConfig

@@ -76,7 +76,7 @@ def test_library_change_reexecutes_chapters(tmp_path):
     assert _build(root, out, env).returncode == 0
     assert _printed(out) == printed1, "nothing changed, so the cached execution must be reused"
 
-    with open(pkg / "diffgen" / "schedule.py", "a") as f:
+    with open(pkg / "diffgen" / "diffusion" / "schedule.py", "a") as f:
         f.write("\n# a library change\n")
     third = _build(root, out, env)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
@@ -100,7 +100,7 @@ def test_a_page_that_diffgen_book_re_executes_is_rendered_anew(tmp_path):
     first = build()
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     printed1 = _printed(root)
-    with open(pkg / "diffgen" / "schedule.py", "a") as f:
+    with open(pkg / "diffgen" / "diffusion" / "schedule.py", "a") as f:
         f.write("\n# a library change\n")
     second = build()
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

@@ -145,7 +145,7 @@ TINY_CH3 = ["-p", "n_train", "16", "-p", "n_heldout", "16", "-p", "width", "8", 
 
 @pytest.mark.notebook("chapter 3 three times with `diffgen run`, training twice")
 def test_editing_a_plot_retrains_nothing(tmp_path):
-    """A chapter run twice around an edit of plotting.py (in a copy of the package that the run and its kernel
+    """A chapter run twice around an edit of chapters/figures.py (in a copy of the package that the run and its kernel
     import) writes no new artifact: the training keys follow the code that trains, not the code that draws. Chapter
     3 at the smoke preset cut to its smallest sizes (TINY_CH3: 100 steps of width-8 nets, no width sweep): what is
     trained does not matter here, only which edits write artifacts."""
@@ -165,11 +165,15 @@ def test_editing_a_plot_retrains_nothing(tmp_path):
         return {str(p.relative_to(tmp_path / "cache")): p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*")
                 if p.is_file()}
 
+    def edit(module: str, line: str) -> None:
+        path = pkg / "diffgen" / module
+        assert path.is_file(), f"{module} is not a module of the package"  # appending would create a stray file
+        with open(path, "a") as f:
+            f.write(line)
+
     first = run("a")
     assert first, "the smoke chapter trains networks into the cache"
-    with open(pkg / "diffgen" / "plotting.py", "a") as f:
-        f.write("\n# a new plot label\n")
-    assert run("b") == first, "an edit of plotting.py must not write any artifact"
-    with open(pkg / "diffgen" / "objectives.py", "a") as f:
-        f.write("\n# a change of the objective's module\n")
-    assert set(run("c")) > set(first), "an edit of objectives.py must retrain"
+    edit("chapters/figures.py", "\n# a new plot label\n")
+    assert run("b") == first, "an edit of chapters/figures.py must not write any artifact"
+    edit("diffusion/objectives.py", "\n# a change of the objective's module\n")
+    assert set(run("c")) > set(first), "an edit of diffusion/objectives.py must retrain"

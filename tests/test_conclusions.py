@@ -173,7 +173,7 @@ def trajectories(sched):
     'apart' ends farther from it (it stays less memorizing)."""
     import torch
 
-    from diffgen.chapters.curves import ObjectiveCurves
+    from diffgen.chapters.training_curves import ObjectiveCurves
     from diffgen.data.datasets import load_dataset
     from diffgen.diffusion.denoisers import Blend, GaussianDenoiser
     from diffgen.diffusion.optimum import EmpiricalOptimum

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffgen.chapters import curves, mutual_information, new_objective, trained_gap
+from diffgen.chapters import mutual_information, new_objective, trained_gap, training_curves
 from diffgen.chapters.generators import training_sets
 from diffgen.claims import verdicts
 from diffgen.claims.results import Condition
@@ -173,7 +173,7 @@ def objective_runs(sched, tmp_path_factory):
 
 def test_probe_gaps_are_zero_for_eps_star_and_differences_zero_for_the_model_itself(sched, objective_runs):
     sets, runs = objective_runs
-    probe = curves.member_probe(sets, sched, (1, 10, 100, 1000), n_probe=32, seed=0)
+    probe = training_curves.member_probe(sets, sched, (1, 10, 100, 1000), n_probe=32, seed=0)
     assert probe.xt.shape == (3, 4, 32, 2) and torch.equal(probe.xt[0], probe.xt[1])  # one set, one probe
 
     class Optimum:  # eps* of each member's set, as an ensemble
@@ -183,10 +183,10 @@ def test_probe_gaps_are_zero_for_eps_star_and_differences_zero_for_the_model_its
             return torch.stack([EmpiricalOptimum(s, sched, dtype=torch.float64)(x[m].double(), t[m])
                                 for m, s in enumerate(sets)])
 
-    assert np.abs(curves.relative_differences(Optimum(), probe)).max() < 1e-10
+    assert np.abs(training_curves.relative_differences(Optimum(), probe)).max() < 1e-10
     model = runs["standard"].model_at()
-    assert np.all(curves.relative_differences(model, probe, model) == 0)
-    gaps = curves.relative_differences(model, probe)
+    assert np.all(training_curves.relative_differences(model, probe, model) == 0)
+    gaps = training_curves.relative_differences(model, probe)
     assert gaps.shape == (3, 4) and np.all(gaps > 0)
 
 
@@ -195,7 +195,7 @@ def test_similarity_ratio_is_near_one_for_a_rerun_and_large_for_a_net_on_other_d
     near 1 in it, a net trained on other data far above; the C5a row flips between them (3 members stand for
     seeds)."""
     sets, runs = objective_runs
-    probe = curves.member_probe(sets, sched, (10, 100, 500), n_probe=64, seed=0)
+    probe = training_curves.member_probe(sets, sched, (10, 100, 500), n_probe=64, seed=0)
     at = lambda name: runs[name].model_at()  # noqa: E731
     reruns = [at("rerun"), at("rerun 2")]
     rerun, null = new_objective.similarity_ratios(at("rerun 3"), at("standard"), reruns, probe)
@@ -221,22 +221,22 @@ def test_objective_curves_measure_every_member_at_every_snapshot(sched, objectiv
     run = train_ensemble(PlainMLPConfig(hidden=16, depth=1, time_dim=8), EpsLoss(sched), sets64, (64,),
                          TrainConfig(train_steps=40, batch_size=16, checkpoint_every=20), seeds=(0, 1, 0),
                          device="cpu", cache_dir=tmp_path, progress=False)
-    probe = curves.member_probe(sets64, sched, (10, 500), n_probe=16, seed=0)
-    c = curves.objective_curves(run, sets64, digits.heldout, clf, sched, probe, n_samples=20, steps=5, seed=0)
+    probe = training_curves.member_probe(sets64, sched, (10, 500), n_probe=16, seed=0)
+    c = training_curves.objective_curves(run, sets64, digits.heldout, clf, sched, probe, n_samples=20, steps=5, seed=0)
     assert c.train_steps == (20, 40) and c.rate.shape == c.kid.shape == c.gap.shape == c.heldout_loss.shape == (3, 2)
     assert c.samples.shape == (3, 20, 64) and c.ratios.shape == (3, 20)
     assert np.all((0 <= c.rate) & (c.rate <= 1)) and np.all(c.gap > 0)
     last = run.model_at(40)
-    assert np.allclose(c.heldout_loss[:, 1], curves.heldout_losses(last, digits.heldout, sched, seed=0))
+    assert np.allclose(c.heldout_loss[:, 1], training_curves.heldout_losses(last, digits.heldout, sched, seed=0))
     assert [r.value for r in c.rates(range(3))] == pytest.approx(c.rate[:, 1].tolist())
-    blind = curves.objective_curves(run, sets64, digits.heldout, None, sched, probe, n_samples=20, steps=5, seed=0)
+    blind = training_curves.objective_curves(run, sets64, digits.heldout, None, sched, probe, n_samples=20, steps=5, seed=0)
     assert blind.kid is None and np.array_equal(blind.rate, c.rate)  # no classifier: the same, without KID
     rows = trained_gap.snapshot_rows(c, {0: (12, 0), 2: (18, 0)})
     assert [(r.n, r.train_step) for r in rows] == [(12, 20), (12, 40), (18, 20), (18, 40)]
     assert rows[1].rate.total == 20 and rows[1].rate.value == pytest.approx(c.rate[0, 1])
     assert rows[3].gap == c.gap[2, 1] and rows[3].d1.shape == (20,) and rows[2].d1.shape == (0,)
     assert np.allclose(rows[3].d1, nearest_neighbors(c.samples[2], sets64[2]).d1.numpy() / 8)
-    first = curves.select_members(last, [2, 0])
+    first = training_curves.select_members(last, [2, 0])
     assert first.n_members == 2 and all(torch.equal(v[0], last.state[k][2]) for k, v in first.state.items())
 
 
@@ -251,9 +251,9 @@ def test_heldout_losses_use_common_draws_and_rank_the_optimum_first(sched, digit
             opt = EmpiricalOptimum(digits.heldout, sched, dtype=torch.float64)
             return torch.stack([opt(x[0].double(), t[0]).float(), torch.zeros_like(x[1])])
 
-    losses = curves.heldout_losses(Members(), digits.heldout, sched, repeats=2, seed=0)
+    losses = training_curves.heldout_losses(Members(), digits.heldout, sched, repeats=2, seed=0)
     assert losses[1] == pytest.approx(1.0, abs=0.1) and losses[0] < 0.5 * losses[1]
-    assert np.array_equal(losses, curves.heldout_losses(Members(), digits.heldout, sched, repeats=2, seed=0))
+    assert np.array_equal(losses, training_curves.heldout_losses(Members(), digits.heldout, sched, repeats=2, seed=0))
 
 
 def test_rates_at_matched_gap_interpolate_in_log_gap_and_refuse_to_extrapolate():
@@ -267,8 +267,8 @@ def test_rates_at_matched_gap_interpolate_in_log_gap_and_refuse_to_extrapolate()
 
 
 def test_still_falling():
-    assert curves.still_falling([1.0, 0.5, 0.4]) == pytest.approx(0.2)
-    assert curves.still_falling([1.0, 0.5, 0.49]) is None
-    assert curves.still_falling([1.0, 0.5, 0.7]) is None
+    assert training_curves.still_falling([1.0, 0.5, 0.4]) == pytest.approx(0.2)
+    assert training_curves.still_falling([1.0, 0.5, 0.49]) is None
+    assert training_curves.still_falling([1.0, 0.5, 0.7]) is None
     with pytest.raises(ValueError, match="at least two"):
-        curves.still_falling([1.0])
+        training_curves.still_falling([1.0])

@@ -42,7 +42,7 @@ def workspace(tmp_path_factory) -> Path:
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    presets = tomllib.loads((REPO / "diffgen" / "presets.toml").read_text())["smoke"]
+    presets = tomllib.loads((REPO / "diffgen" / "chapters" / "presets.toml").read_text())["smoke"]
     folder = tmp_path_factory.mktemp("lab")
     for path in CHAPTERS:
         nb = parameterize_notebook(load_notebook_node(str(path)), presets[path.stem.split("_")[0]])

@@ -118,7 +118,7 @@ def test_chapter_specific_figures(ax):
 
 
 def test_objective_curves_and_rate_against_gap_draw_every_objective():
-    from diffgen.chapters.curves import ObjectiveCurves
+    from diffgen.chapters.training_curves import ObjectiveCurves
 
     fig, axes = plt.subplots(1, 4)
     curve = lambda k, kid: ObjectiveCurves((10, 20, 40), np.full((2, 3), 0.1 * k), kid,  # noqa: E731

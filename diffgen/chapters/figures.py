@@ -287,7 +287,7 @@ def plot_normalized_by_size(normalized: dict, *, ax):
 
 
 def plot_size_curves(curves: dict, plan, what: str, *, ax, ylabel: str):
-    """One curve per training-set size of a trained_gap_plan: `what` of curves.ObjectiveCurves ('gap',
+    """One curve per training-set size of a trained_gap_plan: `what` of training_curves.ObjectiveCurves ('gap',
     'heldout_loss', ...) of its nets on S along the snapshots, mean over the seeds, band: their range."""
     for n in plan.sizes:
         job, on_s, _ = plan.members(n)
@@ -425,7 +425,7 @@ def plot_noisy_points(rows, toy_s, toy_mi: dict, toy_bound: dict, ceiling: float
 
 
 def plot_objective_curves(curves: dict, members, axes):
-    """curves.ObjectiveCurves per objective along training, for the member indices `members` (one list for every
+    """training_curves.ObjectiveCurves per objective along training, for the member indices `members` (one list for every
     objective, or {objective: its members}, e.g. the seeds of one training-set size): copy rate, KID (an axis left
     empty without it), relative gap to eps* and, with a fourth axis, the standard loss on held-out images (mean over
     the seeds, band: their range)."""

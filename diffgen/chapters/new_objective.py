@@ -12,7 +12,7 @@ from ..diffusion.optimum import EmpiricalOptimum
 from ..diffusion.samplers import sample_ddim
 from ..diffusion.schedule import Schedule
 from ..measures.metrics import Estimate, Proportion, copy_rate, nearest_neighbors
-from .curves import ObjectiveCurves, Probe, relative_differences
+from .training_curves import ObjectiveCurves, Probe, relative_differences
 
 
 def forward_time_minimiser_error(objective, train: torch.Tensor, sched: Schedule, times, *, n_probe: int,

@@ -31,7 +31,7 @@ SIMILAR_RATIO = 1.25  # "a similar model": the new net's difference to the stand
 
 def converged(fall: float, what: str = "every learning curve") -> Condition:
     """The premise 'sufficient training', as measured: `what` fell by at most FLAT of its value over the last
-    interval of training (fall: the largest relative fall, curves.last_fall)."""
+    interval of training (fall: the largest relative fall, training_curves.last_fall)."""
     return Condition(f"sufficient training: {what} flattened", fall <= FLAT,
                      (Comparison("largest relative fall over the last interval", fall, "<=", FLAT),))
 
@@ -249,7 +249,7 @@ def tradeoff_at_equal_time(slopes, what: str) -> Claim:
 
 def nets_converged(convergence, members, what: str) -> Condition:
     """The premise 'sufficient training' of a trained-model row, per net: every one of `members` of an
-    curves.Convergence had its gap to eps* and held-out loss move by at most its relative tolerance and its copy
+    training_curves.Convergence had its gap to eps* and held-out loss move by at most its relative tolerance and its copy
     rate by at most its absolute tolerance over the last interval between snapshots."""
     members = list(members)
     done = int(convergence.converged[members].sum())

@@ -269,8 +269,9 @@ def _parser() -> argparse.ArgumentParser:
                          description="Execute chapters headlessly; write each executed notebook and its "
                                      "<chapter>.results.json into the output folder.")
     run.add_argument("chapters", nargs="+", metavar="CHAPTER", help="ch2, 2 or ch2_empirical_optimum")
-    run.add_argument("--preset", default="default", help="smoke, default, large or paper (diffgen/presets.toml); "
-                                                         "default: the notebooks' own parameters")
+    run.add_argument("--preset", default="default", help="smoke, default, large or paper "
+                                                         "(diffgen/chapters/presets.toml); default: the notebooks' own "
+                                                         "parameters")
     run.add_argument("-p", dest="param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override a parameter in every selected chapter that declares it (repeatable)")
     run.add_argument("--device", choices=DEVICES, help="set every chapter's device parameter")
@@ -288,7 +289,8 @@ def _parser() -> argparse.ArgumentParser:
                                        "$(which diffgen) train CHAPTER ... (DDP; the batch is split across "
                                        "processes; rank 0 writes). An interrupted run resumes from its checkpoint.")
     train.add_argument("chapter", metavar="CHAPTER", help="ch3 (the chapters with a training plan)")
-    train.add_argument("--preset", default="default", help="smoke, default, large or paper (diffgen/presets.toml)")
+    train.add_argument("--preset", default="default",
+                       help="smoke, default, large or paper (diffgen/chapters/presets.toml)")
     train.add_argument("-p", dest="param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                        help="override a chapter parameter (repeatable)")
     train.add_argument("--device", choices=DEVICES, help="set the chapter's device parameter")
@@ -306,7 +308,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", dest="fixed", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                        help="a parameter held fixed at VALUE in every point (repeatable)")
     sweep.add_argument("--seeds", type=int, metavar="K", help="also sweep seed = 0..K-1 (intervals across seeds)")
-    sweep.add_argument("--preset", default="default", help="smoke, default, large or paper (diffgen/presets.toml)")
+    sweep.add_argument("--preset", default="default",
+                       help="smoke, default, large or paper (diffgen/chapters/presets.toml)")
     sweep.add_argument("--device", choices=DEVICES, help="set the chapter's device parameter")
     sweep.add_argument("--out", type=Path, required=True, metavar="DIR", help="the sweep's folder")
     sweep.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (default: a LocalCluster)")

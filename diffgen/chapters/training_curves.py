@@ -152,7 +152,7 @@ def heldout_losses(ensemble, heldout: torch.Tensor, sched: Schedule, *, repeats:
 
 def flattened(curve, tolerance: float = 0.05) -> bool:
     """Whether a learning curve (values at the snapshots, e.g. the mean over seeds of the gap to eps*) has flattened:
-    its last interval falls by at most `tolerance` of its value (curves.last_fall)."""
+    its last interval falls by at most `tolerance` of its value (training_curves.last_fall)."""
     return still_falling(curve, tolerance) is None
 
 
