@@ -221,8 +221,8 @@ def test_chapter4_reading_follows_real_trajectories(trajectories):
                            (Comparison("nets whose curves flattened", 10 if converged else 6, ">=", 10),))
         at_end = verdicts.memorizes_less(new_objective.rate_differences(fast, other, members), "x", copies, gate, 40)
         along = verdicts.less_along_training(new_objective.along_differences(fast, other, members), "x", gate, 40)
-        matched = verdicts.less_at_matched(new_objective.matched_differences(fast, other, members), "gap to eps*",
-                                           "x", gate)
+        matched = [verdicts.less_at_matched(new_objective.matched_differences(fast, other, members), "gap to eps*",
+                                            "x", gate)]
         return at_end, along, matched
 
     at_end, along, matched = rows("slow", True)
@@ -236,3 +236,12 @@ def test_chapter4_reading_follows_real_trajectories(trajectories):
     text = conclusions.speed_or_memorization([at_end], along, matched)
     assert at_end.verdict == "premise not reached" and "6 of 10 nets' curves flattened" in text
     assert "not decided here" in text and np.isfinite(along.value)
+    # two measures of progress that disagree: the reading says the curves do not decide, never "beyond speed"
+    loss = verdicts.less_at_matched([0.001, -0.002, 0.0, 0.002, -0.001], "standard loss on held-out images", "x", gate)
+    gap = verdicts.less_at_matched([0.09, 0.08, 0.1, 0.11, 0.09], "gap to eps*", "x", gate)
+    assert (gap.verdict, loss.verdict) == ("holds", "fails")
+    text = conclusions.speed_or_memorization([at_end], along, [gap, loss])
+    assert ("copies less at matched gap to eps* but not at matched standard loss on held-out images" in text
+            and "do not decide it" in text and "beyond training speed" not in text)
+    text = conclusions.speed_or_memorization([at_end], along, [gap])
+    assert "beyond training speed" in text  # the flip: with only the gap matched, the reading would claim more

@@ -61,32 +61,45 @@ def written(rows: list, *paragraphs: str, chapter: str) -> str:
                                        "executed notebook."]))
 
 
-def speed_or_memorization(converged: list, along, matched) -> str:
+def speed_or_memorization(converged: list, along, matched: list) -> str:
     """Chapter 4's reading of C5b, computed from its rows: 'memorizes less' at convergence (`converged`, the sizes
-    where the standard net copies), at equal steps while training (`along`) and at matched gap to eps* (`matched`).
-    Decided on the converged nets where they converged; else what the training curves say: slower training, or
-    less memorization beyond it."""
+    where the standard net copies), at equal steps while training (`along`) and at matched progress (`matched`: one
+    row per measure of progress, gap to eps* and held-out loss). Decided on the converged nets where they converged;
+    else what the training curves say: slower training, less memorization beyond it, or, where the matched rows
+    disagree, that the answer depends on which progress is matched."""
     if not converged:
         return ""
     reached = [r for r in converged if r.verdict != PREMISE]
     while_training = (f"While training, at equal steps, the new objective copies {_direction(along)} "
                       f"({along.verdict}: {_value(along)})")
-    at_gap = f"at matched gap to eps* it copies {_direction(matched)} ({matched.verdict}: {_value(matched)})"
+    at = "; ".join(f"at {_matched(r)} it copies {_direction(r)} ({r.verdict}: {_value(r)})" for r in matched)
     if len(reached) == len(converged):
         if all(r.verdict == HOLDS for r in converged):
             return ("On converged nets the new objective still memorizes less (C5b's 'memorizes less' holds at "
-                    f"every size where the standard net copies). {while_training}; {at_gap}.")
+                    f"every size where the standard net copies). {while_training}; {at}.")
         return ("On converged nets the new objective no longer memorizes less (C5b's 'memorizes less' "
                 f"{', '.join(r.verdict for r in converged)} at convergence): what it shows while training is one of "
                 f"training speed, our reading of the revision's 'optimization bias acts as a regularizer'. "
-                f"{while_training}; {at_gap}.")
+                f"{while_training}; {at}.")
     flattened = [t for r in converged if r.premise for t in r.premise.tests if t.what == "nets whose curves flattened"]
     counts = "; ".join(f"{int(t.value)} of {int(t.threshold)} nets' curves flattened" for t in flattened)
-    reading = ("the data support slower training, not less memorization" if along.verdict == HOLDS and
-               matched.verdict != HOLDS else "even at matched gap it copies less: a difference beyond training speed"
-               if matched.verdict == HOLDS else "neither shows less memorization")
+    less = [r for r in matched if r.verdict == HOLDS]
+    if less and len(less) == len(matched):
+        reading = "at every matched progress it copies less: a difference beyond training speed"
+    elif less:
+        reading = (f"it copies less at {' and '.join(_matched(r) for r in less)} but not at "
+                   f"{' and '.join(_matched(r) for r in matched if r.verdict != HOLDS)}: whether it memorizes less "
+                   "or only learns slower depends on which progress is matched, so these curves do not decide it")
+    else:
+        reading = ("the data support slower training, not less memorization" if along.verdict == HOLDS else
+                   "neither shows less memorization")
     return (f"The nets had not converged by the end of training ({counts or 'the premise says why'}), so C5b's "
-            f"'memorizes less' at convergence is not decided here. {while_training}; {at_gap}: {reading}.")
+            f"'memorizes less' at convergence is not decided here. {while_training}; {at}: {reading}.")
+
+
+def _matched(row) -> str:
+    """'matched gap to eps*' from the metric of a verdicts.less_at_matched row."""
+    return row.metric.split(",")[0].removeprefix("copy rate at ")
 
 
 def _direction(row) -> str:
@@ -125,6 +138,6 @@ def new_objective(rows: dict, name_new: str) -> str:
                   "of ours come first: " + "; ".join(listed) + ".")
     copies = [r for r in rows.get("memorizes less", []) if r.premise and any(
         t.what == "lower end of the standard net's copy rate" and t.met for t in r.premise.tests)]
-    reading = speed_or_memorization(copies, rows["along"][0], rows["matched"][0]) \
+    reading = speed_or_memorization(copies, rows["along"][0], rows["matched"]) \
         if rows.get("along") and rows.get("matched") else ""
     return written(flat_rows, f"The headline objective is {name_new}.", reading, causes, chapter="ch4")
