@@ -19,7 +19,7 @@ from diffgen.diffusion.models import PlainMLPConfig
 from diffgen.diffusion.objectives import EpsLoss, ForwardTimeLoss
 from diffgen.diffusion.optimum import EmpiricalOptimum
 from diffgen.diffusion.train import train_ensemble
-from diffgen.measures.metrics import across_seeds, nearest_neighbors
+from diffgen.measures.metrics import across_seeds, copy_rate, nearest_neighbors
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +238,34 @@ def test_objective_curves_measure_every_member_at_every_snapshot(sched, objectiv
     assert np.allclose(rows[3].d1, nearest_neighbors(c.samples[2], sets64[2]).d1.numpy() / 8)
     first = training_curves.select_members(last, [2, 0])
     assert first.n_members == 2 and all(torch.equal(v[0], last.state[k][2]) for k, v in first.state.items())
+
+
+def test_convergence_of_a_net_that_stopped_moving_is_exact_whatever_the_samples_along(sched, objective_runs):
+    """A net whose last two snapshots hold the same weights has converged: every curve moves by exactly 0 over the
+    last interval, also where the snapshots before sample fewer points (n_samples_along): the last two sample
+    n_samples from the same x_T. (Sampled with 16 points against 64, the copy rate moved by the draw alone.)"""
+    sets, runs = objective_runs
+    run = runs["standard"]
+
+    class Stopped:  # the run, its last snapshot shown twice (at step 399 and at 400)
+        n_members, snapshot_steps = run.n_members, [100, 399, 400]
+
+        def sample(self, step, *args, **kwargs):
+            return run.sample(400 if step == 399 else step, *args, **kwargs)
+
+        def model_at(self, step):
+            return run.model_at(400 if step == 399 else step)
+
+    heldout = eight_gaussians().sample(64, torch.Generator().manual_seed(5)).float()
+    probe = training_curves.member_probe(sets, sched, (10, 500), n_probe=16, seed=0)
+    c = training_curves.objective_curves(Stopped(), sets, heldout, None, sched, probe, n_samples=64, steps=10,
+                                         seed=0, n_samples_along=16)
+    assert 0 < c.rate[:, -1].mean() < 1  # copies some samples, not all: a rate the draw could move
+    moved = training_curves.convergence(c)
+    assert np.all(moved.rate_change == 0) and np.all(moved.gap_fall == 0) and np.all(moved.loss_change == 0)
+    assert moved.converged.all()
+    along = run.sample(400, sched, 16, steps=10, seed=0)  # what the second-to-last snapshot sampled before
+    assert [copy_rate(nearest_neighbors(along[m], sets[m]).ratio).value for m in range(3)] != c.rate[:, -1].tolist()
 
 
 def test_heldout_losses_use_common_draws_and_rank_the_optimum_first(sched, digits):

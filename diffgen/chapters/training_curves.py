@@ -88,7 +88,8 @@ def objective_curves(ensemble, sets: list[torch.Tensor], heldout: torch.Tensor, 
     steps or a grid, x0 clamped to `clip`; KID in the space of `features`, a fid.QualityFeatures or a classifier
     (standardized unless they are Inception's); None: no KID). Two ensembles of the same members sample member
     m from the same noise: their samples are paired. n_samples_along: fewer samples at the snapshots before the
-    last (the curves cost less; the last snapshot, which the rows read, keeps n_samples)."""
+    last two (the curves cost less); the last two keep n_samples from the same x_T, so that the copy rate's change
+    between them, which `convergence` reads, is the net's and not the draw's (the rows read the last)."""
     from ..measures.quality import kid
 
     ref = None if features is None else features.features(heldout)
@@ -96,7 +97,7 @@ def objective_curves(ensemble, sets: list[torch.Tensor], heldout: torch.Tensor, 
     M, snaps = ensemble.n_members, ensemble.snapshot_steps
     rate, kids, gap, loss = (np.zeros((M, len(snaps))) for _ in range(4))
     for j, step in enumerate(snaps):
-        k = n_samples if n_samples_along is None or j == len(snaps) - 1 else n_samples_along
+        k = n_samples if n_samples_along is None or j >= len(snaps) - 2 else n_samples_along
         z = ensemble.sample(step, sched, k, steps=steps, seed=seed, clip=clip)
         nn = [nearest_neighbors(z[m], sets[m].cpu()) for m in range(M)]
         ratios, d1 = torch.stack([x.ratio.cpu() for x in nn]), torch.stack([x.d1.cpu() for x in nn])
@@ -176,7 +177,8 @@ class Convergence:
 
 
 def convergence(curves: ObjectiveCurves, *, relative: float = 0.05, absolute: float = 0.05) -> Convergence:
-    """Convergence of every member of an ObjectiveCurves from its last two snapshots."""
+    """Convergence of every member of an ObjectiveCurves from its last two snapshots (gap and held-out loss on common
+    draws, the copy rate on samples from the same x_T: objective_curves)."""
     g, l, r = curves.gap[:, -2:], curves.heldout_loss[:, -2:], curves.rate[:, -2:]
     return Convergence((g[:, 0] - g[:, 1]) / np.abs(g[:, 0]), np.abs(l[:, 1] - l[:, 0]) / np.abs(l[:, 0]),
                        np.abs(r[:, 1] - r[:, 0]), relative, absolute)
