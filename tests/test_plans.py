@@ -12,6 +12,7 @@ from diffgen.chapters import plans, registry
 from diffgen.claims.results import read_results
 from diffgen.commands import cli
 from diffgen.data.fixtures import write_cifar10
+from diffgen.diffusion.fit import TrainConfig
 from diffgen.diffusion.models import MLPConfig, UNetConfig, parameter_count
 
 BIN = Path(sys.executable).parent
@@ -73,6 +74,17 @@ def test_chapter3_plan_from_its_smoke_parameters():
     assert plan.middle == 64 and [len(s) for s in plan.jobs["width 16"].sets] == [64, 64] and 32 in plan.widths
     assert plan.jobs["width 16"].model_cfg == MLPConfig(hidden=16)
     assert plans.trained_gap_plan(p, "cpu").jobs["main"].key == main.key  # the same parameters, the same key
+    assert main.cfg.checkpoint_every == plans.snapshot_interval(main.cfg.train_steps)
+
+
+@pytest.mark.parametrize("train_steps", [100, 200, 1000, 2000, 4000, 20000])
+def test_the_last_snapshot_interval_is_a_full_one(train_steps):
+    """The learning curves' last interval says whether a net converged: it spans about train_steps / SNAPSHOTS steps
+    (train_steps // 6 left 4 steps at 1000 and 2 at 2000, over which every curve is flat)."""
+    cfg = TrainConfig(train_steps=train_steps, checkpoint_every=plans.snapshot_interval(train_steps))
+    kept = [step for step in range(1, train_steps + 1) if cfg.keeps(step)]
+    assert len(kept) == plans.SNAPSHOTS and kept[-1] == train_steps
+    assert kept[-1] - kept[-2] >= 0.8 * train_steps / plans.SNAPSHOTS
 
 
 def test_train_refuses_a_chapter_without_plan_and_unknown_runs(capsys):

@@ -24,6 +24,16 @@ WIDTHS = (1 / 2, 2 / 3, 5 / 6, 1, 7 / 6)  # chapter 3's widths (shares of `width
 # time (measured at 3000 steps on digits: widths of a quarter to a half of 96 fail the quality gate at n = 63)
 
 
+SNAPSHOTS = 6  # EMA snapshots along a chapter's training: the learning curves' points
+
+
+def snapshot_interval(train_steps: int, count: int = SNAPSHOTS) -> int:
+    """TrainConfig.checkpoint_every for `count` EMA snapshots of a run of train_steps: ceil(train_steps / count), so
+    that the last interval, which says whether a curve has flattened (training_curves.convergence), is a full one or
+    nearly (floor division left train_steps mod count steps there: 4 steps at 1000, 2 at 2000)."""
+    return max(1, -(-train_steps // count))
+
+
 def net_config(model: str, width: int, shape: tuple[int, ...], dropout: float | None = None) -> ModelConfig:
     """The noise predictor of `model` at `width`: an MLP of that hidden width on flattened images, or DDPM's U-Net
     with `width` base channels: levels down to 4x4 (8x8 images: 8, 4), two residual blocks per level and
@@ -119,7 +129,7 @@ def trained_gap_plan(p: Mapping, device, *, dataset: Dataset | None = None) -> T
     seeds = tuple(range(p["seed"], p["seed"] + p["n_seeds"]))
     net_cfg = net_config(p["model"], p["width"], ds.shape)
     cfg = TrainConfig(train_steps=p["train_steps"], batch_size=p["batch_size"],
-                      checkpoint_every=max(1, p["train_steps"] // 6))
+                      checkpoint_every=snapshot_interval(p["train_steps"]))
     sizes = sorted({int(round(v)) for v in np.geomspace(8, p["n_train"], p["n_sizes"])})
     w = p["width"]
     widths = sorted({max(8, round(w * f)) for f in WIDTHS}) if p["width_sweep"] else [w]

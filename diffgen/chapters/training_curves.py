@@ -168,6 +168,7 @@ class Convergence:
     rate_change: np.ndarray  # [M] |r[-1] - r[-2]|
     relative: float  # tolerance of the gap and the loss
     absolute: float  # tolerance of the copy rate
+    interval: tuple[int, int]  # the training steps of the last two snapshots
 
     @property
     def converged(self) -> np.ndarray:
@@ -181,4 +182,4 @@ def convergence(curves: ObjectiveCurves, *, relative: float = 0.05, absolute: fl
     draws, the copy rate on samples from the same x_T: objective_curves)."""
     g, l, r = curves.gap[:, -2:], curves.heldout_loss[:, -2:], curves.rate[:, -2:]
     return Convergence((g[:, 0] - g[:, 1]) / np.abs(g[:, 0]), np.abs(l[:, 1] - l[:, 0]) / np.abs(l[:, 0]),
-                       np.abs(r[:, 1] - r[:, 0]), relative, absolute)
+                       np.abs(r[:, 1] - r[:, 0]), relative, absolute, tuple(curves.train_steps[-2:]))

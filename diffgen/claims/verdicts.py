@@ -253,8 +253,10 @@ def nets_converged(convergence, members, what: str) -> Condition:
     rate by at most its absolute tolerance over the last interval between snapshots."""
     members = list(members)
     done = int(convergence.converged[members].sum())
+    first, last = convergence.interval
     return Condition(f"sufficient training: the curves of every net ({what}) flattened (gap and held-out loss within "
-                     f"{convergence.relative:.0%}, copy rate within {convergence.absolute:g} over the last interval)",
+                     f"{convergence.relative:.0%}, copy rate within {convergence.absolute:g} over the last interval, "
+                     f"steps {first} to {last})",
                      done == len(members), (Comparison("nets whose curves flattened", done, ">=", len(members)),))
 
 
