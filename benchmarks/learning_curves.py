@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from diffgen.chapters.plans import snapshot_interval
 from diffgen.chapters.training_curves import member_probe, objective_curves
 from diffgen.data.datasets import load_dataset
 from diffgen.diffusion.fit import DECAYS, TrainConfig
@@ -35,7 +36,8 @@ def curves(objective: str, lr: float, batch: int, steps: int, decay: str, width:
     members = [(n, s) for n in SIZES for s in SEEDS]
     sets = [ds.train[:n] for n, _ in members]
     loss = EpsLoss(sched) if objective == "std" else ForwardTimeLoss(sched, "uniform")
-    cfg = TrainConfig(train_steps=steps, batch_size=batch, lr=lr, decay=decay, checkpoint_every=max(1, steps // 12))
+    cfg = TrainConfig(train_steps=steps, batch_size=batch, lr=lr, decay=decay,
+                      checkpoint_every=snapshot_interval(steps, 12))  # the last interval a full one
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         run = train_ensemble(MLPConfig(hidden=width), loss, sets, ds.shape, cfg, seeds=[s for _, s in members],
