@@ -118,7 +118,7 @@ def _run_all(page, results: Path) -> float:
     page.wait_for_selector(KERNEL_IDLE, timeout=KERNEL_START_LIMIT * 1000)
     results.unlink(missing_ok=True)
     start = time.monotonic()
-    for attempt in range(2):
+    for _ in range(2):
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_text("Run All Cells", exact=True).click()
         queued = time.monotonic() + 30
