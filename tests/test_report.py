@@ -92,6 +92,29 @@ def test_rows_whose_premise_is_not_reached_do_not_count_and_quality_failures_do(
     assert "read as: there is a regime where" in text and "region: holds at n = 64" in text
 
 
+def test_the_headline_row_of_a_claim_is_one_that_decides_it(tmp_path):
+    """A claim read "in every measured case" is headed by its first failing row, else by a row that holds; a row
+    whose premise was not reached (listed first here) heads it only when no row was evaluated."""
+    missed = Condition("every net converged", False, (Comparison("nets whose curves flattened", 0, ">=", 10),))
+    rows = [paper_row("C5b", "copy rate difference, n = 20", 0.16, (0.12, 0.2), "> 0", True, 5, premise=missed),
+            paper_row("C5b", "I(z; m) difference", 0.09, (0.05, 0.12), "> 0", True, 5),
+            paper_row("C5b", "quality difference", 0.1, (0.05, 0.15), "<= 0.03", False, 5)]
+
+    def headline(claims):
+        return report.by_claim(report.load_run(_written(tmp_path, claims))[1])["C5b"].headline
+
+    assert headline(rows[:2]).metric == "I(z; m) difference"  # holds, not the row that decides nothing
+    assert headline(rows).metric == "quality difference"  # the flip: a failing row heads it
+    assert headline(rows[:1]).metric == "copy rate difference, n = 20"  # nothing evaluated: the row there is
+
+
+def _written(folder: Path, claims: list) -> Path:
+    for old in folder.glob("*.results.json"):
+        old.unlink()
+    write_results(folder, "ch4", {}, claims)
+    return folder
+
+
 def test_a_claim_read_as_there_is_a_regime_where_counts_fresh_sweep_points(tmp_path):
     """A C4 regime that fails in the chapter but holds in a sweep point of the current source: the claim holds,
     and the region names both; a stale point (other source) does not count."""

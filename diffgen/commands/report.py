@@ -260,7 +260,8 @@ class Group:
     @property
     def headline(self) -> Row | None:
         """The row that says most about the verdict: for a claim read "there is a regime", the first row of the
-        first regime that holds; else the first failing paper row, or the first paper row."""
+        first regime that holds; else the first failing paper row, else the first that holds (a row whose premise
+        was not reached decides nothing, so it heads the claim only when no row was evaluated)."""
         measured = [r for r in self.paper if r.verdict != NOT_RUN]
         if not measured:
             return None
@@ -268,7 +269,8 @@ class Group:
             held = [p for p in regimes(measured) if p.verdict == HOLDS]
             return held[0].rows[0] if held else next(iter(p.failing[0] for p in regimes(measured) if p.failing),
                                                     measured[0])
-        return next((r for r in measured if r.verdict not in (HOLDS, PREMISE)), measured[0])
+        failing = [r for r in measured if r.verdict in (FAILS, QUALITY)]
+        return (failing or [r for r in measured if r.verdict == HOLDS] or measured)[0]
 
 
 def region(group: Group) -> str:
