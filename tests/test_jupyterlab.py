@@ -9,6 +9,7 @@ DIFFGEN_BROWSER_LAB=1 (`make browser-test` sets it); `make test` skips it.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -101,7 +102,6 @@ def screenshots() -> Path:
 ERRORS = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'  # stderr streams and tracebacks
 
 
-KERNEL_IDLE = '.jp-Notebook-ExecutionIndicator[data-status="idle"]'  # the notebook toolbar's kernel status
 KERNEL_START_LIMIT = 180  # seconds for the first kernel of a cold machine to connect
 
 
@@ -109,25 +109,23 @@ def _prompts(page) -> list[str]:
     return [p.strip() for p in page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()]
 
 
+def _kernel_idle(page):
+    """The status bar's kernel item once the notebook's kernel is connected and idle ('Python 3 (ipykernel) | Idle').
+    Not the toolbar's execution indicator: it reads idle before any kernel exists."""
+    return page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$"))
+
+
 def _run_all(page, results: Path) -> float:
     """Once the kernel is connected and idle, Run > Run All Cells; then wait until the chapter's last cell has written
     its results file (a cell that raises stops the run: fail at once with its error); returns the seconds it took.
 
-    JupyterLab drops a run requested before its session has a kernel (it clears the cells' execution and returns), so
-    the run starts only at an idle kernel, and is asked for once more if no cell was queued."""
-    page.wait_for_selector(KERNEL_IDLE, timeout=KERNEL_START_LIMIT * 1000)
+    JupyterLab drops a run requested before its session has a kernel ('Session has no kernel.' for every cell, or the
+    cells' execution silently cleared), so the run starts only at a connected, idle kernel."""
+    _kernel_idle(page).first.wait_for(timeout=KERNEL_START_LIMIT * 1000)
     results.unlink(missing_ok=True)
     start = time.monotonic()
-    for _ in range(2):
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_text("Run All Cells", exact=True).click()
-        queued = time.monotonic() + 30
-        while time.monotonic() < queued and all(p in ("[ ]:", "") for p in _prompts(page)):
-            page.wait_for_timeout(500)
-        if not all(p in ("[ ]:", "") for p in _prompts(page)):
-            break
-    else:
-        raise AssertionError(f"Run All Cells queued no cell, twice: prompts {_prompts(page)}")
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_text("Run All Cells", exact=True).click()
     while time.monotonic() - start < RUN_LIMIT:
         errors = page.locator(ERRORS)
         assert errors.count() == 0, "output on stderr or an error:\n" + "\n".join(t[:800] for t in errors.all_inner_texts())
