@@ -236,7 +236,7 @@ def test_chapter4_reading_follows_real_trajectories(trajectories):
     assert "copies less at the end of training" in text and "not less memorization at equal progress" in text
     at_end, along, matched = rows("slow", False)
     text = conclusions.speed_or_memorization([at_end], along, matched)
-    assert at_end.verdict == "premise not reached" and "6 of 10 nets' curves flattened" in text
+    assert at_end.verdict == "premise not reached" and "6 of 10 nets' curves flattened for memorizes less (n = 40)" in text
     assert "not decided here" in text and np.isfinite(along.value)
     # two measures of progress that disagree: the reading says the curves do not decide, never "beyond speed"
     loss = verdicts.less_at_matched([0.001, -0.002, 0.0, 0.002, -0.001], "standard loss on held-out images", "x", gate)

@@ -264,6 +264,13 @@ def test_convergence_of_a_net_that_stopped_moving_is_exact_whatever_the_samples_
     moved = training_curves.convergence(c)
     assert np.all(moved.rate_change == 0) and np.all(moved.gap_fall == 0) and np.all(moved.loss_change == 0)
     assert moved.converged.all()
+
+    class Learning(Stopped):  # the flip: the same nets between steps 100 and 200, still learning
+        snapshot_steps = [100, 200]
+
+    early = training_curves.objective_curves(Learning(), sets, heldout, None, sched, probe, n_samples=64, steps=10,
+                                             seed=0, n_samples_along=16)
+    assert not training_curves.convergence(early).converged.all()
     along = run.sample(400, sched, 16, steps=10, seed=0)  # what the second-to-last snapshot sampled before
     assert [copy_rate(nearest_neighbors(along[m], sets[m]).ratio).value for m in range(3)] != c.rate[:, -1].tolist()
 

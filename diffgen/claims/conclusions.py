@@ -5,7 +5,7 @@ whose numbers move cannot contradict its own text (tests/test_conclusions.py fli
 from __future__ import annotations
 
 from .results import FAILS, HOLDS, PREMISE, QUALITY
-from .rowtext import rows_markdown
+from .rowtext import label, rows_markdown
 
 
 def tally(rows: list) -> str:
@@ -88,8 +88,9 @@ def speed_or_memorization(converged: list, along, matched: list) -> str:
                 f"'memorizes less' {', '.join(r.verdict for r in converged)} at the end of training): what it shows "
                 "while training is one of training speed, our reading of the revision's 'optimization bias acts as "
                 f"a regularizer'. {while_training}; {at}.")
-    flattened = [t for r in converged if r.premise for t in r.premise.tests if t.what == "nets whose curves flattened"]
-    counts = "; ".join(f"{int(t.value)} of {int(t.threshold)} nets' curves flattened" for t in flattened)
+    counts = "; ".join(f"{int(t.value)} of {int(t.threshold)} nets' curves flattened for {label(r)}"
+                       for r in converged if r.premise for t in r.premise.tests
+                       if t.what == "nets whose curves flattened")
     return (f"The nets had not converged by the end of training ({counts or 'the premise says why'}), so C5b's "
             f"'memorizes less' at convergence is not decided here. {while_training}; {at}: "
             f"{_matched_reading(less, matched, along)}.")
