@@ -139,6 +139,7 @@ def test_chapter4_conclusions_list_the_causes_only_when_a_c5_paper_row_fails():
     rows["memorizes less"] = [flipped(less, holds=False, quality=Condition("q", False))]
     text2 = render("ch4_new_objective", dict(rows=rows, name_new="new (uniform)"))
     assert "1 of the paper's C5 rows fail here" in text2 and "R3 holds" in text2
+    assert "1 rests on nets whose convergence is not checked (memorizes less (n = 40))" in text2
     assert "fails (quality)" in line(text2, "C5b · memorizes less (n = 40)")
 
 

@@ -275,6 +275,19 @@ def test_convergence_of_a_net_that_stopped_moving_is_exact_whatever_the_samples_
     assert [copy_rate(nearest_neighbors(along[m], sets[m]).ratio).value for m in range(3)] != c.rate[:, -1].tolist()
 
 
+def test_joined_convergence_counts_the_members_of_every_part_in_order():
+    """Two ensembles' Convergence as one (the 2-D nets of two objectives behind one premise); parts measured over
+    other intervals or tolerances are refused."""
+    from diffgen.chapters.training_curves import Convergence, joined
+
+    a = Convergence(np.array([0.0, 0.2]), np.zeros(2), np.zeros(2), 0.05, 0.05, (795, 2000))
+    b = Convergence(np.array([0.01]), np.zeros(1), np.array([0.1]), 0.05, 0.05, (795, 2000))
+    both = joined(a, b)
+    assert both.converged.tolist() == [True, False, False] and both.interval == (795, 2000)
+    with pytest.raises(ValueError, match="same tolerances and last interval"):
+        joined(a, Convergence(np.zeros(1), np.zeros(1), np.zeros(1), 0.05, 0.05, (1670, 2000)))
+
+
 def test_heldout_losses_use_common_draws_and_rank_the_optimum_first(sched, digits):
     """The standard loss on held-out images: eps* of the held-out set itself beats the zero predictor, with the same
     (x0, t, eps) draws for every member."""

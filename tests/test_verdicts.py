@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from diffgen.chapters import generators, mutual_information, new_objective, trained_gap
+from diffgen.chapters import generators, mutual_information, new_objective, trained_gap, training_curves
 from diffgen.claims import gates, verdicts
 from diffgen.claims.results import Condition
 from diffgen.data.datasets import eight_gaussians, load_dataset
@@ -407,3 +408,9 @@ def test_c5b_less_information_holds_for_p_against_the_optimum_and_fails_for_nois
     assert row("optimum", "P").verdict == "holds" and row("optimum", "P").source == "revision"
     assert row("optimum", "noise").verdict == "fails (quality)"
     assert row("P", "optimum").verdict == "fails" and row("optimum", "optimum").verdict == "fails"
+    unconverged = verdicts.nets_converged(  # the premise: nets whose curves still moved are not read
+        training_curves.Convergence(np.array([0.2, 0.0]), np.zeros(2), np.zeros(2), 0.05, 0.05, (795, 2000)),
+        [0, 1], "standard and new, 2-D")
+    waiting = verdicts.less_information([a - b for a, b in zip(info["optimum"], info["P"])], "x",
+                                        gates.toy_gate(runs["P"], P), premise=unconverged)
+    assert waiting.verdict == "premise not reached" and waiting.rule_holds

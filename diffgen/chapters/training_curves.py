@@ -183,3 +183,15 @@ def convergence(curves: ObjectiveCurves, *, relative: float = 0.05, absolute: fl
     g, l, r = curves.gap[:, -2:], curves.heldout_loss[:, -2:], curves.rate[:, -2:]
     return Convergence((g[:, 0] - g[:, 1]) / np.abs(g[:, 0]), np.abs(l[:, 1] - l[:, 0]) / np.abs(l[:, 0]),
                        np.abs(r[:, 1] - r[:, 0]), relative, absolute, tuple(curves.train_steps[-2:]))
+
+
+def joined(*parts: Convergence) -> Convergence:
+    """The Convergence of the members of several ensembles together, in order (same tolerances and last interval:
+    nets trained alike, e.g. one per objective)."""
+    first = parts[0]
+    if any((p.relative, p.absolute, p.interval) != (first.relative, first.absolute, first.interval) for p in parts):
+        raise ValueError("joined needs Convergence parts with the same tolerances and last interval; got "
+                         + ", ".join(f"{p.relative}/{p.absolute} over {p.interval}" for p in parts))
+    return Convergence(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("gap_fall", "loss_change",
+                                                                                  "rate_change")),
+                       first.relative, first.absolute, first.interval)

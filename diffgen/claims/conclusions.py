@@ -4,7 +4,7 @@ whose numbers move cannot contradict its own text (tests/test_conclusions.py fli
 """
 from __future__ import annotations
 
-from .results import FAILS, HOLDS, PREMISE, QUALITY
+from .results import FAILS, FLATTENED, HOLDS, PREMISE, QUALITY
 from .rowtext import label, rows_markdown
 
 
@@ -90,7 +90,7 @@ def speed_or_memorization(converged: list, along, matched: list) -> str:
                 f"a regularizer'. {while_training}; {at}.")
     counts = "; ".join(f"{int(t.value)} of {int(t.threshold)} nets' curves flattened for {label(r)}"
                        for r in converged if r.premise for t in r.premise.tests
-                       if t.what == "nets whose curves flattened")
+                       if t.what == FLATTENED)
     return (f"The nets had not converged by the end of training ({counts or 'the premise says why'}), so C5b's "
             f"'memorizes less' at convergence is not decided here. {while_training}; {at}: "
             f"{_matched_reading(less, matched, along)}.")
@@ -138,14 +138,13 @@ def new_objective(rows: dict, name_new: str) -> str:
                   "our reading of the objective",
                   "the estimator of E[xi_{t,t-1} | x_t] we chose (randomized gaps converted by Tweedie's formula), "
                   "which the summary names but does not specify"]
-        converged = [r for r in failed if r.premise and any(t.what == "nets whose curves flattened"
-                                                            for t in r.premise.tests)]
-        unchecked = len(failed) - len(converged)
+        converged = [r for r in failed if r.premise and any(t.what == FLATTENED for t in r.premise.tests)]
+        unchecked = [r for r in failed if r not in converged]
         listed.append("the training budget: " + (f"the nets behind {len(converged)} of them had converged by our "
                                                  "criterion" if converged else "no failing row rests on nets whose "
                                                  "convergence was checked")
-                      + (f"; {unchecked} rest{'s' * (unchecked == 1)} on nets whose convergence is not checked (the "
-                         "2-D toy, trained as chapter 1 trains it)" if unchecked else ""))
+                      + (f"; {len(unchecked)} rest{'s' * (len(unchecked) == 1)} on nets whose convergence is not "
+                         f"checked ({', '.join(label(r) for r in unchecked)})" if unchecked else ""))
         causes = (f"{len(failed)} of the paper's C5 rows fail here. Before they count against the paper, these causes "
                   "of ours come first: " + "; ".join(listed) + ".")
     copies = [r for r in rows.get("memorizes less", []) if r.premise and any(

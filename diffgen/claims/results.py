@@ -45,6 +45,7 @@ SOURCES = ("abstract", "revision", "ours")
 HOLDS, FAILS, QUALITY, PREMISE, NOT_MEASURABLE = ("holds", "fails", "fails (quality)", "premise not reached",
                                                   "not measurable")
 PAPER_SOURCES = ("abstract", "revision")
+FLATTENED = "nets whose curves flattened"  # the premise test counting a row's converged nets (verdicts.nets_converged)
 RECONSTRUCTION_ID = re.compile(r"R[1-9][0-9]*")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..measures.metrics import Estimate, Proportion, equivalence_power, seeds_for_power
 from .gates import QualityGate, SeedStat, across, rates_across
-from .results import Claim, Comparison, Condition, Equivalence, check_row, ours_row, paper_row
+from .results import FLATTENED, Claim, Comparison, Condition, Equivalence, check_row, ours_row, paper_row
 
 FLAT = 0.05  # a learning curve has flattened when its last interval falls by at most this share of its value
 QUALITY_MARGIN = 0.1  # "similar" and "competitive" quality: new minus standard energy distance within this share of
@@ -257,7 +257,7 @@ def nets_converged(convergence, members, what: str) -> Condition:
     return Condition(f"sufficient training: the curves of every net ({what}) flattened (gap and held-out loss within "
                      f"{convergence.relative:.0%}, copy rate within {convergence.absolute:g} over the last interval, "
                      f"steps {first} to {last})",
-                     done == len(members), (Comparison("nets whose curves flattened", done, ">=", len(members)),))
+                     done == len(members), (Comparison(FLATTENED, done, ">=", len(members)),))
 
 
 def _powered(premise: Condition, tests, design: Equivalence, k: int) -> Condition:
@@ -342,14 +342,15 @@ def memorizes_less(differences, what: str, premise: Condition, gate: QualityGate
                      premise=premise, quality=gate.condition, regime={"n": n}, label=f"memorizes less (n = {n})")
 
 
-def less_information(standard_minus_new, what: str, gate: QualityGate) -> Claim:
+def less_information(standard_minus_new, what: str, gate: QualityGate, premise: Condition | None = None) -> Claim:
     """C5b: the new objective's samples depend less on the training set: I(z; m) of the standard minus the new
-    objective's, one per seed (the same training sets), with its t interval across seeds above 0; gated on the new
-    generator's sample quality (noise carries no information about S)."""
+    objective's, one per seed (the same training sets), with its t interval across seeds above 0; evaluated where
+    the nets were trained sufficiently (premise: nets_converged, as for the images' 'memorizes less') and gated on
+    the new generator's sample quality (noise carries no information about S)."""
     stat = across(standard_minus_new)
     return _seed_row("C5b", f"I(z; m), standard minus new objective, one per seed, {what}", stat,
                      "> 0 with the interval across seeds above 0", [Comparison("lower end", stat.low, ">", 0)],
-                     quality=gate.condition, label="less information about S (2-D)")
+                     premise=premise, quality=gate.condition, label="less information about S (2-D)")
 
 
 def beyond_weighting(differences, what: str, gate: QualityGate, premise: Condition | None = None) -> Claim:
