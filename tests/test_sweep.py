@@ -234,3 +234,73 @@ def test_the_region_of_a_row_is_one_sentence_of_runs_of_sizes_and_lengths():
     assert describe_region(every, "train_steps") == ("holds for n <= 63 at every training length; not measurable at "
                                                      "n = 178 at every training length")
     assert describe_region([], "train_steps") == "not measured in this sweep"
+
+
+def test_a_difference_over_the_training_length_reads_what_longer_training_did_to_it():
+    """describe_budget per size: the trend, the nets converged at each length, and the reading: a difference whose
+    interval reaches 0 at the longest training does not outlast it; one that shrinks at every longer training but
+    stays above 0 on unconverged nets is undecided; one that holds on converged nets holds; flips of each."""
+    from diffgen.commands.sweepreport import SizeCell, describe_budget
+
+    def cells(values, lows, verdicts, converged):
+        return [SizeCell(20, {"train_steps": s}, v, verdict, False, (lo, 2 * v - lo), c)
+                for s, v, lo, verdict, c in zip((2000, 4000, 8000), values, lows, verdicts, converged)]
+
+    waiting = ["premise not reached"] * 3
+    shrinking = cells([0.16, 0.1, 0.05], [0.12, 0.07, 0.02], waiting, [(0, 10), (2, 10), (4, 10)])
+    text = describe_budget(shrinking, "train_steps")
+    assert text.startswith("At n = 20 it falls from 0.16 at step 2000 to 0.05 at step 8000 (0.05 [0.02, 0.08] at the "
+                           "longest); nets converged: 0 of 10 at 2000 steps, 2 of 10 at 4000 steps, 4 of 10 at 8000 "
+                           "steps: it shrinks at every longer training")
+    assert "not decided here" in text
+    vanishing = cells([0.16, 0.1, 0.02], [0.12, 0.07, -0.01], waiting, [(0, 10)] * 3)
+    assert "its interval reaches 0: the difference does not outlast training" in describe_budget(vanishing,
+                                                                                                "train_steps")
+    lasting = cells([0.16, 0.1, 0.1], [0.12, 0.07, 0.08], waiting[:2] + ["holds"], [(0, 10), (2, 10), (10, 10)])
+    assert describe_budget(lasting, "train_steps").endswith("it holds at 8000 steps, on converged nets.")
+    unchecked = cells([0.16, 0.1, 0.1], [0.12, 0.07, 0.08], ["holds"] * 3, [None] * 3)  # no premise: nothing said
+    assert describe_budget(unchecked, "train_steps").endswith("it holds at 8000 steps.")
+    wobbling = cells([0.16, 0.18, 0.1], [0.12, 0.1, 0.06], waiting, [None] * 3)
+    text = describe_budget(wobbling, "train_steps")
+    assert "does not shrink at every longer training" in text and "nets converged" not in text
+    assert describe_budget([], "train_steps") == "Not measured in this sweep."
+
+
+def test_rows_by_size_carry_their_interval_and_converged_nets(tmp_path):
+    """A C5b row of a sweep point read back with its interval, its label and the premise's count of converged nets;
+    the figure draws one line per size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffgen.commands.sweepreport import budget_figure, grid_text, read_sweep, rows_by_size, sweep_rows
+
+    points = {}
+    for steps, done in ((2000, 0), (4000, 7)):
+        name = f"train_steps={steps}"
+        (tmp_path / name).mkdir()
+        rows = [{"id": "C5b", "source": "revision", "statement": "s", "metric": f"copy rate, std minus new, n = {n}",
+                 "value": 0.1, "ci": [0.05, 0.15], "expected": "> 0", "holds": False, "seeds": 5, "regime": {"n": n},
+                 "label": f"memorizes less (n = {n})",
+                 "premise": {"statement": "trained", "met": done == 10, "combine": "all",
+                             "tests": [{"what": "nets whose curves flattened", "value": done, "relation": ">=",
+                                        "threshold": 10, "of": ""}]}} for n in (20, 40)]
+        (tmp_path / name / "ch4.results.json").write_text(json.dumps({
+            "chapter": "ch4", "parameters": {"train_steps": steps}, "diffgen_version": "0", "source_hash": "x",
+            "claims": rows}))
+        points[name] = {"values": {"train_steps": steps}, "status": "done"}
+    (tmp_path / "sweep.json").write_text(json.dumps({"chapter": "ch4", "grid": {"train_steps": [2000, 4000]},
+                                                     "points": points}))
+    doc = read_sweep(tmp_path)
+    assert grid_text({"grid": {"train_steps": ["8000", "2000"], "dataset": ["mnist", "digits"]}}) == (
+        "train_steps in {2000, 8000} by dataset in {mnist, digits}")
+    assert [r.label for r in sweep_rows(doc, "x")] == ["memorizes less (n = 20)", "memorizes less (n = 40)"]
+    cells = rows_by_size(doc, "C5b", "copy rate", current="x")
+    assert [(c.n, c.values["train_steps"], c.ci, c.converged) for c in cells] == [
+        (20, 2000, (0.05, 0.15), (0, 10)), (20, 4000, (0.05, 0.15), (7, 10)),
+        (40, 2000, (0.05, 0.15), (0, 10)), (40, 4000, (0.05, 0.15), (7, 10))]
+    fig, ax = plt.subplots()
+    budget_figure(cells, "train_steps", "C5b", ax=ax)
+    assert len(ax.lines) >= 2 and [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["n = 20", "n = 40"]
+    plt.close(fig)

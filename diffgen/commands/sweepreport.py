@@ -1,6 +1,7 @@
 """What a parameter sweep (diffgen.commands.sweep) measured: each claim row at every grid point, its verdict maps,
 and, for rows measured at several training-set sizes per run (chapter 3's C4), the region where each verdict holds
-in words ("holds for n <= 63 at every training length; fails at n = 8 from 4000 steps on").
+in words ("holds for n <= 63 at every training length; fails at n = 8 from 4000 steps on"); for a row over the
+training length (chapter 4's C5b), whether its value outlasts longer training.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.provenance import source_hash
-from ..claims.prose import number
-from ..claims.results import NOT_MEASURABLE, SWEEP_FILE, ReportError, claim_from_json, read_results
+from ..claims.prose import number, trend
+from ..claims.results import (FAILS, FLATTENED, HOLDS, NOT_MEASURABLE, SWEEP_FILE, ReportError, claim_from_json,
+                              read_results)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class SweepRow:
     source: str
     metric: str  # as the first point states it
     cells: list[SweepCell]
+    label: str | None = None  # the row's short name, as the first point states it (files of older code: none)
 
 
 def read_sweep(folder: str | Path) -> dict:
@@ -56,6 +59,17 @@ def read_sweep(folder: str | Path) -> dict:
         except (ValueError, KeyError, TypeError) as e:
             raise ReportError(f"{results}: {e}") from e
     return doc
+
+
+def grid_text(doc: dict) -> str:
+    """The grid of a sweep record in words, each parameter's values in increasing order: 'train_steps in {2000,
+    4000, 8000}' (values that are not numbers in the order given)."""
+    def ordered(values):
+        try:
+            return sorted(values, key=float)
+        except (TypeError, ValueError):
+            return list(values)
+    return " by ".join(f"{k} in {{{', '.join(map(str, ordered(v)))}}}" for k, v in doc["grid"].items())
 
 
 def sweep_rows(doc: dict, current: str | None = None) -> list[SweepRow]:
@@ -85,7 +99,7 @@ def sweep_rows(doc: dict, current: str | None = None) -> list[SweepRow]:
                 ci = claims[0].ci if values else None
             cells.append(SweepCell(dict(key), value, ci, tuple(c.verdict for c in claims),
                                    any(d["source_hash"] != current for d in docs)))
-        rows.append(SweepRow(i, first["id"], first["source"], first["metric"], cells))
+        rows.append(SweepRow(i, first["id"], first["source"], first["metric"], cells, first.get("label")))
     return rows
 
 
@@ -174,6 +188,9 @@ class SizeCell:
     value: float | None
     verdict: str  # holds | fails | fails (quality) | premise not reached | not measurable
     stale: bool
+    ci: tuple[float, float] | None = None  # the row's 95% interval there
+    converged: tuple[int, int] | None = None  # (nets whose curves flattened, nets behind the row), where its premise
+    # counts them (verdicts.nets_converged)
 
 
 def rows_by_size(doc: dict, claim: str, kind: str, current: str | None = None) -> list[SizeCell]:
@@ -193,7 +210,10 @@ def rows_by_size(doc: dict, claim: str, kind: str, current: str | None = None) -
             found = (c.regime or {}).get("n") or (lambda m: m and int(m.group(1)))(re.search(r"\bn = (\d+)",
                                                                                              c.metric))
             if c.id == claim and c.metric.startswith(kind) and found:
-                cells.append(SizeCell(int(found), values, c.value, c.verdict, results["source_hash"] != current))
+                tests = c.premise.tests if c.premise else ()
+                converged = next(((int(t.value), int(t.threshold)) for t in tests if t.what == FLATTENED), None)
+                cells.append(SizeCell(int(found), values, c.value, c.verdict, results["source_hash"] != current,
+                                      tuple(c.ci) if c.ci else None, converged))
     return sorted(cells, key=lambda c: (c.n, sorted(c.values.items())))
 
 
@@ -269,3 +289,72 @@ def size_figure(cells: list[SizeCell], swept: str, title: str, *, ax):
     labels = [[at[x, y].verdict if (x, y) in at else "" for x in xs] for y in ys]
     return plot_verdict_grid(values, labels, xs, ys, ax=ax, xlabel="training-set size n (as measured)", ylabel=swept,
                              title=title)
+
+
+# ------------------------------------------------------------------------------------------ a row over training length
+def describe_budget(cells: list[SizeCell], swept: str) -> str:
+    """Per training-set size, how a row's value moves as `swept` (the training length) grows, the nets that converged
+    at each length, and what that says of a difference read "once trained to the end": it holds (on converged nets,
+    where its premise counts them); its interval reaches 0 (it does not outlast training); it shrinks at every longer
+    length, still above 0 (undecided); or it does not shrink steadily. One sentence per size."""
+    if not cells:
+        return "Not measured in this sweep."
+    unit = "step" if swept == "train_steps" else f"{swept} ="
+    at = (lambda v: f"{v} steps") if swept == "train_steps" else (lambda v: f"{swept} = {v}")
+    sentences = []
+    for n in sorted({c.n for c in cells}):
+        mine = sorted((c for c in cells if c.n == n and c.value is not None), key=lambda c: c.values[swept])
+        if not mine:
+            sentences.append(f"At n = {n} the row was not measurable at any {swept}.")
+            continue
+        xs, ys, last = [c.values[swept] for c in mine], [c.value for c in mine], mine[-1]
+        moves = trend(xs, ys, unit=unit) if len(mine) > 1 else f"is {number(ys[0])} at {at(xs[0])}"
+        interval = f" [{number(last.ci[0])}, {number(last.ci[1])}]" if last.ci else ""
+        counted = [c for c in mine if c.converged]
+        nets = ("; nets converged: " + ", ".join(f"{c.converged[0]} of {c.converged[1]} at {at(c.values[swept])}"
+                                                 for c in counted)) if counted else ""
+        if last.verdict == HOLDS:
+            reading = f"it holds at {at(last.values[swept])}" + (
+                ", on converged nets" if last.converged and last.converged[0] == last.converged[1] else "")
+        elif last.verdict == FAILS or (last.ci and last.ci[0] <= 0):
+            reading = f"at {at(last.values[swept])} its interval reaches 0: the difference does not outlast training"
+        elif len(ys) > 1 and all(b < a for a, b in zip(ys, ys[1:])):
+            reading = (f"it shrinks at every longer training and is still above 0 at {at(last.values[swept])}, where "
+                       f"the row reads '{last.verdict}': whether it outlasts training is not decided here")
+        else:
+            reading = (f"it does not shrink at every longer training; at {at(last.values[swept])} the row reads "
+                       f"'{last.verdict}'")
+        sentences.append(f"At n = {n} it {moves} ({number(last.value)}{interval} at the longest){nets}: {reading}.")
+    return " ".join(sentences)
+
+
+def budget_figure(cells: list[SizeCell], swept: str, title: str, *, ax):
+    """A row's value against `swept` (log axis), one line per training-set size (marker), its interval as a bar and
+    each point in its verdict's colour; 0 dashed."""
+    from ..base.style import verdict_color
+
+    if not cells:
+        ax.text(0.5, 0.5, "not measured in this sweep", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=title, xticks=[], yticks=[])
+        return ax
+    sizes = sorted({c.n for c in cells})
+    shift = {n: 1.04 ** (k - (len(sizes) - 1) / 2) for k, n in enumerate(sizes)}  # side by side, not on top
+    for n, marker in zip(sizes, "osD^v<>"):
+        mine = sorted((c for c in cells if c.n == n and c.value is not None), key=lambda c: c.values[swept])
+        xs = [c.values[swept] * shift[n] for c in mine]
+        ax.plot(xs, [c.value for c in mine], color="0.55", lw=1, zorder=1)
+        ax.plot([], [], marker, color="0.3", ls="", label=f"n = {n}")
+        for x, c in zip(xs, mine):
+            err = [[c.value - c.ci[0]], [c.ci[1] - c.value]] if c.ci else None
+            ax.errorbar([x], [c.value], yerr=err, fmt=marker, color=verdict_color(c.verdict), ms=6, capsize=3,
+                        zorder=2)
+    for verdict in dict.fromkeys(c.verdict for c in cells):
+        ax.plot([], [], "s", color=verdict_color(verdict), ls="", label=verdict)
+    ax.axhline(0, color="0.4", lw=0.8, ls="--")
+    ticks = sorted({c.values[swept] for c in cells})
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set(xlabel=swept, title=title)
+    ax.legend(fontsize=8, frameon=False)
+    return ax
