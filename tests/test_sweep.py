@@ -263,6 +263,11 @@ def test_a_difference_over_the_training_length_reads_what_longer_training_did_to
     wobbling = cells([0.16, 0.18, 0.1], [0.12, 0.1, 0.06], waiting, [None] * 3)
     text = describe_budget(wobbling, "train_steps")
     assert "does not shrink at every longer training" in text and "nets converged" not in text
+    elsewhere = [SizeCell(400, {"train_steps": s}, 0.0, "premise not reached", False, None, (10, 10),
+                          "premise: lower end of the standard net's copy rate 0 <= 0") for s in (2000, 4000)]
+    assert describe_budget(elsewhere, "train_steps").endswith(
+        "the nets converged, but at 4000 steps the row's premise is not reached (premise: lower end of the standard "
+        "net's copy rate 0 <= 0).")
     assert describe_budget([], "train_steps") == "Not measured in this sweep."
 
 
@@ -300,6 +305,7 @@ def test_rows_by_size_carry_their_interval_and_converged_nets(tmp_path):
     assert [(c.n, c.values["train_steps"], c.ci, c.converged) for c in cells] == [
         (20, 2000, (0.05, 0.15), (0, 10)), (20, 4000, (0.05, 0.15), (7, 10)),
         (40, 2000, (0.05, 0.15), (0, 10)), (40, 4000, (0.05, 0.15), (7, 10))]
+    assert cells[1].decided_by == "premise (trained): nets whose curves flattened 7 < 10"
     fig, ax = plt.subplots()
     budget_figure(cells, "train_steps", "C5b", ax=ax)
     assert len(ax.lines) >= 2 and [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["n = 20", "n = 40"]

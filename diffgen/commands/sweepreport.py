@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ..base.provenance import source_hash
 from ..claims.prose import number, trend
-from ..claims.results import (FAILS, FLATTENED, HOLDS, NOT_MEASURABLE, SWEEP_FILE, ReportError, claim_from_json,
-                              read_results)
+from ..claims.results import (FAILS, FLATTENED, HOLDS, NOT_MEASURABLE, PREMISE, SWEEP_FILE, ReportError,
+                              claim_from_json, read_results)
+from ..claims.rowtext import decided_by
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ class SizeCell:
     ci: tuple[float, float] | None = None  # the row's 95% interval there
     converged: tuple[int, int] | None = None  # (nets whose curves flattened, nets behind the row), where its premise
     # counts them (verdicts.nets_converged)
+    decided_by: str = ""  # what decides its verdict there, in words (rowtext.decided_by)
 
 
 def rows_by_size(doc: dict, claim: str, kind: str, current: str | None = None) -> list[SizeCell]:
@@ -213,7 +215,7 @@ def rows_by_size(doc: dict, claim: str, kind: str, current: str | None = None) -
                 tests = c.premise.tests if c.premise else ()
                 converged = next(((int(t.value), int(t.threshold)) for t in tests if t.what == FLATTENED), None)
                 cells.append(SizeCell(int(found), values, c.value, c.verdict, results["source_hash"] != current,
-                                      tuple(c.ci) if c.ci else None, converged))
+                                      tuple(c.ci) if c.ci else None, converged, decided_by(c)))
     return sorted(cells, key=lambda c: (c.n, sorted(c.values.items())))
 
 
@@ -295,8 +297,9 @@ def size_figure(cells: list[SizeCell], swept: str, title: str, *, ax):
 def describe_budget(cells: list[SizeCell], swept: str) -> str:
     """Per training-set size, how a row's value moves as `swept` (the training length) grows, the nets that converged
     at each length, and what that says of a difference read "once trained to the end": it holds (on converged nets,
-    where its premise counts them); its interval reaches 0 (it does not outlast training); it shrinks at every longer
-    length, still above 0 (undecided); or it does not shrink steadily. One sentence per size."""
+    where its premise counts them); the nets converged but another premise is not reached (say, the standard net
+    does not copy); its interval reaches 0 (it does not outlast training); it shrinks at every longer length, still
+    above 0 (undecided); or it does not shrink steadily. One sentence per size."""
     if not cells:
         return "Not measured in this sweep."
     unit = "step" if swept == "train_steps" else f"{swept} ="
@@ -313,17 +316,21 @@ def describe_budget(cells: list[SizeCell], swept: str) -> str:
         counted = [c for c in mine if c.converged]
         nets = ("; nets converged: " + ", ".join(f"{c.converged[0]} of {c.converged[1]} at {at(c.values[swept])}"
                                                  for c in counted)) if counted else ""
+        everyone = bool(last.converged) and last.converged[0] == last.converged[1]
         if last.verdict == HOLDS:
-            reading = f"it holds at {at(last.values[swept])}" + (
-                ", on converged nets" if last.converged and last.converged[0] == last.converged[1] else "")
+            reading = f"it holds at {at(last.values[swept])}" + (", on converged nets" if everyone else "")
+        elif last.verdict == PREMISE and everyone:
+            reading = (f"the nets converged, but at {at(last.values[swept])} the row's premise is not reached "
+                       f"({last.decided_by})")
         elif last.verdict == FAILS or (last.ci and last.ci[0] <= 0):
             reading = f"at {at(last.values[swept])} its interval reaches 0: the difference does not outlast training"
         elif len(ys) > 1 and all(b < a for a, b in zip(ys, ys[1:])):
             reading = (f"it shrinks at every longer training and is still above 0 at {at(last.values[swept])}, where "
-                       f"the row reads '{last.verdict}': whether it outlasts training is not decided here")
+                       f"the row reads '{last.verdict}' ({last.decided_by}): whether it outlasts training is not "
+                       "decided here")
         else:
             reading = (f"it does not shrink at every longer training; at {at(last.values[swept])} the row reads "
-                       f"'{last.verdict}'")
+                       f"'{last.verdict}' ({last.decided_by})")
         sentences.append(f"At n = {n} it {moves} ({number(last.value)}{interval} at the longest){nets}: {reading}.")
     return " ".join(sentences)
 
