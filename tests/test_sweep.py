@@ -238,7 +238,7 @@ def test_the_region_of_a_row_is_one_sentence_of_runs_of_sizes_and_lengths():
 
 def test_a_difference_over_the_training_length_reads_what_longer_training_did_to_it():
     """describe_budget per size: the trend, the nets converged at each length, and the reading: a difference whose
-    interval reaches 0 at the longest training does not outlast it; one that shrinks at every longer training but
+    interval reaches 0 at the longest training is gone; one that shrinks at every longer training but
     stays above 0 on unconverged nets is undecided; one that holds on converged nets holds; flips of each."""
     from diffgen.commands.sweepreport import SizeCell, describe_budget
 
@@ -254,8 +254,7 @@ def test_a_difference_over_the_training_length_reads_what_longer_training_did_to
                            "steps: it shrinks at every longer training")
     assert "not decided here" in text
     vanishing = cells([0.16, 0.1, 0.02], [0.12, 0.07, -0.01], waiting, [(0, 10)] * 3)
-    assert "its interval reaches 0: the difference does not outlast training" in describe_budget(vanishing,
-                                                                                                "train_steps")
+    assert "its interval reaches 0 or lies below: no difference is left" in describe_budget(vanishing, "train_steps")
     lasting = cells([0.16, 0.1, 0.1], [0.12, 0.07, 0.08], waiting[:2] + ["holds"], [(0, 10), (2, 10), (10, 10)])
     assert describe_budget(lasting, "train_steps").endswith("it holds at 8000 steps, on converged nets.")
     unchecked = cells([0.16, 0.1, 0.1], [0.12, 0.07, 0.08], ["holds"] * 3, [None] * 3)  # no premise: nothing said

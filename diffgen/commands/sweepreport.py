@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..base.provenance import source_hash
 from ..claims.prose import number, trend
-from ..claims.results import (FAILS, FLATTENED, HOLDS, NOT_MEASURABLE, PREMISE, SWEEP_FILE, ReportError,
+from ..claims.results import (FLATTENED, HOLDS, NOT_MEASURABLE, PREMISE, SWEEP_FILE, ReportError,
                               claim_from_json, read_results)
 from ..claims.rowtext import decided_by
 
@@ -298,7 +298,7 @@ def describe_budget(cells: list[SizeCell], swept: str) -> str:
     """Per training-set size, how a row's value moves as `swept` (the training length) grows, the nets that converged
     at each length, and what that says of a difference read "once trained to the end": it holds (on converged nets,
     where its premise counts them); the nets converged but another premise is not reached (say, the standard net
-    does not copy); its interval reaches 0 (it does not outlast training); it shrinks at every longer length, still
+    does not copy); its interval reaches 0 (no difference is left); it shrinks at every longer length, still
     above 0 (undecided); or it does not shrink steadily. One sentence per size."""
     if not cells:
         return "Not measured in this sweep."
@@ -322,8 +322,9 @@ def describe_budget(cells: list[SizeCell], swept: str) -> str:
         elif last.verdict == PREMISE and everyone:
             reading = (f"the nets converged, but at {at(last.values[swept])} the row's premise is not reached "
                        f"({last.decided_by})")
-        elif last.verdict == FAILS or (last.ci and last.ci[0] <= 0):
-            reading = f"at {at(last.values[swept])} its interval reaches 0: the difference does not outlast training"
+        elif (last.ci[0] if last.ci else last.value) <= 0:
+            reading = (f"at {at(last.values[swept])} its interval reaches 0 or lies below: no difference is left "
+                       "after the longest training")
         elif len(ys) > 1 and all(b < a for a, b in zip(ys, ys[1:])):
             reading = (f"it shrinks at every longer training and is still above 0 at {at(last.values[swept])}, where "
                        f"the row reads '{last.verdict}' ({last.decided_by}): whether it outlasts training is not "
