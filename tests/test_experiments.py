@@ -304,14 +304,27 @@ def test_heldout_losses_use_common_draws_and_rank_the_optimum_first(sched, digit
     assert np.array_equal(losses, training_curves.heldout_losses(Members(), digits.heldout, sched, repeats=2, seed=0))
 
 
-def test_rates_at_matched_gap_interpolate_in_log_gap_and_refuse_to_extrapolate():
+def test_rates_at_matched_progress_interpolate_in_log_and_refuse_to_extrapolate():
     gap_a, rate_a = [1.0, 0.1, 0.01], [0.0, 0.5, 1.0]  # the standard run: closer, and copying more
     gap_b, rate_b = [1.0, 0.3, 0.1], [0.0, 0.1, 0.2]
-    g, a, b = new_objective.rates_at_matched_gap(gap_a, rate_a, gap_b, rate_b)
+    g, a, b = new_objective.rates_at_matched(gap_a, rate_a, gap_b, rate_b)
     assert g == pytest.approx(0.1) and a == pytest.approx(0.5) and b == pytest.approx(0.2)
-    _, a, _ = new_objective.rates_at_matched_gap(gap_a, rate_a, [1.0, 10 ** -0.5], [0.0, 0.1])
+    _, a, _ = new_objective.rates_at_matched(gap_a, rate_a, [1.0, 10 ** -0.5], [0.0, 0.1])
     assert a == pytest.approx(0.25)  # halfway between 1 and 0.1 in log gap
-    assert new_objective.rates_at_matched_gap([0.05, 0.01], [0.9, 1.0], gap_b, rate_b) is None  # a starts below g
+    assert new_objective.rates_at_matched([0.05, 0.01], [0.9, 1.0], gap_b, rate_b) is None  # a starts below g
+
+
+def test_a_rising_measure_of_progress_is_matched_where_both_runs_got_furthest():
+    """The held-out loss of a net that memorizes rises along training: the two runs are compared at the largest
+    value both reach, not at the smallest (their first snapshots, where neither copies: a difference of 0 whatever
+    the runs do). The flip: the same curves read as falling would match at the start."""
+    loss_a, rate_a = [0.2, 0.3, 0.4], [0.0, 0.4, 0.8]  # the standard run: its held-out loss rises as it copies
+    loss_b, rate_b = [0.2, 0.25, 0.3], [0.0, 0.1, 0.2]  # the new run, behind it
+    v, a, b = new_objective.rates_at_matched(loss_a, rate_a, loss_b, rate_b)
+    assert v == pytest.approx(0.3) and a == pytest.approx(0.4) and b == pytest.approx(0.2)
+    start = new_objective.rates_at_matched(loss_a[::-1], rate_a[::-1], loss_b[::-1], rate_b[::-1])
+    assert start[0] == pytest.approx(0.2) and start[1] == start[2] == 0  # read as falling: matched at the start
+    assert new_objective.rates_at_matched(loss_a, rate_a, [1.0, 0.5], [0.0, 0.1]) is None  # opposite directions
 
 
 def test_still_falling():

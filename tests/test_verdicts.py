@@ -360,7 +360,7 @@ def test_c5b_matched_comparisons_flip_between_a_copier_and_an_equal_curve(digits
     standard = [([1.0, 0.1, 0.01], [0.0, 0.5 + 0.05 * k, 1.0]) for k in range(3)]
     slower = [([1.0, 0.3, 0.1], [0.0, 0.05, 0.1 + 0.02 * k]) for k in range(3)]
     diff = lambda a, b: [ra - rb for _, ra, rb in  # noqa: E731
-                         (new_objective.rates_at_matched_gap(*x, *y) for x, y in zip(a, b))]
+                         (new_objective.rates_at_matched(*x, *y) for x, y in zip(a, b))]
     assert verdicts.less_at_matched(diff(standard, slower), "gap to eps*", "a copier", gate).holds
     jitter = [-0.02, 0.01, -0.005]  # the same curve up to noise: mean difference > 0, interval across 0
     same = diff(slower, [(g, [r + e for r in rates]) for e, (g, rates) in zip(jitter, slower)])

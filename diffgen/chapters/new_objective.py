@@ -103,18 +103,26 @@ def similarity_ratios(model, standard, reruns: list, probe: Probe) -> tuple[np.n
     return own / unit.mean(0), null
 
 
-def rates_at_matched_gap(gap_a, rate_a, gap_b, rate_b) -> tuple[float, float, float] | None:
-    """(g, rate of a at g, rate of b at g) at the smallest gap both runs reach, g = max(min gap_a, min gap_b), each
-    rate interpolated along its snapshots in log gap; None when g lies outside a run's range of gaps (a run whose
-    first snapshot is already closer than g cannot be read there)."""
-    def at(gaps, rates, g):
-        order = np.argsort(gaps)
-        gs, rs = np.log(np.asarray(gaps)[order]), np.asarray(rates)[order]
-        return float(np.interp(math.log(g), gs, rs)) if gs[0] <= math.log(g) <= gs[-1] else None
+def rates_at_matched(progress_a, rate_a, progress_b, rate_b) -> tuple[float, float, float] | None:
+    """(v, rate of a at v, rate of b at v) at the furthest value of a measure of progress that both runs reach: for a
+    measure that falls along training (the gap to eps*) the smallest value both reach, v = max(min a, min b); for one
+    that rises (the held-out loss of a net that memorizes) the largest, v = min(max a, max b). Each rate interpolated
+    along its snapshots in log v. None when the two runs move in opposite directions or v lies outside a run's range
+    (a run whose first snapshot is already past v cannot be read there). Which way a run moves: its last snapshot
+    against its first. (Taking the smallest value of a rising measure would match the runs at their first snapshots,
+    before either copies anything.)"""
+    def at(values, rates, v):
+        order = np.argsort(values)
+        vs, rs = np.log(np.asarray(values, dtype=float)[order]), np.asarray(rates, dtype=float)[order]
+        return float(np.interp(math.log(v), vs, rs)) if vs[0] <= math.log(v) <= vs[-1] else None
 
-    g = max(float(np.min(gap_a)), float(np.min(gap_b)))
-    a, b = at(gap_a, rate_a, g), at(gap_b, rate_b, g)
-    return None if a is None or b is None else (g, a, b)
+    falls = [float(p[-1]) < float(p[0]) for p in (progress_a, progress_b)]
+    if falls[0] != falls[1]:
+        return None
+    v = max(float(np.min(progress_a)), float(np.min(progress_b))) if falls[0] else \
+        min(float(np.max(progress_a)), float(np.max(progress_b)))
+    a, b = at(progress_a, rate_a, v), at(progress_b, rate_b, v)
+    return None if a is None or b is None else (v, a, b)
 
 
 def along_differences(a: ObjectiveCurves, b: ObjectiveCurves, members, members_b=None) -> list[float]:
@@ -140,10 +148,10 @@ def rate_differences(a, b, members, members_b=None) -> list[float]:
 def matched_differences(a, b, members, along: str = "gap", members_b=None) -> list[float] | None:
     """Copy rate of ObjectiveCurves a minus b at the same value of `along` ('gap': the gap to eps*; 'heldout_loss':
     the standard loss on held-out images), one per member (members_b: b's, paired; default the same) from
-    rates_at_matched_gap on its snapshot curves; None when some member's two ranges do not overlap."""
+    rates_at_matched on its snapshot curves; None when some member's two curves cannot be matched."""
     out = []
     for m, mb in zip(members, members_b or members):
-        matched = rates_at_matched_gap(getattr(a, along)[m], a.rate[m], getattr(b, along)[mb], b.rate[mb])
+        matched = rates_at_matched(getattr(a, along)[m], a.rate[m], getattr(b, along)[mb], b.rate[mb])
         if matched is None:
             return None
         out.append(matched[1] - matched[2])

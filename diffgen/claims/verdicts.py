@@ -381,11 +381,12 @@ def less_along_training(differences, what: str, gate: QualityGate, n: int) -> Cl
 
 def less_at_matched(differences, matched: str, what: str, gate: QualityGate) -> Claim:
     """C5b, ours: at the same `matched` quantity (the gap to eps*, or the standard denoising loss on held-out images;
-    snapshot curves interpolated, new_objective.rates_at_matched_gap) the new objective still copies less: copy rate
-    standard - new, one per seed, t interval above 0; None (not measurable) when the ranges do not overlap on every
-    seed."""
+    at the furthest value both runs reach, snapshot curves interpolated, new_objective.rates_at_matched) the new
+    objective still copies less: copy rate standard - new, one per seed, t interval above 0; None (not measurable)
+    when the curves cannot be matched on every seed."""
     stat = across(differences) if differences is not None and len(differences) > 1 else None
-    why = "" if stat else " (not measurable: the two curves' ranges do not overlap on every seed)"
+    why = "" if stat else (" (not measurable: on some seed the two curves' ranges do not overlap or they move in "
+                           "opposite directions)")
     return _seed_row("C5b", f"copy rate at matched {matched}, standard minus new, one per seed, {what}{why}", stat,
                      "> 0 with the interval across seeds above 0",
                      [Comparison("lower end", stat.low, ">", 0)] if stat else (),
