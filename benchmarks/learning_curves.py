@@ -1,8 +1,8 @@
 """Learning curves of chapter 4's nets, to choose its schedule and batch size by measurement: the MLP of width 96 on
 digits at n = 20, 40 and 400 (3 seeds each, one batched ensemble), trained with one objective, learning rate, batch
-size, step count, decay, width and EMA decay; at 12 evenly spaced EMA snapshots the mean over seeds of the relative gap to eps*, the
-standard loss on held-out images and the copy rate of 256 DDIM samples (x0 clamped to [-1, 1]), the curves chapter 4
-measures. One thread; training goes to a temporary cache folder.
+size, step count, decay, width and EMA decay; at 12 evenly spaced EMA snapshots the mean over seeds of the relative
+gap to eps*, the standard loss on held-out images and the copy rate of 256 DDIM samples (x0 clamped to [-1, 1]), the
+curves chapter 4 measures. One thread; training goes to a temporary cache folder.
 
 Usage: .venv/bin/python benchmarks/learning_curves.py --objective std --lr 1e-2 --batch 128 --steps 2000 --decay cosine
        [--width 96] [--ema 0.999] [--json PATH]
