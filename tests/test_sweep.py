@@ -240,6 +240,8 @@ def test_a_difference_over_the_training_length_reads_what_longer_training_did_to
     """describe_budget per size: the trend, the nets converged at each length, and the reading: a difference whose
     interval reaches 0 at the longest training is gone; one that shrinks at every longer training but
     stays above 0 on unconverged nets is undecided; one that holds on converged nets holds; flips of each."""
+    import dataclasses
+
     from diffgen.commands.sweepreport import SizeCell, describe_budget
 
     def cells(values, lows, verdicts, converged):
@@ -267,6 +269,13 @@ def test_a_difference_over_the_training_length_reads_what_longer_training_did_to
     assert describe_budget(elsewhere, "train_steps").endswith(
         "the nets converged, but at 4000 steps the row's premise is not reached (premise: lower end of the standard "
         "net's copy rate 0 <= 0).")
+    never = [SizeCell(400, {"train_steps": s}, v, "premise not reached", False, ci, c, "premise: nets 9 < 10")
+             for s, v, ci, c in ((2000, 0.0, None, (10, 10)), (8000, -0.001, (-0.003, 0.001), (9, 10)))]
+    text = describe_budget(never, "train_steps")  # one net short of converged: no difference was there to outlast
+    assert text.endswith("there is no difference to outlast at any length; at 8000 steps the row reads 'premise not "
+                         "reached' (premise: nets 9 < 10).") and "no difference is left" not in text
+    gone = [dataclasses.replace(never[0], value=0.05, ci=(0.02, 0.08)), never[1]]  # there at 2000, gone at 8000
+    assert "no difference is left" in describe_budget(gone, "train_steps")
     assert describe_budget([], "train_steps") == "Not measured in this sweep."
 
 

@@ -298,10 +298,14 @@ def describe_budget(cells: list[SizeCell], swept: str) -> str:
     """Per training-set size, how a row's value moves as `swept` (the training length) grows, the nets that converged
     at each length, and what that says of a difference read "once trained to the end": it holds (on converged nets,
     where its premise counts them); the nets converged but another premise is not reached (say, the standard net
-    does not copy); its interval reaches 0 (no difference is left); it shrinks at every longer length, still
-    above 0 (undecided); or it does not shrink steadily. One sentence per size."""
+    does not copy); its interval reaches 0 at every length (there was none) or at the longest (none is left); it
+    shrinks at every longer length, still above 0 (undecided); or it does not shrink steadily. One sentence per size."""
     if not cells:
         return "Not measured in this sweep."
+
+    def reaches_zero(cell):
+        return (cell.ci[0] if cell.ci else cell.value) <= 0
+
     unit = "step" if swept == "train_steps" else f"{swept} ="
     at = (lambda v: f"{v} steps") if swept == "train_steps" else (lambda v: f"{swept} = {v}")
     sentences = []
@@ -322,7 +326,10 @@ def describe_budget(cells: list[SizeCell], swept: str) -> str:
         elif last.verdict == PREMISE and everyone:
             reading = (f"the nets converged, but at {at(last.values[swept])} the row's premise is not reached "
                        f"({last.decided_by})")
-        elif (last.ci[0] if last.ci else last.value) <= 0:
+        elif all(reaches_zero(c) for c in mine):
+            reading = (f"there is no difference to outlast at any length; at {at(last.values[swept])} the row reads "
+                       f"'{last.verdict}' ({last.decided_by})")
+        elif reaches_zero(last):
             reading = (f"at {at(last.values[swept])} its interval reaches 0 or lies below: no difference is left "
                        "after the longest training")
         elif len(ys) > 1 and all(b < a for a, b in zip(ys, ys[1:])):
