@@ -136,7 +136,11 @@ def test_each_chapter_opens_with_its_verdicts_and_the_detail_page_holds_every_ro
         assert box and "diffgen-summary-rows" in box.group(0), f"{page.name}: no summary of its verdicts"
         assert SUMMARY_PLACEHOLDER not in box.group(0), page.name
         chapter = page.stem.split("_")[0]
-        claims = json.loads((root / "book" / f"{chapter}.results.json").read_text())["claims"]
+        results = json.loads((root / "book" / f"{chapter}.results.json").read_text())
+        claims = results["claims"]
+        if results.get("finding"):  # the chapter's computed reading first, its verdicts under it
+            assert "What we found. " + " ".join(results["finding"].split()) in " ".join(_text(box.group(0)).split())
+            assert box.group(0).index("What we found.") < box.group(0).index("diffgen-summary-rows"), page.name
         paper = [c for c in claims if c["source"] != "ours"]  # a line per paper claim and per row, one for ours
         assert box.group(0).count("<li>") == len({c["id"] for c in paper}) + len(paper) + any(
             c["source"] == "ours" for c in claims), page.name

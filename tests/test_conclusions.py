@@ -255,3 +255,16 @@ def test_chapter4_reading_follows_real_trajectories(trajectories):
     assert "still memorizes less" not in text
     text = conclusions.speed_or_memorization([at_end], along, [gap])
     assert "still memorizes less" in text and "do not decide" not in text  # the flip: every matched row holds
+    sized = verdicts.less_at_matched([0.09, 0.08, 0.1, 0.11, 0.09], "gap to eps*", "x", gate, 40)
+    assert "at matched gap to eps* (n = 40) it copies less" in conclusions.speed_or_memorization([at_end], along,
+                                                                                               [sized])
+    # the chapter's finding (its results file's, the book's first sentence) is the same reading, from its groups
+    copies = Condition("lower end of the standard net's copy rate", True,
+                       (Comparison("lower end of the standard net's copy rate", 0.5, ">", 0),))
+    grouped = {"memorizes less": [dataclasses.replace(at_end, premise=copies)], "along": [along], "matched": [gap],
+               "checks": [_r3()]}
+    assert conclusions.c5b_reading(grouped) == conclusions.speed_or_memorization(grouped["memorizes less"], along,
+                                                                               [gap])
+    assert conclusions.c5b_reading(grouped) in conclusions.new_objective(grouped, "new (uniform)")
+    assert conclusions.c5b_reading({**grouped, "memorizes less": [at_end]}) == ""  # no size where the standard copies
+    assert conclusions.c5b_reading({k: v for k, v in grouped.items() if k != "along"}) == ""

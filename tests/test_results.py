@@ -24,7 +24,7 @@ from diffgen.claims.results import (
     write_results,
 )
 
-KEYS = {"chapter", "parameters", "diffgen_version", "source_hash", "claims", "memory"}
+KEYS = {"chapter", "parameters", "diffgen_version", "source_hash", "claims", "finding", "memory"}
 CLAIM_KEYS = {"id", "source", "statement", "metric", "value", "ci", "expected", "holds", "seeds", "premise",
               "quality", "flattened", "rule_holds", "rule", "interval", "regime", "equivalence", "label"}
 
@@ -114,6 +114,23 @@ def test_read_results_round_trip(tmp_path):
     write_results(tmp_path, "ch2", {"a": 2.5}, claims[:1])
     doc = read_results(path)
     assert doc["parameters"] == {"a": 2.5} and len(doc["claims"]) == 1
+
+
+def test_a_chapters_finding_is_written_and_read_back(tmp_path):
+    """The chapter's computed reading travels in its results file; a file without one (older code) reads as none;
+    a finding that is not text is an error, writing or reading."""
+    path = write_results(tmp_path, "ch4", {}, _claims(), finding="At every matched progress it copies less.")
+    assert read_results(path)["finding"] == "At every matched progress it copies less."
+    assert read_results(write_results(tmp_path, "ch4", {}, _claims()))["finding"] == ""
+    with pytest.raises(TypeError, match="finding must be a str"):
+        write_results(tmp_path, "ch4", {}, _claims(), finding=["a list"])
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "finding": 3}))
+    with pytest.raises(ValueError, match=r"ch4.results.json: finding must be a string"):
+        read_results(path)
+    del doc["finding"]
+    path.write_text(json.dumps(doc))
+    assert "finding" not in read_results(path)
 
 
 @pytest.mark.parametrize("bad_id", ["C0", "C7", "c1", "", "claim1", "R0", "R", "R1a"])

@@ -367,6 +367,9 @@ def test_c5b_matched_comparisons_flip_between_a_copier_and_an_equal_curve(digits
     assert sum(same) > 0 and not verdicts.less_at_matched(same, "gap to eps*", "itself", gate).holds
     unmeasurable = verdicts.less_at_matched(None, "held-out loss", "no overlap", gate)
     assert unmeasurable.value is None and not unmeasurable.holds and unmeasurable.id == "C5b"
+    at_size = verdicts.less_at_matched(diff(standard, slower), "gap to eps*", "a copier", gate, 40)
+    assert at_size.regime == {"n": 40} and at_size.label == "copies less at matched gap to eps* (n = 40)"
+    assert unmeasurable.regime is None and unmeasurable.label == "copies less at matched held-out loss"
 
 
 def test_r3_fails_for_another_reading_and_r4_for_a_wrong_coefficient(sched):

@@ -70,9 +70,10 @@ def speed_or_memorization(converged: list, along, matched: list) -> str:
     if not converged:
         return ""
     reached = [r for r in converged if r.verdict != PREMISE]
-    while_training = (f"While training, at equal steps, the new objective copies {_direction(along)} "
+    while_training = (f"While training, at equal steps{_at_n(along)}, the new objective copies {_direction(along)} "
                       f"({along.verdict}: {_value(along)})")
-    at = "; ".join(f"at {_matched(r)} it copies {_direction(r)} ({r.verdict}: {_value(r)})" for r in matched)
+    at = "; ".join(f"at {_matched(r)}{_at_n(r)} it copies {_direction(r)} ({r.verdict}: {_value(r)})"
+                   for r in matched)
     less = [r for r in matched if r.verdict == HOLDS]
     if len(reached) == len(converged):
         if all(r.verdict == HOLDS for r in converged):
@@ -120,6 +121,11 @@ def _direction(row) -> str:
     return "less" if row.verdict == HOLDS else "more" if row.ci and row.ci[1] < 0 else "about as much"
 
 
+def _at_n(row) -> str:
+    """' (n = 40)' where the row was measured at one training-set size, else ''."""
+    return f" (n = {row.regime['n']})" if row.regime and "n" in row.regime else ""
+
+
 def _value(row) -> str:
     from .rowtext import measured
 
@@ -147,8 +153,13 @@ def new_objective(rows: dict, name_new: str) -> str:
                          f"checked ({', '.join(label(r) for r in unchecked)})" if unchecked else ""))
         causes = (f"{len(failed)} of the paper's C5 rows fail here. Before they count against the paper, these causes "
                   "of ours come first: " + "; ".join(listed) + ".")
+    return written(flat_rows, f"The headline objective is {name_new}.", c5b_reading(rows), causes, chapter="ch4")
+
+
+def c5b_reading(rows: dict) -> str:
+    """Chapter 4's reading of C5b (speed_or_memorization) from its rows as the chapter groups them, at the sizes
+    where the standard net copies; '' where the chapter measured no training curves."""
     copies = [r for r in rows.get("memorizes less", []) if r.premise and any(
         t.what == "lower end of the standard net's copy rate" and t.met for t in r.premise.tests)]
-    reading = speed_or_memorization(copies, rows["along"][0], rows["matched"]) \
+    return speed_or_memorization(copies, rows["along"][0], rows["matched"]) \
         if rows.get("along") and rows.get("matched") else ""
-    return written(flat_rows, f"The headline objective is {name_new}.", reading, causes, chapter="ch4")

@@ -329,15 +329,20 @@ def fmt_memory(memory: dict | None) -> str:
     return f"{gpu}, host {gib('host_peak_bytes')}"
 
 
-def write_results(directory: str | Path, chapter: str, parameters: dict, claims: list[Claim]) -> Path:
+def write_results(directory: str | Path, chapter: str, parameters: dict, claims: list[Claim], *,
+                  finding: str = "") -> Path:
     """Write `<chapter>.results.json` atomically into `directory` and return its path; it records the chapter's
-    peak memory so far (peak_memory: the chapter writes its results last)."""
+    peak memory so far (peak_memory: the chapter writes its results last) and `finding`, the chapter's computed
+    reading in one or two sentences (the book opens the chapter with it)."""
+    if not isinstance(finding, str):
+        raise TypeError(f"finding must be a str (the chapter's computed reading), got {type(finding).__name__}")
     doc = {
         "chapter": chapter,
         "parameters": parameters,
         "diffgen_version": VERSION,
         "source_hash": source_hash(),
         "claims": [claim_json(c) for c in claims],
+        "finding": finding,
         "memory": peak_memory(),
     }
     path = results_path(directory, chapter)
@@ -398,6 +403,8 @@ def read_results(path: str | Path) -> dict:
         raise ValueError(f"{path}: missing keys {sorted(missing)}")
     for c in doc["claims"]:
         claim_from_json(c)  # validates
+    if not isinstance(doc.get("finding", ""), str):
+        raise ValueError(f"{path}: finding must be a string; got {doc['finding']!r}")
     memory = doc.get("memory", {})
     if not isinstance(memory, dict) or set(memory) - MEMORY_KEYS or not all(
             v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) for v in memory.values()):

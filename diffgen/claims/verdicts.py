@@ -114,8 +114,8 @@ def blind_reads_zero(estimate: Estimate, what: str, margin: float = BLIND_MARGIN
 def tradeoff_along_training(along) -> Claim:
     """C6, ours (ch1): along training, from the first snapshot whose samples pass the quality gate (the nets already
     generate data like P) to the last, the grid I(z; m) rises while KL(P_z || P) falls, each change per seed with
-    its t interval across seeds above (below) 0 (mutual_information.AlongTraining). Training time moves both: this is not
-    the paper's trade-off at equal time (ch3 measures that)."""
+    its t interval across seeds above (below) 0 (mutual_information.AlongTraining). Training time moves both: this is
+    not the paper's trade-off at equal time (ch3 measures that)."""
     statement = ("In our reconstruction, along training the samples come to depend more on S while their average "
                  "nears P. Training time moves both, so this is not a trade-off at equal training time.")
     if along.mi_changes is None:
@@ -248,9 +248,9 @@ def tradeoff_at_equal_time(slopes, what: str) -> Claim:
 
 
 def nets_converged(convergence, members, what: str) -> Condition:
-    """The premise 'sufficient training' of a trained-model row, per net: every one of `members` of an
-    training_curves.Convergence had its gap to eps* and held-out loss move by at most its relative tolerance and its copy
-    rate by at most its absolute tolerance over the last interval between snapshots."""
+    """The premise 'sufficient training' of a trained-model row, per net: every one of `members` of a
+    training_curves.Convergence had its gap to eps* and held-out loss move by at most its relative tolerance and its
+    copy rate by at most its absolute tolerance over the last interval between snapshots."""
     members = list(members)
     done = int(convergence.converged[members].sum())
     first, last = convergence.interval
@@ -379,11 +379,11 @@ def less_along_training(differences, what: str, gate: QualityGate, n: int) -> Cl
                      quality=gate.condition, regime={"n": n}, label=f"copies less while training (n = {n})")
 
 
-def less_at_matched(differences, matched: str, what: str, gate: QualityGate) -> Claim:
+def less_at_matched(differences, matched: str, what: str, gate: QualityGate, n: int | None = None) -> Claim:
     """C5b, ours: at the same `matched` quantity (the gap to eps*, or the standard denoising loss on held-out images;
     at the furthest value both runs reach, snapshot curves interpolated, new_objective.rates_at_matched) the new
     objective still copies less: copy rate standard - new, one per seed, t interval above 0; None (not measurable)
-    when the curves cannot be matched on every seed."""
+    when the curves cannot be matched on every seed. `n`: the training-set size, where one was measured."""
     stat = across(differences) if differences is not None and len(differences) > 1 else None
     why = "" if stat else (" (not measurable: on some seed the two curves' ranges do not overlap or they move in "
                            "opposite directions)")
@@ -392,7 +392,8 @@ def less_at_matched(differences, matched: str, what: str, gate: QualityGate) -> 
                      [Comparison("lower end", stat.low, ">", 0)] if stat else (),
                      ours=f"In our reconstruction, the forward-time objective memorizes less than the standard one "
                           f"at the same {matched} (not only because it trains slower).",
-                     quality=gate.condition, label=f"copies less at matched {matched}")
+                     quality=gate.condition, regime={"n": n} if n else None,
+                     label=f"copies less at matched {matched}" + (f" (n = {n})" if n else ""))
 
 
 def candidate_minimiser_is_eps_star(deviation: float) -> Claim:

@@ -219,9 +219,10 @@ def detail_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
 
 
 def summary_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
-    """A chapter's verdicts, from its results file (the chapter wrote it when it executed): per paper claim it
-    measures, the claim's verdict on this chapter's rows as the claim is worded, then each of those rows in one line
-    (verdict, name, value and interval); our own rows counted in one line (each is under the chapter's "Verdict")."""
+    """A chapter's finding and verdicts, from its results file (the chapter wrote it when it executed): its computed
+    reading (the file's `finding`), where it wrote one; per paper claim it measures, the claim's verdict on this
+    chapter's rows as the claim is worded, then each of those rows in one line (verdict, name, value and interval);
+    our own rows counted in one line (each is under the chapter's "Verdict")."""
     from ..claims import rowtext
     from ..claims.results import read_results, results_path
     from . import report
@@ -230,7 +231,12 @@ def summary_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
     path = results_path(folder, chapter)
     if not path.is_file():
         return [nodes.paragraph(text=f"{chapter} has not been executed yet: no {path.name}.")]
-    rows = [r for r in report.rows_for([{"chapter": chapter, **read_results(path)}]) if r.verdict != report.NOT_RUN]
+    doc = read_results(path)
+    rows = [r for r in report.rows_for([{"chapter": chapter, **doc}]) if r.verdict != report.NOT_RUN]
+    finding = []
+    if doc.get("finding"):  # the chapter's computed reading comes first, its rows under it
+        finding = [nodes.paragraph()]
+        finding[0] += [nodes.strong(text="What we found."), nodes.Text(" " + doc["finding"])]
     items = nodes.bullet_list(classes=["diffgen-summary-rows"])
     ours = []
     for group in report.by_claim(rows).values():
@@ -252,4 +258,4 @@ def summary_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
         para = nodes.paragraph()
         para += nodes.Text(f"Our own rows ({len(ours)}): {rowtext.tally(ours)}.")
         items += nodes.list_item("", para)
-    return [items]
+    return finding + [items]
