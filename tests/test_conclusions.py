@@ -95,6 +95,27 @@ def test_chapter2_conclusions_name_the_cause_only_when_the_stochastic_rows_hold(
     assert "lower end 0.0657 \\< 0.9" in line(text2, "C3 · DDPM copies (ours)")  # the relation measured
 
 
+def test_chapter2_finding_follows_its_rows():
+    """The sentence that opens chapter 2: every sampler copies, or how many do, from the rows; a flipped row flips
+    it."""
+    copies = wilson_interval(200, 200)
+    rows = [verdicts.closed_form_exact(1e-12), verdicts.sampler_copies(copies, "DDIM", paper=True),
+            verdicts.sampler_copies(copies, "ODE", paper=True), verdicts.sampler_copies(copies, "DDPM", paper=False)]
+    text = conclusions.optimum_finding(rows)
+    assert text == ("The closed-form empirical optimum agrees with a float64 brute force (largest difference "
+                    "1.00e-12). Driven by it, every sampler we ran copies training images (copy rate 1 for each of DDIM; ODE; "
+                    "DDPM).")
+    rows[3] = verdicts.sampler_copies(wilson_interval(20, 200), "DDPM", paper=False)
+    text = conclusions.optimum_finding(rows)
+    assert "every sampler" not in text and ("2 of 3 samplers copy training images (copy rate 1 for each of DDIM; "
+                                            "ODE); the others do not by their row's rule (0.1 (DDPM))") in text
+    rows[0] = verdicts.closed_form_exact(1e-3)
+    assert conclusions.optimum_finding(rows).startswith("The closed-form empirical optimum differs from")
+    none = [verdicts.sampler_copies(wilson_interval(20, 200), name, paper=True) for name in ("DDIM", "ODE")]
+    assert "no sampler we ran copies" in conclusions.optimum_finding(none)
+    assert conclusions.optimum_finding([]) == ""
+
+
 def test_chapter3_conclusions_follow_premise_and_verdict_flips():
     approximates = {n: verdicts.approximates_optimum(v, f"n = {n}", fall=0.0, n=n)
                     for n, v in [(8, [0.9, 0.95, 0.92]), (500, [0.1, 0.2, 0.15])]}
@@ -124,6 +145,36 @@ def test_chapter3_conclusions_follow_premise_and_verdict_flips():
     # the premise lost at n = 8 as well: no size reaches it
     approximates[8] = flipped(approximates[8], holds=False)
     assert "reached at no size" in render("ch3_trained_gap", ns)
+
+
+def test_chapter3_finding_says_where_each_part_of_c4_holds():
+    """The sentence that opens chapter 3, per training-set size, from the rows: all three parts hold, the nets copy,
+    the nets do not approximate eps*; C6 at equal time. Each flip of a row moves its size to another reading."""
+    approximates = {n: verdicts.approximates_optimum(v, f"n = {n}", fall=0.0, n=n)
+                    for n, v in [(8, [0.9, 0.95, 0.92]), (63, [0.9, 0.85, 0.88]), (500, [0.1, 0.2, 0.15])]}
+    premise = {n: verdicts.premise_of(r, n) for n, r in approximates.items()}
+    unseen = {n: verdicts.generates_unseen([wilson_interval(c, 100) for c in counts], f"n = {n}", premise[n],
+                                           GATE_OK, n)
+              for n, counts in [(8, (90, 95, 85)), (63, (5, 8, 6)), (500, (0, 0, 0))]}
+    generalizing = {n: verdicts.generalizing(approximates[n], unseen[n], n) for n in approximates}
+    critical = {n: verdicts.difference_is_critical([0.1, 0.12, 0.11] if generalizing[n].met else None,
+                                                   [0.4, 0.5, 0.45] if generalizing[n].met else None, f"n = {n}",
+                                                   generalizing[n], n) for n in approximates}
+    widths = verdicts.tradeoff_at_equal_time(SimpleNamespace(per_seed=[-0.3, -0.2, -0.25], widths=[8, 16, 32],
+                                                             dropped=[], reason=""), "widths")
+    text = conclusions.trained_gap_finding(approximates, unseen, critical, {"widths": widths})
+    assert text.startswith("At n = 8 the nets approximate eps* but copy (copy rate 0.9); at n = 63 all three parts of "
+                           "C4 hold") and "at n = 500 the nets do not approximate eps*" in text
+    assert text.endswith("C6's trade-off (closer to eps*, more copies) holds (slope -0.25 [-0.374, -0.126]).")
+    unseen[8] = verdicts.generates_unseen([wilson_interval(c, 100) for c in (5, 8, 6)], "n = 8", premise[8], GATE_OK,
+                                          8)  # n = 8 stops copying: it joins n = 63, said once for both
+    critical[8] = critical[63]
+    text = conclusions.trained_gap_finding(approximates, unseen, critical, {"widths": widths})
+    assert text.startswith("At n = 8, 63 all three parts of C4 hold") and "copy rate" not in text
+    critical[8] = flipped(critical[63], holds=False)
+    assert "at n = 8 the nets approximate eps* and generate unseen data, but 'the difference is critical' reads " \
+           "'fails'" in conclusions.trained_gap_finding(approximates, unseen, critical, {}).lower()
+    assert "C6" not in conclusions.trained_gap_finding(approximates, unseen, critical, {})
 
 
 def test_chapter4_conclusions_list_the_causes_only_when_a_c5_paper_row_fails():

@@ -5,7 +5,8 @@ whose numbers move cannot contradict its own text (tests/test_conclusions.py fli
 from __future__ import annotations
 
 from .results import FAILS, FLATTENED, HOLDS, PREMISE, QUALITY
-from .rowtext import label, rows_markdown
+from .prose import number
+from .rowtext import label, measured, rows_markdown
 
 
 def tally(rows: list) -> str:
@@ -41,6 +42,66 @@ def failed_paper_rows(rows: list, claim_ids) -> list:
 
 
 # ------------------------------------------------------------------------------------------------------ chapters
+def optimum_finding(rows: list) -> str:
+    """Chapter 2's finding from its rows: whether the closed form agrees with the float64 brute force (C2) and which
+    samplers driven by it copy training images (the C3 rows, the paper's and ours)."""
+    exact = next((r for r in rows if r.id == "C2"), None)
+    samplers = [r for r in rows if r.id == "C3"]
+    copy = [r for r in samplers if r.verdict == HOLDS]
+    rest = [r for r in samplers if r not in copy]
+
+    def named(rs) -> str:  # '1 for each of DDIM, eta = 0; ODE (Heun)' or '1 (DDIM, eta = 0), 0.2 (ODE (Heun))'
+        names = [label(r).removesuffix(" copies") for r in rs]
+        if len(rs) > 1 and len({number(r.value) for r in rs}) == 1:
+            return f"{number(rs[0].value)} for each of {'; '.join(names)}"
+        return ", ".join(f"{number(r.value)} ({name})" for r, name in zip(rs, names))
+
+    parts = []
+    if exact is not None:
+        parts.append(f"The closed-form empirical optimum {'agrees with' if exact.verdict == HOLDS else 'differs from'} "
+                     f"a float64 brute force (largest difference {number(exact.value)}).")
+    if samplers and not rest:
+        parts.append(f"Driven by it, every sampler we ran copies training images (copy rate {named(copy)}).")
+    elif samplers and not copy:
+        parts.append(f"Driven by it, no sampler we ran copies by its row's rule (copy rate {named(rest)}).")
+    elif samplers:
+        parts.append(f"Driven by it, {len(copy)} of {len(samplers)} samplers copy training images (copy rate "
+                     f"{named(copy)}); the others do not by their row's rule ({named(rest)}).")
+    return " ".join(parts)
+
+
+def trained_gap_finding(approximates: dict, unseen: dict, critical: dict, tradeoff: dict) -> str:
+    """Chapter 3's finding from its rows, per training-set size n: where C4's three parts hold together, where the
+    nets approximate eps* but copy or fail the quality gate, where they do not approximate it; then C6 at equal
+    time across widths."""
+    said = {}
+    for n in approximates:
+        a, u, c = approximates[n], unseen[n], critical[n]
+        if a.verdict != HOLDS:
+            what = ("the nets do not approximate eps*" if a.verdict in (FAILS, QUALITY) else
+                    f"'approximates eps*' reads '{a.verdict}'")
+        elif u.verdict == QUALITY:
+            what = "the nets approximate eps* but their samples fail the quality gate"
+        elif u.verdict == FAILS:
+            what = f"the nets approximate eps* but copy (copy rate {number(u.value)})"
+        elif u.verdict != HOLDS:
+            what = f"the nets approximate eps*, and 'generates unseen data' reads '{u.verdict}'"
+        elif c.verdict != HOLDS:
+            what = (f"the nets approximate eps* and generate unseen data, but 'the difference is critical' reads "
+                    f"'{c.verdict}'")
+        else:
+            what = ("all three parts of C4 hold: the nets approximate eps*, generate unseen data, and the difference "
+                    "is critical")
+        said.setdefault(what, []).append(n)
+    sizes = lambda ns: "n = " + ", ".join(map(str, ns))  # noqa: E731
+    text = "; ".join(f"at {sizes(ns)} {what}" for what, ns in said.items())
+    widths = tradeoff.get("widths")
+    if widths is not None:
+        text += (f". Across widths at equal training time, C6's trade-off (closer to eps*, more copies) "
+                 f"{widths.verdict} (slope {measured(widths, seeds=False)})")
+    return text[0].upper() + text[1:] + "." if text else ""
+
+
 def trained_gap(approximates: dict, unseen: dict, critical: dict, tradeoff: dict) -> str:
     """Chapter 3: the rows of C4 per training-set size n (approximates, generates unseen data, the difference is
     critical) and of C6 (at equal time across widths; along training, ours), each with its verdict, and where C4's
