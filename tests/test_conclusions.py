@@ -103,8 +103,8 @@ def test_chapter2_finding_follows_its_rows():
             verdicts.sampler_copies(copies, "ODE", paper=True), verdicts.sampler_copies(copies, "DDPM", paper=False)]
     text = conclusions.optimum_finding(rows)
     assert text == ("The closed-form empirical optimum agrees with a float64 brute force (largest difference "
-                    "1.00e-12). Driven by it, every sampler we ran copies training images (copy rate 1 for each of DDIM; ODE; "
-                    "DDPM).")
+                    "1.00e-12). Driven by it, every sampler we ran copies training images (copy rate 1 for each of "
+                    "DDIM; ODE; DDPM).")
     rows[3] = verdicts.sampler_copies(wilson_interval(20, 200), "DDPM", paper=False)
     text = conclusions.optimum_finding(rows)
     assert "every sampler" not in text and ("2 of 3 samplers copy training images (copy rate 1 for each of DDIM; "
