@@ -175,6 +175,10 @@ def test_chapter3_finding_says_where_each_part_of_c4_holds():
     assert "at n = 8 the nets approximate eps* and generate unseen data, but 'the difference is critical' reads " \
            "'fails'" in conclusions.trained_gap_finding(approximates, unseen, critical, {}).lower()
     assert "C6" not in conclusions.trained_gap_finding(approximates, unseen, critical, {})
+    unmeasured = verdicts.tradeoff_at_equal_time(SimpleNamespace(per_seed=None, widths=[8, 16], dropped=[8],
+                                                                 reason="too few widths"), "widths")
+    assert conclusions.trained_gap_finding(approximates, unseen, critical, {"widths": unmeasured}).endswith(
+        "more copies) reads 'not measurable' (slope not measurable).")
 
 
 def test_chapter4_conclusions_list_the_causes_only_when_a_c5_paper_row_fails():

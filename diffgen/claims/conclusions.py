@@ -97,8 +97,9 @@ def trained_gap_finding(approximates: dict, unseen: dict, critical: dict, tradeo
     text = "; ".join(f"at {sizes(ns)} {what}" for what, ns in said.items())
     widths = tradeoff.get("widths")
     if widths is not None:
-        text += (f". Across widths at equal training time, C6's trade-off (closer to eps*, more copies) "
-                 f"{widths.verdict} (slope {measured(widths, seeds=False)})")
+        reads = widths.verdict if widths.verdict in (HOLDS, FAILS) else f"reads '{widths.verdict}'"
+        text += (f". Across widths at equal training time, C6's trade-off (closer to eps*, more copies) {reads} "
+                 f"(slope {_value(widths)})")
     return text[0].upper() + text[1:] + "." if text else ""
 
 
@@ -188,8 +189,6 @@ def _at_n(row) -> str:
 
 
 def _value(row) -> str:
-    from .rowtext import measured
-
     return measured(row, seeds=False)
 
 
