@@ -121,6 +121,44 @@ def test_killed_sweep_resumes_with_the_missing_points_only(book, tmp_path):
     assert {name for name, p in doc["points"].items() if p["status"] == "skipped"} == finished
 
 
+@pytest.mark.processes("a diffgen sweep stopped with SIGTERM while a point executes")
+def test_terminated_sweep_leaves_no_process_behind(book, tmp_path):
+    """SIGTERM to the sweep (its process only, not its group) while a point's kernel runs: the worker, the point's
+    runner and its kernel are all gone soon after; before, the runner executed on as an orphan."""
+    import psutil
+
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([str(DIFFGEN), "sweep", "ch1", "-p", "pause", "60", "--out", str(out), "--device",
+                             "cpu", "--timeout", "300", "--workers", "1"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    sweep = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the point's kernel has started
+        below = sweep.children(recursive=True)
+        if any("ipykernel" in " ".join(_cmdline(p)) for p in below):
+            break
+        time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the point's kernel did not start within 120 s")
+    assert any("diffgen.commands.runner" in " ".join(_cmdline(p)) for p in below)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(below, timeout=30)
+    for p in alive:
+        p.kill()
+    assert not alive, [" ".join(_cmdline(p)) for p in alive]
+
+
+def _cmdline(process) -> list[str]:
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.Error:  # it ended meanwhile
+        return []
+
+
 @pytest.mark.processes("Dask workers executing a fixture chapter per point")
 def test_failing_point_is_recorded_and_the_others_finish(book, tmp_path, capsys):
     """Two points (three before): the one that raises is recorded as failed, the other finishes."""

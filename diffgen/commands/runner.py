@@ -153,6 +153,7 @@ def _child(job_path: str) -> int:
     """The child process: execute one notebook with papermill; write a report (JSON: the one-line reason of a
     failure, the exception's class name, the kernel's peak resident set)."""
     job = json.loads(Path(job_path).read_text())
+    exit_with_parent()
     os.environ[HEADLESS] = "1"  # the kernel inherits it: no live widgets, progress to the runner
     import nbformat
     import papermill
@@ -185,6 +186,20 @@ def _child(job_path: str) -> int:
     Path(job["report"]).write_text(json.dumps({"reason": None if reason is None else (
         reason.strip().splitlines() or [""])[0], "error": error, "host_peak_bytes": _kernel_peak()}))
     return 0 if reason is None else 1
+
+
+def exit_with_parent(poll: float = 1.0) -> None:
+    """Exit this process as soon as its parent is gone (a `diffgen run`, `book` or sweep worker killed before it could
+    stop us), instead of executing on as an orphan; the kernel, whose parent this process is, then exits too
+    (ipykernel polls its parent)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _kernel_peak() -> int | None:
