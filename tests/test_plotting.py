@@ -50,6 +50,16 @@ def test_tables_have_one_row_per_entry():
     assert len(risk) == 3 and "+0.250" in risk[2]
 
 
+def test_a_pipe_in_a_cell_stays_in_its_cell():
+    """ch1's header "E_S KL(P_z|S || P)" once split the table's columns, so the page showed the raw Markdown."""
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark").enable("table").render(tables.markdown_table(["a|b", "c"], [["x || y", "z"]]))
+    assert html.count("<th>") == 2 and html.count("<td>") == 2 and "<th>a|b</th>" in html and "x || y" in html
+    risk = MarkdownIt("commonmark").enable("table").render(tables.excess_risk_table({"g": ExcessRisk(1.0, .25, .5)}))
+    assert risk.count("<th>") == 5 and "E_S KL(P_z|S || P)" in risk
+
+
 def test_curves_bars_and_bands_draw_what_they_are_given(ax):
     figures.plot_curves_xy({"a": ([1, 2, 3], [1, 2, 3]), "b": ([1, 10], [5, 6])}, ax=ax, xlabel="x", ylabel="y",
                             logx=True)

@@ -276,7 +276,8 @@ def test_the_region_of_a_row_is_one_sentence_of_runs_of_sizes_and_lengths():
 
 def test_a_difference_over_the_training_length_reads_what_longer_training_did_to_it():
     """describe_budget per size: the trend, the nets converged at each length, and the reading: a difference whose
-    interval reaches 0 at the longest training is gone; one that shrinks at every longer training but
+    interval reaches 0 at the longest training is no longer distinguishable from 0 (on nets not all converged: it says
+    so), one whose interval lies below 0 has reversed; one that shrinks with each longer training but
     stays above 0 on unconverged nets is undecided; one that holds on converged nets holds; flips of each."""
     import dataclasses
 
@@ -291,17 +292,22 @@ def test_a_difference_over_the_training_length_reads_what_longer_training_did_to
     text = describe_budget(shrinking, "train_steps")
     assert text.startswith("At n = 20 it falls from 0.16 at step 2000 to 0.05 at step 8000 (0.05 [0.02, 0.08] at the "
                            "longest); nets converged: 0 of 10 at 2000 steps, 2 of 10 at 4000 steps, 4 of 10 at 8000 "
-                           "steps: it shrinks at every longer training")
+                           "steps: it shrinks with each longer training")
     assert "not decided here" in text
     vanishing = cells([0.16, 0.1, 0.02], [0.12, 0.07, -0.01], waiting, [(0, 10)] * 3)
-    assert "its interval reaches 0 or lies below: no difference is left" in describe_budget(vanishing, "train_steps")
+    assert describe_budget(vanishing, "train_steps").endswith(
+        "at 8000 steps its interval reaches 0: after the longest training it is not distinguishable from 0, on nets not "
+        "all converged (the row reads 'premise not reached').")
+    reversed_ = cells([0.16, 0.1, -0.05], [0.12, 0.07, -0.08], waiting[:2] + ["fails"], [(0, 10), (2, 10), (10, 10)])
+    assert describe_budget(reversed_, "train_steps").endswith(
+        "at 8000 steps its interval lies below 0: after the longest training the difference has reversed.")
     lasting = cells([0.16, 0.1, 0.1], [0.12, 0.07, 0.08], waiting[:2] + ["holds"], [(0, 10), (2, 10), (10, 10)])
     assert describe_budget(lasting, "train_steps").endswith("it holds at 8000 steps, on converged nets.")
     unchecked = cells([0.16, 0.1, 0.1], [0.12, 0.07, 0.08], ["holds"] * 3, [None] * 3)  # no premise: nothing said
     assert describe_budget(unchecked, "train_steps").endswith("it holds at 8000 steps.")
     wobbling = cells([0.16, 0.18, 0.1], [0.12, 0.1, 0.06], waiting, [None] * 3)
     text = describe_budget(wobbling, "train_steps")
-    assert "does not shrink at every longer training" in text and "nets converged" not in text
+    assert "does not shrink with each longer training" in text and "nets converged" not in text
     elsewhere = [SizeCell(400, {"train_steps": s}, 0.0, "premise not reached", False, None, (10, 10),
                           "premise: lower end of the standard net's copy rate 0 <= 0") for s in (2000, 4000)]
     assert describe_budget(elsewhere, "train_steps").endswith(
@@ -311,10 +317,20 @@ def test_a_difference_over_the_training_length_reads_what_longer_training_did_to
              for s, v, ci, c in ((2000, 0.0, None, (10, 10)), (8000, -0.001, (-0.003, 0.001), (9, 10)))]
     text = describe_budget(never, "train_steps")  # one net short of converged: no difference was there to outlast
     assert text.endswith("there is no difference to outlast at any length; at 8000 steps the row reads 'premise not "
-                         "reached' (premise: nets 9 < 10).") and "no difference is left" not in text
+                         "reached' (premise: nets 9 < 10).") and "not distinguishable" not in text
     gone = [dataclasses.replace(never[0], value=0.05, ci=(0.02, 0.08)), never[1]]  # there at 2000, gone at 8000
-    assert "no difference is left" in describe_budget(gone, "train_steps")
+    assert "it is not distinguishable from 0" in describe_budget(gone, "train_steps")
     assert describe_budget([], "train_steps") == "Not measured in this sweep."
+
+
+def test_a_bullets_label_stays_bold_whatever_it_holds():
+    """"- **C4, approximates eps*:** ..." once rendered as "C4, approximates eps" in bold, then ":* holds"."""
+    from markdown_it import MarkdownIt
+
+    from diffgen.commands.sweepreport import bullet
+
+    html = MarkdownIt("commonmark").render(bullet("C4, approximates eps*", "holds at n <= 63 (train_steps = 2000)"))
+    assert "<strong>C4, approximates eps*:</strong> holds at n &lt;= 63 (train_steps = 2000)" in html, html
 
 
 def test_rows_by_size_carry_their_interval_and_converged_nets(tmp_path):

@@ -2,14 +2,15 @@
 `display(Markdown(...))`."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 
 def markdown_table(headers, rows) -> str:
-    """A Markdown table from a header list and rows of already formatted cells."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A Markdown table from a header list and rows of already formatted cells (a "|" in a cell is escaped)."""
+    line = lambda cells: "| " + " | ".join(re.sub(r"(?<!\\)\|", r"\\|", str(c)) for c in cells) + " |"  # noqa: E731
+    return "\n".join([line(headers), "|" + "---|" * len(headers), *(line(row) for row in rows)])
 
 
 def error_table(errors: dict) -> str:
@@ -40,7 +41,7 @@ def band_share_table(shares: list[dict]) -> str:
 def excess_risk_table(risks: dict) -> str:
     """Markdown table of mi.ExcessRisk terms per row name: total, I(z; m), KL(P_z || P) and their gap."""
     rows = [[name, f"{r.total:.3f}", f"{r.mi:.3f}", f"{r.marginal:.3f}", f"{r.gap:+.3f}"] for name, r in risks.items()]
-    return markdown_table(["generator", "E_S KL(P_z|S \\|\\| P)", "I(z; m)", "KL(P_z \\|\\| P)", "gap"], rows)
+    return markdown_table(["generator", "E_S KL(P_z|S || P)", "I(z; m)", "KL(P_z || P)", "gap"], rows)
 
 
 def quality_rows(energy: dict, difference: dict, features: dict, gates: dict, fid_name: str) -> str:

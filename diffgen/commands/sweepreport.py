@@ -14,7 +14,7 @@ from ..base.provenance import source_hash
 from ..claims.prose import number, trend
 from ..claims.results import (FLATTENED, HOLDS, NOT_MEASURABLE, PREMISE, SWEEP_FILE, ReportError,
                               claim_from_json, read_results)
-from ..claims.rowtext import decided_by
+from ..claims.rowtext import decided_by, md
 
 
 @dataclass(frozen=True)
@@ -294,12 +294,19 @@ def size_figure(cells: list[SizeCell], swept: str, title: str, *, ax):
 
 
 # ------------------------------------------------------------------------------------------ a row over training length
+def bullet(label: str, text: str) -> str:
+    """A Markdown list item "- **label:** text", both escaped: a label such as "approximates eps*" must not end the
+    bold early."""
+    return f"- **{md(label)}:** {md(text)}"
+
+
 def describe_budget(cells: list[SizeCell], swept: str) -> str:
     """Per training-set size, how a row's value moves as `swept` (the training length) grows, the nets that converged
     at each length, and what that says of a difference read "once trained to the end": it holds (on converged nets,
     where its premise counts them); the nets converged but another premise is not reached (say, the standard net
-    does not copy); its interval reaches 0 at every length (there was none) or at the longest (none is left); it
-    shrinks at every longer length, still above 0 (undecided); or it does not shrink steadily. One sentence per size."""
+    does not copy); its interval reaches 0 at every length (there was none) or at the longest (not distinguishable
+    from 0 there, or reversed when it lies below); it shrinks with each longer length, still above 0 (undecided); or it
+    does not shrink steadily. One sentence per size."""
     if not cells:
         return "Not measured in this sweep."
 
@@ -330,14 +337,17 @@ def describe_budget(cells: list[SizeCell], swept: str) -> str:
             reading = (f"there is no difference to outlast at any length; at {at(last.values[swept])} the row reads "
                        f"'{last.verdict}' ({last.decided_by})")
         elif reaches_zero(last):
-            reading = (f"at {at(last.values[swept])} its interval reaches 0 or lies below: no difference is left "
-                       "after the longest training")
+            below = last.ci is not None and last.ci[1] < 0
+            reading = (f"at {at(last.values[swept])} its interval " + (
+                "lies below 0: after the longest training the difference has reversed" if below else
+                "reaches 0: after the longest training it is not distinguishable from 0") + (
+                "" if everyone else f", on nets not all converged (the row reads '{last.verdict}')"))
         elif len(ys) > 1 and all(b < a for a, b in zip(ys, ys[1:])):
-            reading = (f"it shrinks at every longer training and is still above 0 at {at(last.values[swept])}, where "
+            reading = (f"it shrinks with each longer training and is still above 0 at {at(last.values[swept])}, where "
                        f"the row reads '{last.verdict}' ({last.decided_by}): whether it outlasts training is not "
                        "decided here")
         else:
-            reading = (f"it does not shrink at every longer training; at {at(last.values[swept])} the row reads "
+            reading = (f"it does not shrink with each longer training; at {at(last.values[swept])} the row reads "
                        f"'{last.verdict}' ({last.decided_by})")
         sentences.append(f"At n = {n} it {moves} ({number(last.value)}{interval} at the longest){nets}: {reading}.")
     return " ".join(sentences)
