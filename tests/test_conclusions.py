@@ -179,6 +179,20 @@ def test_chapter3_finding_says_where_each_part_of_c4_holds():
                                                                  reason="too few widths"), "widths")
     assert conclusions.trained_gap_finding(approximates, unseen, critical, {"widths": unmeasured}).endswith(
         "more copies) reads 'not measurable' (slope not measurable).")
+    spanning = verdicts.tradeoff_at_equal_time(SimpleNamespace(per_seed=[-9.0, 4.0, -2.0], widths=[8, 16, 32],
+                                                               dropped=[], reason=""), "widths")
+    assert spanning.verdict == "fails" and conclusions.trained_gap_finding(
+        approximates, unseen, critical, {"widths": spanning}).endswith(
+        "more copies) is not shown, nor refuted (its interval spans the threshold) (slope -2.33 [-18.5, 13.8]).")
+    above = verdicts.tradeoff_at_equal_time(SimpleNamespace(per_seed=[0.3, 0.2, 0.25], widths=[8, 16, 32],
+                                                            dropped=[], reason=""), "widths")
+    readings = [conclusions.tradeoff_reading(r, "too few widths") for r in (widths, spanning, above, unmeasured)]
+    assert readings == [
+        "At equal training time the nets closer to the optimum copy more: the trade-off of C6 holds here.",
+        "At equal training time C6's trade-off is not shown, nor refuted: the slope's interval spans 0.",
+        "At equal training time C6's trade-off fails here: the slope's interval lies at or above 0 (closer to the "
+        "optimum, no more copies).",
+        "At equal training time C6's trade-off reads 'not measurable' here (too few widths)."]
 
 
 def test_chapter4_conclusions_list_the_causes_only_when_a_c5_paper_row_fails():

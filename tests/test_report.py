@@ -143,6 +143,42 @@ def test_a_claim_read_as_there_is_a_regime_where_counts_fresh_sweep_points(tmp_p
     assert report.summary(rows).startswith("1 claim holds, 0 fail")
 
 
+def test_a_claim_read_in_every_measured_case_counts_sweep_points_and_says_which_failures_decide_nothing(tmp_path):
+    """C6 ("in every measured case"): the chapter's slope fails because its interval spans 0 (not shown, not refuted);
+    a current sweep point's slope lies wholly above 0 (refuted there); a stale point does not count. Flips: the
+    chapter's row alone, then with its interval wholly above 0."""
+    from diffgen.base.provenance import source_hash
+    from diffgen.claims.results import SWEEP_FILE
+    from diffgen.claims.rowtext import decided_by, undecided
+
+    def slope(value, ci, **kw):
+        return paper_row("C6", "slope", value, ci, "< 0", False, 5, rule=(Comparison("upper end", ci[1], "<", 0),),
+                         **kw)
+
+    write_results(tmp_path, "ch3", {}, [slope(-2.4, (-11.4, 6.6))])
+    _, rows = report.load_run(tmp_path)
+    row = report.by_claim(rows)["C6"].paper[0].data
+    assert undecided(row) and decided_by(row).endswith("(the interval spans the threshold: not shown, not refuted)")
+    assert report.by_claim(rows)["C6"].verdict == ("fails (1 of 1; its interval spans the threshold: not shown, not "
+                                                   "refuted)")
+    sweep = tmp_path / "sweeps" / "ch3"
+    points = {}
+    for name, ci, code in [("train_steps=1000", (0.5, 1.5), source_hash()), ("train_steps=2000", (0.5, 1.5), "old")]:
+        path = write_results(sweep / name, "ch3", {}, [slope(1.0, ci)])
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"source_hash": code}))
+        points[name] = {"values": {"train_steps": int(name.split("=")[1])}, "status": "done"}
+    (sweep / SWEEP_FILE).write_text(json.dumps({"chapter": "ch3", "grid": {"train_steps": [1000, 2000]},
+                                                "points": points}))
+    _, rows = report.load_run(tmp_path)
+    group = report.by_claim(rows)["C6"]
+    assert group.verdict == "fails (2 of 2; in 1 of them the interval spans the threshold: not shown, not refuted)"
+    assert not undecided(group.swept[0].data) and "not shown" not in decided_by(group.swept[0].data)
+    write_results(tmp_path, "ch3", {}, [slope(1.0, (0.5, 1.5))])
+    (sweep / SWEEP_FILE).unlink()
+    _, rows = report.load_run(tmp_path)
+    assert report.by_claim(rows)["C6"].verdict == "fails (1 of 1)"
+
+
 @pytest.mark.parametrize("value, text", [(1.0186e-10, "1.02e-10"), (0.9921875, "0.992"), (1.0, "1"), (0.0, "0"),
                                          (-0.9448, "-0.945"), (1234.5, "1234"), (None, "n/a")])
 def test_number_format(value, text):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .results import FAILS, FLATTENED, HOLDS, PREMISE, QUALITY
 from .prose import number
-from .rowtext import label, measured, rows_markdown
+from .rowtext import label, measured, reads, rows_markdown, undecided
 
 
 def tally(rows: list) -> str:
@@ -97,10 +97,22 @@ def trained_gap_finding(approximates: dict, unseen: dict, critical: dict, tradeo
     text = "; ".join(f"at {sizes(ns)} {what}" for what, ns in said.items())
     widths = tradeoff.get("widths")
     if widths is not None:
-        reads = widths.verdict if widths.verdict in (HOLDS, FAILS) else f"reads '{widths.verdict}'"
-        text += (f". Across widths at equal training time, C6's trade-off (closer to eps*, more copies) {reads} "
-                 f"(slope {_value(widths)})")
+        text += (f". Across widths at equal training time, C6's trade-off (closer to eps*, more copies) "
+                 f"{reads(widths)} (slope {_value(widths)})")
     return text[0].upper() + text[1:] + "." if text else ""
+
+
+def tradeoff_reading(row, reason: str = "") -> str:
+    """Chapter 3's sentence on C6 at equal training time from its slope row: holds (the slope's interval lies below
+    0), not shown (it spans 0), fails (it lies above 0: closer to eps*, fewer copies), or not measurable (`reason`)."""
+    if row.verdict == HOLDS:
+        return "At equal training time the nets closer to the optimum copy more: the trade-off of C6 holds here."
+    if undecided(row):
+        return "At equal training time C6's trade-off is not shown, nor refuted: the slope's interval spans 0."
+    if row.verdict == FAILS:
+        return ("At equal training time C6's trade-off fails here: the slope's interval lies at or above 0 (closer to "
+                "the optimum, no more copies).")
+    return f"At equal training time C6's trade-off reads '{row.verdict}' here" + (f" ({reason})." if reason else ".")
 
 
 def trained_gap(approximates: dict, unseen: dict, critical: dict, tradeoff: dict) -> str:

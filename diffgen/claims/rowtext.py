@@ -7,6 +7,7 @@ every printed inequality of the book's results files back against its numbers.
 """
 from __future__ import annotations
 
+import math
 import re
 
 from .prose import number
@@ -105,7 +106,29 @@ def decided_by(row: Claim) -> str:
     if not row.rule:
         return f"expected {row.expected}"
     failing = [t for t in row.rule if not t.met]
-    return "; ".join(comparison_text(t) for t in (failing or row.rule))
+    said = "; ".join(comparison_text(t) for t in (failing or row.rule))
+    return said + (" (the interval spans the threshold: not shown, not refuted)" if undecided(row) else "")
+
+
+def reads(row: Claim) -> str:
+    """The row's verdict as a predicate: 'holds', 'fails', 'is not shown, nor refuted (its interval spans the
+    threshold)' (a failing row that is `undecided`), or "reads 'premise not reached'"."""
+    if undecided(row):
+        return "is not shown, nor refuted (its interval spans the threshold)"
+    return row.verdict if row.verdict in (HOLDS, FAILS) else f"reads '{row.verdict}'"
+
+
+def undecided(row: Claim) -> bool:
+    """A row that fails only because its interval straddles its rule's threshold: every comparison it fails is on
+    an end of the row's own interval, and that threshold lies strictly inside the interval. Its numbers neither
+    show the claim nor its opposite (a slope of -2.4 [-11.4, 6.6] against "< 0")."""
+    if row.verdict != FAILS or row.ci is None or not row.rule:
+        return False
+    low, high = (float(x) for x in row.ci)
+    failing = [t for t in row.rule if not t.met]
+    return bool(failing) and all(
+        any(math.isclose(float(t.value), end, rel_tol=1e-12, abs_tol=1e-15) for end in (low, high))
+        and low < float(t.threshold) < high for t in failing)
 
 
 def label(row: Claim) -> str:
