@@ -337,3 +337,19 @@ def test_chapter4_reading_follows_real_trajectories(trajectories):
     assert conclusions.c5b_reading(grouped) in conclusions.new_objective(grouped, "new (uniform)")
     assert conclusions.c5b_reading({**grouped, "memorizes less": [at_end]}) == ""  # no size where the standard copies
     assert conclusions.c5b_reading({k: v for k, v in grouped.items() if k != "along"}) == ""
+
+
+def test_information_over_noise_reads_a_flat_curve_at_the_ceiling_and_a_fall():
+    """The intermediate-states page once read 4.14, 4.15, 4.13 (ceiling 4.16) as "capped by how much noise was
+    added"; values within their intervals of each other and of the ceiling now read as flat at the ceiling."""
+    from diffgen.measures.metrics import Estimate
+
+    at_ceiling = [Estimate(v, v - 0.03, v + 0.03) for v in (4.14, 4.15, 4.13)]
+    assert conclusions.information_over_noise([5, 40, 400], at_ceiling, 4.16) == (
+        "stays flat at about 4.14 nats at every s, at the ceiling log M = 4.16 within the estimate's interval: at "
+        "these s the added noise does not lower the dependence on S")
+    falling = [Estimate(v, v - 0.03, v + 0.03) for v in (4.14, 3.0, 1.2)]
+    assert conclusions.information_over_noise([5, 40, 400], falling, 4.16) == (
+        "falls from 4.14 at s = 5 to 1.2 at s = 400: the more noise is added, the less the samples depend on S")
+    low_flat = [Estimate(v, v - 0.03, v + 0.03) for v in (2.0, 2.01, 2.0)]
+    assert conclusions.information_over_noise([5, 40, 400], low_flat, 4.16) == "stays flat at about 2"

@@ -50,6 +50,24 @@ def test_tables_have_one_row_per_entry():
     assert len(risk) == 3 and "+0.250" in risk[2]
 
 
+def test_quality_table_gives_fid_and_kid_with_intervals_across_seeds_that_hold_their_means():
+    """Chapter 4 once printed KID 0.0902 [0.0909, 0.1319]: a bootstrap interval (resampling with replacement biases
+    KID upward) beside FID's interval across seeds. Both now come from the seeds' t interval."""
+    from types import SimpleNamespace
+
+    from diffgen.measures.fid import SampleQuality
+    from diffgen.measures.metrics import Estimate
+
+    boot = Estimate(0.0902, 0.0909, 0.1319)
+    q = SampleQuality(Estimate(100.0, 90.0, 110.0), boot, (96.0, 100.0, 104.0), (0.085, 0.09, 0.0956), 128, 300,
+                      "FID", "KID")
+    row = tables.quality_rows({("standard", 20): [0.2263, 0.2263]}, {}, {("standard", 20): q},
+                              {("standard", 20): SimpleNamespace(passes=True, yardstick_value=0.3459)}, "FID")
+    cells = [c.strip() for c in row.splitlines()[2].split("|")[1:-1]]
+    assert cells == ["standard", "20", "0.2263", "", "0.3459 (passes)", "100 [90.06, 109.9]",
+                     "0.0902 [0.077, 0.103]"], cells
+
+
 def test_a_pipe_in_a_cell_stays_in_its_cell():
     """ch1's header "E_S KL(P_z|S || P)" once split the table's columns, so the page showed the raw Markdown."""
     from markdown_it import MarkdownIt

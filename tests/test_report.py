@@ -47,7 +47,7 @@ def test_rows_grouped_by_claim_with_not_run(run_dir):
     verdicts = {cid: g.verdict for cid, g in groups.items()}
     assert verdicts == {"C1": "not run", "C2": "holds", "C3": "holds", "C4": "not run", "C5a": "not run",
                         "C5b": "not run", "C6": "not measurable", "checks": "fails (1 of 2)"}  # our C3 row: beside
-    assert report.summary(rows) == "2 claims hold, 0 fail, 1 not measurable, 4 not run; our checks: 1 holds, 2 fail"
+    assert report.summary(rows) == "2 claims hold, 0 fail, 1 not measurable, 4 not run; our own rows: 1 holds, 2 fail"
     assert report.any_fails(rows)  # C6 is not measurable
 
 
@@ -196,7 +196,7 @@ def test_text_report(run_dir, capsys):
         in " ".join(out.split())
     assert re.search(r"^R +FAILS \(1 OF 2\) +Reconstruction checks \(ours\)", out, re.M), out
     assert "ch1  not run (no ch1.results.json)" in out
-    assert "2 claims hold, 0 fail, 1 not measurable, 4 not run; our checks: 1 holds, 2 fail." in out
+    assert "2 claims hold, 0 fail, 1 not measurable, 4 not run; our own rows: 1 holds, 2 fail." in out
 
 
 def test_markdown_report(run_dir, capsys):

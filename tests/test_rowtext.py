@@ -150,3 +150,15 @@ def test_the_verdict_section_tables_the_paper_rows_and_folds_ours_under_their_ta
         assert (f"| {name} |" in visible) == (row.source != "ours"), name
         assert (f"| {name} (ours) |" in folded.split("::::{dropdown} Every row")[0]) == (row.source == "ours"), name
     assert rowtext.tally(rows[:3]) == "0 hold, 2 fail, 1 premise not reached" and rowtext.tally(ours) == "1 holds, 1 fails"
+
+
+def test_a_condition_not_met_marks_which_of_its_tests_failed():
+    """claims_in_detail once printed "nets whose curves flattened 0 < 10; power ... 0.989 >= 0.8: not reached", as if
+    the power failed too."""
+    from diffgen.claims.results import Comparison, Condition
+
+    both = (Comparison("nets whose curves flattened", 0, ">=", 10), Comparison("power", 0.989, ">=", 0.8))
+    assert rowtext.condition_text(Condition("trained", False, both), "reached", "not reached") == (
+        "trained: nets whose curves flattened 0 < 10 (not met); power 0.989 >= 0.8 (met): not reached")
+    assert rowtext.condition_text(Condition("trained", True, (both[1],)), "reached", "not reached") == (
+        "trained: power 0.989 >= 0.8: reached")

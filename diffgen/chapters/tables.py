@@ -46,17 +46,18 @@ def excess_risk_table(risks: dict) -> str:
 
 def quality_rows(energy: dict, difference: dict, features: dict, gates: dict, fid_name: str) -> str:
     """Markdown table per (objective, n): energy distance to held-out images (mean over seeds), the difference to the
-    standard objective (seed by seed, t interval), the quality gate, and the Fréchet distance and KID across seeds
-    (fid.SampleQuality)."""
+    standard objective (seed by seed, t interval), the quality gate, and the Fréchet distance and KID with their t
+    intervals across seeds (fid.SampleQuality; a bootstrap that resamples images with replacement biases KID upward,
+    so its interval could miss the estimate)."""
     from ..measures.metrics import across_seeds
 
     rows = []
     for (name, n), e in energy.items():
-        diff = "" if name == "standard" else f"{across_seeds(difference[name, n]):.4f}"
+        diff = "" if name == "standard" else f"{across_seeds(difference[name, n]):.3g}"
         q = features[name, n]
-        kid = "" if q.kid is None else f"{q.kid:.4f}"
+        fid, kid = (q.fid_across_seeds, q.kid_across_seeds) if q.seeds > 1 else (q.fid, q.kid)  # both across seeds
         gate = "passes" if gates[name, n].passes else "fails"
-        rows.append([name, str(n), f"{np.mean(e):.4f}", diff, f"{gates[name, n].yardstick_value:.4f} ({gate})",
-                     f"{q.fid_across_seeds:.3f}", kid])
+        rows.append([name, str(n), f"{np.mean(e):.4g}", diff, f"{gates[name, n].yardstick_value:.4g} ({gate})",
+                     f"{fid:.4g}", "" if kid is None else f"{kid:.3g}"])
     return markdown_table(["objective", "n", "energy distance", "minus standard [95% CI]",
-                           "crude Gaussian (gate)", f"{fid_name} [95% CI]", "KID"], rows)
+                           "crude Gaussian (gate)", f"{fid_name} [95% CI]", "KID [95% CI]"], rows)

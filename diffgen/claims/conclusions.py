@@ -5,7 +5,7 @@ whose numbers move cannot contradict its own text (tests/test_conclusions.py fli
 from __future__ import annotations
 
 from .results import FAILS, FLATTENED, HOLDS, PREMISE, QUALITY
-from .prose import number
+from .prose import number, trend
 from .rowtext import label, measured, reads, rows_markdown, undecided
 
 
@@ -113,6 +113,20 @@ def tradeoff_reading(row, reason: str = "") -> str:
         return ("At equal training time C6's trade-off fails here: the slope's interval lies at or above 0 (closer to "
                 "the optimum, no more copies).")
     return f"At equal training time C6's trade-off reads '{row.verdict}' here" + (f" ({reason})." if reason else ".")
+
+
+def information_over_noise(s: list, mi: list, ceiling: float) -> str:
+    """How I(z; m) of the optimum over intermediate states moves with their time s (one Estimate per s), values
+    within the widest half-interval counting as equal, and what that says: it falls (more noise, less dependence on
+    S), or it stays at the ceiling log M (the added noise does not lower it at these s), or how it moves."""
+    tolerance = max((e.high - e.low) / 2 for e in mi)
+    moves = trend(s, [e.value for e in mi], tolerance=tolerance, unit="s =")
+    if moves.startswith("falls"):
+        return f"{moves}: the more noise is added, the less the samples depend on S"
+    if moves.startswith("stays flat") and all(e.high >= ceiling - tolerance for e in mi):
+        return (f"{moves} nats at every s, at the ceiling log M = {number(ceiling)} within the estimate's interval: "
+                f"at these s the added noise does not lower the dependence on S")
+    return moves
 
 
 def trained_gap(approximates: dict, unseen: dict, critical: dict, tradeoff: dict) -> str:

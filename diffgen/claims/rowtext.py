@@ -55,8 +55,12 @@ def comparison_text(c: Comparison) -> str:
 
 def condition_text(condition: Condition, met: str = "met", unmet: str = "not met") -> str:
     """'the standard net copies at n = 40: lower end 0.12 > 0: met' (a condition without tests: its statement and
-    outcome)."""
-    tests = ("; " if condition.combine == "all" else "; or ").join(comparison_text(t) for t in condition.tests)
+    outcome). A condition of several tests that is not met marks each test "(met)" or "(not met)", so that a test
+    that passes does not read as the reason."""
+    mark = (lambda t: " (met)" if t.met else " (not met)") if not condition.met and len(condition.tests) > 1 else (
+        lambda t: "")
+    tests = ("; " if condition.combine == "all" else "; or ").join(comparison_text(t) + mark(t)
+                                                                  for t in condition.tests)
     return f"{condition.statement}" + (f": {tests}" if tests else "") + f": {met if condition.met else unmet}"
 
 

@@ -18,7 +18,17 @@ import numpy as np
 
 from ..measures.metrics import Estimate, Proportion, equivalence_power, seeds_for_power
 from .gates import QualityGate, SeedStat, across, rates_across
-from .results import FLATTENED, Claim, Comparison, Condition, Equivalence, check_row, ours_row, paper_row
+from .prose import number
+from .results import (
+    FLATTENED,
+    Claim,
+    Comparison,
+    Condition,
+    Equivalence,
+    check_row,
+    ours_row,
+    paper_row,
+)
 
 FLAT = 0.05  # a learning curve has flattened when its last interval falls by at most this share of its value
 QUALITY_MARGIN = 0.1  # "similar" and "competitive" quality: new minus standard energy distance within this share of
@@ -121,7 +131,7 @@ def tradeoff_along_training(along) -> Claim:
     if along.mi_changes is None:
         return _seed_row("C6", "change of I(z; m) along training (not measurable: no snapshot before the last passes "
                          "the quality gate)", None, "> 0 with its interval above 0 while the KL's lies below 0", (),
-                         ours=statement, label="along training (2-D)")
+                         ours=statement, label="along training (2-D: I(z; m) rises, KL falls)")
     mi, kl = across(along.mi_changes), across(along.marginal_changes)
     return _seed_row("C6", f"change of I(z; m) from step {along.start_step} (the first snapshot whose samples pass "
                      f"the quality gate) to step {along.train_steps[-1]}, one per seed (grid plug-in; KL(P_z || P) "
@@ -129,7 +139,7 @@ def tradeoff_along_training(along) -> Claim:
                      "> 0 with its interval above 0 while the KL's lies below 0",
                      [Comparison("lower end of the change in I(z; m)", mi.low, ">", 0),
                       Comparison("upper end of the change in KL(P_z || P)", kl.high, "<", 0)], ours=statement,
-                     label="along training (2-D)")
+                     label="along training (2-D: I(z; m) rises, KL falls)")
 
 
 def closed_form_exact(error: float) -> Claim:
@@ -227,7 +237,8 @@ def tradeoff_along(correlations, what: str) -> Claim:
                      [Comparison("upper end", stat.high, "<", 0)] if stat else (),
                      ours="In our reconstruction, along one net's training the gap to eps* shrinks as the copy rate "
                           "grows. Training time moves both (the time confound): a net passes this by training "
-                          "alone, so it is not the paper's trade-off.", label="along training (time confound)")
+                          "alone, so it is not the paper's trade-off.",
+                     label="along training (gap vs copy rate: time confound)")
 
 
 def tradeoff_at_equal_time(slopes, what: str) -> Claim:
@@ -312,7 +323,7 @@ def quality_within(claim_id: str, differences, null_differences, margin: float, 
                          seeds_for_power(margin, spread, sides=sides, most=MOST_SEEDS))
     tests = ([Comparison("lower end", stat.low, ">=", -margin)] if two_sided else []) + [
         Comparison("upper end", stat.high, "<=", margin)]
-    band = f"inside [-{margin:g}, {margin:g}]" if two_sided else f"<= {margin:g} at the upper end"
+    band = f"inside [-{number(margin)}, {number(margin)}]" if two_sided else f"<= {number(margin)} at the upper end"
     return _seed_row(claim_id, f"{metric} to held-out images, new minus standard objective, one per seed, {what} "
                      f"({features})", stat, f"{band} (margin fixed before the measurement)", tests, ours=ours,
                      premise=_powered(premise, tests, design, len(differences)), equivalence=design, regime={"n": n},

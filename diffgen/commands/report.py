@@ -313,7 +313,7 @@ def by_claim(rows: list[Row]) -> dict[str, Group]:
 
 
 def summary(rows: list[Row]) -> str:
-    """'4 claims hold, 1 fails, 1 not run; our checks: 6 hold, 1 fails' (paper claims counted as claims, our rows
+    """'4 claims hold, 1 fails, 1 not run; our own rows: 6 hold, 1 fails' (paper claims counted as claims, our rows
     as rows)."""
     groups = [g for g in by_claim(rows).values() if g.claim != CHECKS]
     verdicts = [g.verdict for g in groups]
@@ -327,7 +327,7 @@ def summary(rows: list[Row]) -> str:
                      + ([f"{unmeasured} not measurable"] if unmeasured else [])
                      + ([f"{not_run} not run"] if not_run else []))
     ours = [r for r in rows if not r.is_paper and r.sweep is None]
-    return text + (f"; our checks: {rowtext.tally(ours)}" if ours else "")
+    return text + (f"; our own rows: {rowtext.tally(ours)}" if ours else "")
 
 
 
