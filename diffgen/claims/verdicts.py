@@ -94,7 +94,7 @@ def memorizer_saturates(estimate: Estimate, n_sets: int, what: str) -> Claim:
                 f">= 0.9 log M = {ceiling:.3f} at the lower end (a memorizing generator saturates)",
                 [Comparison("lower end", estimate.low, ">=", ceiling, "0.9 log M")],
                 interval="bootstrap over training sets",
-                label="the optimum with DDIM saturates")
+                label="the optimum with DDIM saturates (nats)")
 
 
 def learner_below_memorizer(per_seed: list[float], memorizer: Estimate, what: str, gate: QualityGate) -> Claim:
@@ -255,7 +255,7 @@ def tradeoff_at_equal_time(slopes, what: str) -> Claim:
                      f"same step, one per seed, {what}{left}{why}", stat,
                      "< 0 with its interval across seeds below 0 (closer to eps*, more copies, at equal time)",
                      [Comparison("upper end of the slope", stat.high, "<", 0)] if stat else (),
-                     label="across widths, at equal time")
+                     label="slope across widths, at equal time")
 
 
 def nets_converged(convergence, members, what: str) -> Condition:
