@@ -127,7 +127,7 @@ def test_a_claim_read_as_there_is_a_regime_where_counts_fresh_sweep_points(tmp_p
     sweep = tmp_path / "sweeps" / "ch3"
     points = {}
     for name, value, code in [("train_steps=1000", 0.1, source_hash()), ("train_steps=2000", 0.1, "stale")]:
-        path = write_results(sweep / name, "ch3", {}, [paper_row(
+        path = write_results(sweep / name, "ch3", {"train_steps": int(name.split("=")[1])}, [paper_row(
             "C4", "copy rate", value, (0.05, 0.2), "<= 0.5", True, 5, premise=copies,
             regime={"n": 8, "train_steps": int(name.split("=")[1])})])
         doc = json.loads(path.read_text())
@@ -152,8 +152,8 @@ def test_a_claim_read_in_every_measured_case_counts_sweep_points_and_says_which_
     from diffgen.claims.rowtext import decided_by, undecided
 
     def slope(value, ci, **kw):
-        return paper_row("C6", "slope", value, ci, "< 0", False, 5, rule=(Comparison("upper end", ci[1], "<", 0),),
-                         **kw)
+        return paper_row("C6", "slope", value, ci, "< 0", ci[1] < 0, 5,
+                         rule=(Comparison("upper end", ci[1], "<", 0),), **kw)
 
     write_results(tmp_path, "ch3", {}, [slope(-2.4, (-11.4, 6.6))])
     _, rows = report.load_run(tmp_path)
@@ -164,7 +164,7 @@ def test_a_claim_read_in_every_measured_case_counts_sweep_points_and_says_which_
     sweep = tmp_path / "sweeps" / "ch3"
     points = {}
     for name, ci, code in [("train_steps=1000", (0.5, 1.5), source_hash()), ("train_steps=2000", (0.5, 1.5), "old")]:
-        path = write_results(sweep / name, "ch3", {}, [slope(1.0, ci)])
+        path = write_results(sweep / name, "ch3", {"train_steps": int(name.split("=")[1])}, [slope(1.0, ci)])
         path.write_text(json.dumps(json.loads(path.read_text()) | {"source_hash": code}))
         points[name] = {"values": {"train_steps": int(name.split("=")[1])}, "status": "done"}
     (sweep / SWEEP_FILE).write_text(json.dumps({"chapter": "ch3", "grid": {"train_steps": [1000, 2000]},
@@ -173,6 +173,20 @@ def test_a_claim_read_in_every_measured_case_counts_sweep_points_and_says_which_
     group = report.by_claim(rows)["C6"]
     assert group.verdict == "fails (2 of 2; in 1 of them the interval spans the threshold: not shown, not refuted)"
     assert not undecided(group.swept[0].data) and "not shown" not in decided_by(group.swept[0].data)
+    # a point with the chapter's own parameters is the chapter's run measured again: it is not counted twice
+    write_results(sweep / "train_steps=3000", "ch3", {}, [slope(1.0, (0.5, 1.5))])
+    points["train_steps=3000"] = {"values": {"train_steps": 3000}, "status": "done"}
+    (sweep / SWEEP_FILE).write_text(json.dumps({"chapter": "ch3", "grid": {"train_steps": [1000, 2000, 3000]},
+                                                "points": points}))
+    _, rows = report.load_run(tmp_path)
+    assert report.by_claim(rows)["C6"].verdict.startswith("fails (2 of 2;")
+    write_results(sweep / "train_steps=3000", "ch3", {"train_steps": 3000}, [slope(1.0, (0.5, 1.5))])
+    _, rows = report.load_run(tmp_path)
+    group = report.by_claim(rows)["C6"]
+    assert group.verdict.startswith("fails (3 of 3;") and group.headline.sweep is None  # the chapter's row first
+    write_results(tmp_path, "ch3", {}, [slope(-1.0, (-1.5, -0.5))])  # holds in the chapter, fails in the sweep
+    group = report.by_claim(report.load_run(tmp_path)[1])["C6"]
+    assert group.verdict == "fails (2 of 3)" and group.headline.sweep == "train_steps=1000"
     write_results(tmp_path, "ch3", {}, [slope(1.0, (0.5, 1.5))])
     (sweep / SWEEP_FILE).unlink()
     _, rows = report.load_run(tmp_path)

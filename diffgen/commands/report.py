@@ -120,17 +120,22 @@ def load_run(directory: str | Path, *, missing_ok: bool = False) -> tuple[list[C
     docs.sort(key=lambda item: _chapter_key(item[1]["chapter"]))
     runs = [ChapterRun(d["chapter"], p, d["parameters"], d["diffgen_version"], d["source_hash"], d.get("memory"))
             for p, d in docs]
-    return runs, rows_for([d for _, d in docs], sweep_rows_of(directory))
+    return runs, rows_for([d for _, d in docs], sweep_rows_of(directory, runs))
 
 
-def sweep_rows_of(directory: Path) -> list[Row]:
-    """The rows of every sweep point under directory/sweeps/*/ whose results the current source computed."""
+def sweep_rows_of(directory: Path, runs: list[ChapterRun] = ()) -> list[Row]:
+    """The rows of every sweep point under directory/sweeps/*/ whose results the current source computed, except a
+    point with the parameters of a chapter run in `runs` (the same case measured twice: chapter 4's sweep includes
+    its default length)."""
     rows, current = [], source_hash()
+    chapter_runs = {(r.chapter, json.dumps(r.parameters, sort_keys=True)) for r in runs}
     for record in sorted((Path(directory) / SWEEPS).glob(f"*/{SWEEP_FILE}")):
         doc = read_sweep(record.parent)
         for name, entry in doc["points"].items():
-            if entry["results"] and entry["results"]["source_hash"] == current:
-                rows += [_row(doc["chapter"], c, sweep=name) for c in entry["results"]["claims"]]
+            results = entry["results"]
+            if results and results["source_hash"] == current and (
+                    doc["chapter"], json.dumps(results["parameters"], sort_keys=True)) not in chapter_runs:
+                rows += [_row(doc["chapter"], c, sweep=name) for c in results["claims"]]
     return rows
 
 
@@ -264,8 +269,9 @@ class Group:
     @property
     def headline(self) -> Row | None:
         """The row that says most about the verdict: for a claim read "there is a regime", the first row of the
-        first regime that holds; else the first failing paper row, else the first that holds (a row whose premise
-        was not reached decides nothing, so it heads the claim only when no row was evaluated)."""
+        first regime that holds; else the first failing paper row, the chapters' before the sweeps' (they count
+        too), else the first that holds (a row whose premise was not reached decides nothing, so it heads the claim
+        only when no row was evaluated)."""
         measured = [r for r in self.paper if r.verdict != NOT_RUN]
         if not measured:
             return None
@@ -273,7 +279,7 @@ class Group:
             held = [p for p in regimes(measured) if p.verdict == HOLDS]
             return held[0].rows[0] if held else next(iter(p.failing[0] for p in regimes(measured) if p.failing),
                                                     measured[0])
-        failing = [r for r in measured if r.verdict in (FAILS, QUALITY)]
+        failing = [r for r in measured + self.swept if r.verdict in (FAILS, QUALITY)]
         return (failing or [r for r in measured if r.verdict == HOLDS] or measured)[0]
 
 
