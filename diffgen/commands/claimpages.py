@@ -71,7 +71,7 @@ def _glance_row(app, docname: str, group) -> nodes.row:
     if headline is None:
         number += nodes.emphasis(text="not run")
     else:
-        where = f" (sweep, {headline.sweep.replace('=', ' = ')})" if headline.sweep else ""
+        where = f" (sweep {headline.sweep})" if headline.sweep else ""
         number += [nodes.strong(text=rowtext.measured(headline.data, seeds=False)),
                    nodes.inline(text=rowtext.label(headline.data) + where, classes=["diffgen-headline-label"])]
     return _table_row([name, verdict, number, _links(app, docname, group)])

@@ -163,8 +163,8 @@ def _row(chapter: str, c: dict, sweep: str | None = None) -> Row:
 def claim_verdict(rows: list[Row]) -> str:
     """The verdict on a group of rows read "in every measured case": not run; premise not reached (every measured row
     is conditional on a premise that was not reached); not measurable (no evaluated row has a value); holds (every
-    evaluated row holds; "k of n rows evaluated" where some were not); or fails (k of n evaluated rows, saying in how
-    many the interval only spans the threshold: rowtext.undecided). Rows whose
+    evaluated row holds; "k of n rows evaluated" where some were not); or fails (k of n evaluated rows, saying how
+    many are "not shown, not refuted": their interval spans the threshold, rowtext.undecided). Rows whose
     premise is not reached are not evaluated and do not count. For a paper claim, pass its paper rows (`by_claim`
     does): our rows never change the paper's verdict."""
     verdicts = [r.verdict for r in rows if r.verdict != NOT_RUN]
@@ -177,8 +177,7 @@ def claim_verdict(rows: list[Row]) -> str:
     bad = sum(v != HOLDS for v in evaluated)
     if bad:
         open_ = sum(r.verdict == FAILS and r.data is not None and rowtext.undecided(r.data) for r in rows)
-        spans = ("" if not open_ else "; its interval spans the threshold: not shown, not refuted" if bad == 1 else
-                 f"; in {open_} of them the interval spans the threshold: not shown, not refuted")
+        spans = "" if not open_ else "; not shown, not refuted" if open_ == bad else f"; {open_} not shown, not refuted"
         return f"{FAILS} ({bad} of {len(evaluated)}{spans})"
     return HOLDS if len(evaluated) == len(verdicts) else f"{HOLDS} ({len(evaluated)} of {len(verdicts)} rows evaluated)"
 
