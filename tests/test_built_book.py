@@ -163,7 +163,8 @@ def test_no_rendered_page_prints_a_relation_its_numbers_contradict(root):
 
 
 RAW_MARKUP = re.compile(r"\{cite|\{ref\}|\{numref\}|\\[()\[\]]|\$\\|\\(?:sqrt|mathbb|bar|epsilon|frac)\b|\*\*\w|"
-                        r"(?<![\w)\]])\*(?!\w)|^\s*\|.*\|.*\|\s*$|^\s*:::", re.MULTILINE)
+                        r"(?<![\w)\]])\*(?!\w)|(?<![\w*])\*[A-Za-z][^*\n]*?[A-Za-z]\*(?![\w*])|^\s*\|.*\|.*\|\s*$|"
+                        r"^\s*:::", re.MULTILINE)
 
 
 class _Prose(HTMLParser):
@@ -203,8 +204,10 @@ def test_raw_markup_is_found_where_a_reader_would_see_it():
     assert raw_markup("<p>| generator | E_S KL(P_z|S || P) | I(z; m) |</p>")
     assert raw_markup("<li><strong>C4, approximates eps</strong>:* holds for n &lt;= 63</li>")
     assert raw_markup("<p>see {cite:p}`efron1992tweedie`</p>")
+    assert raw_markup("<p>by its wording: the generated data are *all* highly related</p>")
     assert not raw_markup('<p>gap to eps* is <span class="math notranslate">\\(\\sqrt{x}\\)</span> (ours)</p>'
-                          "<li><strong>C4, approximates eps*:</strong> holds</li><pre>a | b | c</pre>")
+                          "<li><strong>C4, approximates eps*:</strong> holds</li><pre>a | b | c</pre>"
+                          "<p>at matched gap to eps* (n = 40) it copies less than at eps* itself</p>")
 
 
 def test_no_rendered_page_shows_raw_markup(root):

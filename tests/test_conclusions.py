@@ -183,7 +183,7 @@ def test_chapter3_finding_says_where_each_part_of_c4_holds():
                                                                dropped=[], reason=""), "widths")
     assert spanning.verdict == "fails" and conclusions.trained_gap_finding(
         approximates, unseen, critical, {"widths": spanning}).endswith(
-        "more copies) is not shown, nor refuted (its interval spans the threshold) (slope -2.33 [-18.5, 13.8]).")
+        "more copies) is not shown, nor refuted (slope -2.33 [-18.5, 13.8], an interval that spans 0).")
     above = verdicts.tradeoff_at_equal_time(SimpleNamespace(per_seed=[0.3, 0.2, 0.25], widths=[8, 16, 32],
                                                             dropped=[], reason=""), "widths")
     readings = [conclusions.tradeoff_reading(r, "too few widths") for r in (widths, spanning, above, unmeasured)]
@@ -327,6 +327,10 @@ def test_chapter4_reading_follows_real_trajectories(trajectories):
     sized = verdicts.less_at_matched([0.09, 0.08, 0.1, 0.11, 0.09], "gap to eps*", "x", gate, 40)
     assert "at matched gap to eps* (n = 40) it copies less" in conclusions.speed_or_memorization([at_end], along,
                                                                                                [sized])
+    waiting, _, _ = rows("slow", False)  # the matched reading names the one size it was matched at
+    assert conclusions.speed_or_memorization([waiting], along, [sized]).endswith(
+        "a difference beyond training speed, at the size where it was matched (n = 40).")
+    assert conclusions.speed_or_memorization([waiting], along, [gap]).endswith("a difference beyond training speed.")
     # the chapter's finding (its results file's, the book's first sentence) is the same reading, from its groups
     copies = Condition("lower end of the standard net's copy rate", True,
                        (Comparison("lower end of the standard net's copy rate", 0.5, ">", 0),))

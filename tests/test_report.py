@@ -192,6 +192,42 @@ def test_a_claim_read_in_every_measured_case_counts_sweep_points_and_says_which_
     assert report.by_claim(rows)["C6"].verdict == "fails (1 of 1)"
 
 
+def test_the_book_shows_every_sweep_row_a_verdict_counts_and_a_chapter_says_when_the_sweeps_change_it(tmp_path):
+    """The claims in detail list the sweep rows that a claim read "in every measured case" counts (C5a once failed
+    through a sweep row shown on no page), and a chapter's summary adds the book's verdict where the sweeps change
+    it; without sweep points neither appears."""
+    from types import SimpleNamespace
+
+    from docutils import nodes
+
+    from diffgen.base.provenance import source_hash
+    from diffgen.claims.results import SWEEP_FILE
+    from diffgen.commands.claimpages import detail_nodes, summary_nodes
+
+    def slope(value, ci):
+        return paper_row("C6", "slope", value, ci, "< 0", ci[1] < 0, 5, rule=(Comparison("upper end", ci[1], "<", 0),))
+
+    app = SimpleNamespace(env=SimpleNamespace(found_docs=set()))
+    write_results(tmp_path, "ch3", {}, [slope(-1.0, (-1.5, -0.5))])
+
+    def pages():
+        detail = "".join(n.astext() for section in detail_nodes(app, "book/claims_in_detail", tmp_path)
+                         for n in section.findall(nodes.raw))
+        return detail, " ".join(n.astext() for n in summary_nodes(app, "book/ch3_tiny", tmp_path))
+
+    detail, summary = pages()
+    assert "Counted from the sweeps" not in detail and "with the sweeps' points" not in summary
+    sweep = tmp_path / "sweeps" / "ch3"
+    path = write_results(sweep / "train_steps=1000", "ch3", {"train_steps": 1000}, [slope(1.0, (0.5, 1.5))])
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"source_hash": source_hash()}))
+    (sweep / SWEEP_FILE).write_text(json.dumps({"chapter": "ch3", "grid": {"train_steps": [1000]}, "points": {
+        "train_steps=1000": {"values": {"train_steps": 1000}, "status": "done"}}}))
+    detail, summary = pages()
+    assert "Counted from the sweeps' points (1 evaluated row)" in detail
+    assert "ch3, sweep train_steps=1000 · slope: 1 [0.5, 1.5], 5 seeds" in detail
+    assert "holds C6" in summary and "with the sweeps' points (where the claims hold): ✕ fails (1 of 2)" in summary
+
+
 @pytest.mark.parametrize("value, text", [(1.0186e-10, "1.02e-10"), (0.9921875, "0.992"), (1.0, "1"), (0.0, "0"),
                                          (-0.9448, "-0.945"), (1234.5, "1234"), (None, "n/a")])
 def test_number_format(value, text):

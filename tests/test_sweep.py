@@ -296,8 +296,13 @@ def test_a_difference_over_the_training_length_reads_what_longer_training_did_to
     assert "not decided here" in text
     vanishing = cells([0.16, 0.1, 0.02], [0.12, 0.07, -0.01], waiting, [(0, 10)] * 3)
     assert describe_budget(vanishing, "train_steps").endswith(
-        "at 8000 steps its interval reaches 0: after the longest training it is not distinguishable from 0, on nets not "
-        "all converged (the row reads 'premise not reached').")
+        "at 8000 steps its interval reaches 0: after the longest training it is not distinguishable from 0, on nets "
+        "none of which converged (the row reads 'premise not reached').")
+    some = cells([0.16, 0.1, 0.02], [0.12, 0.07, -0.01], waiting, [(0, 10), (2, 10), (4, 10)])
+    assert describe_budget(some, "train_steps").endswith("on nets not all of which converged (the row reads 'premise "
+                                                         "not reached').")
+    flat = cells([0.16, 0.163, 0.145], [0.13, 0.11, 0.1], waiting, [(0, 10)] * 3)  # moves inside its intervals
+    assert "it stays flat at about 0.156" in describe_budget(flat, "train_steps")
     reversed_ = cells([0.16, 0.1, -0.05], [0.12, 0.07, -0.08], waiting[:2] + ["fails"], [(0, 10), (2, 10), (10, 10)])
     assert describe_budget(reversed_, "train_steps").endswith(
         "at 8000 steps its interval lies below 0: after the longest training the difference has reversed.")

@@ -97,8 +97,9 @@ def trained_gap_finding(approximates: dict, unseen: dict, critical: dict, tradeo
     text = "; ".join(f"at {sizes(ns)} {what}" for what, ns in said.items())
     widths = tradeoff.get("widths")
     if widths is not None:
+        spans = ", an interval that spans 0" if undecided(widths) else ""
         text += (f". Across widths at equal training time, C6's trade-off (closer to eps*, more copies) "
-                 f"{reads(widths)} (slope {_value(widths)})")
+                 f"{reads(widths)} (slope {_value(widths)}{spans})")
     return text[0].upper() + text[1:] + "." if text else ""
 
 
@@ -180,7 +181,8 @@ def speed_or_memorization(converged: list, along, matched: list) -> str:
     counts = "; ".join(f"{int(t.value)} of {int(t.threshold)} nets' curves flattened for {label(r)}"
                        for r in converged if r.premise for t in r.premise.tests
                        if t.what == FLATTENED)
-    return (f"The nets had not converged by the end of training ({counts or 'the premise says why'}), so C5b's "
+    why = counts or "the premise says why"
+    return (f"The nets behind C5b's rows had not all converged by the end of training ({why}), so C5b's "
             f"'memorizes less' at convergence is not decided here. {while_training}; {at}: "
             f"{_matched_reading(less, matched, along)}.")
 
@@ -189,7 +191,9 @@ def _matched_reading(less: list, matched: list, along) -> str:
     """What the rows at matched progress say (`less`: those that hold): less memorization beyond training speed,
     slower training, or, where the measures of progress disagree, that these curves do not decide."""
     if less and len(less) == len(matched):
-        return "at every matched progress it copies less: a difference beyond training speed"
+        sizes = sorted({_at_n(r) for r in matched})
+        where = f", at the size where it was matched{sizes[0]}" if len(sizes) == 1 and sizes[0] else ""
+        return f"at every matched progress it copies less: a difference beyond training speed{where}"
     if less:
         return (f"it copies less at {' and '.join(_matched(r) for r in less)} but not at "
                 f"{' and '.join(_matched(r) for r in matched if r.verdict != HOLDS)}: whether it memorizes less "

@@ -115,10 +115,10 @@ def decided_by(row: Claim) -> str:
 
 
 def reads(row: Claim) -> str:
-    """The row's verdict as a predicate: 'holds', 'fails', 'is not shown, nor refuted (its interval spans the
-    threshold)' (a failing row that is `undecided`), or "reads 'premise not reached'"."""
+    """The row's verdict as a predicate: 'holds', 'fails', 'is not shown, nor refuted' (a failing row that is
+    `undecided`: its interval spans the threshold), or "reads 'premise not reached'"."""
     if undecided(row):
-        return "is not shown, nor refuted (its interval spans the threshold)"
+        return "is not shown, nor refuted"
     return row.verdict if row.verdict in (HOLDS, FAILS) else f"reads '{row.verdict}'"
 
 
@@ -168,7 +168,8 @@ def details(row: Claim) -> list[tuple[str, str]]:
         out.append(("interval", row.interval))
     out.append(("expected", row.expected))
     if row.rule:
-        out.append(("decided by", "; ".join(comparison_text(t) for t in row.rule)))
+        out.append(("decided by", "; ".join(comparison_text(t) for t in row.rule) + (
+            " (the interval spans the threshold: not shown, not refuted)" if undecided(row) else "")))
     if row.regime:
         out.append(("where", regime_text(row.regime)))
     if row.equivalence:

@@ -131,7 +131,7 @@ def tradeoff_along_training(along) -> Claim:
     if along.mi_changes is None:
         return _seed_row("C6", "change of I(z; m) along training (not measurable: no snapshot before the last passes "
                          "the quality gate)", None, "> 0 with its interval above 0 while the KL's lies below 0", (),
-                         ours=statement, label="along training (2-D: I(z; m) rises, KL falls)")
+                         ours=statement, label="along training (2-D: change of I(z; m))")
     mi, kl = across(along.mi_changes), across(along.marginal_changes)
     return _seed_row("C6", f"change of I(z; m) from step {along.start_step} (the first snapshot whose samples pass "
                      f"the quality gate) to step {along.train_steps[-1]}, one per seed (grid plug-in; KL(P_z || P) "
@@ -139,7 +139,7 @@ def tradeoff_along_training(along) -> Claim:
                      "> 0 with its interval above 0 while the KL's lies below 0",
                      [Comparison("lower end of the change in I(z; m)", mi.low, ">", 0),
                       Comparison("upper end of the change in KL(P_z || P)", kl.high, "<", 0)], ours=statement,
-                     label="along training (2-D: I(z; m) rises, KL falls)")
+                     label="along training (2-D: change of I(z; m))")
 
 
 def closed_form_exact(error: float) -> Claim:

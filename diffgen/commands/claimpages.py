@@ -35,11 +35,15 @@ def glance_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
         body += _glance_row(app, docname, claim_group)
     group += [head, body]
     files = ", ".join(f"{run.chapter}.results.json" for run in runs) or "no results file yet"
+    points = sorted({(r.chapter, r.sweep) for r in rows if r.sweep is not None})
+    if points:
+        files += f" and {len(points)} current sweep points (book/sweeps/: " + ", ".join(
+            f"{chapter} {point}" for chapter, point in points) + ")"
     note = nodes.paragraph(classes=["diffgen-glance-note"])
     note += [nodes.Text(f"{report.summary(rows)}. A claim's verdict rests on the rows that test it as the paper "
                         "states it, read as the verdict says (\"in every measured case\" or \"there is a regime "
                         "where\"); rows marked \"ours\" keep their own verdict. Numbers from "
-                        f"{files}, written by each chapter when it was last executed; "),
+                        f"{files}, written by each chapter run when it was last executed; "),
              nodes.literal(text="diffgen report"), nodes.Text(" prints the same table, and "),
              _doc_link(app, docname, "claims_in_detail", "the claims in detail"),
              nodes.Text(" lists every row with its interval, rule, seeds, premise and quality gate.")]
@@ -200,23 +204,34 @@ def detail_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
         for extra in filter(None, [report.reading(group), report.region(group) and
                                    "Where: " + report.region(group)]):
             section += nodes.paragraph(text=extra[0].upper() + extra[1:])
-        blocks = []
-        for r in group.rows:
-            if r.data is None:
-                blocks.append(f"<p><em>not run</em> (no {html.escape(r.chapter)}.results.json)</p>")
-                continue
-            lines = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in
-                            rowtext.details(r.data))
-            state = rowtext.kind(r.verdict)
-            blocks.append(
-                f'<details class="diffgen-row"><summary><span class="diffgen-verdict diffgen-'
-                f'{rowtext.CSS.get(state, "other")}">{rowtext.MARKS.get(state, "")} {html.escape(r.verdict)}'
-                f'</span> {html.escape(r.chapter)} · {html.escape(rowtext.label(r.data))}'
-                f'{" (ours)" if not r.is_paper else ""}: {html.escape(rowtext.measured(r.data))}</summary>'
-                f'<dl class="diffgen-detail">{lines}</dl></details>')
+        blocks = [f"<p><em>not run</em> (no {html.escape(r.chapter)}.results.json)</p>" if r.data is None else
+                  _row_html(r, "diffgen-row") for r in group.rows]
+        # the sweep points that count for a claim read "in every measured case" (a regime's are named under Where)
+        counted = [r for r in group.swept if group.quantifier != report.EXISTS and r.verdict not in
+                   (rowtext.PREMISE, rowtext.NOT_MEASURABLE)]
+        if counted:
+            blocks.append(f"<p>Counted from the sweeps' points ({len(counted)} evaluated row"
+                          f"{'s' * (len(counted) != 1)}):</p>")
+            blocks += [_row_html(r, "diffgen-row diffgen-swept") for r in counted]
         section += nodes.raw("", "\n".join(blocks), format="html")
         out.append(section)
     return out
+
+
+def _row_html(r, classes: str) -> str:
+    """One row as a dropdown: verdict, where it was measured (chapter, sweep point), name and value; its detail."""
+    import html
+
+    from ..claims import rowtext
+
+    lines = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in rowtext.details(r.data))
+    state = rowtext.kind(r.verdict)
+    where = r.chapter + (f", sweep {r.sweep}" if r.sweep else "")
+    return (f'<details class="{classes}"><summary><span class="diffgen-verdict diffgen-'
+            f'{rowtext.CSS.get(state, "other")}">{rowtext.MARKS.get(state, "")} {html.escape(r.verdict)}'
+            f'</span> {html.escape(where)} · {html.escape(rowtext.label(r.data))}'
+            f'{" (ours)" if not r.is_paper else ""}: {html.escape(rowtext.measured(r.data))}</summary>'
+            f'<dl class="diffgen-detail">{lines}</dl></details>')
 
 
 def summary_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
@@ -240,6 +255,10 @@ def summary_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
         finding[0] += [nodes.strong(text="What we found."), nodes.Text(" " + doc["finding"])]
     items = nodes.bullet_list(classes=["diffgen-summary-rows"])
     ours = []
+    try:  # the book's verdict, which counts the sweeps' points too
+        book = report.by_claim(report.load_run(folder, missing_ok=True)[1])
+    except report.ReportError:
+        book = {}
     for group in report.by_claim(rows).values():
         ours += group.ours
         if not group.paper:
@@ -248,6 +267,11 @@ def summary_nodes(app, docname: str, folder: Path) -> list[nodes.Node]:
         para += [_verdict_node(group.verdict)[0], nodes.Text(" "), nodes.strong(text=group.claim),
                  nodes.Text(f" {report.PAPER_CLAIMS[group.claim].short} "
                             f"({report.QUANTIFIER_WORDS[group.quantifier]})")]
+        overall = book.get(group.claim)
+        if overall is not None and overall.swept and overall.verdict != group.verdict:
+            para += [nodes.Text("; with the sweeps' points ("),
+                     _doc_link(app, docname, "where_claims_hold", "where the claims hold"), nodes.Text("): "),
+                     _verdict_node(overall.verdict)[0]]
         lines = nodes.bullet_list()
         for r in group.paper:
             line = nodes.paragraph()

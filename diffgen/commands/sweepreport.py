@@ -322,12 +322,14 @@ def describe_budget(cells: list[SizeCell], swept: str) -> str:
             sentences.append(f"At n = {n} the row was not measurable at any {swept}.")
             continue
         xs, ys, last = [c.values[swept] for c in mine], [c.value for c in mine], mine[-1]
-        moves = trend(xs, ys, unit=unit) if len(mine) > 1 else f"is {number(ys[0])} at {at(xs[0])}"
+        noise = max(((c.ci[1] - c.ci[0]) / 2 for c in mine if c.ci), default=0.0)  # moves within it read as flat
+        moves = trend(xs, ys, tolerance=noise, unit=unit) if len(mine) > 1 else f"is {number(ys[0])} at {at(xs[0])}"
         interval = f" [{number(last.ci[0])}, {number(last.ci[1])}]" if last.ci else ""
         counted = [c for c in mine if c.converged]
         nets = ("; nets converged: " + ", ".join(f"{c.converged[0]} of {c.converged[1]} at {at(c.values[swept])}"
                                                  for c in counted)) if counted else ""
         everyone = bool(last.converged) and last.converged[0] == last.converged[1]
+        none = bool(last.converged) and last.converged[0] == 0
         if last.verdict == HOLDS:
             reading = f"it holds at {at(last.values[swept])}" + (", on converged nets" if everyone else "")
         elif last.verdict == PREMISE and everyone:
@@ -341,7 +343,8 @@ def describe_budget(cells: list[SizeCell], swept: str) -> str:
             reading = (f"at {at(last.values[swept])} its interval " + (
                 "lies below 0: after the longest training the difference has reversed" if below else
                 "reaches 0: after the longest training it is not distinguishable from 0") + (
-                "" if everyone else f", on nets not all converged (the row reads '{last.verdict}')"))
+                "" if everyone else f", on nets {'none' if none else 'not all'} of which converged (the row reads "
+                f"'{last.verdict}')"))
         elif len(ys) > 1 and all(b < a for a, b in zip(ys, ys[1:])):
             reading = (f"it shrinks with each longer training and is still above 0 at {at(last.values[swept])}, where "
                        f"the row reads '{last.verdict}' ({last.decided_by}): whether it outlasts training is not "
