@@ -303,6 +303,11 @@ def test_a_difference_over_the_training_length_reads_what_longer_training_did_to
                                                          "not reached').")
     flat = cells([0.16, 0.163, 0.145], [0.13, 0.11, 0.1], waiting, [(0, 10)] * 3)  # moves inside its intervals
     assert "it stays flat at about 0.156" in describe_budget(flat, "train_steps")
+    drifting = cells([0.16, 0.15, 0.14], [0.06, 0.05, 0.04], waiting, [(0, 10)] * 3)  # falls, but inside its noise
+    text = describe_budget(drifting, "train_steps")
+    assert "stays flat" in text and "does not shrink with each longer training" in text and "it shrinks" not in text
+    unknown = cells([0.16, 0.1, 0.02], [0.12, 0.07, -0.01], waiting, [None] * 3)  # no count of converged nets
+    assert describe_budget(unknown, "train_steps").endswith("it is not distinguishable from 0.")
     reversed_ = cells([0.16, 0.1, -0.05], [0.12, 0.07, -0.08], waiting[:2] + ["fails"], [(0, 10), (2, 10), (10, 10)])
     assert describe_budget(reversed_, "train_steps").endswith(
         "at 8000 steps its interval lies below 0: after the longest training the difference has reversed.")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffgen.chapters import generators, mutual_information, new_objective, trained_gap, training_curves
-from diffgen.claims import gates, verdicts
+from diffgen.claims import gates, rowtext, verdicts
 from diffgen.claims.results import Condition
 from diffgen.data.datasets import eight_gaussians, load_dataset
 from diffgen.diffusion.denoisers import Blend, GaussianDenoiser
@@ -262,6 +262,7 @@ def test_c6_at_equal_time_from_per_seed_slopes_across_widths(blend_points):
     assert row.holds and row.source == "revision" and row.seeds == 3 and row.value < 0
     flipped = verdicts.tradeoff_at_equal_time(trained_gap.width_slopes(widths, gaps, rates[::-1], every), "reversed")
     assert flipped.verdict == "fails" and flipped.value > 0
+    assert not rowtext.undecided(flipped)  # refuted by real blends, not "not shown, not refuted"
     gated = trained_gap.width_slopes(widths, gaps, rates, [True, False, False, False, True])
     assert gated.dropped == [16, 32, 64] and gated.per_seed is None
     row = verdicts.tradeoff_at_equal_time(gated, "mostly noise")

@@ -110,8 +110,7 @@ def decided_by(row: Claim) -> str:
     if not row.rule:
         return f"expected {row.expected}"
     failing = [t for t in row.rule if not t.met]
-    said = "; ".join(comparison_text(t) for t in (failing or row.rule))
-    return said + (" (the interval spans the threshold: not shown, not refuted)" if undecided(row) else "")
+    return "; ".join(comparison_text(t) for t in (failing or row.rule)) + _spans(row)
 
 
 def reads(row: Claim) -> str:
@@ -120,6 +119,10 @@ def reads(row: Claim) -> str:
     if undecided(row):
         return "is not shown, nor refuted"
     return row.verdict if row.verdict in (HOLDS, FAILS) else f"reads '{row.verdict}'"
+
+
+def _spans(row: Claim) -> str:
+    return " (the interval spans the threshold: not shown, not refuted)" if undecided(row) else ""
 
 
 def undecided(row: Claim) -> bool:
@@ -168,8 +171,7 @@ def details(row: Claim) -> list[tuple[str, str]]:
         out.append(("interval", row.interval))
     out.append(("expected", row.expected))
     if row.rule:
-        out.append(("decided by", "; ".join(comparison_text(t) for t in row.rule) + (
-            " (the interval spans the threshold: not shown, not refuted)" if undecided(row) else "")))
+        out.append(("decided by", "; ".join(comparison_text(t) for t in row.rule) + _spans(row)))
     if row.regime:
         out.append(("where", regime_text(row.regime)))
     if row.equivalence:

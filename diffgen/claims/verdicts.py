@@ -19,16 +19,7 @@ import numpy as np
 from ..measures.metrics import Estimate, Proportion, equivalence_power, seeds_for_power
 from .gates import QualityGate, SeedStat, across, rates_across
 from .prose import number
-from .results import (
-    FLATTENED,
-    Claim,
-    Comparison,
-    Condition,
-    Equivalence,
-    check_row,
-    ours_row,
-    paper_row,
-)
+from .results import FLATTENED, Claim, Comparison, Condition, Equivalence, check_row, ours_row, paper_row
 
 FLAT = 0.05  # a learning curve has flattened when its last interval falls by at most this share of its value
 QUALITY_MARGIN = 0.1  # "similar" and "competitive" quality: new minus standard energy distance within this share of

@@ -343,9 +343,9 @@ def describe_budget(cells: list[SizeCell], swept: str) -> str:
             reading = (f"at {at(last.values[swept])} its interval " + (
                 "lies below 0: after the longest training the difference has reversed" if below else
                 "reaches 0: after the longest training it is not distinguishable from 0") + (
-                "" if everyone else f", on nets {'none' if none else 'not all'} of which converged (the row reads "
-                f"'{last.verdict}')"))
-        elif len(ys) > 1 and all(b < a for a, b in zip(ys, ys[1:])):
+                "" if everyone or not last.converged else f", on nets {'none' if none else 'not all'} of which "
+                f"converged (the row reads '{last.verdict}')"))
+        elif moves.startswith("falls") and all(b < a for a, b in zip(ys, ys[1:])):  # beyond its intervals too
             reading = (f"it shrinks with each longer training and is still above 0 at {at(last.values[swept])}, where "
                        f"the row reads '{last.verdict}' ({last.decided_by}): whether it outlasts training is not "
                        "decided here")
